@@ -1,0 +1,7 @@
+"""`python -m electra_dist` is the `electra-dist` command."""
+
+import sys
+
+from electra_dist.cli import main
+
+sys.exit(main())

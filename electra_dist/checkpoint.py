@@ -1,0 +1,260 @@
+"""Saving and loading the model, and Hugging Face interop (export to and import from `transformers`).
+
+Our names follow HF's ELECTRA, so conversion is a renaming plus two reshapes: our fused,
+head-major QKV splits into HF's query/key/value, and the padded vocabulary is trimmed.
+A model checkpoint directory holds `config.yaml` and `model.pt` (a consolidated state dict).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from electra_dist.config import Config, ConfigError, EncoderConfig, ModelConfig
+from electra_dist.model import ElectraPretrainer
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.yaml"
+
+# our per-layer name → HF's, inside `encoder.layer.{i}.`
+_LAYER_NAMES = {
+    "attention.dense": "attention.output.dense",
+    "attention_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_norm": "output.LayerNorm",
+}
+
+
+# ---- our own checkpoints --------------------------------------------------------------------
+
+def save_model(directory: str | Path, model: ElectraPretrainer, config: Config) -> Path:
+    """Write a consolidated checkpoint: config.yaml + model.pt (written to a temp name, then renamed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save(directory / CONFIG_FILE)
+    tmp = directory / (MODEL_FILE + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(directory / MODEL_FILE)
+    return directory
+
+
+def load_model(path: str | Path) -> tuple[ElectraPretrainer, Config]:
+    """Load a checkpoint directory written by `save_model` (or the trainer's consolidated export)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    directory = path if path.is_dir() else path.parent
+    weights = path if path.is_file() else path / MODEL_FILE
+    if not (directory / CONFIG_FILE).is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{path} is not an electra_dist checkpoint: expected {CONFIG_FILE} and {MODEL_FILE} in {directory}"
+        )
+    config = Config.from_yaml(directory / CONFIG_FILE)
+    model = ElectraPretrainer(config.model, config.objective)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model, config
+
+
+# ---- Hugging Face: configs ----------------------------------------------------------------
+
+def hf_config_dict(cfg: ModelConfig, enc: EncoderConfig, **extra: Any) -> dict[str, Any]:
+    return {
+        "model_type": "electra",
+        "vocab_size": cfg.vocab_size,
+        "embedding_size": cfg.embedding_size,
+        "hidden_size": enc.hidden_size,
+        "num_hidden_layers": enc.num_layers,
+        "num_attention_heads": enc.num_heads,
+        "intermediate_size": enc.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attention_dropout,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "type_vocab_size": cfg.type_vocab_size,
+        "initializer_range": cfg.initializer_range,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "position_embedding_type": "absolute",
+        **extra,
+    }
+
+
+def model_config_from_hf(disc: dict[str, Any], gen: dict[str, Any] | None = None) -> ModelConfig:
+    """Our ModelConfig from HF config dicts (the generator defaults to the discriminator's shape)."""
+    if disc.get("hidden_act", "gelu") not in ("gelu", "gelu_python"):
+        raise ConfigError([f"hidden_act: {disc.get('hidden_act')!r} is not supported (only exact gelu)"])
+    if disc.get("position_embedding_type", "absolute") != "absolute":
+        raise ConfigError([f"position_embedding_type: {disc['position_embedding_type']!r} is not supported"])
+
+    def enc(c: dict) -> EncoderConfig:
+        return EncoderConfig(c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"], c["intermediate_size"])
+
+    return ModelConfig(
+        vocab_size=disc["vocab_size"],
+        embedding_size=disc.get("embedding_size", disc["hidden_size"]),
+        max_position_embeddings=disc["max_position_embeddings"],
+        type_vocab_size=disc["type_vocab_size"],
+        dropout=disc.get("hidden_dropout_prob", 0.1),
+        attention_dropout=disc.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=disc.get("layer_norm_eps", 1e-12),
+        initializer_range=disc.get("initializer_range", 0.02),
+        discriminator=enc(disc),
+        generator=enc(gen if gen is not None else disc),
+    )
+
+
+# ---- Hugging Face: weights ----------------------------------------------------------------
+
+def tower_to_hf(state: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Our `{tower}.*` weights → HF `electra.*` (+ head) names for one tower."""
+    out: dict[str, torch.Tensor] = {}
+    H, nh = enc.hidden_size, enc.num_heads
+    prefix = f"{tower}."
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if name == "embeddings.word_embeddings.weight":
+            out["electra." + name] = value[:vocab_size]
+        elif name.startswith(("embeddings.", "embeddings_project.")):
+            out["electra." + name] = value
+        elif name.startswith(("discriminator_predictions.", "generator_predictions.")):
+            out[name] = value
+        elif name == "generator_lm_head_bias":
+            out["generator_lm_head.bias"] = value[:vocab_size]
+            out["generator_lm_head.weight"] = state[f"{tower}.embeddings.word_embeddings.weight"][:vocab_size]
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", name):
+            i, sub, kind = m.groups()
+            base = f"electra.encoder.layer.{i}."
+            if sub == "attention.qkv":
+                per_head = value.view(nh, 3, H // nh, *value.shape[1:])  # (heads, q/k/v, head_dim, [in])
+                for j, qkv in enumerate(("query", "key", "value")):
+                    out[f"{base}attention.self.{qkv}.{kind}"] = per_head[:, j].reshape(H, *value.shape[1:])
+            else:
+                out[f"{base}{_LAYER_NAMES[sub]}.{kind}"] = value
+        else:
+            raise KeyError(f"no Hugging Face name for weight {key!r}")
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def tower_from_hf(hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
+    """HF ELECTRA weights (with or without the `electra.` prefix) → our `{tower}.*` names."""
+    reverse = {v: k for k, v in _LAYER_NAMES.items()}
+    H, nh = enc.hidden_size, enc.num_heads
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in hf.items():
+        name = key[len("electra."):] if key.startswith("electra.") else key
+        if name.startswith("embeddings.position_ids") or name.startswith("embeddings.token_type_ids"):
+            continue  # HF buffers
+        if name == "embeddings.word_embeddings.weight":
+            out[f"{tower}.{name}"] = _pad_rows(value, padded_vocab)
+        elif name.startswith(("embeddings.", "embeddings_project.", "discriminator_predictions.", "generator_predictions.")):
+            out[f"{tower}.{name}"] = value
+        elif name == "generator_lm_head.bias":
+            out[f"{tower}.generator_lm_head_bias"] = _pad_rows(value, padded_vocab)
+        elif name == "generator_lm_head.weight":
+            continue  # tied to the word embeddings
+        elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", name):
+            i, sub, kind = m.groups()
+            if sub.startswith("attention.self."):
+                qkv.setdefault((i, kind), {})[sub.rsplit(".", 1)[1]] = value
+            elif sub in reverse:
+                out[f"{tower}.encoder.layers.{i}.{reverse[sub]}.{kind}"] = value
+            else:
+                raise KeyError(f"unexpected Hugging Face weight {key!r}")
+        elif name.startswith("pooler."):
+            continue  # BERT checkpoints carry a pooler ELECTRA has no use for
+        else:
+            raise KeyError(f"unexpected Hugging Face weight {key!r}")
+    for (i, kind), parts in qkv.items():
+        stacked = torch.stack([parts[n].view(nh, H // nh, *parts[n].shape[1:]) for n in ("query", "key", "value")], dim=1)
+        out[f"{tower}.encoder.layers.{i}.attention.qkv.{kind}"] = stacked.reshape(3 * H, *parts["query"].shape[1:])
+    return out
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] >= rows:
+        return t[:rows]
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+
+
+def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(discriminator, generator) state dicts in transformers' ELECTRA names."""
+    state = model.state_dict()
+    cfg = model.cfg
+    return (tower_to_hf(state, "discriminator", cfg.discriminator, cfg.vocab_size),
+            tower_to_hf(state, "generator", cfg.generator, cfg.vocab_size))
+
+
+def load_hf_weights(model: ElectraPretrainer, discriminator: dict[str, torch.Tensor],
+                    generator: dict[str, torch.Tensor] | None = None, strict: bool = True) -> None:
+    """Load HF ELECTRA weights into our model. The generator's embeddings are the shared ones."""
+    cfg = model.cfg
+    state = tower_from_hf(discriminator, "discriminator", cfg.discriminator, model.padded_vocab)
+    if generator is not None:
+        gen = tower_from_hf(generator, "generator", cfg.generator, model.padded_vocab)
+        state.update({k: v for k, v in gen.items() if not k.startswith("generator.embeddings.")})
+    # shared modules appear under both towers in the state dict
+    for k in list(state):
+        if k.startswith("discriminator.embeddings."):
+            state["generator" + k[len("discriminator"):]] = state[k]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (strict and missing):
+        raise KeyError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+# ---- export / import directories --------------------------------------------------------
+
+def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write `out/discriminator` and `out/generator`, each loadable with transformers' from_pretrained."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    cfg = model.cfg
+    disc, gen = to_hf(model)
+    gen.pop("generator_lm_head.weight")  # tied: transformers re-ties it to the word embeddings
+    for name, weights, enc, arch in (
+        ("discriminator", disc, cfg.discriminator, "ElectraForPreTraining"),
+        ("generator", gen, cfg.generator, "ElectraForMaskedLM"),
+    ):
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        hf_cfg = hf_config_dict(cfg, enc, architectures=[arch], tie_word_embeddings=True)
+        (d / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+        save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer_dir:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file():
+                    shutil.copy2(f, d / f.name)
+    return out
+
+
+def import_hf(path: str | Path) -> ElectraPretrainer:
+    """Our pretrainer from an HF export: `path/discriminator` (+ `path/generator`), or one model dir."""
+    path = Path(path)
+    disc_dir = path / "discriminator" if (path / "discriminator").is_dir() else path
+    gen_dir = path / "generator" if (path / "generator").is_dir() else None
+    disc_cfg = json.loads((disc_dir / "config.json").read_text())
+    gen_cfg = json.loads((gen_dir / "config.json").read_text()) if gen_dir else None
+    cfg = model_config_from_hf(disc_cfg, gen_cfg)
+    model = ElectraPretrainer(cfg)
+    load_hf_weights(model, _read_weights(disc_dir), _read_weights(gen_dir) if gen_dir else None,
+                    strict=gen_dir is not None)
+    return model
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    if (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(directory / "model.safetensors"))
+    if (directory / "pytorch_model.bin").is_file():
+        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {directory}")

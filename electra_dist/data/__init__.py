@@ -1,0 +1,1 @@
+"""Data: tokenizer, shards, streaming loader and masking."""

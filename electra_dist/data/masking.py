@@ -1,0 +1,76 @@
+"""Input masking, as the official ELECTRA (and, for the MLM baseline, BERT) does it.
+
+Per sequence a FIXED count max(1, round(p · non-pad tokens)) of positions is chosen uniformly
+among the maskable ones (never [CLS]/[SEP]/[PAD]); of those, `mask_fraction` are shown as
+[MASK], `random_fraction` as a random token, the rest keep their token. ELECTRA: 0.85 / 0 / 0.15;
+BERT: 0.8 / 0.1 / 0.1. Pure torch on CPU, vectorized, deterministic for a given generator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    pad: int = 0
+    unk: int = 1
+    cls: int = 2
+    sep: int = 3
+    mask: int = 4
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "SpecialIds":
+        return cls(**{k: int(v) for k, v in json.loads(Path(path).read_text()).items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class MaskedBatch:
+    input_ids: torch.Tensor  # (B, S) what the generator sees
+    original_ids: torch.Tensor  # (B, S)
+    masked_positions: torch.Tensor  # (B, S) bool: where the loss is taken
+    attention_mask: torch.Tensor  # (B, S) 1 for real tokens
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special: SpecialIds,
+    mask_prob: float,
+    mask_fraction: float = 0.85,
+    random_fraction: float = 0.0,
+    vocab_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> MaskedBatch:
+    """Mask a (B, S) batch of token ids. `vocab_size` is needed only when random_fraction > 0."""
+    ids = input_ids.long()
+    B, S = ids.shape
+    nonpad = ids != special.pad
+    maskable = nonpad & (ids != special.cls) & (ids != special.sep)
+
+    # Fixed count per row; torch.round rounds half to even, like tf.round in the official code.
+    count = torch.round(nonpad.sum(1).double() * mask_prob).long().clamp(min=1)
+    count = torch.minimum(count, maskable.sum(1))
+
+    # Uniform choice without replacement: rank random scores, unmaskable ones last.
+    scores = torch.rand(B, S, generator=generator)
+    scores = scores.masked_fill(~maskable, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    positions = rank < count[:, None]
+
+    action = torch.rand(B, S, generator=generator)
+    show_mask = positions & (action < mask_fraction)
+    masked = ids.masked_fill(show_mask, special.mask)
+    if random_fraction > 0:
+        if vocab_size is None:
+            raise ValueError("mask_tokens: random_fraction > 0 needs vocab_size")
+        show_random = positions & (action >= mask_fraction) & (action < mask_fraction + random_fraction)
+        random_ids = torch.randint(0, vocab_size, (B, S), generator=generator)
+        masked = torch.where(show_random, random_ids, masked)
+    return MaskedBatch(masked, ids, positions, nonpad.long())

@@ -1,0 +1,197 @@
+"""ELECTRA, all of it: shared embeddings, generator (MLM), discriminator, and the pre-training loss.
+
+Replaced-token detection (Clark et al., 2020): the generator fills masked positions by
+Gumbel-max sampling; the discriminator labels EVERY non-pad token original (0) or replaced (1).
+Loss = generator_weight · L_mlm + λ · L_disc with λ = 50. Names follow Hugging Face's
+ELECTRA wherever a weight has a counterpart there, so export is a renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
+from electra_dist.model.layers import Encoder, LayerFactory
+
+
+class ElectraEmbeddings(nn.Module):
+    """Token + position + token-type embeddings and their LayerNorm: shared by both models."""
+
+    def __init__(self, cfg: ModelConfig, factory: LayerFactory, padded_vocab: int):
+        super().__init__()
+        self.word_embeddings = factory.vocab_embedding(padded_vocab, cfg.embedding_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.embedding_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.embedding_size)
+        self.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        for emb in (self.position_embeddings, self.token_type_embeddings):
+            nn.init.normal_(emb.weight, std=cfg.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        S = input_ids.shape[1]
+        x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:S]
+        if token_type_ids is None:
+            x = x + self.token_type_embeddings.weight[0]
+        else:
+            x = x + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))  # (B, S, E)
+
+
+class _Tower(nn.Module):
+    """Shared embeddings → own projection (when widths differ) → own encoder."""
+
+    def __init__(self, cfg: ModelConfig, enc: EncoderConfig, embeddings: ElectraEmbeddings, factory: LayerFactory):
+        super().__init__()
+        self.embeddings = embeddings  # the very same module (and Parameters) in both towers
+        if cfg.embedding_size != enc.hidden_size:
+            self.embeddings_project = nn.Linear(cfg.embedding_size, enc.hidden_size)
+            _init_linear(self.embeddings_project, cfg.initializer_range)
+        self.encoder = Encoder(enc.num_layers, enc.hidden_size, enc.num_heads, enc.intermediate_size,
+                               cfg.dropout, cfg.attention_dropout, cfg.layer_norm_eps, factory)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embeddings(input_ids, token_type_ids)
+        if hasattr(self, "embeddings_project"):
+            x = self.embeddings_project(x)
+        return self.encoder(x, attention_mask)  # (B, S, H)
+
+
+class ElectraGenerator(_Tower):
+    """A small MLM whose output layer is tied to the shared word embeddings."""
+
+    def __init__(self, cfg: ModelConfig, embeddings: ElectraEmbeddings, factory: LayerFactory, padded_vocab: int):
+        super().__init__(cfg, cfg.generator, embeddings, factory)
+        self.factory = factory
+        self.generator_predictions = nn.Module()
+        self.generator_predictions.dense = nn.Linear(cfg.generator.hidden_size, cfg.embedding_size)
+        self.generator_predictions.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
+        _init_linear(self.generator_predictions.dense, cfg.initializer_range)
+        lo, hi = factory.vocab_range(padded_vocab)
+        self.generator_lm_head_bias = nn.Parameter(torch.zeros(hi - lo))
+        # Padding rows of the vocabulary are never predicted nor sampled.
+        self.has_vocab_padding = hi > cfg.vocab_size
+        self.register_buffer("vocab_padding", torch.arange(lo, hi) >= cfg.vocab_size, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over this rank's vocab shard: (N, V_local) at `positions` (bool B×S), else (B, S, V_local)."""
+        h = self.encode(input_ids, attention_mask, token_type_ids)
+        if positions is not None:
+            h = h[positions]  # (N, Hg): the head runs only where something was masked
+        h = self.generator_predictions.LayerNorm(F.gelu(self.generator_predictions.dense(h)))
+        logits = self.factory.lm_logits(h, self.embeddings.word_embeddings.weight, self.generator_lm_head_bias)
+        if self.has_vocab_padding:
+            logits = logits.masked_fill(self.vocab_padding, float("-inf"))
+        return logits
+
+
+class ElectraDiscriminator(_Tower):
+    """The encoder we keep, with the replaced-token-detection head: dense → gelu → dense(1)."""
+
+    def __init__(self, cfg: ModelConfig, embeddings: ElectraEmbeddings, factory: LayerFactory):
+        super().__init__(cfg, cfg.discriminator, embeddings, factory)
+        h = cfg.discriminator.hidden_size
+        self.discriminator_predictions = nn.Module()
+        self.discriminator_predictions.dense = nn.Linear(h, h)
+        self.discriminator_predictions.dense_prediction = nn.Linear(h, 1)
+        for layer in (self.discriminator_predictions.dense, self.discriminator_predictions.dense_prediction):
+            _init_linear(layer, cfg.initializer_range)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.encode(input_ids, attention_mask, token_type_ids)
+        head = self.discriminator_predictions
+        return head.dense_prediction(F.gelu(head.dense(h))).squeeze(-1)  # (B, S)
+
+
+@dataclass
+class PretrainOutput:
+    loss: torch.Tensor  # generator_weight · generator_loss + λ · discriminator_loss
+    generator_loss: torch.Tensor
+    discriminator_loss: torch.Tensor
+    replaced: torch.Tensor  # (B, S) bool: the discriminator's labels
+    stats: dict[str, torch.Tensor]  # detached counts for metrics (summed, not averaged)
+
+
+class ElectraPretrainer(nn.Module):
+    """Generator + discriminator over shared embeddings, trained jointly with one loss."""
+
+    def __init__(self, cfg: ModelConfig, objective: ObjectiveConfig | None = None,
+                 factory: LayerFactory | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.objective = objective or ObjectiveConfig()
+        self.factory = factory or LayerFactory(cfg.initializer_range)
+        self.padded_vocab = cfg.padded_vocab_size(self.factory.tp_size)
+        embeddings = ElectraEmbeddings(cfg, self.factory, self.padded_vocab)
+        self.generator = ElectraGenerator(cfg, embeddings, self.factory, self.padded_vocab)
+        self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory)
+
+    @property
+    def embeddings(self) -> ElectraEmbeddings:
+        return self.discriminator.embeddings
+
+    def forward(self, input_ids: torch.Tensor, original_ids: torch.Tensor, masked_positions: torch.Tensor,
+                attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> PretrainOutput:
+        """input_ids: masked tokens (B, S); original_ids: before masking; masked_positions: bool (B, S)."""
+        obj = self.objective
+        # 1. Generator: MLM loss at the masked positions only.
+        gen_logits = self.generator(input_ids, attention_mask, token_type_ids, masked_positions)  # (N, V_local)
+        targets = original_ids[masked_positions]  # (N,)
+        gen_loss = self.factory.vocab_cross_entropy(gen_logits, targets).mean()
+
+        # 2. Sample replacements: Gumbel-max in fp32, no gradient into the generator.
+        with torch.no_grad():
+            sampled = self.gumbel_sample(gen_logits)  # (N,)
+            disc_input = original_ids.masked_scatter(masked_positions, sampled)
+            replaced = disc_input != original_ids  # a sample equal to the original counts as original
+
+        # 3. Discriminator: sigmoid BCE over every non-pad token ([CLS]/[SEP] included).
+        disc_logits = self.discriminator(disc_input, attention_mask, token_type_ids)  # (B, S)
+        nonpad = attention_mask.bool()
+        per_token = F.binary_cross_entropy_with_logits(disc_logits.float(), replaced.float(), reduction="none")
+        n_tokens = nonpad.sum()
+        disc_loss = (per_token * nonpad).sum() / n_tokens.clamp(min=1)
+
+        loss = obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss
+        with torch.no_grad():
+            gen_pred = self.factory.vocab_argmax(gen_logits.float())
+            pred = (disc_logits > 0) & nonpad
+            rep = replaced & nonpad
+            stats = {
+                "masked": targets.new_tensor(targets.numel()),
+                "generator_correct": (gen_pred == targets).sum(),
+                "tokens": n_tokens,
+                "replaced": rep.sum(),
+                "discriminator_correct": ((pred == rep) & nonpad).sum(),
+                "true_positive": (pred & rep).sum(),
+                "predicted_positive": pred.sum(),
+            }
+        return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats)
+
+    def gumbel_sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """argmax(logits / T + Gumbel noise) over the whole vocabulary.
+
+        The noise is drawn for the full padded vocabulary and each TP rank takes its own slice,
+        so every TP size draws the very same sample from the same RNG state.
+        """
+        lo, hi = self.factory.vocab_range(self.padded_vocab)
+        u = torch.rand(logits.shape[0], self.padded_vocab, device=logits.device, dtype=torch.float32)[:, lo:hi]
+        gumbel = -torch.log(-torch.log(u + 1e-9) + 1e-9)
+        return self.factory.vocab_argmax(logits.float() / self.objective.temperature + gumbel)
+
+
+def _init_linear(layer: nn.Linear, std: float) -> None:
+    nn.init.normal_(layer.weight, std=std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Distinct parameters (shared ones counted once); works on the meta device."""
+    return sum(p.numel() for p in module.parameters())

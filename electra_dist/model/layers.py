@@ -1,0 +1,122 @@
+"""Encoder building blocks: post-LN BERT attention, MLP and block, plus the layer factory.
+
+Every layer that tensor parallelism splits is built through a `LayerFactory`. This file's
+factory is plain torch (one rank); `electra_dist.parallel` supplies the megatron-core one, so
+the model never imports torch.distributed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerFactory:
+    """Plain-torch layers (tensor-parallel size 1). A TP factory overrides every method.
+
+    Shapes: a "column" layer's output and a "row" layer's input are split over TP ranks;
+    the vocab embedding holds rows [vocab_start, vocab_end) of the padded vocabulary.
+    """
+
+    tp_size: int = 1
+    tp_rank: int = 0
+
+    def __init__(self, init_std: float = 0.02):
+        self.init_std = init_std
+
+    def column_linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+        return self._linear(in_features, out_features, bias)
+
+    def row_linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+        return self._linear(in_features, out_features, bias)
+
+    def vocab_embedding(self, num_embeddings: int, embedding_dim: int) -> nn.Module:
+        emb = nn.Embedding(num_embeddings, embedding_dim)
+        nn.init.normal_(emb.weight, std=self.init_std)
+        return emb
+
+    def vocab_range(self, padded_vocab: int) -> tuple[int, int]:
+        per = padded_vocab // self.tp_size
+        return self.tp_rank * per, (self.tp_rank + 1) * per
+
+    def lm_logits(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Logits over this rank's vocab shard from replicated hidden states (tied weights)."""
+        return F.linear(hidden, weight, bias)
+
+    def vocab_cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-row cross-entropy; logits hold this rank's vocab shard, target global ids."""
+        return F.cross_entropy(logits.float(), target, reduction="none")
+
+    def vocab_argmax(self, scores: torch.Tensor) -> torch.Tensor:
+        """Global argmax ids over the (sharded) vocab dimension."""
+        return scores.argmax(dim=-1)
+
+    def _linear(self, in_features: int, out_features: int, bias: bool) -> nn.Linear:
+        layer = nn.Linear(in_features, out_features, bias=bias)
+        nn.init.normal_(layer.weight, std=self.init_std)
+        if bias:
+            nn.init.zeros_(layer.bias)
+        return layer
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection.
+
+    The QKV output is laid out head-major, (heads, 3, head_dim), so splitting it into TP
+    column shards gives each rank whole heads with their q, k and v.
+    """
+
+    def __init__(self, hidden: int, heads: int, attention_dropout: float, factory: LayerFactory):
+        super().__init__()
+        self.head_dim = hidden // heads
+        self.local_heads = heads // factory.tp_size
+        self.attention_dropout = attention_dropout
+        self.qkv = factory.column_linear(hidden, 3 * hidden)
+        self.dense = factory.row_linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, S, _ = x.shape
+        qkv = self.qkv(x).view(B, S, self.local_heads, 3, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B, nh, S, hd)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
+        )  # (B, nh, S, hd)
+        return self.dense(out.transpose(1, 2).reshape(B, S, self.local_heads * self.head_dim))
+
+
+class Block(nn.Module):
+    """Post-LN transformer block, as BERT and ELECTRA: x = LN(x + f(x)) twice."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, attention_dropout: float,
+                 eps: float, factory: LayerFactory):
+        super().__init__()
+        self.attention = SelfAttention(hidden, heads, attention_dropout, factory)
+        self.attention_norm = nn.LayerNorm(hidden, eps=eps)
+        self.intermediate = factory.column_linear(hidden, ffn)
+        self.output = factory.row_linear(ffn, hidden)
+        self.output_norm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))
+        return self.output_norm(x + self.dropout(self.output(F.gelu(self.intermediate(x)))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, num_layers: int, hidden: int, heads: int, ffn: int, dropout: float,
+                 attention_dropout: float, eps: float, factory: LayerFactory):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            Block(hidden, heads, ffn, dropout, attention_dropout, eps, factory) for _ in range(num_layers)
+        )
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        # (B, S) 1/0 → (B, 1, 1, S) bool, True = attend; None when nothing is padded (lets SDPA
+        # pick its fastest kernel).
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x

@@ -1,0 +1,56 @@
+"""The command line: every subcommand's --help works; bad configs give one clear error."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from electra_dist.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "electra_dist", *args], capture_output=True, text=True, env=env)
+
+
+def _subcommand_paths(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from _subcommand_paths(sub, prefix + (name,))
+
+
+def test_top_level_help():
+    r = _cli("--help")
+    assert r.returncode == 0 and "export" in r.stdout and "config" in r.stdout
+
+
+@pytest.mark.parametrize("path", list(_subcommand_paths(build_parser())), ids=" ".join)
+def test_every_subcommand_help(path):
+    r = _cli(*path, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: electra-dist " + " ".join(path))
+
+
+def test_config_help_lists_every_key_with_its_help():
+    r = _cli("config", "show", "--help")
+    assert "model.discriminator.num_heads" in r.stdout and "λ: weight of the discriminator loss" in r.stdout
+
+
+def test_bad_config_one_error_naming_all():
+    r = _cli("config", "show", "--config", "debug", "model.discriminator.num_heads=3", "objective.mask_prob=0",
+             "nope=1")
+    assert r.returncode == 2
+    assert "3 problem(s)" in r.stderr
+    for needle in ("model.discriminator.hidden_size: 64", "objective.mask_prob: 0", "nope: unknown key"):
+        assert needle in r.stderr
+
+
+def test_params_counts_large_without_allocating():
+    r = _cli("params", "--config", "electra-large")
+    assert r.returncode == 0 and "discriminator 335." in r.stdout

@@ -1,0 +1,82 @@
+"""Config: flavors, YAML files, dotted overrides, one error naming every problem. No devices."""
+
+from pathlib import Path
+
+import pytest
+
+from electra_dist.config import FLAVORS, Config, ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_flavors_carry_the_papers_hyperparameters():
+    s, b, l = (Config.from_name(n) for n in ("electra-small", "electra-base", "electra-large"))
+    assert (s.model.discriminator.num_layers, s.model.discriminator.hidden_size, s.model.discriminator.num_heads,
+            s.model.discriminator.intermediate_size, s.model.embedding_size) == (12, 256, 4, 1024, 128)
+    assert (s.model.generator.hidden_size, s.model.generator.num_heads) == (64, 1)
+    assert (b.model.discriminator.hidden_size, b.model.discriminator.num_heads, b.model.embedding_size) == (768, 12, 768)
+    assert (b.model.generator.hidden_size, b.model.generator.num_heads) == (256, 4)
+    assert (l.model.discriminator.num_layers, l.model.discriminator.hidden_size, l.model.discriminator.num_heads,
+            l.model.discriminator.intermediate_size) == (24, 1024, 16, 4096)
+    assert (l.model.generator.hidden_size, l.model.generator.num_heads) == (256, 4)
+    assert (s.objective.mask_prob, b.objective.mask_prob, l.objective.mask_prob) == (0.15, 0.15, 0.25)
+    assert (s.optim.lr, b.optim.lr, l.optim.lr) == (5e-4, 2e-4, 2e-4)
+    assert (s.train.global_batch_size, b.train.global_batch_size, l.train.global_batch_size) == (128, 256, 2048)
+    assert (s.train.seq_len, b.train.seq_len, l.train.seq_len) == (128, 512, 512)
+    assert (s.train.max_steps, b.train.max_steps) == (1_000_000, 766_000)
+    for c in (s, b, l):
+        assert c.objective.discriminator_weight == 50.0 and c.objective.generator_weight == 1.0
+        assert (c.optim.beta1, c.optim.beta2, c.optim.eps, c.optim.weight_decay) == (0.9, 0.999, 1e-6, 0.01)
+        assert c.optim.warmup_steps == 10000 and c.optim.grad_clip == 1.0
+        assert c.model.dropout == 0.1
+        c.validate()
+
+
+@pytest.mark.parametrize("flavor", sorted(FLAVORS))
+def test_yaml_files_equal_their_flavors(flavor):
+    path = CONFIGS / f"{flavor.replace('-', '_')}.yaml"
+    assert Config.from_yaml(path).to_dict() == Config.from_name(flavor).to_dict()
+
+
+def test_dotted_overrides_are_typed():
+    c = Config.from_name("debug").apply_overrides(["model.dropout=0.0", "train.max_steps=50",
+                                                   "tracking.enabled=false", "data.shards=/x/{0..3}.tar"])
+    assert c.model.dropout == 0.0 and c.train.max_steps == 50 and c.tracking.enabled is False
+    assert c.data.shards == "/x/{0..3}.tar"
+    assert isinstance(c.train.max_steps, int)
+
+
+def test_one_error_names_every_bad_key_and_value():
+    with pytest.raises(ConfigError) as e:
+        Config.build("debug", ["model.discriminator.num_heads=3", "objective.mask_prob=1.5", "foo.bar=1",
+                               "train.seq_len=abc", "model.generator.hidden_size=128", "train.precision=fp8"])
+    msg = str(e.value)
+    for needle in ("model.discriminator.hidden_size: 64 is not divisible by model.discriminator.num_heads=3",
+                   "objective.mask_prob: 1.5", "foo.bar: unknown key", "train.seq_len: 'abc' is not an integer",
+                   "model.generator.hidden_size: 128 is wider", "train.precision: 'fp8' is not one of"):
+        assert needle in msg, msg
+    assert len(e.value.problems) == 6
+
+
+def test_tensor_parallel_divisibility_is_checked():
+    with pytest.raises(ConfigError, match="num_heads: 1 is not divisible by parallel.tensor_parallel_size=2"):
+        Config.build("electra-small", ["parallel.tensor_parallel_size=2"])
+
+
+def test_bad_yaml_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("flavor: debug\nmodel:\n  hiden_size: 3\ntrain:\n  micro_batch_size: 5\n")
+    with pytest.raises(ConfigError) as e:
+        Config.build(str(bad))
+    assert str(bad) in str(e.value)
+    assert "model.hiden_size: unknown key" in str(e.value)
+    assert "train.global_batch_size: 16 is not a multiple of train.micro_batch_size=5" in str(e.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.build(str(tmp_path / "missing.yaml"))
+
+
+def test_padded_vocab():
+    c = Config.from_name("electra-small").model
+    assert c.padded_vocab_size(1) == 30592 and c.padded_vocab_size(2) == 30720
+    c.pad_vocab_multiple = 1
+    assert c.padded_vocab_size(1) == 30522

@@ -1,0 +1,157 @@
+"""The ELECTRA model and loss, exactly as DESIGN.md: shared embeddings, labels, gradients, counts."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from electra_dist.config import Config
+from electra_dist.data.masking import SpecialIds, mask_tokens
+from electra_dist.model import ElectraPretrainer, count_parameters
+
+from conftest import tiny_config
+
+
+def _batch(cfg, B=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S = cfg.train.seq_len
+    ids = torch.randint(5, cfg.model.vocab_size, (B, S), generator=g)
+    ids[:, 0], ids[:, S // 2], ids[:, -1] = 2, 3, 3
+    ids[1, 40:] = 0
+    ids[1, 39] = 3
+    return mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, generator=g)
+
+
+def _run(model, b):
+    return model(b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)
+
+
+def test_embeddings_are_the_same_parameter_objects(tiny):
+    m = ElectraPretrainer(tiny.model, tiny.objective)
+    g, d = m.generator.embeddings, m.discriminator.embeddings
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
+        for pg, pd in zip(getattr(g, name).parameters(), getattr(d, name).parameters()):
+            assert pg is pd
+    # each tower has its own projection (embedding 32 → 32 generator needs none, 64 discriminator does)
+    assert hasattr(m.discriminator, "embeddings_project") and not hasattr(m.generator, "embeddings_project")
+    # parameters() counts the shared ones once
+    names = [n for n, _ in m.named_parameters()]
+    assert len(names) == len(set(id(p) for p in m.parameters()))
+
+
+def test_generator_head_is_tied_and_masked_only(tiny):
+    m = ElectraPretrainer(tiny.model, tiny.objective).eval()
+    b = _batch(tiny)
+    full = m.generator(b.input_ids, b.attention_mask, None)  # (B, S, V)
+    at_mask = m.generator(b.input_ids, b.attention_mask, None, b.masked_positions)  # (N, V)
+    assert at_mask.shape == (int(b.masked_positions.sum()), m.padded_vocab)
+    torch.testing.assert_close(at_mask, full[b.masked_positions])
+    # tied: the output matrix IS the word embedding matrix
+    with torch.no_grad():
+        m.embeddings.word_embeddings.weight[7].add_(1.0)
+    assert not torch.allclose(m.generator(b.input_ids, b.attention_mask, None)[..., 7], full[..., 7])
+    # padding rows of the vocabulary (1000 → 1024) are never predicted
+    assert torch.isinf(full[..., 1000:]).all() and torch.isfinite(full[..., :1000]).all()
+
+
+def test_loss_is_gen_plus_50_disc_and_matches_a_manual_computation(tiny):
+    torch.manual_seed(0)
+    m = ElectraPretrainer(tiny.model, tiny.objective).eval()
+    b = _batch(tiny)
+    torch.manual_seed(1)
+    out = _run(m, b)
+    torch.testing.assert_close(out.loss, out.generator_loss + 50.0 * out.discriminator_loss)
+
+    # generator: mean CE over masked positions
+    logits = m.generator(b.input_ids, b.attention_mask, None, b.masked_positions)
+    torch.testing.assert_close(out.generator_loss, F.cross_entropy(logits, b.original_ids[b.masked_positions]))
+    # discriminator: BCE over non-pad tokens, summed / non-pad count, on the sampled input
+    torch.manual_seed(1)
+    sampled = m.gumbel_sample(logits)
+    disc_in = b.original_ids.clone()
+    disc_in[b.masked_positions] = sampled
+    labels = (disc_in != b.original_ids).float()
+    assert torch.equal(out.replaced, labels.bool())
+    d_logits = m.discriminator(disc_in, b.attention_mask)
+    nonpad = b.attention_mask.bool()
+    manual = F.binary_cross_entropy_with_logits(d_logits[nonpad], labels[nonpad], reduction="sum") / nonpad.sum()
+    torch.testing.assert_close(out.discriminator_loss, manual)
+    assert int(out.stats["tokens"]) == int(nonpad.sum())
+
+
+def test_sample_equal_to_original_is_labeled_original(tiny, monkeypatch):
+    m = ElectraPretrainer(tiny.model, tiny.objective)
+    b = _batch(tiny)
+    targets = b.original_ids[b.masked_positions]
+    n = targets.numel()
+    half = torch.arange(n) % 2 == 0
+    fake = torch.where(half, targets, (targets + 1) % 1000)  # even: the original token; odd: another
+    monkeypatch.setattr(m, "gumbel_sample", lambda logits: fake)
+    out = _run(m, b)
+    labels_at_mask = out.replaced[b.masked_positions]
+    assert torch.equal(labels_at_mask, ~half)
+    assert not out.replaced[~b.masked_positions].any()
+    assert int(out.stats["replaced"]) == int((~half).sum())
+
+
+def test_gumbel_sampling_follows_the_generator_distribution(tiny):
+    m = ElectraPretrainer(tiny.model, tiny.objective)
+    logits = torch.full((20000, m.padded_vocab), -1e9)
+    logits[:, 10], logits[:, 11], logits[:, 12] = 0.0, torch.log(torch.tensor(2.0)), torch.log(torch.tensor(5.0))
+    torch.manual_seed(0)
+    s = m.gumbel_sample(logits)
+    freq = torch.bincount(s, minlength=13)[10:13].float() / s.numel()
+    torch.testing.assert_close(freq, torch.tensor([1 / 8, 2 / 8, 5 / 8]), atol=0.015, rtol=0)
+    assert s.dtype == torch.long
+
+
+def test_gradients_of_both_losses_reach_shared_embeddings_and_disc_never_reaches_generator(tiny):
+    m = ElectraPretrainer(tiny.model, tiny.objective)
+    b = _batch(tiny)
+    word = m.embeddings.word_embeddings.weight
+
+    out = _run(m, b)
+    out.generator_loss.backward()
+    assert word.grad is not None and word.grad.abs().sum() > 0
+    m.zero_grad(set_to_none=True)
+
+    torch.manual_seed(3)
+    out = _run(m, b)
+    out.discriminator_loss.backward()
+    assert word.grad is not None and word.grad.abs().sum() > 0
+    for name in ("LayerNorm", "position_embeddings"):
+        assert all(p.grad.abs().sum() > 0 for p in getattr(m.embeddings, name).parameters())
+    gen_own = [p for n, p in m.generator.named_parameters() if not n.startswith("embeddings.")]
+    assert gen_own and all(p.grad is None or p.grad.abs().sum() == 0 for p in gen_own)
+    assert all(p.grad is not None for n, p in m.discriminator.named_parameters() if "encoder" in n)
+
+
+def test_training_steps_reduce_the_loss(tiny):
+    torch.manual_seed(0)
+    m = ElectraPretrainer(tiny.model, tiny.objective)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    b = _batch(tiny, B=8)
+    losses = []
+    for _ in range(40):
+        out = _run(m, b)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.generator_loss.item())
+    assert losses[-1] < 0.85 * losses[0]
+
+
+@pytest.mark.parametrize("flavor,millions", [("electra-small", 14), ("electra-base", 110), ("electra-large", 335)])
+def test_discriminator_parameter_counts_match_the_paper(flavor, millions):
+    cfg = Config.from_name(flavor, **{"model.pad_vocab_multiple": 1})
+    assert cfg.model.vocab_size == 30522
+    with torch.device("meta"):
+        m = ElectraPretrainer(cfg.model, cfg.objective)
+    n = count_parameters(m.discriminator)
+    assert abs(n / 1e6 - millions) / millions < 0.04, n
+    assert all(p.is_meta for p in m.parameters())
+
+
+def test_padding_changes_nothing_but_its_rows():
+    cfg = tiny_config(**{"model.vocab_size": 1000})
+    m = ElectraPretrainer(cfg.model, cfg.objective)
+    assert m.padded_vocab == 1024 and m.embeddings.word_embeddings.weight.shape[0] == 1024
