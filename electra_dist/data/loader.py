@@ -1,0 +1,260 @@
+"""Streaming loader over WebDataset shards: split by data-parallel rank and worker, seeded
+shuffling, masking on CPU workers, fixed-shape collation, endless epochs, exact resume.
+
+Every (DP rank, worker) pair is one "consumer". Per epoch the shard list is permuted with
+(seed, epoch) and dealt out to consumers (or, with fewer shards than consumers, samples are
+dealt out by index), so one epoch sees every sample exactly once. Each consumer's stream is a
+pure function of (seed, consumer): its batch i is always the same, and the masking RNG of a
+batch is seeded by (seed, consumer, i). torch's DataLoader returns worker batches round-robin,
+so the state of the whole loader is ONE number, the batches consumed; resuming fast-forwards
+each worker through batches it already delivered without decoding or masking them.
+TP ranks of one DP group pass the same dp_rank and so get identical batches.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from electra_dist.data.masking import SpecialIds, mask_tokens
+from electra_dist.data.shards import MANIFEST, read_manifest
+
+
+class CorruptShardError(RuntimeError):
+    pass
+
+
+_DTYPES = {"ids.u16": "<u2", "ids.i32": "<i4"}
+
+
+def resolve_shards(spec: str) -> tuple[list[str], dict | None]:
+    """Shard URLs and the manifest (if any) for a directory, glob, brace list or URL(s)."""
+    import webdataset as wds
+
+    path = Path(spec)
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            manifest = read_manifest(path)
+            return [str(path / s["name"]) for s in manifest["shards"]], manifest
+        urls = sorted(glob.glob(str(path / "*.tar")))
+        if not urls:
+            raise FileNotFoundError(f"shard directory {spec} holds no {MANIFEST} and no *.tar")
+        return urls, None
+    urls: list[str] = []
+    for url in wds.shardlists.expand_urls(spec):
+        if "://" in url or url.startswith("pipe:"):
+            urls.append(url)
+        elif any(c in url for c in "*?["):
+            urls.extend(sorted(glob.glob(url)))
+        else:
+            urls.append(url)
+    local_missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not os.path.isfile(u)]
+    if local_missing or not urls:
+        raise FileNotFoundError(f"data.shards={spec!r}: no such shard(s): {', '.join(local_missing[:5]) or spec}")
+    parent = Path(urls[0]).parent
+    manifest = read_manifest(parent) if "://" not in urls[0] and (parent / MANIFEST).is_file() else None
+    return urls, manifest
+
+
+class _CountingReader(io.RawIOBase):
+    """Wraps a stream to know the byte offset when a tar turns out corrupt."""
+
+    def __init__(self, stream):
+        self.stream, self.offset = stream, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.stream.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.offset += n
+        return n
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+def iter_shard(url: str, on_corrupt: str = "error") -> Iterator[tuple[str, np.ndarray]]:
+    """(key, token ids) of one shard. A truncated/corrupt tar raises naming shard and offset,
+    or (on_corrupt="skip") ends the shard with a warning."""
+    import webdataset as wds
+    from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+    stream = _CountingReader(wds.gopen(url))
+    n = 0
+    try:
+        # one member per sample, so no grouping by key is needed
+        for member in tar_file_iterator(io.BufferedReader(stream, 1 << 16)):
+            key, ext = base_plus_ext(member["fname"])
+            if ext not in _DTYPES:
+                raise CorruptShardError(f"member {member['fname']} is not ids.u16/ids.i32")
+            n += 1
+            yield key, np.frombuffer(member["data"], dtype=_DTYPES[ext])
+    except Exception as e:  # tarfile.ReadError, EOFError, OSError from a pipe, ...
+        msg = (f"corrupt shard {url}: after {n} good samples, near byte {stream.offset}: "
+               f"{type(e).__name__}: {e}")
+        if on_corrupt == "skip":
+            print(f"electra-dist: warning: {msg} (skipping the rest of it)", file=sys.stderr)
+            return
+        raise CorruptShardError(msg) from e
+    finally:
+        stream.close()
+
+
+@dataclass
+class LoaderSettings:
+    seq_len: int
+    micro_batch_size: int
+    special: SpecialIds
+    mask_prob: float
+    mask_fraction: float = 0.85
+    random_fraction: float = 0.0
+    vocab_size: int | None = None
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    on_corrupt: str = "error"
+
+
+class ShardStream(IterableDataset):
+    """Endless stream of masked, collated batches for one DP rank (split again by worker)."""
+
+    def __init__(self, urls: list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
+                 skip_batches: int = 0):
+        self.urls, self.s = list(urls), settings
+        self.dp_rank, self.dp_size, self.skip_batches = dp_rank, dp_size, skip_batches
+
+    # ---- per-consumer sample order -------------------------------------------------------
+    def samples(self, consumer: int, consumers: int) -> Iterator[tuple[int, str, np.ndarray]]:
+        """(epoch, key, ids) forever: this consumer's share of each epoch, buffer-shuffled."""
+        s = self.s
+        epoch = 0
+        while True:
+            order = list(range(len(self.urls)))
+            random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
+            if len(order) >= consumers:
+                mine, stride = order[consumer::consumers], None
+            else:
+                mine, stride = order, consumers
+            rng = random.Random((s.seed * 1_000_003 + epoch) * 1_000_003 + consumer)
+            buffer: list[tuple[str, np.ndarray]] = []
+            index = 0
+            for shard in mine:
+                for item in iter_shard(self.urls[shard], s.on_corrupt):
+                    index += 1
+                    if stride is not None and (index - 1) % stride != consumer:
+                        continue
+                    if len(buffer) < max(1, s.shuffle_buffer):
+                        buffer.append(item)
+                        continue
+                    j = rng.randrange(len(buffer))
+                    out, buffer[j] = buffer[j], item
+                    yield epoch, out[0], out[1]
+            rng.shuffle(buffer)
+            for key, ids in buffer:
+                yield epoch, key, ids
+            if not index:
+                raise CorruptShardError(f"consumer {consumer}/{consumers} got no samples in epoch {epoch} "
+                                        f"from {len(mine)} shard(s)")
+            epoch += 1
+
+    def batches(self, consumer: int, consumers: int) -> Iterator[tuple[int, list, int]]:
+        """(batch index, [(epoch, key, ids)] × micro_batch_size) forever."""
+        batch: list = []
+        i = 0
+        for item in self.samples(consumer, consumers):
+            batch.append(item)
+            if len(batch) == self.s.micro_batch_size:
+                yield i, batch, consumer
+                batch, i = [], i + 1
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        w, W = (info.id, info.num_workers) if info else (0, 1)
+        # DataLoader takes batches from its workers round-robin starting at worker 0, so after
+        # n delivered batches, loader worker w must continue the stream of logical worker
+        # (n + w) % W, which had already delivered ceil((n - that) / W) batches.
+        n = self.skip_batches
+        logical = (n + w) % W
+        consumer, consumers = self.dp_rank * W + logical, self.dp_size * W
+        skip = (n - logical + W - 1) // W if n > logical else 0
+        for i, batch, consumer in self.batches(consumer, consumers):
+            if i < skip:
+                continue
+            yield self.collate(batch, consumer, i)
+
+    # ---- collation and masking -----------------------------------------------------------
+    def collate(self, batch: list[tuple[int, str, np.ndarray]], consumer: int, index: int) -> dict[str, Any]:
+        s = self.s
+        B, S = len(batch), s.seq_len
+        ids = np.full((B, S), s.special.pad, dtype=np.int64)
+        for r, (_, key, row) in enumerate(batch):
+            if row.size > S:
+                raise ValueError(f"sample {key} has {row.size} tokens > train.seq_len={S}: "
+                                 "the shards were built for a longer sequence length")
+            ids[r, : row.size] = row
+        ids_t = torch.from_numpy(ids)
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([s.seed, consumer, index]).generate_state(1)[0]))
+        m = mask_tokens(ids_t, s.special, s.mask_prob, s.mask_fraction, s.random_fraction, s.vocab_size, g)
+        is_sep = ids_t == s.special.sep
+        token_type = ((is_sep.long().cumsum(1) - is_sep.long()) > 0).long()  # 1 after the first [SEP]
+        return {
+            "input_ids": m.input_ids,
+            "original_ids": m.original_ids,
+            "masked_positions": m.masked_positions,
+            "attention_mask": m.attention_mask,
+            "token_type_ids": token_type,
+            "keys": [key for _, key, _ in batch],
+            "epoch": batch[0][0],
+        }
+
+
+class PretrainLoader:
+    """Iterable of batches with `state_dict()`/`load_state_dict()` for exact resume."""
+
+    def __init__(self, shards: str | list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
+                 num_workers: int = 2, prefetch_factor: int = 4):
+        self.urls = resolve_shards(shards)[0] if isinstance(shards, str) else list(shards)
+        self.settings, self.dp_rank, self.dp_size = settings, dp_rank, dp_size
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self.consumed = 0  # batches handed to the caller
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        stream = ShardStream(self.urls, self.settings, self.dp_rank, self.dp_size, skip_batches=self.consumed)
+        if self.num_workers == 0:
+            source: Any = iter(stream)
+        else:
+            source = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                prefetch_factor=self.prefetch_factor, persistent_workers=False,
+                                multiprocessing_context="fork")
+        for batch in source:
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed_batches": self.consumed, "num_workers": self.num_workers, "dp_size": self.dp_size,
+                "dp_rank": self.dp_rank, "seed": self.settings.seed, "micro_batch_size": self.settings.micro_batch_size,
+                "num_shards": len(self.urls)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mismatched = [f"{k}: checkpoint {state.get(k)!r} ≠ now {v!r}"
+                      for k, v in self.state_dict().items()
+                      if k not in ("consumed_batches", "dp_rank") and state.get(k) != v]
+        if mismatched:
+            raise ValueError("cannot resume the data stream exactly; the loader differs from the checkpoint's:\n  "
+                             + "\n  ".join(mismatched)
+                             + "\n(keep data.num_workers, the data-parallel size, the micro batch, the seed and the "
+                               "shards as they were, or start the data stream afresh)")
+        self.consumed = int(state["consumed_batches"])

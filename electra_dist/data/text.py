@@ -1,0 +1,135 @@
+"""Raw text in: documents from .txt / .jsonl (and their .gz), split into sentences.
+
+Plain text: documents are separated by blank lines. JSON lines: one document per line, its
+text under `text_field`. Bytes that are not UTF-8 are replaced and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+# A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before whitespace
+# and an upper-case letter, digit or opening quote; newlines inside a document also end one.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
+
+
+@dataclass
+class TextStats:
+    """What reading the inputs found; reported by the CLI and stored in the shard manifest."""
+
+    files: int = 0
+    documents: int = 0
+    empty_documents: int = 0
+    bad_lines: int = 0  # JSON lines that did not parse or had no text field
+    replaced_bytes: int = 0  # undecodable bytes replaced by U+FFFD
+    problems: list[str] = field(default_factory=list)  # first few, with file and line
+
+    def note(self, problem: str) -> None:
+        if len(self.problems) < 20:
+            self.problems.append(problem)
+
+    def merge(self, other: "TextStats") -> None:
+        for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        for p in other.problems:
+            self.note(p)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes")}
+
+
+def expand_inputs(patterns: Iterable[str]) -> list[Path]:
+    """Expand globs and directories; every pattern must match at least one file."""
+    files: list[Path] = []
+    missing = []
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            found = sorted(x for x in p.rglob("*") if x.is_file() and _is_text(x))
+        elif any(c in pattern for c in "*?["):
+            found = sorted(Path(x) for x in glob.glob(pattern, recursive=True) if os.path.isfile(x))
+        else:
+            found = [p] if p.is_file() else []
+        if not found:
+            missing.append(pattern)
+        files.extend(found)
+    if missing:
+        raise FileNotFoundError(f"no input file matches: {', '.join(missing)}")
+    if not files:
+        raise FileNotFoundError("no input files given")
+    return files
+
+
+def _is_text(p: Path) -> bool:
+    name = p.name.removesuffix(".gz")
+    return name.endswith((".txt", ".jsonl", ".json", ".text"))
+
+
+def _open_lines(path: Path, stats: TextStats) -> Iterator[tuple[int, str]]:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    with raw:
+        for lineno, line in enumerate(io.BufferedReader(raw), 1):
+            try:
+                yield lineno, line.decode("utf-8")
+            except UnicodeDecodeError:
+                text = line.decode("utf-8", errors="replace")
+                n = text.count("\ufffd")
+                stats.replaced_bytes += n
+                stats.note(f"{path}:{lineno}: {n} byte(s) not UTF-8, replaced")
+                yield lineno, text
+
+
+def read_documents(path: Path, stats: TextStats, text_field: str = "text") -> Iterator[str]:
+    """Documents of one file (stripped, never empty); empty ones are counted and skipped."""
+    stats.files += 1
+    is_json = path.name.removesuffix(".gz").endswith((".jsonl", ".json"))
+    if is_json:
+        for lineno, line in _open_lines(path, stats):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                text = obj[text_field] if isinstance(obj, dict) else None
+            except (json.JSONDecodeError, KeyError):
+                text = None
+            if not isinstance(text, str):
+                stats.bad_lines += 1
+                stats.note(f"{path}:{lineno}: not a JSON object with a string {text_field!r} field")
+                continue
+            yield from _count(text.strip(), stats)
+        return
+    buf: list[str] = []
+    for _, line in _open_lines(path, stats):
+        if line.strip():
+            buf.append(line.rstrip("\n"))
+        elif buf:
+            yield from _count("\n".join(buf).strip(), stats)
+            buf = []
+    if buf:
+        yield from _count("\n".join(buf).strip(), stats)
+
+
+def _count(doc: str, stats: TextStats) -> Iterator[str]:
+    if doc:
+        stats.documents += 1
+        yield doc
+    else:
+        stats.empty_documents += 1
+
+
+def iter_documents(paths: Iterable[Path], stats: TextStats, text_field: str = "text") -> Iterator[str]:
+    for path in paths:
+        yield from read_documents(Path(path), stats, text_field)
+
+
+def split_sentences(doc: str) -> list[str]:
+    """Sentences of a document: a light rule-based splitter (punctuation + capital, or newline)."""
+    return [s for s in (part.strip() for part in _SENTENCE_END.split(doc)) if s]

@@ -1,0 +1,149 @@
+"""SentencePiece tokenizer: training from raw text, and the loaded tokenizer with ELECTRA's specials.
+
+A tokenizer directory holds `spm.model`, `spm.vocab` and `special_tokens.json` (the fixed ids of
+[PAD] [UNK] [CLS] [SEP] [MASK], the vocab size and the model's SHA-256). [CLS] [SEP] [MASK] are
+control symbols: text that spells "[MASK]" never becomes the mask id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from electra_dist.data.masking import SpecialIds
+from electra_dist.data.text import TextStats, expand_inputs, iter_documents, split_sentences
+
+MODEL = "spm.model"
+VOCAB = "spm.vocab"
+SPECIALS = "special_tokens.json"
+SPECIAL_PIECES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Tokenizer:
+    """A trained SentencePiece model plus the special-token ids the model and masking use."""
+
+    def __init__(self, directory: str | Path):
+        import sentencepiece as spm
+
+        self.directory = Path(directory)
+        model = self.directory / MODEL
+        if not model.is_file():
+            raise FileNotFoundError(f"tokenizer directory {self.directory} has no {MODEL} "
+                                    "(build one with `electra-dist tokenizer train`)")
+        self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        meta = json.loads((self.directory / SPECIALS).read_text()) if (self.directory / SPECIALS).is_file() else {}
+        self.special = SpecialIds(**{k: self.sp.piece_to_id(p) for k, p in SPECIAL_PIECES.items()})
+        self.checksum = sha256_file(model)
+        if meta.get("sha256") and meta["sha256"] != self.checksum:
+            raise ValueError(f"{self.directory / SPECIALS} was written for another {MODEL} "
+                             f"(sha256 {meta['sha256'][:12]}… ≠ {self.checksum[:12]}…)")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i))
+
+
+def train_tokenizer(
+    inputs: list[str],
+    vocab_size: int,
+    out: str | Path,
+    model_type: str = "unigram",
+    lowercase: bool = False,
+    input_sentence_size: int = 2_000_000,
+    character_coverage: float = 0.9999,
+    text_field: str = "text",
+    seed: int = 0,
+    num_threads: int | None = None,
+) -> tuple[Tokenizer, TextStats]:
+    """Train SentencePiece on the sentences of `inputs`; sample `input_sentence_size` of them."""
+    import os
+
+    import sentencepiece as spm
+
+    if model_type not in ("unigram", "bpe"):
+        raise ValueError(f"--model-type: {model_type!r} is not one of unigram, bpe")
+    if vocab_size < 16:
+        raise ValueError(f"--vocab-size: {vocab_size} is too small (need room for 5 special tokens)")
+    files = expand_inputs(inputs)
+    stats = TextStats()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Reservoir-sample sentences here, so a large corpus costs one read and bounded memory.
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for doc in iter_documents(files, stats, text_field):
+        for s in split_sentences(doc):
+            seen += 1
+            if len(sample) < input_sentence_size:
+                sample.append(s)
+            else:
+                j = rng.randrange(seen)
+                if j < input_sentence_size:
+                    sample[j] = s
+    if not sample:
+        raise ValueError(f"no text found in {', '.join(map(str, files))} "
+                         f"({stats.documents} documents, {stats.bad_lines} bad lines)")
+
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sample),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+            pad_piece="[PAD]", unk_piece="[UNK]",
+            control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+            input_sentence_size=0,  # we already sampled
+            shuffle_input_sentence=False,
+            max_sentence_length=16384,
+            num_threads=num_threads or min(16, os.cpu_count() or 1),
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise ValueError(f"SentencePiece could not train a {vocab_size}-piece vocabulary on "
+                         f"{len(sample)} sentences: {e}") from None
+    (out / MODEL).write_bytes(model.getvalue())
+    proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    (out / VOCAB).write_text("".join(f"{proc.id_to_piece(i)}\t{proc.get_score(i)}\n"
+                                     for i in range(proc.get_piece_size())), encoding="utf-8")
+    specials = {k: proc.piece_to_id(p) for k, p in SPECIAL_PIECES.items()}
+    meta = {**specials, "vocab_size": proc.get_piece_size(), "model_type": model_type, "lowercase": lowercase,
+            "sha256": sha256_file(out / MODEL), "sentences_sampled": len(sample), "sentences_seen": seen,
+            "inputs": [str(f) for f in files], **stats.to_dict()}
+    (out / SPECIALS).write_text(json.dumps(meta, indent=2))
+    return Tokenizer(out), stats
+
+
+def iter_sentences(inputs: list[str], text_field: str = "text") -> Iterator[str]:
+    stats = TextStats()
+    for doc in iter_documents(expand_inputs(inputs), stats, text_field):
+        yield from split_sentences(doc)

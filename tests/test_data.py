@@ -1,0 +1,323 @@
+"""Data path on real text: SentencePiece tokenizer, shard builder, streaming loader, bad input."""
+
+import gzip
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from electra_dist.data.loader import CorruptShardError, LoaderSettings, PretrainLoader, ShardStream, iter_shard, resolve_shards
+from electra_dist.data.masking import SpecialIds
+from electra_dist.data.shards import ExampleBuilder, build_shards, check_compatible, merge_manifests, read_manifest
+from electra_dist.data.text import TextStats, iter_documents, split_sentences
+from electra_dist.data.tokenizer import Tokenizer, train_tokenizer
+
+from conftest import SAMPLE
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ = 64
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer([str(SAMPLE)], 2000, out, lowercase=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory, tok_dir):
+    out = tmp_path_factory.mktemp("shards")
+    build_shards([str(SAMPLE)], tok_dir, SEQ, out, samples_per_shard=500, workers=1, progress=False, overwrite=True)
+    return out
+
+
+def _settings(**kw):
+    base = dict(seq_len=SEQ, micro_batch_size=8, special=SpecialIds(), mask_prob=0.15, seed=3, shuffle_buffer=64)
+    base.update(kw)
+    return LoaderSettings(**base)
+
+
+def _take(loader, n):
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def _same(a, b):
+    return all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in
+               ("input_ids", "original_ids", "masked_positions", "attention_mask", "token_type_ids")) and \
+        [x["keys"] for x in a] == [y["keys"] for y in b] and len(a) == len(b)
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+def test_documents_and_bad_bytes(tmp_path):
+    txt = tmp_path / "a.txt"
+    txt.write_bytes(b"First doc line one.\nLine two.\n\n\n\nSecond \xff\xfe doc.\n\n   \n")
+    jl = tmp_path / "b.jsonl.gz"
+    with gzip.open(jl, "wt") as f:
+        f.write(json.dumps({"text": "Json doc. Another sentence!"}) + "\n")
+        f.write(json.dumps({"text": "   "}) + "\n")
+        f.write("{not json\n")
+        f.write(json.dumps({"body": "no text field"}) + "\n")
+    stats = TextStats()
+    docs = list(iter_documents([txt, jl], stats))
+    assert docs == ["First doc line one.\nLine two.", "Second \ufffd\ufffd doc.", "Json doc. Another sentence!"]
+    assert stats.replaced_bytes == 2 and stats.empty_documents == 1 and stats.bad_lines == 2
+    assert any("a.txt:6" in p for p in stats.problems)
+    assert any("b.jsonl.gz:3" in p for p in stats.problems)
+
+
+def test_sentence_split():
+    assert split_sentences('He said "Stop." Then he left! Was it 3 p.m.? Yes.\nNew line') == \
+        ['He said "Stop."', "Then he left!", "Was it 3 p.m.?", "Yes.", "New line"]
+
+
+# ---- tokenizer --------------------------------------------------------------------------------
+
+def test_tokenizer_specials_and_real_text(tok_dir, real_documents):
+    tok = Tokenizer(tok_dir)
+    assert tok.vocab_size == 2000
+    assert tok.special == SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
+    meta = json.loads((tok_dir / "special_tokens.json").read_text())
+    assert meta["sha256"] == tok.checksum and meta["lowercase"] is True
+    # control symbols: the text "[MASK]" never becomes the mask id; lower-casing applies
+    ids = tok.encode("Call me Ishmael. [MASK] [CLS]")
+    assert not set(ids) & {0, 2, 3, 4}
+    assert tok.encode("CALL ME ISHMAEL") == tok.encode("call me ishmael")
+    # real text is mostly known pieces
+    ids = [i for d in real_documents[:5] for i in tok.encode(d[:2000])]
+    assert sum(i == tok.special.unk for i in ids) / len(ids) < 0.01
+    assert tok.decode(tok.encode("it is a truth universally acknowledged")) == "it is a truth universally acknowledged"
+
+
+def test_tokenizer_bpe_and_sampling(tmp_path):
+    tok, _ = train_tokenizer([str(SAMPLE)], 1000, tmp_path, model_type="bpe", input_sentence_size=3000)
+    meta = json.loads((tmp_path / "special_tokens.json").read_text())
+    assert meta["model_type"] == "bpe" and meta["sentences_sampled"] == 3000 and meta["sentences_seen"] > 10000
+    assert tok.special.mask == 4 and tok.vocab_size == 1000
+    assert tok.encode("Moby") != tok.encode("moby")  # no case folding by default
+
+
+def test_tokenizer_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        train_tokenizer([str(tmp_path / "nope.txt")], 1000, tmp_path / "t")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    with pytest.raises(ValueError, match="no text found"):
+        train_tokenizer([str(empty)], 1000, tmp_path / "t")
+    with pytest.raises(FileNotFoundError, match="spm.model"):
+        Tokenizer(tmp_path)
+
+
+# ---- shards -----------------------------------------------------------------------------------
+
+def test_example_builder_follows_the_official_packing():
+    import random
+
+    b = ExampleBuilder(2, 3, 32, random.Random(0))
+    out = []
+    for doc in range(300):
+        for s in range(6):
+            ex = b.add_sentence([10 + doc % 50] * (3 + s))
+            if ex:
+                out.append(ex)
+        if (ex := b.end_document()) is not None:
+            out.append(ex)
+    assert all(e[0] == 2 and e[-1] == 3 and len(e) <= 32 for e in out)
+    seps = Counter(e.count(3) for e in out)
+    assert set(seps) <= {1, 2}
+    single = seps[1] / len(out)
+    assert 0.05 < single < 0.3  # ~10 % single-segment by design, plus document tails
+
+
+def test_shards_format_manifest_and_token_types(shard_dir, tok_dir):
+    m = read_manifest(shard_dir)
+    tok = Tokenizer(tok_dir)
+    assert m["seq_len"] == SEQ and m["dtype"] == "u16" and m["tokenizer"]["sha256"] == tok.checksum
+    assert len(m["shards"]) > 4 and m["samples"] == sum(s["samples"] for s in m["shards"])
+    total, lengths = 0, []
+    for s in m["shards"]:
+        with tarfile.open(shard_dir / s["name"]) as t:
+            names = t.getnames()
+        assert len(names) == s["samples"] and all(n.endswith(".ids.u16") for n in names)
+        rows = list(iter_shard(str(shard_dir / s["name"])))
+        assert sum(r.size for _, r in rows) == s["tokens"]
+        for _, r in rows:
+            assert r[0] == 2 and r[-1] == 3 and r.size <= SEQ and 0 not in r and 4 not in r and (r == 3).sum() in (1, 2)
+            lengths.append(r.size)
+        total += len(rows)
+    assert total == m["samples"]
+    assert np.mean(np.array(lengths) == SEQ) > 0.6  # most sequences are packed full
+    # token types: 0 through the first [SEP], 1 after it
+    b = _take(PretrainLoader(str(shard_dir), _settings(), num_workers=0), 1)[0]
+    for ids, tt in zip(b["original_ids"], b["token_type_ids"]):
+        first_sep = int((ids == 3).nonzero()[0])
+        assert tt[: first_sep + 1].eq(0).all() and tt[first_sep + 1:][ids[first_sep + 1:] != 0].eq(1).all()
+
+
+def test_shards_deterministic_whatever_the_workers(tmp_path, tok_dir, shard_dir):
+    build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=500, workers=2, progress=False)
+    names = sorted(p.name for p in shard_dir.glob("*.tar"))
+    assert names == sorted(p.name for p in tmp_path.glob("*.tar"))
+    for n in names:
+        assert (tmp_path / n).read_bytes() == (shard_dir / n).read_bytes(), n
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, progress=False)
+
+
+def test_array_parts_merge_to_the_same_samples(tmp_path, tok_dir):
+    single = tmp_path / "single"
+    build_shards([str(SAMPLE)], tok_dir, SEQ, single, samples_per_shard=300, workers=1, progress=False,
+                 chunk_chars=100_000)
+    parts = tmp_path / "parts"
+    for k in range(3):
+        build_shards([str(SAMPLE)], tok_dir, SEQ, parts, samples_per_shard=300, workers=1, progress=False,
+                     chunk_chars=100_000, part=k, num_parts=3)
+    with pytest.raises(ValueError, match="missing"):
+        (parts / "manifest.part-002.json").rename(parts / "x.json")
+        merge_manifests(parts)
+    (parts / "x.json").rename(parts / "manifest.part-002.json")
+    m = merge_manifests(parts)
+
+    def rows(d):
+        return sorted(tuple(r.tolist()) for u in resolve_shards(str(d))[0] for _, r in iter_shard(u))
+
+    assert m["samples"] == read_manifest(single)["samples"]
+    assert rows(parts) == rows(single)
+
+
+# ---- loader -----------------------------------------------------------------------------------
+
+def test_every_sample_exactly_once_per_epoch_across_ranks_and_workers(shard_dir):
+    urls, m = resolve_shards(str(shard_dir))
+    all_keys = [k for u in urls for k, _ in iter_shard(u)]
+    for consumers in (4, 16):  # 16 > shards: samples are dealt out by index instead
+        stream = ShardStream(urls, _settings())
+        seen = []
+        for c in range(consumers):
+            for epoch, key, _ in stream.samples(c, consumers):
+                if epoch > 0:
+                    break
+                seen.append(key)
+        assert sorted(seen) == sorted(all_keys), consumers
+
+
+def test_exact_resume_2_ranks_x_2_workers(shard_dir):
+    for rank in (0, 1):
+        straight = _take(PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2), 15)
+        first = PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2)
+        a = _take(first, 7)
+        state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint
+        resumed = PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2)
+        resumed.load_state_dict(state)
+        b = _take(resumed, 4)  # an odd count, then a second resume: the worker rotation must hold
+        again = PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2)
+        again.load_state_dict(resumed.state_dict())
+        assert _same(straight, a + b + _take(again, 4))
+    r0 = _take(PretrainLoader(str(shard_dir), _settings(), 0, 2, num_workers=2), 10)
+    r1 = _take(PretrainLoader(str(shard_dir), _settings(), 1, 2, num_workers=2), 10)
+    assert not {k for b in r0 for k in b["keys"]} & {k for b in r1 for k in b["keys"]}
+
+
+def test_same_dp_rank_same_batches_and_seeded_shuffle(shard_dir):
+    # tensor-parallel ranks of one DP group build the loader with the same dp_rank
+    a = _take(PretrainLoader(str(shard_dir), _settings(), 1, 2, num_workers=2), 5)
+    b = _take(PretrainLoader(str(shard_dir), _settings(), 1, 2, num_workers=2), 5)
+    assert _same(a, b)
+    c = _take(PretrainLoader(str(shard_dir), _settings(seed=4), 1, 2, num_workers=2), 5)
+    assert [x["keys"] for x in a] != [x["keys"] for x in c]
+
+
+def test_resume_with_other_workers_is_refused(shard_dir):
+    first = PretrainLoader(str(shard_dir), _settings(), num_workers=2)
+    _take(first, 3)
+    other = PretrainLoader(str(shard_dir), _settings(), num_workers=1)
+    with pytest.raises(ValueError, match="num_workers: checkpoint 2 ≠ now 1"):
+        other.load_state_dict(first.state_dict())
+
+
+def test_multiple_epochs_reshuffle(tmp_path, tok_dir):
+    build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=10000, workers=1, progress=False)
+    m = read_manifest(tmp_path)
+    per_epoch = m["samples"] // 8
+    batches = _take(PretrainLoader(str(tmp_path), _settings(), num_workers=0), 2 * per_epoch + 2)
+    assert batches[0]["epoch"] == 0 and batches[-1]["epoch"] == 2
+    e0 = [k for b in batches if b["epoch"] == 0 for k in b["keys"]]
+    e1 = [k for b in batches if b["epoch"] == 1 for k in b["keys"]]
+    assert e0[:50] != e1[:50] and set(e1) <= set(e0 + e1)
+
+
+def test_globs_brace_lists_pipe_and_http(shard_dir):
+    names = sorted(p.name for p in shard_dir.glob("*.tar"))
+    brace = str(shard_dir / f"shard-000-{{000000..{len(names) - 1:06d}}}.tar")
+    for spec in (str(shard_dir / "*.tar"), brace):
+        urls, manifest = resolve_shards(spec)
+        assert [Path(u).name for u in urls] == names and manifest is not None
+    expected = [k for k, _ in iter_shard(str(shard_dir / names[0]))]
+    assert [k for k, _ in iter_shard(f"pipe:cat {shard_dir / names[0]}")] == expected
+
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(shard_dir), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        url = f"http://127.0.0.1:{port}/shard-000-{{000000..000001}}.tar"
+        loader = PretrainLoader(url, _settings(), num_workers=1)
+        batch = _take(loader, 2)
+        assert all(k.startswith(("000-000000", "000-000001")) for b in batch for k in b["keys"])
+    finally:
+        server.shutdown()
+
+
+def test_corrupt_shard_error_names_shard_and_offset_or_skips(tmp_path, shard_dir):
+    for p in shard_dir.glob("*.tar"):
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(shard_dir / "manifest.json", tmp_path / "manifest.json")
+    victim = tmp_path / "shard-000-000001.tar"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2] + b"\x13garbage" * 100)
+    with pytest.raises(CorruptShardError, match=r"shard-000-000001\.tar: after \d+ good samples, near byte \d+"):
+        list(iter_shard(str(victim)))
+    good = list(iter_shard(str(victim), on_corrupt="skip"))
+    assert 0 < len(good) < 500
+    loader = PretrainLoader(str(tmp_path), _settings(on_corrupt="skip", shuffle_buffer=1), num_workers=0)
+    assert len(_take(loader, 200)) == 200  # goes on past the broken shard
+
+
+def test_compatibility_checks(shard_dir, tmp_path):
+    m = read_manifest(shard_dir)
+    train_tokenizer([str(SAMPLE)], 1500, tmp_path / "other", input_sentence_size=2000)
+    with pytest.raises(ValueError) as e:
+        check_compatible(m, Tokenizer(tmp_path / "other"), 128)
+    assert "tokenizer sha256" in str(e.value) and "train.seq_len=128" in str(e.value)
+
+
+def test_cli_tokenizer_shards_bench(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "electra_dist", *a], capture_output=True, text=True, env=env)
+
+    r = cli("tokenizer", "train", "--input", str(SAMPLE), "--vocab-size", "1000", "--out", str(tmp_path / "tok"))
+    assert r.returncode == 0, r.stderr
+    r = cli("shards", "build", "--input", str(SAMPLE), "--tokenizer", str(tmp_path / "tok"), "--seq-len", "128",
+            "--out", str(tmp_path / "sh"), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "tokens/s" in r.stdout and "tok/s" in r.stderr  # summary and the progress bar
+    r = cli("bench", "data", "--shards", str(tmp_path / "sh"), "--workers", "1", "--batches", "20")
+    assert r.returncode == 0 and "per worker" in r.stdout, r.stderr
+    r = cli("shards", "build", "--input", str(tmp_path / "missing.txt"), "--tokenizer", str(tmp_path / "tok"),
+            "--seq-len", "128", "--out", str(tmp_path / "sh2"))
+    assert r.returncode == 2 and "missing.txt" in r.stderr
