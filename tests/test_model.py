@@ -85,7 +85,7 @@ def test_sample_equal_to_original_is_labeled_original(tiny, monkeypatch):
     n = targets.numel()
     half = torch.arange(n) % 2 == 0
     fake = torch.where(half, targets, (targets + 1) % 1000)  # even: the original token; odd: another
-    monkeypatch.setattr(m, "gumbel_sample", lambda logits: fake)
+    monkeypatch.setattr(m, "gumbel_sample", lambda logits, keys=None: fake)
     out = _run(m, b)
     labels_at_mask = out.replaced[b.masked_positions]
     assert torch.equal(labels_at_mask, ~half)
@@ -155,3 +155,37 @@ def test_padding_changes_nothing_but_its_rows():
     cfg = tiny_config(**{"model.vocab_size": 1000})
     m = ElectraPretrainer(cfg.model, cfg.objective)
     assert m.padded_vocab == 1024 and m.embeddings.word_embeddings.weight.shape[0] == 1024
+
+
+def test_counter_based_gumbel_follows_the_distribution_and_slices_by_vocab(tiny):
+    from electra_dist import rng
+
+    m = ElectraPretrainer(tiny.model, tiny.objective)
+    logits = torch.full((20000, m.padded_vocab), -1e9)
+    logits[:, 10], logits[:, 11], logits[:, 12] = 0.0, torch.log(torch.tensor(2.0)), torch.log(torch.tensor(5.0))
+    keys = rng.row_keys(torch.arange(20000), torch.zeros(20000, dtype=torch.long), rng.GUMBEL)
+    s = m.gumbel_sample(logits, keys)
+    freq = torch.bincount(s, minlength=13)[10:13].float() / s.numel()
+    torch.testing.assert_close(freq, torch.tensor([1 / 8, 2 / 8, 5 / 8]), atol=0.015, rtol=0)
+    # a vocab shard's noise is the same columns of the full noise: what TP relies on
+    full = rng.uniform(keys[:5], torch.arange(0, 1024))
+    torch.testing.assert_close(rng.uniform(keys[:5], torch.arange(512, 1024)), full[:, 512:])
+    u = rng.uniform(keys)
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+
+
+def test_sample_ids_make_the_loss_independent_of_batch_composition(tiny):
+    """The same samples give the same per-sample masks and samples in any batch split."""
+    torch.manual_seed(0)
+    m = ElectraPretrainer(tiny.model, tiny.objective).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 1000, (4, tiny.train.seq_len), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3
+    sid = torch.tensor([11, 22, 33, 44])
+    full = mask_tokens(ids, SpecialIds(), 0.15, sample_ids=sid)
+    halves = [mask_tokens(ids[i:i + 2], SpecialIds(), 0.15, sample_ids=sid[i:i + 2]) for i in (0, 2)]
+    assert torch.equal(full.input_ids, torch.cat([h.input_ids for h in halves]))
+    out = m(full.input_ids, full.original_ids, full.masked_positions, full.attention_mask, sample_ids=sid)
+    parts = [m(h.input_ids, h.original_ids, h.masked_positions, h.attention_mask, sample_ids=sid[i:i + 2])
+             for h, i in zip(halves, (0, 2))]
+    assert torch.equal(out.replaced, torch.cat([p.replaced for p in parts]))

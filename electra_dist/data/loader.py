@@ -4,10 +4,11 @@ shuffling, masking on CPU workers, fixed-shape collation, endless epochs, exact 
 Every (DP rank, worker) pair is one "consumer". Per epoch the shard list is permuted with
 (seed, epoch) and dealt out to consumers (or, with fewer shards than consumers, samples are
 dealt out by index), so one epoch sees every sample exactly once. Each consumer's stream is a
-pure function of (seed, consumer): its batch i is always the same, and the masking RNG of a
-batch is seeded by (seed, consumer, i). torch's DataLoader returns worker batches round-robin,
-so the state of the whole loader is ONE number, the batches consumed; resuming fast-forwards
-each worker through batches it already delivered without decoding or masking them.
+pure function of (seed, consumer): its batch i is always the same. torch's DataLoader returns
+worker batches round-robin, so the state of the whole loader is ONE number, the batches
+consumed; resuming fast-forwards each worker through batches it already delivered without
+decoding or masking them.
+Masking randomness is a function of (seed, epoch, sample key) alone (electra_dist.rng).
 TP ranks of one DP group pass the same dp_rank and so get identical batches.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from electra_dist import rng
 from electra_dist.data.masking import SpecialIds, mask_tokens
 from electra_dist.data.shards import MANIFEST, read_manifest
 
@@ -170,14 +172,14 @@ class ShardStream(IterableDataset):
                                         f"from {len(mine)} shard(s)")
             epoch += 1
 
-    def batches(self, consumer: int, consumers: int) -> Iterator[tuple[int, list, int]]:
+    def batches(self, consumer: int, consumers: int) -> Iterator[tuple[int, list]]:
         """(batch index, [(epoch, key, ids)] × micro_batch_size) forever."""
         batch: list = []
         i = 0
         for item in self.samples(consumer, consumers):
             batch.append(item)
             if len(batch) == self.s.micro_batch_size:
-                yield i, batch, consumer
+                yield i, batch
                 batch, i = [], i + 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -190,13 +192,13 @@ class ShardStream(IterableDataset):
         logical = (n + w) % W
         consumer, consumers = self.dp_rank * W + logical, self.dp_size * W
         skip = (n - logical + W - 1) // W if n > logical else 0
-        for i, batch, consumer in self.batches(consumer, consumers):
+        for i, batch in self.batches(consumer, consumers):
             if i < skip:
                 continue
-            yield self.collate(batch, consumer, i)
+            yield self.collate(batch)
 
     # ---- collation and masking -----------------------------------------------------------
-    def collate(self, batch: list[tuple[int, str, np.ndarray]], consumer: int, index: int) -> dict[str, Any]:
+    def collate(self, batch: list[tuple[int, str, np.ndarray]]) -> dict[str, Any]:
         s = self.s
         B, S = len(batch), s.seq_len
         ids = np.full((B, S), s.special.pad, dtype=np.int64)
@@ -206,8 +208,10 @@ class ShardStream(IterableDataset):
                                  "the shards were built for a longer sequence length")
             ids[r, : row.size] = row
         ids_t = torch.from_numpy(ids)
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([s.seed, consumer, index]).generate_state(1)[0]))
-        m = mask_tokens(ids_t, s.special, s.mask_prob, s.mask_fraction, s.random_fraction, s.vocab_size, g)
+        # masking (and, in the model, Gumbel sampling) is a function of the sample id alone
+        sample_ids = torch.tensor([rng.sample_id(key, epoch, s.seed) for epoch, key, _ in batch], dtype=torch.long)
+        m = mask_tokens(ids_t, s.special, s.mask_prob, s.mask_fraction, s.random_fraction, s.vocab_size,
+                        sample_ids=sample_ids)
         is_sep = ids_t == s.special.sep
         token_type = ((is_sep.long().cumsum(1) - is_sep.long()) > 0).long()  # 1 after the first [SEP]
         return {
@@ -216,6 +220,7 @@ class ShardStream(IterableDataset):
             "masked_positions": m.masked_positions,
             "attention_mask": m.attention_mask,
             "token_type_ids": token_type,
+            "sample_ids": sample_ids,
             "keys": [key for _, key, _ in batch],
             "epoch": batch[0][0],
         }

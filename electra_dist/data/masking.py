@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from electra_dist import rng
+
 
 @dataclass(frozen=True)
 class SpecialIds:
@@ -47,8 +49,14 @@ def mask_tokens(
     random_fraction: float = 0.0,
     vocab_size: int | None = None,
     generator: torch.Generator | None = None,
+    sample_ids: torch.Tensor | None = None,
 ) -> MaskedBatch:
-    """Mask a (B, S) batch of token ids. `vocab_size` is needed only when random_fraction > 0."""
+    """Mask a (B, S) batch of token ids. `vocab_size` is needed only when random_fraction > 0.
+
+    With `sample_ids` (B,) int64 the randomness is a pure function of (sample id, position),
+    (see electra_dist.rng): a sample is masked the same way in any batch, on any rank.
+    Otherwise `generator` (or torch's global RNG) is used.
+    """
     ids = input_ids.long()
     B, S = ids.shape
     nonpad = ids != special.pad
@@ -59,18 +67,27 @@ def mask_tokens(
     count = torch.minimum(count, maskable.sum(1))
 
     # Uniform choice without replacement: rank random scores, unmaskable ones last.
-    scores = torch.rand(B, S, generator=generator)
-    scores = scores.masked_fill(~maskable, 2.0)
+    if sample_ids is not None:
+        pos = torch.arange(S)[None, :]
+        sid = sample_ids.long()[:, None]
+
+        def draw(stream: int) -> torch.Tensor:
+            return rng.uniform(rng.row_keys(sid, pos, stream))
+    else:
+        def draw(stream: int) -> torch.Tensor:
+            return torch.rand(B, S, generator=generator)
+
+    scores = draw(rng.MASK_CHOICE).masked_fill(~maskable, 2.0)
     rank = scores.argsort(dim=1).argsort(dim=1)
     positions = rank < count[:, None]
 
-    action = torch.rand(B, S, generator=generator)
+    action = draw(rng.MASK_ACTION)
     show_mask = positions & (action < mask_fraction)
     masked = ids.masked_fill(show_mask, special.mask)
     if random_fraction > 0:
         if vocab_size is None:
             raise ValueError("mask_tokens: random_fraction > 0 needs vocab_size")
         show_random = positions & (action >= mask_fraction) & (action < mask_fraction + random_fraction)
-        random_ids = torch.randint(0, vocab_size, (B, S), generator=generator)
+        random_ids = (draw(rng.MASK_RANDOM_TOKEN) * vocab_size).long().clamp(max=vocab_size - 1)
         masked = torch.where(show_random, random_ids, masked)
     return MaskedBatch(masked, ids, positions, nonpad.long())

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from electra_dist import rng
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
 from electra_dist.model.layers import Encoder, LayerFactory
 
@@ -137,8 +138,13 @@ class ElectraPretrainer(nn.Module):
         return self.discriminator.embeddings
 
     def forward(self, input_ids: torch.Tensor, original_ids: torch.Tensor, masked_positions: torch.Tensor,
-                attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> PretrainOutput:
-        """input_ids: masked tokens (B, S); original_ids: before masking; masked_positions: bool (B, S)."""
+                attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                sample_ids: torch.Tensor | None = None) -> PretrainOutput:
+        """input_ids: masked tokens (B, S); original_ids: before masking; masked_positions: bool (B, S).
+
+        With `sample_ids` (B,) the Gumbel noise is a function of (sample, position, token), so
+        the result does not depend on how samples are spread over ranks (electra_dist.rng).
+        """
         obj = self.objective
         # 1. Generator: MLM loss at the masked positions only.
         gen_logits = self.generator(input_ids, attention_mask, token_type_ids, masked_positions)  # (N, V_local)
@@ -147,7 +153,11 @@ class ElectraPretrainer(nn.Module):
 
         # 2. Sample replacements: Gumbel-max in fp32, no gradient into the generator.
         with torch.no_grad():
-            sampled = self.gumbel_sample(gen_logits)  # (N,)
+            keys = None
+            if sample_ids is not None:
+                rows, cols = masked_positions.nonzero(as_tuple=True)  # row-major, like boolean indexing
+                keys = rng.row_keys(sample_ids[rows], cols, rng.GUMBEL)
+            sampled = self.gumbel_sample(gen_logits, keys)  # (N,)
             disc_input = original_ids.masked_scatter(masked_positions, sampled)
             replaced = disc_input != original_ids  # a sample equal to the original counts as original
 
@@ -174,14 +184,18 @@ class ElectraPretrainer(nn.Module):
             }
         return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats)
 
-    def gumbel_sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """argmax(logits / T + Gumbel noise) over the whole vocabulary.
+    def gumbel_sample(self, logits: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """argmax(logits / T + Gumbel noise) over the whole (possibly TP-sharded) vocabulary.
 
-        The noise is drawn for the full padded vocabulary and each TP rank takes its own slice,
-        so every TP size draws the very same sample from the same RNG state.
+        With `keys` (one per row) the noise is counter-based: a function of (key, token id), so
+        each TP rank computes just its vocab slice and every TP size draws the same sample.
+        Without, noise for the full vocabulary comes from torch's RNG and each rank slices it.
         """
         lo, hi = self.factory.vocab_range(self.padded_vocab)
-        u = torch.rand(logits.shape[0], self.padded_vocab, device=logits.device, dtype=torch.float32)[:, lo:hi]
+        if keys is not None:
+            u = rng.uniform(keys, torch.arange(lo, hi, device=logits.device))
+        else:
+            u = torch.rand(logits.shape[0], self.padded_vocab, device=logits.device, dtype=torch.float32)[:, lo:hi]
         gumbel = -torch.log(-torch.log(u + 1e-9) + 1e-9)
         return self.factory.vocab_argmax(logits.float() / self.objective.temperature + gumbel)
 
