@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.set_defaults(func=cmd_import_hf)
 
+    sub.add_parser("train", help="pre-train: the same flags as electra_dist/train.py (see `train --help`)")
+
     p = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer")
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     t = tsub.add_parser("train", help="train SentencePiece on raw text",
@@ -227,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # every flag, --help included, belongs to train.py's own parser
+        from electra_dist import train
+
+        return train.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Handler | None = getattr(args, "func", None)

@@ -120,6 +120,9 @@ class DataConfig:
     num_workers: int = _f(2, "loader worker processes per rank")
     shuffle_buffer: int = _f(1000, "samples held for shuffling")
     on_corrupt: str = _f("error", "what a corrupt shard does", ("error", "skip"))
+    dp_split: str = _f("shards", "how data-parallel ranks share the data: 'shards' (each reads its own shards) or "
+                       "'batch' (all read one stream of global batches and take their rows: the same data order "
+                       "for any DP size, at DP× the reading)", ("shards", "batch"))
 
 
 @dataclass
@@ -430,3 +433,75 @@ def _coerce(raw: Any, typ: type) -> Any:
             raise ValueError("a string")
         return str(value)
     return value
+
+
+# ---- the DeepSpeed JSON -------------------------------------------------------------------
+
+AUTO = "auto"
+
+
+def resolve_deepspeed_config(cfg: Config, ds: dict[str, Any], dp_size: int, source: str = "DeepSpeed JSON") -> dict[str, Any]:
+    """Fill the DeepSpeed JSON's "auto" values from the config and check every explicit one.
+
+    The JSON owns ZeRO and engine settings; our config owns batch, precision, clipping and the
+    optimizer. Every disagreement is collected into ONE ConfigError naming key, value and fix.
+    """
+    ds = copy.deepcopy(ds)
+    t = cfg.train
+    problems: list[str] = []
+    per_step = t.micro_batch_size * dp_size
+    if t.global_batch_size % per_step:
+        problems.append(
+            f"train.global_batch_size: {t.global_batch_size} is not a multiple of train.micro_batch_size "
+            f"({t.micro_batch_size}) × data-parallel size ({dp_size}) = {per_step}; choose a global batch "
+            f"that is, or another micro batch")
+        gas = max(1, t.global_batch_size // per_step)
+    else:
+        gas = t.global_batch_size // per_step
+    expected = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": cfg.optim.grad_clip,
+    }
+    for key, value in expected.items():
+        given = ds.get(key, AUTO)
+        if given == AUTO:
+            ds[key] = value
+        elif given != value:
+            problems.append(f"{source}: {key} is {given!r} but the config implies {value!r} "
+                            f"(set it to \"auto\" or change the config)")
+    for prec in ("bf16", "fp16"):
+        block = ds.setdefault(prec, {})
+        want = t.precision == prec
+        given = block.get("enabled", AUTO)
+        if given == AUTO:
+            block["enabled"] = want
+        elif bool(given) != want:
+            problems.append(f"{source}: {prec}.enabled is {given!r} but train.precision={t.precision!r} "
+                            f"(set it to \"auto\" or train.precision={prec if given else 'fp32'})")
+    for block in ("optimizer", "scheduler"):
+        if block in ds:
+            problems.append(f"{source}: has an {block!r} block; the optimizer and LR schedule come from the "
+                            f"config's optim.* keys (AdamW without decay on LayerNorm/bias, warm-up + linear "
+                            f"decay): remove the block")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        problems.append(f"{source}: zero_optimization.stage {stage!r} is not 0, 1, 2 or 3")
+    if problems:
+        raise ConfigError(problems)
+    ds.setdefault("steps_per_print", 10**9)  # we log ourselves
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"--deepspeed: {path} does not exist (see configs/zero*.json)"])
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"not valid JSON: {e}"], source=str(path)) from None

@@ -43,3 +43,26 @@ def real_documents() -> list[str]:
     """Real English text shipped with the package (public-domain sources)."""
     with gzip.open(SAMPLE, "rt", encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f]
+
+
+SEQ = 64  # the shards the tests share are packed to 64 tokens
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tmp_path_factory):
+    """A real SentencePiece model trained on the real sample text."""
+    from electra_dist.data.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer([str(SAMPLE)], 2000, out, lowercase=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory, tok_dir):
+    """Real WebDataset shards of the sample text (seq 64, ~12 shards)."""
+    from electra_dist.data.shards import build_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    build_shards([str(SAMPLE)], tok_dir, SEQ, out, samples_per_shard=500, workers=1, progress=False, overwrite=True)
+    return out

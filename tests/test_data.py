@@ -22,24 +22,9 @@ from electra_dist.data.shards import ExampleBuilder, build_shards, check_compati
 from electra_dist.data.text import TextStats, iter_documents, split_sentences
 from electra_dist.data.tokenizer import Tokenizer, train_tokenizer
 
-from conftest import SAMPLE
+from conftest import SAMPLE, SEQ
 
 ROOT = Path(__file__).resolve().parents[1]
-SEQ = 64
-
-
-@pytest.fixture(scope="session")
-def tok_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    train_tokenizer([str(SAMPLE)], 2000, out, lowercase=True)
-    return out
-
-
-@pytest.fixture(scope="session")
-def shard_dir(tmp_path_factory, tok_dir):
-    out = tmp_path_factory.mktemp("shards")
-    build_shards([str(SAMPLE)], tok_dir, SEQ, out, samples_per_shard=500, workers=1, progress=False, overwrite=True)
-    return out
 
 
 def _settings(**kw):

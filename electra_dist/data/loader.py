@@ -227,16 +227,27 @@ class ShardStream(IterableDataset):
 
 
 class PretrainLoader:
-    """Iterable of batches with `state_dict()`/`load_state_dict()` for exact resume."""
+    """Iterable of batches with `state_dict()`/`load_state_dict()` for exact resume.
+
+    dp_split="shards": each DP rank streams its own share of the shards (the default).
+    dp_split="batch": every rank streams the same global micro-batches (micro × dp_size rows) and
+    keeps its own rows, so the data order does not depend on the DP size (DP× the reading).
+    """
 
     def __init__(self, shards: str | list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
-                 num_workers: int = 2, prefetch_factor: int = 4):
+                 num_workers: int = 2, prefetch_factor: int = 4, dp_split: str = "shards"):
         self.urls = resolve_shards(shards)[0] if isinstance(shards, str) else list(shards)
         self.settings, self.dp_rank, self.dp_size = settings, dp_rank, dp_size
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        if dp_split not in ("shards", "batch"):
+            raise ValueError(f"data.dp_split: {dp_split!r} is not 'shards' or 'batch'")
+        self.dp_split = dp_split
         self.consumed = 0  # batches handed to the caller
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.dp_split == "batch":
+            yield from self._rows_of_global_batches()
+            return
         stream = ShardStream(self.urls, self.settings, self.dp_rank, self.dp_size, skip_batches=self.consumed)
         if self.num_workers == 0:
             source: Any = iter(stream)
@@ -248,8 +259,20 @@ class PretrainLoader:
             self.consumed += 1
             yield batch
 
+    def _rows_of_global_batches(self) -> Iterator[dict[str, Any]]:
+        import dataclasses
+
+        B = self.settings.micro_batch_size
+        wide = PretrainLoader(self.urls, dataclasses.replace(self.settings, micro_batch_size=B * self.dp_size),
+                              num_workers=self.num_workers, prefetch_factor=self.prefetch_factor)
+        wide.consumed = self.consumed
+        rows = slice(self.dp_rank * B, (self.dp_rank + 1) * B)
+        for batch in wide:
+            self.consumed += 1
+            yield {k: v[rows] if k not in ("epoch",) else v for k, v in batch.items()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"consumed_batches": self.consumed, "num_workers": self.num_workers, "dp_size": self.dp_size,
+        return {"consumed_batches": self.consumed, "dp_split": self.dp_split, "num_workers": self.num_workers, "dp_size": self.dp_size,
                 "dp_rank": self.dp_rank, "seed": self.settings.seed, "micro_batch_size": self.settings.micro_batch_size,
                 "num_shards": len(self.urls)}
 

@@ -73,7 +73,7 @@ class ElectraGenerator(_Tower):
         self.generator_predictions.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
         _init_linear(self.generator_predictions.dense, cfg.initializer_range)
         lo, hi = factory.vocab_range(padded_vocab)
-        self.generator_lm_head_bias = nn.Parameter(torch.zeros(hi - lo))
+        self.generator_lm_head_bias = factory.vocab_bias(padded_vocab)
         # Padding rows of the vocabulary are never predicted nor sampled.
         self.has_vocab_padding = hi > cfg.vocab_size
         self.register_buffer("vocab_padding", torch.arange(lo, hi) >= cfg.vocab_size, persistent=False)
@@ -139,17 +139,23 @@ class ElectraPretrainer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, original_ids: torch.Tensor, masked_positions: torch.Tensor,
                 attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                sample_ids: torch.Tensor | None = None) -> PretrainOutput:
+                sample_ids: torch.Tensor | None = None, masked_normalizer: torch.Tensor | float | None = None,
+                token_normalizer: torch.Tensor | float | None = None) -> PretrainOutput:
         """input_ids: masked tokens (B, S); original_ids: before masking; masked_positions: bool (B, S).
 
         With `sample_ids` (B,) the Gumbel noise is a function of (sample, position, token), so
         the result does not depend on how samples are spread over ranks (electra_dist.rng).
+        The losses are sums divided by `masked_normalizer` / `token_normalizer` (default: this
+        batch's masked / non-pad token counts, i.e. means). The trainer passes the global-batch
+        counts ÷ (DP size × micro-steps), so averaging over ranks and micro-steps gives exactly the
+        loss of the whole global batch, however it is split.
         """
         obj = self.objective
         # 1. Generator: MLM loss at the masked positions only.
         gen_logits = self.generator(input_ids, attention_mask, token_type_ids, masked_positions)  # (N, V_local)
         targets = original_ids[masked_positions]  # (N,)
-        gen_loss = self.factory.vocab_cross_entropy(gen_logits, targets).mean()
+        gen_sum = self.factory.vocab_cross_entropy(gen_logits, targets).sum()
+        gen_loss = gen_sum / (masked_normalizer if masked_normalizer is not None else max(targets.numel(), 1))
 
         # 2. Sample replacements: Gumbel-max in fp32, no gradient into the generator.
         with torch.no_grad():
@@ -166,7 +172,8 @@ class ElectraPretrainer(nn.Module):
         nonpad = attention_mask.bool()
         per_token = F.binary_cross_entropy_with_logits(disc_logits.float(), replaced.float(), reduction="none")
         n_tokens = nonpad.sum()
-        disc_loss = (per_token * nonpad).sum() / n_tokens.clamp(min=1)
+        disc_loss = (per_token * nonpad).sum() / (token_normalizer if token_normalizer is not None
+                                                   else n_tokens.clamp(min=1))
 
         loss = obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss
         with torch.no_grad():

@@ -32,9 +32,14 @@ class LayerFactory:
         return self._linear(in_features, out_features, bias)
 
     def vocab_embedding(self, num_embeddings: int, embedding_dim: int) -> nn.Module:
-        emb = nn.Embedding(num_embeddings, embedding_dim)
+        emb = _uninitialized(nn.Embedding, num_embeddings, embedding_dim)
         nn.init.normal_(emb.weight, std=self.init_std)
         return emb
+
+    def vocab_bias(self, padded_vocab: int) -> nn.Parameter:
+        """The generator's output bias over this rank's vocab shard."""
+        lo, hi = self.vocab_range(padded_vocab)
+        return nn.Parameter(torch.zeros(hi - lo))
 
     def vocab_range(self, padded_vocab: int) -> tuple[int, int]:
         per = padded_vocab // self.tp_size
@@ -53,11 +58,19 @@ class LayerFactory:
         return scores.argmax(dim=-1)
 
     def _linear(self, in_features: int, out_features: int, bias: bool) -> nn.Linear:
-        layer = nn.Linear(in_features, out_features, bias=bias)
+        # skip nn.Linear's own init: the RNG then advances exactly as megatron-core's
+        # master-weight init does, so TP=1 and TP=N models start from identical weights
+        layer = _uninitialized(nn.Linear, in_features, out_features, bias=bias)
         nn.init.normal_(layer.weight, std=self.init_std)
         if bias:
             nn.init.zeros_(layer.bias)
         return layer
+
+
+def _uninitialized(cls: type[nn.Module], *args, **kwargs) -> nn.Module:
+    """A module with allocated but uninitialized parameters, on the current default device."""
+    device = torch.empty(0).device  # honours `with torch.device("meta"):`
+    return cls(*args, device="meta", **kwargs).to_empty(device=device)
 
 
 class SelfAttention(nn.Module):
