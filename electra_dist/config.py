@@ -414,6 +414,11 @@ def _flatten(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def _coerce(raw: Any, typ: type) -> Any:
     value = yaml.safe_load(raw) if isinstance(raw, str) and typ is not str else raw
+    if typ in (int, float) and isinstance(value, str):  # YAML 1.1 reads "2e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if typ is bool:
         if isinstance(value, bool):
             return value

@@ -231,6 +231,8 @@ class Trainer:
                               float(self._signal)], dtype=torch.float64, device=self.device)
         dist.all_reduce(local)
         tokens, masked = (local[:2] / self.tp_size).tolist()  # TP ranks hold the same batch
+        if local[2].item() > 0:  # a rank was signalled: every rank stops before this step
+            return {"stop": True}
         n = self.dp_size * self.grad_accum
         sums: dict[str, torch.Tensor] = {}
         for b in micro:
@@ -240,7 +242,7 @@ class Trainer:
             for k, v in (("loss", out.loss), ("generator_loss", out.generator_loss),
                          ("discriminator_loss", out.discriminator_loss), *out.stats.items()):
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        return {"sums": sums, "tokens": tokens, "stop": local[2].item() > 0, "keys": [k for b in micro for k in b.keys]}
+        return {"sums": sums, "tokens": tokens, "stop": False, "keys": [k for b in micro for k in b.keys]}
 
     # ---- the loop -------------------------------------------------------------------------
     def train(self) -> str:

@@ -40,8 +40,10 @@ def test_yaml_files_equal_their_flavors(flavor):
 
 def test_dotted_overrides_are_typed():
     c = Config.from_name("debug").apply_overrides(["model.dropout=0.0", "train.max_steps=50",
-                                                   "tracking.enabled=false", "data.shards=/x/{0..3}.tar"])
-    assert c.model.dropout == 0.0 and c.train.max_steps == 50 and c.tracking.enabled is False
+                                                   "tracking.enabled=false", "data.shards=/x/{0..3}.tar",
+                                                   "optim.lr=2e-3", "train.max_steps=1e3"])
+    assert c.model.dropout == 0.0 and c.train.max_steps == 1000 and c.tracking.enabled is False
+    assert c.optim.lr == 0.002
     assert c.data.shards == "/x/{0..3}.tar"
     assert isinstance(c.train.max_steps, int)
 

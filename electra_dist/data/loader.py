@@ -252,9 +252,12 @@ class PretrainLoader:
         if self.num_workers == 0:
             source: Any = iter(stream)
         else:
+            # its own generator: creating the workers must not draw from the global RNG, which
+            # drives dropout and is restored exactly on resume
             source = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                 prefetch_factor=self.prefetch_factor, persistent_workers=False,
-                                multiprocessing_context="fork")
+                                multiprocessing_context="fork",
+                                generator=torch.Generator().manual_seed(self.settings.seed))
         for batch in source:
             self.consumed += 1
             yield batch
