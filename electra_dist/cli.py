@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import textwrap
+from pathlib import Path
 from typing import Callable, Sequence
 
 from electra_dist.config import FLAVORS, Config, ConfigError
@@ -120,6 +121,40 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from electra_dist import compare
+    from electra_dist.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri or "")
+    curves = compare.load_runs(uri, args.experiment, args.runs, args.metric, args.x)
+    print(compare.table(curves, args.metric))
+    if args.out:
+        out = compare.plot(curves, args.metric, args.x, Path(args.out), f"{args.experiment}: {args.metric}")
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    import json
+
+    from electra_dist.tracking import MLflowTracker
+
+    out = Path(args.output_dir)
+    info_file = out / "tracking.json"
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{info_file} does not exist: this run never reached MLflow; pass --experiment "
+                                "to create a run for it")
+    info = json.loads(info_file.read_text())
+    uri = args.tracking_uri or info["uri"]
+    t = MLflowTracker(uri, info["experiment"], "", out / "metrics.jsonl", run_id=info["run_id"],
+                      system_metrics=False)
+    msg = t.close("finished" if (out / "final").is_dir() else "preempted", timeout=args.timeout)
+    if msg:
+        return 1
+    print(f"run {info['run_id']} at {uri} holds every record of {out / 'metrics.jsonl'}")
+    return 0
+
+
 def _report_text(stats) -> None:
     d = stats.to_dict()
     print(f"read {d['files']} file(s): {d['documents']:,} documents, {d['empty_documents']} empty, "
@@ -216,6 +251,26 @@ def build_parser() -> argparse.ArgumentParser:
     mg = ssub.add_parser("merge", help="join the manifests of a --num-parts build into manifest.json")
     mg.add_argument("dir", help="shard directory")
     mg.set_defaults(func=cmd_shards_merge)
+
+    p = sub.add_parser("compare", help="compare MLflow runs: a table and curves against steps, tokens or FLOPs",
+                       description="Print the runs of an experiment (parameters that differ, final metrics, "
+                                   "tokens/s, MFU) and draw METRIC against step, tokens or training FLOPs.")
+    p.add_argument("--experiment", required=True, help="MLflow experiment name (tracking.experiment)")
+    p.add_argument("--runs", nargs="+", default=None, metavar="ID", help="run ids or id prefixes (default: all)")
+    p.add_argument("--metric", default="loss/discriminator", help="metric to draw (default loss/discriminator)")
+    p.add_argument("--x", default="flops", choices=["step", "tokens", "flops"], help="x axis (default flops)")
+    p.add_argument("--out", default=None, help="PNG to write")
+    p.add_argument("--tracking-uri", default=None,
+                   help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db (where runs from here were logged)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sync", help="send a run's metrics.jsonl records that MLflow missed",
+                       description="Back-fill the MLflow run of OUTPUT_DIR with every metrics.jsonl record it "
+                                   "lacks (after a tracking server outage).")
+    p.add_argument("--output-dir", required=True, help="the run's output directory")
+    p.add_argument("--tracking-uri", default=None, help="default: the URI the run used (tracking.json)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to keep retrying (default 120)")
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("bench", help="benchmarks")
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")

@@ -101,8 +101,10 @@ def init_model_parallel(tensor_parallel_size: int) -> None:
 
     world = dist.get_world_size()
     if world % tensor_parallel_size:
-        raise ValueError(f"parallel.tensor_parallel_size={tensor_parallel_size} does not divide the world size "
-                         f"{world}: launch a multiple of {tensor_parallel_size} ranks")
+        from electra_dist.config import ConfigError
+
+        raise ConfigError([f"parallel.tensor_parallel_size={tensor_parallel_size} does not divide the world size "
+                           f"{world}: launch a multiple of {tensor_parallel_size} ranks"])
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size,

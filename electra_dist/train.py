@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = trainer.train()
     finally:
-        trainer.tracker.close(status)
-        trainer.close()
+        trainer.close(status)
     return 0
 
 

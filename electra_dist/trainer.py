@@ -27,7 +27,7 @@ from electra_dist.config import Config, ConfigError, resolve_deepspeed_config
 from electra_dist.data.masking import SpecialIds
 from electra_dist.flops import flops_per_sequence, peak_tflops
 from electra_dist.model import ElectraPretrainer
-from electra_dist.tracking import Tracker
+from electra_dist.tracking import Tracker, make_tracker, plot_run, run_params
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -124,7 +124,6 @@ class Trainer:
         self.tokens_seen = 0  # non-pad tokens over all DP ranks
         self.flops_seen = 0.0
         self.skipped_steps = 0
-        self.tracker = tracker or Tracker()
         self.resumed_from: str | None = None
         self.resumed_run_id: str | None = None
         if self.is_main:
@@ -133,12 +132,18 @@ class Trainer:
             self._resume(resume)
         self._data_iter = iter(self.loader)
 
-        # 9. signals: SLURM pre-emption (USR1) and termination (TERM) → checkpoint, exit cleanly
+        # 9. tracking (global rank 0): the resumed run continues the same MLflow run
+        self.tracker = tracker or make_tracker(cfg, self.is_main, self.output_dir / METRICS,
+                                               run_id=self.resumed_run_id or self._run_id_on_disk(), log=self._log)
+        if self.is_main:
+            self._log_run_start()
+
+        # 10. signals: SLURM pre-emption (USR1) and termination (TERM) → checkpoint, exit cleanly
         self._signal = 0
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
-        # 10. yardsticks
+        # 11. yardsticks
         seq = cfg.train.seq_len
         self.device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_tflops(self.device_name, cfg.train.precision)
@@ -433,9 +438,42 @@ class Trainer:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signal = signum
 
-    def close(self) -> None:
+    # ---- tracking -------------------------------------------------------------------------
+    def _run_id_on_disk(self) -> str | None:
+        f = self.output_dir / "tracking.json"
+        if self.resumed_from and f.is_file():
+            return json.loads(f.read_text()).get("run_id")
+        return None
+
+    def _log_run_start(self) -> None:
+        self.cfg.save(self.output_dir / "config.yaml")
+        (self.output_dir / "deepspeed.json").write_text(json.dumps(self.ds_config, indent=2))
+        if self.resumed_from is None:
+            self.tracker.log_params(run_params(self.cfg, self.ds_config, self.world, self.tp_size, self.dp_size))
+            self.tracker.log_artifact(self.output_dir / "config.yaml")
+            self.tracker.log_artifact(self.output_dir / "deepspeed.json")
+            if self.cfg.data.tokenizer:
+                self.tracker.log_artifact(self.cfg.data.tokenizer, "tokenizer")
+        self.tracker.set_tags({"status": "running", "resumed_from": self.resumed_from or ""})
+
+    def close(self, status: str = "finished") -> None:
+        """Log the run's record as artifacts, close the tracker with `status`, leave the groups."""
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        if self.is_main:
+            metrics_file = self.output_dir / METRICS
+            if metrics_file.is_file():
+                self.tracker.log_artifact(metrics_file)
+                png = plot_run(metrics_file, self.output_dir / "curves.png")
+                if png:
+                    self.tracker.log_artifact(png)
+            if status == "finished" and self.cfg.tracking.log_hf_export and (self.output_dir / FINAL).is_dir():
+                from electra_dist.checkpoint import export_hf, load_model
+
+                model, _ = load_model(self.output_dir / FINAL)
+                hf = export_hf(model, self.output_dir / "hf", self.cfg.data.tokenizer or None)
+                self.tracker.log_artifact(hf, "hf")
+        self.tracker.close(status)
         parallel.destroy()
 
 

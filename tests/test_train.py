@@ -22,7 +22,8 @@ TRAIN = str(ROOT / "electra_dist" / "train.py")
 
 # tiny model, dropout off so different layouts can be compared number for number
 TINY = ["--config", "debug", "model.discriminator.num_heads=2", "model.generator.num_heads=2",
-        "train.log_interval=1", "data.num_workers=1", "train.seq_len=64", "model.max_position_embeddings=64"]
+        "train.log_interval=1", "data.num_workers=1", "train.seq_len=64", "model.max_position_embeddings=64",
+        "tracking.enabled=false"]  # tracking has its own tests (test_tracking.py)
 EXACT = ["model.dropout=0", "model.attention_dropout=0", "data.dp_split=batch"]
 
 
@@ -237,7 +238,7 @@ def test_incomplete_checkpoint_is_not_resumed(tmp_path, data):
 # ---- bad configs fail before any step -------------------------------------------------------
 
 @pytest.mark.parametrize("args,nproc,needle", [
-    (["--config", "electra-small", "parallel.tensor_parallel_size=2"], 1,
+    (["model.generator.num_heads=1", "parallel.tensor_parallel_size=2"], 2,
      "model.generator.num_heads: 1 is not divisible by parallel.tensor_parallel_size=2"),
     (["parallel.tensor_parallel_size=2"], 1, "parallel.tensor_parallel_size=2 does not divide the world size 1"),
     (["train.global_batch_size=16", "train.micro_batch_size=16"], 2,

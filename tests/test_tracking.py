@@ -1,0 +1,211 @@
+"""MLflow tracking against the embedded default store and a REAL `mlflow server` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_train import ROOT, TINY, _cmd, _env, _popen, _wait_for, metrics
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mlflow server` with a SQLite store and proxied artifacts, started and stopped here."""
+
+    def __init__(self, root: Path, port: int | None = None):
+        self.root, self.port = root, port or _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> "Server":
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.root / "server.log").read_text()[-3000:])
+            time.sleep(0.25)
+        raise RuntimeError("mlflow server did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("mlflow")).start()
+    yield s
+    s.stop()
+
+
+def run(out: Path, data, *args: str, cwd: Path, env: dict | None = None, nproc: int = 1, check: bool = True):
+    env = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2", **(env or {})}
+    shards, tok = data
+    cmd = _cmd(nproc) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
+                         "tracking.enabled=true", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})}, cwd=cwd, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def data(shard_dir, tok_dir):
+    return shard_dir, tok_dir
+
+
+def run_id(out: Path) -> str:
+    return json.loads((out / "tracking.json").read_text())["run_id"]
+
+
+def steps(client: MlflowClient, rid: str, key: str = "loss/total") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(rid, key))
+
+
+def test_embedded_default_store_logs_everything(tmp_path, data):
+    out = tmp_path / "run"
+    env = {k: v for k, v in _env().items() if k != "MLFLOW_TRACKING_URI"}
+    run(out, data, "--max-steps", "6", "train.log_interval=2", "train.save_interval=100", cwd=tmp_path, env=env)
+    db = tmp_path / "mlflow.db"
+    assert db.is_file(), "the default store is ./mlflow.db, as MLflow's own default"
+    client = MlflowClient(f"sqlite:///{db}")
+    r = client.get_run(run_id(out))
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["status"] == "finished" and r.data.tags["flavor"] == "debug"
+    assert r.data.tags["objective"] == "electra"
+    p = r.data.params
+    assert p["model.discriminator.num_heads"] == "2" and p["objective.discriminator_weight"] == "50.0"
+    assert p["deepspeed.zero_optimization.stage"] == "0" and p["deepspeed.train_batch_size"] == "16"
+    assert p["world_size"] == "1" and p["data_parallel_size"] == "1"
+    assert "version.torch" in p and "version.deepspeed" in p and "version.megatron-core" in p
+    assert steps(client, r.info.run_id) == [2, 4, 6]
+    for key in ("loss/generator", "acc/discriminator", "throughput/tokens_per_s", "progress/flops"):
+        assert steps(client, r.info.run_id, key) == [2, 4, 6]
+    assert any(k.startswith("system/") for k in r.data.metrics), "MLflow system metrics"
+    arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"config.yaml", "deepspeed.json", "metrics.jsonl", "curves.png", "tokenizer"} <= arts
+    tok = {a.path for a in client.list_artifacts(r.info.run_id, "tokenizer")}
+    assert "tokenizer/spm.model" in tok
+
+
+def test_real_server_two_runs_compared(tmp_path, data, server):
+    env = {"MLFLOW_TRACKING_URI": server.url}
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(a, data, "--max-steps", "8", "train.log_interval=2", "tracking.experiment=cmp", "tracking.run_name=lr-low",
+        "optim.lr=0.0005", cwd=tmp_path, env=env)
+    run(b, data, "--max-steps", "8", "train.log_interval=2", "tracking.experiment=cmp", "tracking.run_name=lr-high",
+        "optim.lr=0.003", cwd=tmp_path, env=env)
+    client = MlflowClient(server.url)
+    assert steps(client, run_id(a)) == [2, 4, 6, 8]
+    assert "metrics.jsonl" in {x.path for x in client.list_artifacts(run_id(b))}
+    png = tmp_path / "cmp.png"
+    r = subprocess.run([sys.executable, "-m", "electra_dist", "compare", "--experiment", "cmp", "--x", "flops",
+                        "--out", str(png), "--tracking-uri", server.url], capture_output=True, text=True,
+                       env=_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "lr-low" in r.stdout and "lr-high" in r.stdout and "optim.lr" in r.stdout
+    assert "0.0005" in r.stdout and "0.003" in r.stdout
+    from PIL import Image
+
+    img = Image.open(png)
+    assert img.size[0] > 500 and len(img.convert("RGB").getcolors(1 << 20)) > 20  # a drawn plot, not blank
+    r = subprocess.run([sys.executable, "-m", "electra_dist", "compare", "--experiment", "nope",
+                        "--tracking-uri", server.url], capture_output=True, text=True, env=_env())
+    assert r.returncode == 2 and "no experiment 'nope'" in r.stderr and "cmp" in r.stderr
+
+
+def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
+    env = {**_env(), "MLFLOW_TRACKING_URI": server.url}
+    out = tmp_path / "run"
+    shards, tok = data
+    args = ["--max-steps", "20", "train.save_interval=10", "tracking.enabled=true", "tracking.experiment=resume"]
+    cmd = _cmd(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    mf = out / "metrics.jsonl"
+    _wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 13, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # after the step-10 checkpoint, with steps 11.. already sent
+    proc.wait()
+    first = run_id(out)
+    client = MlflowClient(server.url)
+    time.sleep(1)
+    assert max(steps(client, first)) > 10
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert run_id(out) == first
+    assert steps(client, first) == list(range(1, 21))  # no duplicate, no missing step
+    hist = {m.step: m.value for m in client.get_metric_history(first, "loss/total")}
+    assert [hist[s] for s in range(1, 21)] == [m["loss/total"] for m in metrics(out)]
+    run_info = client.get_run(first)
+    assert run_info.info.status == "FINISHED" and run_info.data.tags["status"] == "finished"
+    assert run_info.data.tags["resumed_from"].endswith("step00000010")
+
+
+def test_server_down_mid_run_never_stops_training(tmp_path, data):
+    server = Server(tmp_path / "server").start()
+    env = {**_env(), "MLFLOW_TRACKING_URI": server.url}
+    out = tmp_path / "run"
+    shards, tok = data
+    cmd = _cmd(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
+                     "--max-steps", "60", "train.save_interval=1000", "tracking.enabled=true",
+                     "tracking.experiment=outage", "tracking.flush_timeout=5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        mf = out / "metrics.jsonl"
+        _wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 5, proc)
+        server.stop()
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert [m["step"] for m in metrics(out)] == list(range(1, 61))  # the JSONL is complete
+    assert "is unreachable" in stdout  # warned (once)
+    assert stdout.count("is unreachable") == 1
+    assert "did not receive" in stdout and "electra-dist sync" in stdout  # the loss is stated
+    # the server comes back: sync back-fills exactly what was missing
+    server = Server(tmp_path / "server", port=server.port).start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "electra_dist", "sync", "--output-dir", str(out)],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        client = MlflowClient(server.url)
+        assert steps(client, run_id(out)) == list(range(1, 61))
+    finally:
+        server.stop()
