@@ -121,6 +121,12 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from electra_dist import quickstart
+
+    return quickstart.run(args.out, steps=args.steps, nproc=args.nproc)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from electra_dist import compare
     from electra_dist.tracking import resolve_tracking_uri
@@ -172,12 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent("""\
             Typical flow:
-              electra-dist config show --config electra-small
-              electra-dist export --checkpoint runs/debug/final --out hf/
+              electra-dist quickstart                    # everything below, on built-in sample text
+              electra-dist tokenizer train --input corpus/*.jsonl.gz --vocab-size 30522 --out tok/
+              electra-dist shards build --input corpus/*.jsonl.gz --tokenizer tok/ --seq-len 128 --out shards/
+              deepspeed electra_dist/train.py --deepspeed configs/zero2.json --config electra-small \\
+                  --data shards/ --tokenizer tok/ --output-dir runs/small
+              electra-dist compare --experiment electra --x flops --out compare.png
+              electra-dist export --checkpoint runs/small/final --out hf/
             """),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("quickstart", help="the whole pipeline on the built-in sample text (a few minutes on CPU)",
+                       description="Built-in real text → tokenizer → shards → a short DeepSpeed training run "
+                                   "(debug flavor) → an MLflow run → a Hugging Face export, all under --out.")
+    p.add_argument("--out", default="quickstart", help="working directory (default ./quickstart)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--nproc", type=int, default=1, help="training processes (data parallel; default 1)")
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("config", help="show or check a resolved config", formatter_class=raw,
                        description="Resolve a flavor or YAML file plus overrides, validate it, print it.",
