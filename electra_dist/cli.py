@@ -96,7 +96,8 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
 
     r = build_shards(args.input, args.tokenizer, args.seq_len, args.out, samples_per_shard=args.samples_per_shard,
                      workers=args.workers, seed=args.seed, text_field=args.text_field, part=args.part,
-                     num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet)
+                     num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet,
+                     chunk_chars=int(args.chunk_mb * (1 << 20)))
     _report_text(r.stats)
     m = r.manifest
     print(f"wrote {len(m['shards'])} shard(s), {m['samples']:,} sequences, {m['tokens']:,} tokens "
@@ -264,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "(a SLURM array task id)")
     b.add_argument("--num-parts", type=int, default=1, help="split the build into parts; join them with "
                                                             "`shards merge`")
+    b.add_argument("--chunk-mb", type=float, default=1.0,
+                   help="MB of text per work unit (default 1); units are dealt to workers and --num-parts, and "
+                        "the output depends on it, not on --workers or --num-parts")
     b.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_shards_build)

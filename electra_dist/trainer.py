@@ -34,6 +34,7 @@ COMPLETE = "COMPLETE"
 LATEST = "latest"
 METRICS = "metrics.jsonl"
 FINAL = "final"
+PREEMPTED = "PREEMPTED"
 
 
 class NonFiniteError(RuntimeError):
@@ -284,6 +285,12 @@ class Trainer:
             self.save()
         if status == "finished":
             self.save_final()
+        if self.is_main:  # the marker a batch script checks to requeue the job
+            marker = self.output_dir / PREEMPTED
+            if status == "preempted":
+                marker.write_text(json.dumps({"step": self.step, "signal": self._signal, "time": time.time()}))
+            else:
+                marker.unlink(missing_ok=True)
         return status
 
     def _rewind_loader(self) -> None:

@@ -209,7 +209,7 @@ def build_shards(
             pool.close()
             pool.join()
     seconds = time.perf_counter() - start
-    if not shards:
+    if not shards and num_parts == 1:
         raise ValueError(f"no samples were produced from {', '.join(map(str, files))}: "
                          f"{stats.documents} documents, {stats.empty_documents} empty, {stats.bad_lines} bad lines")
     manifest = {
@@ -250,6 +250,8 @@ def merge_manifests(out: str | Path) -> dict:
             if m[key] != first[key]:
                 raise ValueError(f"{out}: part {m['part']} differs from part {first['part']} in {key}")
     merged = {**first, "shards": [s for m in loaded for s in m["shards"]], "part": None}
+    if not merged["shards"]:
+        raise ValueError(f"{out}: no part produced any samples")
     for key in ("samples", "tokens", "text_tokens"):
         merged[key] = sum(m[key] for m in loaded)
     merged["text"] = {k: sum(m["text"][k] for m in loaded) for k in first["text"]}

@@ -1,0 +1,67 @@
+# slurm/common.sh — sourced by slurm/pretrain_*.sh: environment, rendezvous, launch and requeue.
+#
+# One torchrun agent per node (srun --ntasks-per-node=1), c10d rendezvous at the first node of
+# the allocation on a free port derived from the job id (never 29500). The agent ignores SIGUSR1
+# (slurmstepd signals every process of the step, and torchrun's agent has no handler and would
+# die); the training processes catch it, checkpoint, write OUTPUT_DIR/PREEMPTED and exit 0, and
+# `requeue_if_preempted` then requeues the job, which resumes from the latest complete checkpoint.
+
+set -uo pipefail
+REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+cd "$REPO" || exit 1
+if [ -n "${VENV:-}" ]; then . "$VENV/bin/activate"; fi
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export PYTHONUNBUFFERED=1
+# NCCL: sensible defaults, every one overridable from the environment
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
+# e.g. NCCL_SOCKET_IFNAME=ib0 NCCL_IB_HCA=mlx5 NCCL_IB_GID_INDEX=3: exported as you set them
+
+log() { echo "[$(date +%T) ${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}] $*"; }
+
+# MASTER_ADDR: first node of the allocation. MASTER_PORT: the first free port from 20000 + job id
+# % 10000, checked HERE, on the batch host, which is that first node.
+MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
+MASTER_PORT=${MASTER_PORT:-$("$PYTHON" - "$SLURM_JOB_ID" <<'PY'
+import socket, sys
+base = 20000 + int(sys.argv[1]) % 10000
+for port in range(base, base + 200):
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            continue
+        print(port)
+        break
+PY
+)}
+export MASTER_ADDR MASTER_PORT
+NNODES=${SLURM_NNODES:-1}
+gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}
+NPROC_PER_NODE=${NPROC_PER_NODE:-${gpus##*:}}
+
+launch() {  # launch TRAIN_ARGS... : train.py on every node under torchrun, inside srun
+    local cmd=("$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE"
+               --rdzv_id="${SLURM_JOB_ID}" --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT"
+               --max_restarts=0 electra_dist/train.py "$@")
+    local opts=(--ntasks-per-node=1 --kill-on-bad-exit=1)
+    if [ -n "${CONTAINER_IMAGE:-}" ]; then  # enroot/pyxis
+        opts+=(--container-image="$CONTAINER_IMAGE" --container-workdir="$REPO"
+               --container-mounts="${CONTAINER_MOUNTS:-$REPO:$REPO}")
+    fi
+    log "nodes $SLURM_JOB_NODELIST ($NNODES × $NPROC_PER_NODE processes), rendezvous $MASTER_ADDR:$MASTER_PORT"
+    log "train.py $*"
+    srun "${opts[@]}" bash -c 'trap "" USR1; exec "$@"' _ "${cmd[@]}"
+}
+
+requeue_if_preempted() {  # requeue_if_preempted OUTPUT_DIR RC
+    if [ -f "$1/PREEMPTED" ]; then
+        log "pre-empted at $(cat "$1/PREEMPTED"); requeueing"
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    fi
+    log "training exited with $2"
+    exit "$2"
+}

@@ -1,0 +1,47 @@
+#!/bin/bash
+# ELECTRA-Large pre-training on many GPU nodes:  sbatch slurm/pretrain_large.sh
+#
+# Defaults: 8 nodes × 8 GPUs, ZeRO-2, bf16, configs/electra_large.yaml, configs/zero2.json.
+# Every knob is an environment variable (sbatch passes your environment on) or an sbatch flag:
+#   sbatch --nodes=16 --time=72:00:00 slurm/pretrain_large.sh      # sbatch flags beat the lines below
+#   CONFIG=configs/electra_large.yaml   model/optimizer/batch config (YAML or flavor name)
+#   DS_CONFIG=configs/zero2.json        DeepSpeed JSON ("auto" values come from CONFIG)
+#   DATA=data/shards                    shards: directory with manifest.json, glob, brace list or URL
+#   TOKENIZER=data/tokenizer            tokenizer directory (must be the one the shards were built with)
+#   OUTPUT_DIR=runs/electra-large       checkpoints, metrics.jsonl, final model; a requeued job resumes here
+#   EXTRA_ARGS="train.max_steps=1000 tracking.experiment=large"   dotted config overrides (no spaces inside)
+#   NPROC_PER_NODE=8                    processes per node (default: the GPUs SLURM gives each node)
+#   CONTAINER_IMAGE=nvcr.io#...         run inside this image with enroot/pyxis (srun --container-image)
+#   CONTAINER_MOUNTS=/data:/data,...    pyxis mounts (default: the repository at the same path)
+#   VENV=/path/to/venv  PYTHON=python3  environment to activate / interpreter to use
+#   MLFLOW_TRACKING_URI=http://...      your team's tracking server (default: ./mlflow.db)
+#   NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG, ...   passed through to NCCL
+#
+# Launch: one torchrun agent per node (c10d rendezvous at the first node, free port from the job
+# id). Pre-emption and time limits: SLURM sends USR1 300 s before the end (--signal) or on
+# `scancel --signal=USR1`; training checkpoints and exits, the job requeues itself (--requeue) and
+# resumes from the latest complete checkpoint. Logs: <job-name>-<job-id>.out in the submit dir,
+# appended across requeues.
+#
+#SBATCH --job-name=electra-large
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=48:00:00
+#SBATCH --signal=USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=%x-%j.out
+
+CONFIG=${CONFIG:-configs/electra_large.yaml}
+DS_CONFIG=${DS_CONFIG:-configs/zero2.json}
+DATA=${DATA:-data/shards}
+TOKENIZER=${TOKENIZER:-data/tokenizer}
+OUTPUT_DIR=${OUTPUT_DIR:-runs/electra-large}
+source "${REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh" || exit 1
+
+# shellcheck disable=SC2086  # EXTRA_ARGS is a list of KEY=VALUE words
+launch --deepspeed "$DS_CONFIG" --config "$CONFIG" --data "$DATA" --tokenizer "$TOKENIZER" \
+    --output-dir "$OUTPUT_DIR" --resume auto $EXTRA_ARGS
+requeue_if_preempted "$OUTPUT_DIR" $?

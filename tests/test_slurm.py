@@ -1,0 +1,198 @@
+"""The sbatch scripts on a REAL SLURM (Debian's slurm-wlm), started and stopped by these tests.
+
+Two emulated nodes (two slurmd on this host), 4 CPUs and 2 fake GPUs each. The very same
+slurm/pretrain_large.sh users submit runs here with CPU overrides (debug flavor, gloo, fp32).
+Skipped where SLURM cannot be started (not root, no apt-get) — except in CI (CI=true), where
+they must run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_train import losses, metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / "slurm" / "local"
+STATE = Path(os.environ.get("ELECTRA_TEST_SLURM_DIR", "/tmp/electra-dist-test-slurm"))
+
+
+def _can_start() -> str | None:
+    if os.geteuid() != 0:
+        return "not root: cannot install and start slurmctld/slurmd"
+    if not shutil.which("apt-get") and not shutil.which("slurmctld"):
+        return "no apt-get and no slurmctld on this machine"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = _can_start()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"SLURM tests must run in CI: {reason}")
+        pytest.skip(reason)
+    env = {**os.environ, "SLURM_CI_DIR": str(STATE), "SLURM_CI_NODES": "2", "SLURM_CI_CPUS": "4",
+           "SLURM_CI_GPUS": "2"}
+    r = subprocess.run(["bash", str(LOCAL / "start_slurm.sh")], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    yield STATE
+    subprocess.run(["bash", str(LOCAL / "stop_slurm.sh")], capture_output=True, text=True, env=env, timeout=300)
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "REPO": str(ROOT), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.update(extra)
+    return env
+
+
+def sbatch(script: str, *flags: str, env: dict, cwd: Path, wait: bool = True, timeout: int = 600,
+           args: tuple[str, ...] = ()) -> tuple[int, str]:
+    cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), *flags, str(ROOT / "slurm" / script), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    job = r.stdout.strip().split(";")[0].splitlines()[0] if r.stdout.strip() else ""
+    return r.returncode, job
+
+
+def job_log(cwd: Path, name: str, job: str) -> str:
+    files = list(cwd.glob(f"{name}-{job}*.out"))
+    return "\n".join(f.read_text() for f in files)
+
+
+def final_state(job: str) -> str:
+    """From JobCompLoc: the job record leaves squeue 5 s after the end (MinJobAge)."""
+    text = (STATE / "log" / "jobcomp.log").read_text() if (STATE / "log" / "jobcomp.log").is_file() else ""
+    states = [line for line in text.splitlines() if f"JobId={job} " in line]
+    return states[-1].split("JobState=")[1].split()[0] if states else ""
+
+
+def train_env(tmp_path: Path, data, out: Path, extra: str, **more: str) -> dict[str, str]:
+    shards, tok = data
+    return job_env(CONFIG="debug", DS_CONFIG=str(ROOT / "configs" / "zero2.json"), DATA=str(shards),
+                   TOKENIZER=str(tok), OUTPUT_DIR=str(out),
+                   MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                   EXTRA_ARGS=" ".join([
+                       "train.precision=fp32", "train.seq_len=64", "model.max_position_embeddings=64",
+                       "model.discriminator.num_heads=2", "model.generator.num_heads=2", "data.num_workers=1",
+                       "train.micro_batch_size=8", "train.log_interval=1", "tracking.experiment=slurm", extra]),
+                   **more)
+
+
+CPU_FLAGS = ["--cpus-per-task=2", "--time=00:15:00"]
+
+
+@pytest.fixture(scope="module")
+def data(shard_dir, tok_dir):
+    return shard_dir, tok_dir
+
+
+def test_pretrain_large_script_runs_to_completion(cluster, tmp_path, data):
+    out = tmp_path / "run"
+    rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
+                     env=train_env(tmp_path, data, out, "train.max_steps=6 train.save_interval=3"), cwd=tmp_path)
+    log = job_log(tmp_path, "electra-large", job)
+    assert rc == 0, log[-4000:]
+    assert "world 2 = TP 1 × DP 2, ZeRO-2" in log and "rendezvous ci-n1:" in log
+    port = int(log.split("rendezvous ci-n1:")[1].split()[0])
+    assert port != 29500 and 20000 <= port < 30200
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert (out / "checkpoints" / "latest").read_text() == "step00000006"
+    assert (out / "final" / "model.pt").is_file() and not (out / "PREEMPTED").exists()
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(json.loads((out / "tracking.json").read_text())["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["slurm.job_id"] == job
+
+
+def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, data):
+    args = "train.max_steps=24 train.save_interval=1000 model.dropout=0.1"
+    ref = tmp_path / "ref"
+    rc, ref_job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
+                         env=train_env(tmp_path, data, ref, args + " tracking.enabled=false"), cwd=tmp_path)
+    assert rc == 0, job_log(tmp_path, "electra-large", ref_job)[-3000:]
+
+    out = tmp_path / "run"
+    rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
+                     env=train_env(tmp_path, data, out, args), cwd=tmp_path, wait=False)
+    assert rc == 0 and job
+    mf = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (mf.is_file() and len(mf.read_text().splitlines()) >= 6):
+        assert time.time() < deadline, job_log(tmp_path, "electra-large", job)[-3000:]
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    # the job checkpoints, requeues itself; make it eligible at once (SLURM waits ~2 min otherwise)
+    deadline = time.time() + 300
+    while "requeueing" not in job_log(tmp_path, "electra-large", job):
+        assert time.time() < deadline, job_log(tmp_path, "electra-large", job)[-3000:]
+        time.sleep(0.5)
+    while True:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        if state == "" and final_state(job):
+            break
+        assert time.time() < deadline + 300, state
+        time.sleep(1)
+    log = job_log(tmp_path, "electra-large", job)
+    assert final_state(job) == "COMPLETED", log[-4000:]
+    assert "signal received" in log and "restart 1" in log and "resumed from" in log
+    assert [m["step"] for m in metrics(out)] == list(range(1, 25))
+    assert losses(out) == losses(ref)  # bit-identical to the uninterrupted job
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rid = json.loads((out / "tracking.json").read_text())["run_id"]
+    assert sorted(m.step for m in client.get_metric_history(rid, "loss/total")) == list(range(1, 25))
+    assert client.get_run(rid).info.status == "FINISHED"
+
+
+def test_two_nodes_rendezvous_world_size_four(cluster, tmp_path, data):
+    out = tmp_path / "run"
+    rc, job = sbatch("pretrain_large.sh", "--nodes=2", "--gpus-per-node=2", *CPU_FLAGS,
+                     env=train_env(tmp_path, data, out, "train.max_steps=4 parallel.tensor_parallel_size=2 "
+                                                         "tracking.enabled=false"), cwd=tmp_path)
+    log = job_log(tmp_path, "electra-large", job)
+    assert rc == 0, log[-4000:]
+    assert "nodes ci-n[1-2] (2 × 2 processes)" in log
+    assert "world 4 = TP 2 × DP 2, ZeRO-2" in log
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3, 4]
+
+
+def test_preprocess_array_builds_the_same_shards(cluster, tmp_path):
+    from conftest import SAMPLE
+    from electra_dist.data.loader import iter_shard, resolve_shards
+    from electra_dist.data.shards import build_shards, read_manifest
+
+    tok, shards = tmp_path / "tok", tmp_path / "shards"
+    env = job_env(INPUT=str(SAMPLE), TOKENIZER=str(tok), DATA=str(shards), VOCAB_SIZE="2000", SEQ_LEN="64",
+                  SAMPLES_PER_SHARD="300", WORKERS="1", CHUNK_MB="0.1")
+    flags = ["--cpus-per-task=1", "--time=00:10:00", "--kill-on-invalid-dep=yes"]
+    rc, tok_job = sbatch("preprocess.sh", *flags, env=env, cwd=tmp_path, wait=False, args=("tokenizer",))
+    assert rc == 0 and tok_job
+    rc, array_job = sbatch("preprocess.sh", *flags, f"--dependency=afterok:{tok_job}", "--array=0-2",
+                           env=env, cwd=tmp_path, wait=False, args=("shards",))
+    assert rc == 0 and array_job
+    rc, merge_job = sbatch("preprocess.sh", *flags, f"--dependency=afterok:{array_job}", env=env, cwd=tmp_path,
+                           args=("merge",))
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
+    assert rc == 0, logs[-4000:]
+    assert [final_state(j) for j in (tok_job, merge_job)] == ["COMPLETED", "COMPLETED"], logs[-4000:]
+    m = read_manifest(shards)
+    assert m["num_parts"] == 3 and {s["name"][:9] for s in m["shards"]} == {"shard-000", "shard-001", "shard-002"}
+
+    single = tmp_path / "single"
+    build_shards([str(SAMPLE)], tok, 64, single, samples_per_shard=300, workers=1, progress=False,
+                 chunk_chars=int(0.1 * (1 << 20)))
+
+    def rows(d):
+        return sorted(tuple(r.tolist()) for u in resolve_shards(str(d))[0] for _, r in iter_shard(u))
+
+    assert rows(shards) == rows(single) and len(rows(single)) == read_manifest(single)["samples"]
