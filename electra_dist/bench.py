@@ -49,3 +49,195 @@ def bench_data(shards: str, workers: int = 1, micro_batch: int = 64, batches: in
         tokens += int(b["attention_mask"].sum())
     seconds = time.perf_counter() - start
     return DataBench(workers, batches, seconds, tokens, batches * micro_batch * manifest["seq_len"])
+
+
+# ---- training step ------------------------------------------------------------------------
+
+@dataclass
+class TrainBench:
+    name: str
+    device: str
+    precision: str
+    batch: int
+    seq_len: int
+    steps: int
+    seconds: float
+    flops_per_token: float  # the useful work (generator head at masked positions only)
+    peak_tflops: float | None
+    peak_memory_gib: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.batch * self.seq_len * self.steps / self.seconds
+
+    @property
+    def tflops(self) -> float:
+        return self.tokens_per_second * self.flops_per_token / 1e12
+
+    @property
+    def mfu(self) -> float | None:
+        return self.tflops / self.peak_tflops if self.peak_tflops else None
+
+    def line(self) -> str:
+        mfu = f", MFU {self.mfu:.1%}" if self.mfu is not None else ""
+        return (f"{self.name:<12} {self.tokens_per_second:>12,.0f} tokens/s  {self.tflops:8.3f} TFLOP/s{mfu}  "
+                f"peak memory {self.peak_memory_gib:.2f} GiB  ({self.steps} steps, {self.seconds:.2f}s)")
+
+
+def _synthetic_batch(cfg, batch: int, seq_len: int, device, seed: int = 0):
+    import torch
+
+    from electra_dist.data.masking import mask_tokens
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, cfg.model.vocab_size, (batch, seq_len), generator=g)
+    ids[:, 0], ids[:, seq_len // 2], ids[:, -1] = 2, 3, 3
+    tt = torch.zeros_like(ids)
+    tt[:, seq_len // 2 + 1:] = 1
+    m = mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=torch.arange(batch))
+    out = {"input_ids": m.input_ids, "original_ids": m.original_ids, "masked_positions": m.masked_positions,
+           "attention_mask": m.attention_mask, "token_type_ids": tt, "sample_ids": torch.arange(batch)}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _time_steps(step, steps: int, warmup: int, device) -> float:
+    import torch
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _peak_memory(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "fp32", steps: int = 10,
+                warmup: int = 3, baseline: str | None = None, compile: bool = False,
+                overrides: list[str] | None = None) -> list[TrainBench]:
+    """Full training steps (forward, backward, optimizer) of our model and, optionally, of
+    transformers' ElectraForMaskedLM + ElectraForPreTraining composed the standard way."""
+    import torch
+
+    from electra_dist.config import Config
+    from electra_dist.flops import flops_per_token, peak_tflops
+    from electra_dist.model import ElectraPretrainer
+
+    cfg = Config.build(flavor, [f"train.seq_len={seq_len}", f"model.max_position_embeddings={max(512, seq_len)}",
+                                f"train.micro_batch_size={micro_batch}", f"train.global_batch_size={micro_batch}",
+                                *(overrides or [])])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_tflops(name, precision)
+    fpt = flops_per_token(cfg.model, seq_len, cfg.objective.mask_prob)
+    batch = _synthetic_batch(cfg, micro_batch, seq_len, device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+    results = []
+
+    # ours
+    torch.manual_seed(0)
+    model = ElectraPretrainer(cfg.model, cfg.objective).to(device)
+    from electra_dist import kernels
+
+    kernels.install(model, compile_blocks=compile)  # as the trainer does
+    opt = _adamw(model.parameters(), cfg, device)
+
+    def ours():
+        with autocast:
+            out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    seconds = _time_steps(ours, steps, warmup, device)
+    results.append(TrainBench("electra_dist" + ("+compile" if compile else ""), name, precision, micro_batch, seq_len,
+                              steps, seconds, fpt, peak, _peak_memory(device)))
+    del model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    if baseline == "hf":
+        hf_step = _hf_step(cfg, batch, device, autocast)
+        seconds = _time_steps(hf_step, steps, warmup, device)
+        results.append(TrainBench("hf", name, precision, micro_batch, seq_len, steps, seconds, fpt, peak,
+                                  _peak_memory(device)))
+    return results
+
+
+def _adamw(params, cfg, device):
+    import torch
+
+    o = cfg.optim
+    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+    if device.type == "cuda":
+        try:
+            from deepspeed.ops.adam import FusedAdam
+
+            return FusedAdam(params, adam_w_mode=True, **kw)
+        except Exception:
+            return torch.optim.AdamW(params, fused=True, **kw)
+    return torch.optim.AdamW(params, **kw)
+
+
+def _hf_step(cfg, batch, device, autocast):
+    """transformers' ELECTRA pre-training as users compose it: two models sharing the embeddings,
+    the generator's MLM loss over its full logits with -100 labels, Gumbel sampling, and
+    ElectraForPreTraining's loss, total = gen + 50 · disc; torch AdamW."""
+    import torch
+    from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+    m = cfg.model
+
+    def hf_config(enc):
+        return ElectraConfig(vocab_size=m.vocab_size, embedding_size=m.embedding_size, hidden_size=enc.hidden_size,
+                             num_hidden_layers=enc.num_layers, num_attention_heads=enc.num_heads,
+                             intermediate_size=enc.intermediate_size, max_position_embeddings=m.max_position_embeddings,
+                             hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
+                             attn_implementation="sdpa")
+
+    torch.manual_seed(0)
+    gen = ElectraForMaskedLM(hf_config(m.generator)).to(device)
+    disc = ElectraForPreTraining(hf_config(m.discriminator)).to(device)
+    disc.electra.embeddings = gen.electra.embeddings  # shared token/position/type embeddings + LayerNorm
+    params = list({id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values())
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay,
+                            **({"fused": True} if device.type == "cuda" else {}))
+    labels = batch["original_ids"].masked_fill(~batch["masked_positions"], -100)
+    masked = batch["masked_positions"]
+
+    def step():
+        with autocast:
+            g = gen(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"], labels=labels)
+            with torch.no_grad():
+                logits = g.logits[masked].float()
+                u = torch.rand_like(logits)
+                sampled = (logits - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)
+                disc_input = batch["original_ids"].masked_scatter(masked, sampled)
+                disc_labels = (disc_input != batch["original_ids"]).long()
+            d = disc(input_ids=disc_input, attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"], labels=disc_labels)
+            loss = g.loss + 50.0 * d.loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step

@@ -189,6 +189,8 @@ def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, 
     """(discriminator, generator) state dicts in transformers' ELECTRA names."""
     state = model.state_dict()
     cfg = model.cfg
+    if model.discriminator is None:  # MLM baseline: its one encoder has the discriminator's shape
+        return {}, tower_to_hf(state, "generator", cfg.discriminator, cfg.vocab_size)
     return (tower_to_hf(state, "discriminator", cfg.discriminator, cfg.vocab_size),
             tower_to_hf(state, "generator", cfg.generator, cfg.vocab_size))
 
@@ -220,10 +222,13 @@ def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Pa
     cfg = model.cfg
     disc, gen = to_hf(model)
     gen.pop("generator_lm_head.weight")  # tied: transformers re-ties it to the word embeddings
+    gen_shape = cfg.discriminator if model.discriminator is None else cfg.generator
     for name, weights, enc, arch in (
         ("discriminator", disc, cfg.discriminator, "ElectraForPreTraining"),
-        ("generator", gen, cfg.generator, "ElectraForMaskedLM"),
+        ("generator", gen, gen_shape, "ElectraForMaskedLM"),
     ):
+        if not weights:
+            continue
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         hf_cfg = hf_config_dict(cfg, enc, architectures=[arch], tie_word_embeddings=True)

@@ -128,6 +128,34 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart.run(args.out, steps=args.steps, nproc=args.nproc)
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from electra_dist.finetune import finetune
+
+    finetune(args.model, args.train, args.test, args.tokenizer, args.text_field, args.label_field, args.seeds,
+             args.epochs, args.lr, args.layer_decay, args.batch_size, args.max_len, tracker=_finetune_tracker(args))
+    return 0
+
+
+def _finetune_tracker(args: argparse.Namespace):
+    if not args.experiment:
+        return None
+    from electra_dist.tracking import MLflowTracker, resolve_tracking_uri
+
+    out = Path(args.model)
+    t = MLflowTracker(resolve_tracking_uri(args.tracking_uri or ""), args.experiment, f"finetune-{out.name}",
+                      Path("/nonexistent/metrics.jsonl"), system_metrics=False)
+    t.log_params({k: v for k, v in vars(args).items() if k not in ("func",)})
+    return t
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from electra_dist import experiment
+
+    experiment.run(args.corpus, args.train, args.test, args.out, args.results, electra_steps=args.electra_steps,
+                   batch=args.batch, seq_len=args.seq_len, seeds=args.seeds, nproc=args.nproc)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from electra_dist import compare
     from electra_dist.tracking import resolve_tracking_uri
@@ -159,6 +187,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if msg:
         return 1
     print(f"run {info['run_id']} at {uri} holds every record of {out / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from electra_dist.bench import bench_train
+
+    results = bench_train(args.config, args.seq_len, args.micro_batch, args.precision, args.steps, args.warmup,
+                          args.baseline, args.compile, list(args.overrides))
+    r0 = results[0]
+    print(f"{args.config}: seq {args.seq_len}, micro batch {args.micro_batch}, {args.precision}, device {r0.device}, "
+          f"{r0.flops_per_token / 1e9:.3f} GFLOP/token (generator head at masked positions)")
+    for r in results:
+        print(r.line())
+    if len(results) == 2:
+        print(f"speed-up over HF: {results[0].tokens_per_second / results[1].tokens_per_second:.2f}x")
     return 0
 
 
@@ -287,6 +330,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db (where runs from here were logged)")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("finetune", help="fine-tune a pre-trained encoder for sequence classification",
+                       description="Sequence classification from our checkpoint (config.yaml + model.pt, e.g. "
+                                   "RUN/final) or an HF export; layer-wise LR decay (done right), warm-up, several "
+                                   "seeds; prints accuracy mean ± std.")
+    p.add_argument("--model", required=True, help="checkpoint or HF export directory")
+    p.add_argument("--train", required=True, help="JSONL with a text and a label field")
+    p.add_argument("--test", required=True, help="JSONL with a text and a label field")
+    p.add_argument("--tokenizer", default=None, help="default: the one the model names")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--seeds", type=int, default=3, help="default 3")
+    p.add_argument("--epochs", type=int, default=3, help="default 3")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak LR of the head (default 1e-4)")
+    p.add_argument("--layer-decay", type=float, default=0.8, help="layer-wise LR decay (default 0.8)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--experiment", default=None, help="log to this MLflow experiment")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("experiment", help="ELECTRA vs MLM at equal pre-training FLOPs, fine-tuned, to RESULTS.md",
+                       description="Pre-train ELECTRA and an MLM baseline (same encoder) for the same training "
+                                   "FLOPs on --corpus, fine-tune both on --train/--test over seeds, append the "
+                                   "table to --results.")
+    p.add_argument("--corpus", nargs="+", required=True, help="raw text (e.g. english-mixed.jsonl.gz)")
+    p.add_argument("--train", required=True, help="labeled JSONL (text, label)")
+    p.add_argument("--test", required=True, help="labeled JSONL (text, label)")
+    p.add_argument("--out", default="experiments/electra-vs-mlm", help="working directory")
+    p.add_argument("--results", default="docs/RESULTS.md", help="Markdown file the table is appended to")
+    p.add_argument("--electra-steps", type=int, default=1000, help="ELECTRA's steps; MLM gets the same FLOPs")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--nproc", type=int, default=1, help="training processes")
+    p.set_defaults(func=cmd_experiment)
+
     p = sub.add_parser("sync", help="send a run's metrics.jsonl records that MLflow missed",
                        description="Back-fill the MLflow run of OUTPUT_DIR with every metrics.jsonl record it "
                                    "lacks (after a tracking server outage).")
@@ -303,6 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--micro-batch", type=int, default=64, help="sequences per batch (default 64)")
     d.add_argument("--batches", type=int, default=200, help="batches timed after warm-up (default 200)")
     d.set_defaults(func=cmd_bench_data)
+    t = bsub.add_parser("train", help="time full training steps (forward, backward, optimizer); --baseline hf",
+                        description="Times training steps of our model after warm-up and prints tokens/s, TFLOP/s, "
+                                    "MFU (peak by device name; $ELECTRA_DIST_PEAK_TFLOPS overrides) and peak memory. "
+                                    "With --baseline hf, transformers' ElectraForMaskedLM + ElectraForPreTraining "
+                                    "composed the standard way run on the same batch, device and precision.")
+    t.add_argument("--config", default="electra-small", help="flavor or YAML (default electra-small)")
+    t.add_argument("--seq-len", type=int, default=128, help="default 128")
+    t.add_argument("--micro-batch", type=int, default=32, help="default 32")
+    t.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
+    t.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    t.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    t.add_argument("--baseline", default=None, choices=["hf"], help="also time transformers' ELECTRA")
+    t.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks (train.compile)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    t.set_defaults(func=cmd_bench_train)
     return parser
 
 

@@ -42,8 +42,19 @@ def row_keys(sample_ids: torch.Tensor, positions: torch.Tensor, stream: int) -> 
 
 
 def uniform(keys: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
-    """U(0, 1) float32 per key, or per (key, column) as keys[:, None] × columns[None, :]."""
-    x = keys if columns is None else combine(keys[:, None], columns[None, :])
+    """U(0, 1) float32 per key, or per (key, column) as keys[:, None] × columns[None, :].
+
+    The (key, column) grid is the hot path (masked positions × vocabulary): rows and columns are
+    hashed once each, and only one xor and one mixing round touch the whole grid.
+    """
+    if columns is None:
+        x = keys
+    else:
+        x = hash32(keys)[:, None] ^ hash32((columns * 0x9E3779B9) & _M32)[None, :]
+        x = (x * 0x7FEB352D) & _M32
+        x = x ^ (x >> 15)
+        x = (x * 0x846CA68B) & _M32
+        x = x ^ (x >> 16)
     return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 

@@ -197,7 +197,8 @@ class MLflowTracker(Tracker):
             history = self.client.get_metric_history(self.run_id, "loss/total")
             self._logged_steps = {m.step for m in history}
         self._connected = True
-        (self.metrics_file.parent / "tracking.json").write_text(json.dumps(
+        if self.metrics_file.parent.is_dir():  # where `electra-dist sync` finds the run again
+            (self.metrics_file.parent / "tracking.json").write_text(json.dumps(
             {"uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}, indent=2))
         if self._warned:
             self._log(f"electra-dist: MLflow at {self.uri} answers again; back-filling")

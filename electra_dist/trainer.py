@@ -99,6 +99,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         factory = parallel.layer_factory(tp, cfg.model.initializer_range)
         model = ElectraPretrainer(cfg.model, cfg.objective, factory)
+        from electra_dist import kernels
+
+        kernels.install(model, compile_blocks=cfg.train.compile, log=self._log)
         # dropout differs between data-parallel ranks, agrees within a tensor-parallel group
         torch.manual_seed(cfg.train.seed + 1 + self.dp_rank)
 

@@ -54,3 +54,10 @@ def test_bad_config_one_error_naming_all():
 def test_params_counts_large_without_allocating():
     r = _cli("params", "--config", "electra-large")
     assert r.returncode == 0 and "discriminator 335." in r.stdout
+
+
+def test_bench_train_with_hf_baseline_runs():
+    r = _cli("bench", "train", "--config", "debug", "--seq-len", "64", "--micro-batch", "4", "--steps", "2",
+             "--warmup", "1", "--baseline", "hf")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "electra_dist" in r.stdout and "hf " in r.stdout and "speed-up over HF" in r.stdout

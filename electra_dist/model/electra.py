@@ -8,6 +8,7 @@ ELECTRA wherever a weight has a counterpart there, so export is a renaming.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -130,12 +131,24 @@ class ElectraPretrainer(nn.Module):
         self.factory = factory or LayerFactory(cfg.initializer_range)
         self.padded_vocab = cfg.padded_vocab_size(self.factory.tp_size)
         embeddings = ElectraEmbeddings(cfg, self.factory, self.padded_vocab)
-        self.generator = ElectraGenerator(cfg, embeddings, self.factory, self.padded_vocab)
-        self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory)
+        self.discriminator: ElectraDiscriminator | None
+        if self.objective.kind == "mlm":
+            # the BERT-style baseline: ONE encoder of the discriminator's size with the MLM head
+            mlm = dataclasses.replace(cfg, generator=cfg.discriminator)
+            self.generator = ElectraGenerator(mlm, embeddings, self.factory, self.padded_vocab)
+            self.discriminator = None
+        else:
+            self.generator = ElectraGenerator(cfg, embeddings, self.factory, self.padded_vocab)
+            self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory)
 
     @property
     def embeddings(self) -> ElectraEmbeddings:
-        return self.discriminator.embeddings
+        return self.generator.embeddings
+
+    @property
+    def encoder_tower(self) -> _Tower:
+        """The tower kept for downstream use: the discriminator (ELECTRA) or the MLM encoder."""
+        return self.discriminator if self.discriminator is not None else self.generator
 
     def forward(self, input_ids: torch.Tensor, original_ids: torch.Tensor, masked_positions: torch.Tensor,
                 attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
@@ -156,6 +169,8 @@ class ElectraPretrainer(nn.Module):
         targets = original_ids[masked_positions]  # (N,)
         gen_sum = self.factory.vocab_cross_entropy(gen_logits, targets).sum()
         gen_loss = gen_sum / (masked_normalizer if masked_normalizer is not None else max(targets.numel(), 1))
+        if self.discriminator is None:  # MLM baseline: that is the whole loss
+            return self._mlm_output(gen_logits, targets, gen_loss, attention_mask)
 
         # 2. Sample replacements: Gumbel-max in fp32, no gradient into the generator.
         with torch.no_grad():
@@ -191,6 +206,17 @@ class ElectraPretrainer(nn.Module):
             }
         return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats)
 
+    def _mlm_output(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor,
+                    attention_mask: torch.Tensor) -> PretrainOutput:
+        with torch.no_grad():
+            zero = targets.new_zeros(())
+            stats = {"masked": targets.new_tensor(targets.numel()),
+                     "generator_correct": (self.factory.vocab_argmax(logits.float()) == targets).sum(),
+                     "tokens": attention_mask.sum(), "replaced": zero, "discriminator_correct": zero,
+                     "true_positive": zero, "predicted_positive": zero}
+        return PretrainOutput(self.objective.generator_weight * loss, loss, loss.new_zeros(()),
+                              torch.zeros_like(attention_mask, dtype=torch.bool), stats)
+
     def gumbel_sample(self, logits: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         """argmax(logits / T + Gumbel noise) over the whole (possibly TP-sharded) vocabulary.
 
@@ -200,11 +226,18 @@ class ElectraPretrainer(nn.Module):
         """
         lo, hi = self.factory.vocab_range(self.padded_vocab)
         if keys is not None:
-            u = rng.uniform(keys, torch.arange(lo, hi, device=logits.device))
+            scores = self.gumbel_scores(logits, keys, lo, hi, self.objective.temperature)
         else:
             u = torch.rand(logits.shape[0], self.padded_vocab, device=logits.device, dtype=torch.float32)[:, lo:hi]
-        gumbel = -torch.log(-torch.log(u + 1e-9) + 1e-9)
-        return self.factory.vocab_argmax(logits.float() / self.objective.temperature + gumbel)
+            scores = logits.float() / self.objective.temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
+        return self.factory.vocab_argmax(scores)
+
+    @staticmethod
+    def gumbel_scores(logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: float) -> torch.Tensor:
+        """logits / T + counter-based Gumbel noise for vocab columns [lo, hi). Replaceable by a
+        fused kernel (electra_dist.kernels.fused_gumbel_scores) giving the same numbers."""
+        u = rng.uniform(keys, torch.arange(lo, hi, device=logits.device))
+        return logits.float() / temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
 
 
 def _init_linear(layer: nn.Linear, std: float) -> None:

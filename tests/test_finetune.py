@@ -1,0 +1,96 @@
+"""The MLM baseline objective and downstream fine-tuning (layer-wise LR decay done right)."""
+
+import gzip
+import json
+import random
+
+import pytest
+import torch
+
+from electra_dist.checkpoint import export_hf, save_model
+from electra_dist.data.masking import SpecialIds, mask_tokens
+from electra_dist.finetune import Classifier, finetune, layer_lr_groups
+from electra_dist.flops import flops_per_token
+from electra_dist.model import ElectraPretrainer, count_parameters
+
+from conftest import SAMPLE, tiny_config
+
+
+def test_mlm_objective_is_one_encoder_of_discriminator_size(tiny):
+    cfg = tiny_config(**{"objective.kind": "mlm"})
+    m = ElectraPretrainer(cfg.model, cfg.objective)
+    assert m.discriminator is None and m.encoder_tower is m.generator
+    assert len(m.generator.encoder.layers) == cfg.model.discriminator.num_layers
+    assert m.generator.encoder.layers[0].attention_norm.normalized_shape == (cfg.model.discriminator.hidden_size,)
+    ids = torch.randint(5, 1000, (4, 64))
+    ids[:, 0], ids[:, -1] = 2, 3
+    b = mask_tokens(ids, SpecialIds(), 0.15, mask_fraction=0.8, random_fraction=0.1, vocab_size=1000,
+                    sample_ids=torch.arange(4))
+    out = m(b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)
+    assert out.loss == out.generator_loss and out.discriminator_loss == 0
+    out.loss.backward()
+    electra = ElectraPretrainer(tiny.model, tiny.objective)
+    assert abs(count_parameters(m) - count_parameters(electra.discriminator)) / count_parameters(m) < 0.1
+    # FLOPs: MLM is one encoder + its head at the masked positions; ELECTRA adds a small generator
+    assert flops_per_token(cfg.model, 64, 0.15, "mlm") < flops_per_token(tiny.model, 64, 0.15, "electra")
+
+
+def test_mlm_checkpoint_exports_as_masked_lm(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny_config(**{"objective.kind": "mlm"})
+    m = ElectraPretrainer(cfg.model, cfg.objective).eval()
+    export_hf(m, tmp_path)
+    assert not (tmp_path / "discriminator").exists()
+    hf = transformers.ElectraForMaskedLM.from_pretrained(tmp_path / "generator").eval()
+    ids = torch.randint(5, 1000, (2, 16))
+    with torch.no_grad():
+        assert (hf(ids).logits - m.generator(ids, None, None)[..., :1000]).abs().max() < 1e-5
+
+
+def test_layer_wise_lr_decay_has_no_off_by_one(tiny):
+    m = ElectraPretrainer(tiny.model, tiny.objective)
+    clf = Classifier(m.encoder_tower, 64, 2)
+    groups = layer_lr_groups(clf, lr=1.0, decay=0.5, weight_decay=0.01)
+    scale = {}
+    for g in groups:
+        for p in g["params"]:
+            scale[id(p)] = g["lr"]
+    L = len(clf.tower.encoder.layers)
+    assert L == 2
+    assert scale[id(clf.out_proj.weight)] == 1.0 and scale[id(clf.dense.weight)] == 1.0  # head: lr
+    assert scale[id(clf.tower.encoder.layers[1].output.weight)] == 0.5  # top layer: lr·d, not lr·d²
+    assert scale[id(clf.tower.encoder.layers[0].output.weight)] == 0.25
+    assert scale[id(clf.tower.embeddings.word_embeddings.weight)] == 0.125  # embeddings: lr·d^(L+1)
+    no_decay = [g for g in groups if g["weight_decay"] == 0.0]
+    assert all(p.ndim == 1 for g in no_decay for p in g["params"])
+
+
+def _labeled(tmp_path, n=300):
+    """Real sentences, labeled by their source: State of the Union vs Jane Austen."""
+    from electra_dist.data.text import split_sentences
+
+    by = {"sotu": [], "janeausten": []}
+    with gzip.open(SAMPLE, "rt") as f:
+        for line in f:
+            d = json.loads(line)
+            if d["source"] in by:
+                by[d["source"]] += [s for s in split_sentences(d["text"]) if 30 < len(s) < 300]
+    rng = random.Random(0)
+    rows = [{"text": s, "label": src} for src, ss in by.items() for s in rng.sample(ss, n)]
+    rng.shuffle(rows)
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[: int(0.8 * len(rows))]))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[int(0.8 * len(rows)):]))
+    return train, test
+
+
+def test_finetune_learns_a_real_classification_task(tmp_path, tok_dir):
+    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir)})
+    torch.manual_seed(0)
+    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
+    train, test = _labeled(tmp_path)
+    r = finetune(str(tmp_path / "ckpt"), str(train), str(test), seeds=2, epochs=3, lr=1e-3, batch_size=16)
+    assert r.labels == ["janeausten", "sotu"] and len(r.accuracies) == 2
+    assert r.mean > 0.75, r.accuracies
+    with pytest.raises(ValueError, match="needs fields 'text' and 'stars'"):
+        finetune(str(tmp_path / "ckpt"), str(train), str(test), label_field="stars")

@@ -1,0 +1,92 @@
+"""Fused paths against their plain-torch fallbacks (CPU here; the CUDA-only ones skip without a GPU)."""
+
+import pytest
+import torch
+
+from electra_dist import rng
+from electra_dist.kernels import compile_encoders, fused_gumbel_scores, install
+from electra_dist.model import ElectraPretrainer
+
+from conftest import tiny_config
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_compiled_blocks_and_gumbel_match_eager():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    eager = ElectraPretrainer(cfg.model, cfg.objective)
+    fused = ElectraPretrainer(cfg.model, cfg.objective)
+    fused.load_state_dict(eager.state_dict())
+    compile_encoders(fused)
+    assert list(fused.state_dict()) == list(eager.state_dict())  # names unchanged: checkpoints interchange
+    ids = torch.randint(5, 1000, (4, 64))
+    am = torch.ones_like(ids)
+    am[1, 40:] = 0
+    torch.testing.assert_close(fused.discriminator(ids, am), eager.discriminator(ids, am), atol=1e-5, rtol=1e-5)
+    keys = rng.row_keys(torch.arange(64), torch.zeros(64, dtype=torch.long), rng.GUMBEL)
+    logits = torch.randn(64, 1024)
+    plain = ElectraPretrainer.gumbel_scores(logits, keys, 0, 1024, 1.0)
+    torch.testing.assert_close(fused_gumbel_scores(logits, keys, 0, 1024, 1.0), plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_gumbel_scores(logits[:, 512:], keys, 512, 1024, 1.0), plain[:, 512:],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_no_padding_means_no_mask():
+    """Packed batches without padding take SDPA's mask-free path (flash attention on GPU)."""
+    from electra_dist.model.layers import Encoder, LayerFactory
+
+    enc = Encoder(1, 32, 2, 64, 0.0, 0.0, 1e-12, LayerFactory())
+    seen = []
+    orig = enc.layers[0].forward
+    enc.layers[0].forward = lambda x, mask: seen.append(mask) or orig(x, mask)
+    x = torch.randn(2, 8, 32)
+    enc(x, torch.ones(2, 8, dtype=torch.long))
+    enc(x, torch.tensor([[1] * 8, [1] * 5 + [0] * 3]))
+    assert seen[0] is None and seen[1].shape == (2, 1, 1, 8)
+
+
+@cuda
+def test_fused_adam_matches_torch_adamw():
+    from deepspeed.ops.adam import FusedAdam
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(64, 64).cuda()
+    b = torch.nn.Linear(64, 64).cuda()
+    b.load_state_dict(a.state_dict())
+    oa = torch.optim.AdamW(a.parameters(), lr=1e-3, eps=1e-6, weight_decay=0.01)
+    ob = FusedAdam(b.parameters(), lr=1e-3, eps=1e-6, weight_decay=0.01, adam_w_mode=True)
+    for _ in range(5):
+        x = torch.randn(8, 64, device="cuda")
+        for m, o in ((a, oa), (b, ob)):
+            m(x).square().mean().backward()
+            o.step()
+            o.zero_grad()
+    torch.testing.assert_close(a.weight, b.weight, atol=1e-5, rtol=1e-4)
+
+
+@cuda
+def test_bf16_training_step_is_finite_and_close_to_fp32():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    m = ElectraPretrainer(cfg.model, cfg.objective).cuda()
+    ids = torch.randint(5, 1000, (4, 64), device="cuda")
+    from electra_dist.data.masking import SpecialIds, mask_tokens
+
+    b = mask_tokens(ids.cpu(), SpecialIds(), 0.15, sample_ids=torch.arange(4))
+    args = [t.cuda() for t in (b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)]
+    ref = m(*args, sample_ids=torch.arange(4, device="cuda")).loss
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = m(*args, sample_ids=torch.arange(4, device="cuda")).loss
+    assert torch.isfinite(out) and abs(out.item() - ref.item()) / ref.item() < 0.02
+
+
+def test_install_uses_the_fused_gumbel_and_samples_the_same(tiny):
+    torch.manual_seed(0)
+    plain = ElectraPretrainer(tiny.model, tiny.objective)
+    fused = ElectraPretrainer(tiny.model, tiny.objective)
+    fused.load_state_dict(plain.state_dict())
+    install(fused)
+    logits = torch.randn(200, plain.padded_vocab)
+    keys = rng.row_keys(torch.arange(200), torch.zeros(200, dtype=torch.long), rng.GUMBEL)
+    assert torch.equal(fused.gumbel_sample(logits, keys), plain.gumbel_sample(logits, keys))
