@@ -143,7 +143,7 @@ def _finetune_tracker(args: argparse.Namespace):
 
     out = Path(args.model)
     t = MLflowTracker(resolve_tracking_uri(args.tracking_uri or ""), args.experiment, f"finetune-{out.name}",
-                      Path("/nonexistent/metrics.jsonl"), system_metrics=False)
+                      None, system_metrics=False)
     t.log_params({k: v for k, v in vars(args).items() if k not in ("func",)})
     return t
 
@@ -152,7 +152,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from electra_dist import experiment
 
     experiment.run(args.corpus, args.train, args.test, args.out, args.results, electra_steps=args.electra_steps,
-                   batch=args.batch, seq_len=args.seq_len, seeds=args.seeds, nproc=args.nproc)
+                   batch=args.batch, seq_len=args.seq_len, seeds=args.seeds, nproc=args.nproc,
+                   finetune_lr=args.finetune_lr)
     return 0
 
 
@@ -364,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--nproc", type=int, default=1, help="training processes")
+    p.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning peak LR (default 3e-4, as "
+                                                                   "ELECTRA-Small)")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("sync", help="send a run's metrics.jsonl records that MLflow missed",

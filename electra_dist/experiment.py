@@ -29,7 +29,7 @@ MODEL = ["model.embedding_size=128", "model.discriminator.num_layers=4", "model.
 
 def run(corpus: list[str], train: str, test: str, out: str | Path, results: str | Path, electra_steps: int = 1000,
         batch: int = 32, seq_len: int = 128, vocab_size: int = 8000, seeds: int = 3, lr: float = 1e-3,
-        finetune_epochs: int = 3, finetune_lr: float = 1e-4, nproc: int = 1) -> dict:
+        finetune_epochs: int = 3, finetune_lr: float = 3e-4, nproc: int = 1) -> dict:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tok, shards = out / "tokenizer", out / "shards"

@@ -75,12 +75,12 @@ class MLflowTracker(Tracker):
     """MLflow from global rank 0: params, namespaced metrics with steps, system metrics, tags,
     artifacts; resumes the run whose id the checkpoint carries."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path, run_id: str | None = None,
+    def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path | None, run_id: str | None = None,
                  tags: dict[str, str] | None = None, system_metrics: bool = True, log=print,
                  retry_max_seconds: float = 60.0, flush_timeout: float = 30.0):
         _quiet_http()
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
-        self.metrics_file = Path(metrics_file)
+        self.metrics_file = Path(metrics_file) if metrics_file else None  # None: nothing to back-fill from
         self.run_id = run_id
         self._tags = dict(tags or {})
         self._system_metrics = system_metrics
@@ -139,8 +139,10 @@ class MLflowTracker(Tracker):
         n_other = sum(1 for kind, _ in left if kind not in ("metrics", "end"))
         if n_metrics or n_other:
             msg = (f"electra-dist: MLflow at {self.uri} did not receive {n_metrics} metric record(s) and "
-                   f"{n_other} other item(s) (params/tags/artifacts); the metrics are all in {self.metrics_file}: "
-                   f"send them later with `electra-dist sync --output-dir {self.metrics_file.parent}`")
+                   f"{n_other} other item(s) (params/tags/artifacts)")
+            if self.metrics_file is not None:
+                msg += (f"; the metrics are all in {self.metrics_file}: send them later with "
+                        f"`electra-dist sync --output-dir {self.metrics_file.parent}`")
             self._log(msg)
             return msg
         return ""
@@ -171,8 +173,8 @@ class MLflowTracker(Tracker):
         if not self._warned:
             self._warned = True
             self._log(f"electra-dist: warning: MLflow at {self.uri} is unreachable ({type(e).__name__}: "
-                      f"{str(e)[:200]}); training continues, metrics stay in {self.metrics_file} and are sent "
-                      "when the server answers again")
+                      f"{str(e)[:200]}); training continues, metrics stay in {self.metrics_file or 'the queue'} "
+                      "and are sent when the server answers again")
 
     def _connect(self) -> None:
         from mlflow.tracking import MlflowClient
@@ -197,7 +199,7 @@ class MLflowTracker(Tracker):
             history = self.client.get_metric_history(self.run_id, "loss/total")
             self._logged_steps = {m.step for m in history}
         self._connected = True
-        if self.metrics_file.parent.is_dir():  # where `electra-dist sync` finds the run again
+        if self.metrics_file and self.metrics_file.parent.is_dir():  # where `electra-dist sync` finds the run
             (self.metrics_file.parent / "tracking.json").write_text(json.dumps(
             {"uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}, indent=2))
         if self._warned:
@@ -215,7 +217,7 @@ class MLflowTracker(Tracker):
 
     def _backfill(self) -> None:
         """Queue every JSONL record the run lacks (before anything pending for later steps)."""
-        if not self.metrics_file.is_file():
+        if self.metrics_file is None or not self.metrics_file.is_file():
             return
         queued = {p[0] for kind, p in self._pending if kind == "metrics"}
         missing = []
