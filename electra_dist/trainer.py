@@ -47,6 +47,8 @@ class Batch:
 
     tensors: dict[str, torch.Tensor]
     keys: list[str]
+    tokens: float  # non-pad tokens, counted on the CPU before the copy (no device sync)
+    masked: float
 
 
 def lr_multiplier(step: int, warmup: int, total: int) -> float:
@@ -229,15 +231,15 @@ class Trainer:
         b = next(self._data_iter)
         keys = b.pop("keys", [])
         b.pop("epoch", None)
-        return Batch({k: v.to(self.device, non_blocking=True) for k, v in b.items()}, keys)
+        return Batch({k: v.to(self.device, non_blocking=True) for k, v in b.items()}, keys,
+                     float(b["attention_mask"].sum()), float(b["masked_positions"].sum()))
 
     def train_step(self) -> dict[str, Any]:
         """All micro-batches of one optimizer step. One all-reduce up front carries the global
         token counts (for the loss normalizers) and every rank's stop signal."""
         micro = [self._next_batch() for _ in range(self.grad_accum)]
-        local = torch.tensor([sum(float(b.tensors["attention_mask"].sum()) for b in micro),
-                              sum(float(b.tensors["masked_positions"].sum()) for b in micro),
-                              float(self._signal)], dtype=torch.float64, device=self.device)
+        local = torch.tensor([sum(b.tokens for b in micro), sum(b.masked for b in micro), float(self._signal)],
+                             dtype=torch.float64, device=self.device)
         dist.all_reduce(local)
         tokens, masked = (local[:2] / self.tp_size).tolist()  # TP ranks hold the same batch
         if local[2].item() > 0:  # a rank was signalled: every rank stops before this step
