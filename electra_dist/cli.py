@@ -153,7 +153,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     experiment.run(args.corpus, args.train, args.test, args.out, args.results, electra_steps=args.electra_steps,
                    batch=args.batch, seq_len=args.seq_len, seeds=args.seeds, nproc=args.nproc,
-                   finetune_lr=args.finetune_lr)
+                   finetune_lr=args.finetune_lr, control=not args.no_control)
     return 0
 
 
@@ -367,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="training processes")
     p.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning peak LR (default 3e-4, as "
                                                                    "ELECTRA-Small)")
+    p.add_argument("--no-control", action="store_true", help="skip fine-tuning the random-init control")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("sync", help="send a run's metrics.jsonl records that MLflow missed",

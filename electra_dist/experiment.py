@@ -2,7 +2,8 @@
 
 corpus → tokenizer → shards → ELECTRA run (N steps) and MLM run (as many steps as the same
 FLOPs buy, same encoder, same data path and tracking) → fine-tune both on a labeled set over
-several seeds → a Markdown table (FLOPs, pre-training time, accuracy ± std) appended to RESULTS.
+several seeds → a Markdown table (FLOPs, pre-training time, accuracy ± std) appended to RESULTS,
+with a control: the same fine-tuning from random weights (does pre-training help at this budget?).
 Every stage is the same command a user would run; the runs land in one MLflow experiment, so
 `electra-dist compare --experiment electra-vs-mlm --x flops` draws them against FLOPs.
 """
@@ -29,7 +30,8 @@ MODEL = ["model.embedding_size=128", "model.discriminator.num_layers=4", "model.
 
 def run(corpus: list[str], train: str, test: str, out: str | Path, results: str | Path, electra_steps: int = 1000,
         batch: int = 32, seq_len: int = 128, vocab_size: int = 8000, seeds: int = 3, lr: float = 1e-3,
-        finetune_epochs: int = 3, finetune_lr: float = 3e-4, nproc: int = 1) -> dict:
+        finetune_epochs: int = 3, finetune_lr: float = 3e-4, nproc: int = 1, control: bool = True,
+        vocab_shards: int = 2000) -> dict:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tok, shards = out / "tokenizer", out / "shards"
@@ -46,7 +48,7 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
            "--out", str(tok))
     if not (shards / "manifest.json").is_file():
         sh(*me, "shards", "build", "--input", *corpus, "--tokenizer", str(tok), "--seq-len", str(seq_len),
-           "--out", str(shards), "--samples-per-shard", "2000", "--quiet", "--overwrite")
+           "--out", str(shards), "--samples-per-shard", str(vocab_shards), "--quiet", "--overwrite")
 
     common = MODEL + [f"train.seq_len={seq_len}", f"train.global_batch_size={batch}",
                       f"train.micro_batch_size={batch // nproc}", f"optim.lr={lr}", "train.log_interval=25",
@@ -79,6 +81,22 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
                       "tokens_per_s": sum(r["throughput/tokens_per_s"] for r in records) / len(records),
                       "final_loss": records[-1]["loss/total"], "accuracies": ft.accuracies, "mean": ft.mean,
                       "std": ft.std}
+    if control:  # the same fine-tuning from random weights: does pre-training help at this budget?
+        from electra_dist.checkpoint import save_model
+        from electra_dist.finetune import finetune
+        from electra_dist.model import ElectraPretrainer
+
+        import torch
+
+        torch.manual_seed(0)
+        rand_cfg = Config.build("debug", common + [f"model.vocab_size={vocab_size}", f"data.tokenizer={tok}"])
+        save_model(out / "random_init", ElectraPretrainer(rand_cfg.model, rand_cfg.objective), rand_cfg)
+        print("\n=== fine-tune the random-init control", flush=True)
+        ft = finetune(str(out / "random_init"), train, test, str(tok), seeds=seeds, epochs=finetune_epochs,
+                      lr=finetune_lr)
+        rows["random init (control)"] = {"steps": 0, "flops": 0.0, "seconds": 0.0, "tokens_per_s": 0.0,
+                                         "final_loss": float("nan"), "accuracies": ft.accuracies,
+                                         "mean": ft.mean, "std": ft.std}
     _write_results(Path(results), rows, corpus, train, test, electra_steps, batch, seq_len, seeds)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
@@ -99,8 +117,9 @@ def _write_results(path: Path, rows: dict, corpus, train, test, electra_steps, b
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['steps']} | {r['flops']:.3e} | {r['seconds'] / 60:.1f} min | "
-                     f"{r['tokens_per_s']:,.0f} | {r['mean']:.4f} ± {r['std']:.4f} | "
+        pre = (f"{r['steps']} | {r['flops']:.3e} | {r['seconds'] / 60:.1f} min | {r['tokens_per_s']:,.0f}"
+               if r["steps"] else "— | 0 | — | —")
+        lines.append(f"| {name} | {pre} | {r['mean']:.4f} ± {r['std']:.4f} | "
                      f"{', '.join(f'{a:.4f}' for a in r['accuracies'])} |")
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)

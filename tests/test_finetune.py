@@ -94,3 +94,19 @@ def test_finetune_learns_a_real_classification_task(tmp_path, tok_dir):
     assert r.mean > 0.75, r.accuracies
     with pytest.raises(ValueError, match="needs fields 'text' and 'stars'"):
         finetune(str(tmp_path / "ckpt"), str(train), str(test), label_field="stars")
+
+
+def test_experiment_command_runs_end_to_end_small(tmp_path):
+    """The ELECTRA-vs-MLM experiment, shrunk to seconds: equal FLOPs, both fine-tuned, the control,
+    a table appended to the results file."""
+    from electra_dist import experiment
+
+    train, test = _labeled(tmp_path, n=60)
+    results = tmp_path / "RESULTS.md"
+    rows = experiment.run([str(SAMPLE)], str(train), str(test), tmp_path / "exp", results, electra_steps=6,
+                          batch=8, seq_len=64, vocab_size=1000, seeds=1, finetune_epochs=1, vocab_shards=500)
+    assert set(rows) == {"electra", "mlm", "random init (control)"}
+    assert rows["mlm"]["steps"] > rows["electra"]["steps"]  # MLM buys more steps with the same FLOPs
+    assert abs(rows["mlm"]["flops"] - rows["electra"]["flops"]) / rows["electra"]["flops"] < 0.1
+    text = results.read_text()
+    assert "| electra | 6 |" in text and "| random init (control) |" in text
