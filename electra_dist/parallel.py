@@ -259,28 +259,6 @@ def _partition_dim(p: torch.Tensor) -> int | None:
     return p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
 
 
-def shard_state_dict(model: nn.Module, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """This TP rank's slices of a full (TP=1) state dict."""
-    from megatron.core import parallel_state as ps
-
-    tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    params = dict(model.named_parameters(remove_duplicate=False))
-    out = {}
-    for name, value in full.items():
-        p = params.get(name)
-        dim = _partition_dim(p) if p is not None else None
-        out[name] = value.chunk(tp, dim=dim)[rank].clone() if dim is not None and tp > 1 else value
-    return out
-
-
-def load_full_state_dict(model: nn.Module, full: dict[str, torch.Tensor]) -> None:
-    """Load a full (TP=1, consolidated) state dict into a model of any TP size."""
-    missing, unexpected = model.load_state_dict(shard_state_dict(model, full), strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
-    if missing or unexpected:
-        raise KeyError(f"checkpoint does not fit the model: missing {missing}, unexpected {unexpected}")
-
-
 def gather_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (TP=1) state dict, gathered over the TP group (every TP rank gets it)."""
     from megatron.core import parallel_state as ps

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -95,7 +94,7 @@ class Trainer:
                                "configs/zero2.json (or zero1/zero0) with tensor parallelism, or TP=1 with ZeRO-3"])
 
         # 3. data and tokenizer, checked before anything is allocated
-        self.special, self.manifest = self._check_data()
+        self.special = self._check_data()
 
         # 4. model: the same seed on every rank, so every rank builds the same full weights
         torch.manual_seed(cfg.train.seed)
@@ -162,7 +161,7 @@ class Trainer:
                   f"{self.dp_size} DP × {self.grad_accum} accumulation; steps {self.step} → {cfg.train.max_steps}")
 
     # ---- build helpers --------------------------------------------------------------------
-    def _check_data(self) -> tuple[SpecialIds, dict | None]:
+    def _check_data(self) -> SpecialIds:
         from electra_dist.data.loader import resolve_shards
         from electra_dist.data.shards import check_compatible
         from electra_dist.data.tokenizer import Tokenizer
@@ -194,10 +193,10 @@ class Trainer:
         if problems:
             raise ConfigError(problems)
         if tokenizer is not None:
-            return tokenizer.special, manifest
+            return tokenizer.special
         if manifest is not None:
-            return SpecialIds(**manifest["tokenizer"]["special"]), manifest
-        return SpecialIds(), manifest
+            return SpecialIds(**manifest["tokenizer"]["special"])
+        return SpecialIds()
 
     def _optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         o = self.cfg.optim

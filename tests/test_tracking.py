@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train import ROOT, TINY, _cmd, _env, _popen, _wait_for, metrics
+from test_train import TINY, _cmd, _env, _wait_for, metrics
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402

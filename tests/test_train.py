@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "electra_dist" / "train.py")
@@ -184,7 +183,7 @@ def test_resume_after_sigterm_mid_run_is_exact(tmp_path, data, straight):
     assert 7 <= stopped < 20
     assert (tmp_path / "checkpoints" / "latest").read_text() == f"step{stopped:08d}"
     r = train(tmp_path, data, "--max-steps", "20", *RESUME, "train.save_interval=1000")
-    assert f"resumed from" in r.stdout
+    assert "resumed from" in r.stdout
     resumed = metrics(tmp_path)
     assert [m["step"] for m in resumed] == list(range(1, 21))
     assert [m["loss/total"] for m in resumed] == straight

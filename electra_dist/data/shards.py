@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from electra_dist.data.text import TextStats, expand_inputs, iter_documents, split_sentences
-from electra_dist.data.tokenizer import Tokenizer, sha256_file
+from electra_dist.data.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = "electra-dist-shards/1"
@@ -292,11 +291,3 @@ def check_compatible(manifest: dict, tokenizer: Tokenizer | None, seq_len: int, 
                         f"set train.seq_len={manifest['seq_len']} (padding every sequence would waste compute)")
     if problems:
         raise ValueError("\n".join(problems))
-
-
-def copy_tokenizer(tokenizer_dir: str | Path, out: str | Path) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in Path(tokenizer_dir).iterdir():
-        if f.is_file():
-            shutil.copy2(f, out / f.name)

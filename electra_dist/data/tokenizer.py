@@ -12,7 +12,7 @@ import io
 import json
 import random
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from electra_dist.data.masking import SpecialIds
 from electra_dist.data.text import TextStats, expand_inputs, iter_documents, split_sentences
@@ -141,9 +141,3 @@ def train_tokenizer(
             "inputs": [str(f) for f in files], **stats.to_dict()}
     (out / SPECIALS).write_text(json.dumps(meta, indent=2))
     return Tokenizer(out), stats
-
-
-def iter_sentences(inputs: list[str], text_field: str = "text") -> Iterator[str]:
-    stats = TextStats()
-    for doc in iter_documents(expand_inputs(inputs), stats, text_field):
-        yield from split_sentences(doc)
