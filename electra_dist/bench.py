@@ -135,7 +135,6 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
 
     from electra_dist.config import Config
     from electra_dist.flops import flops_per_token, peak_tflops
-    from electra_dist.model import ElectraPretrainer
 
     cfg = Config.build(flavor, [f"train.seq_len={seq_len}", f"model.max_position_embeddings={max(512, seq_len)}",
                                 f"train.micro_batch_size={micro_batch}", f"train.global_batch_size={micro_batch}",
@@ -149,26 +148,11 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
     autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
     results = []
 
-    # ours
-    torch.manual_seed(0)
-    model = ElectraPretrainer(cfg.model, cfg.objective).to(device)
-    from electra_dist import kernels
-
-    kernels.install(model, compile_blocks=compile)  # as the trainer does
-    opt = _adamw(model.parameters(), cfg, device)
-
-    def ours():
-        with autocast:
-            out = model(**batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    ours = _our_step(cfg, batch, device, autocast, compile)
     seconds = _time_steps(ours, steps, warmup, device)
     results.append(TrainBench("electra_dist" + ("+compile" if compile else ""), name, precision, micro_batch, seq_len,
                               steps, seconds, fpt, peak, _peak_memory(device)))
-    del model, opt
+    del ours  # frees our model and optimizer before the baseline is built
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -193,6 +177,29 @@ def _adamw(params, cfg, device):
         except Exception:
             return torch.optim.AdamW(params, fused=True, **kw)
     return torch.optim.AdamW(params, **kw)
+
+
+def _our_step(cfg, batch, device, autocast, compile: bool):
+    """One training step of our model, with the kernels the trainer installs."""
+    import torch
+
+    from electra_dist import kernels
+    from electra_dist.model import ElectraPretrainer
+
+    torch.manual_seed(0)
+    model = ElectraPretrainer(cfg.model, cfg.objective).to(device)
+    kernels.install(model, compile_blocks=compile)
+    opt = _adamw(model.parameters(), cfg, device)
+
+    def step():
+        with autocast:
+            out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
 
 
 def _hf_step(cfg, batch, device, autocast):

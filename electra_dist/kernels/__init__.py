@@ -27,6 +27,9 @@ from torch import nn
 def install(model: nn.Module, compile_blocks: bool = False, log=print) -> nn.Module:
     """Switch the model to the fused paths: Gumbel sampling always (falling back to the plain
     path if compiling fails), the encoder blocks when `compile_blocks`."""
+    from electra_dist.model.electra import ElectraPretrainer
+
+    plain = ElectraPretrainer.gumbel_scores
     state = {"fused": True}
 
     def gumbel_scores(logits, keys, lo, hi, temperature):
@@ -40,8 +43,7 @@ def install(model: nn.Module, compile_blocks: bool = False, log=print) -> nn.Mod
         return plain(logits, keys, lo, hi, temperature)
 
     for module in model.modules():
-        if hasattr(module, "gumbel_scores") and hasattr(module, "gumbel_sample"):
-            plain = type(module).gumbel_scores
+        if isinstance(module, ElectraPretrainer):
             module.gumbel_scores = gumbel_scores
     if compile_blocks:
         compile_encoders(model)
