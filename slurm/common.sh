@@ -56,6 +56,13 @@ launch() {  # launch TRAIN_ARGS... : train.py on every node under torchrun, insi
     srun "${opts[@]}" bash -c 'trap "" USR1; exec "$@"' _ "${cmd[@]}"
 }
 
+train_and_requeue() {  # train.py with CONFIG, DS_CONFIG, DATA, TOKENIZER, OUTPUT_DIR, EXTRA_ARGS
+    # shellcheck disable=SC2086  # EXTRA_ARGS is a list of KEY=VALUE words
+    launch --deepspeed "$DS_CONFIG" --config "$CONFIG" --data "$DATA" --tokenizer "$TOKENIZER" \
+        --output-dir "$OUTPUT_DIR" --resume auto ${EXTRA_ARGS:-}
+    requeue_if_preempted "$OUTPUT_DIR" $?
+}
+
 requeue_if_preempted() {  # requeue_if_preempted OUTPUT_DIR RC
     if [ -f "$1/PREEMPTED" ]; then
         log "pre-empted at $(cat "$1/PREEMPTED"); requeueing"

@@ -41,7 +41,4 @@ TOKENIZER=${TOKENIZER:-data/tokenizer}
 OUTPUT_DIR=${OUTPUT_DIR:-runs/electra-large}
 source "${REPO:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh" || exit 1
 
-# shellcheck disable=SC2086  # EXTRA_ARGS is a list of KEY=VALUE words
-launch --deepspeed "$DS_CONFIG" --config "$CONFIG" --data "$DATA" --tokenizer "$TOKENIZER" \
-    --output-dir "$OUTPUT_DIR" --resume auto $EXTRA_ARGS
-requeue_if_preempted "$OUTPUT_DIR" $?
+train_and_requeue
