@@ -200,8 +200,8 @@ class MLflowTracker(Tracker):
             self._logged_steps = {m.step for m in history}
         self._connected = True
         if self.metrics_file and self.metrics_file.parent.is_dir():  # where `electra-dist sync` finds the run
-            (self.metrics_file.parent / "tracking.json").write_text(json.dumps(
-            {"uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}, indent=2))
+            info = {"uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}
+            (self.metrics_file.parent / "tracking.json").write_text(json.dumps(info, indent=2))
         if self._warned:
             self._log(f"electra-dist: MLflow at {self.uri} answers again; back-filling")
         self._backfill()
@@ -224,7 +224,10 @@ class MLflowTracker(Tracker):
         for line in self.metrics_file.read_text().splitlines():
             if not line.strip():
                 continue
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line the trainer is still writing: it is queued live too
+                continue
             step = rec.pop("step")
             t = int(rec.pop("time", time.time()) * 1000)
             if step not in self._logged_steps and step not in queued:
@@ -240,7 +243,11 @@ class MLflowTracker(Tracker):
                 n = 0
                 while n < min(50, len(self._pending)) and self._pending[n][0] == "metrics":
                     n += 1
-                chunk = [p for _, p in self._pending[:n] if p[0] not in self._logged_steps]
+                chunk, seen = [], set(self._logged_steps)
+                for _, p in self._pending[:n]:  # a step back-filled AND queued live is sent once
+                    if p[0] not in seen:
+                        seen.add(p[0])
+                        chunk.append(p)
                 batch = [Metric(k, float(v), t, step) for step, metrics, t in chunk for k, v in metrics.items()]
                 for i in range(0, len(batch), 1000):
                     self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])

@@ -209,3 +209,21 @@ def test_server_down_mid_run_never_stops_training(tmp_path, data):
         assert steps(client, run_id(out)) == list(range(1, 61))
     finally:
         server.stop()
+
+
+def test_a_step_backfilled_and_queued_live_is_sent_once(tmp_path):
+    """The back-fill and the live queue can hold the same step (a send failed between them), and
+    the JSONL's last line may be half written when the back-fill reads it."""
+    from electra_dist.tracking import MLflowTracker
+
+    mf = tmp_path / "metrics.jsonl"
+    mf.write_text("")
+    t = MLflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "dup", "dup", mf, system_metrics=False)
+    t._stop.set()
+    t._thread.join()  # drive the sender by hand, deterministically
+    mf.write_text(json.dumps({"step": 1, "time": 1.0, "loss/total": 3.0}) + "\n" + '{"step": 2, "ti')
+    t._backfill()  # step 1 from the JSONL; the half line is left to the live queue
+    t._pending += [("metrics", (1, {"loss/total": 3.0}, 1000)), ("metrics", (2, {"loss/total": 2.5}, 2000))]
+    t._send_pending()
+    hist = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(t.run_id, "loss/total")
+    assert sorted((m.step, m.value) for m in hist) == [(1, 3.0), (2, 2.5)]
