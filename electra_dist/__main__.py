@@ -2,6 +2,6 @@
 
 import sys
 
-from electra_dist.cli import main
+from electra_dist.commands.cli import main
 
 sys.exit(main())

@@ -1,9 +1,13 @@
-"""Pre-train ELECTRA: parse → Trainer → train() → close().
+"""Pre-train ELECTRA: build → resume → for each step: batch, step, maybe log, maybe save, maybe stop → final save.
 
     deepspeed electra_dist/train.py --deepspeed configs/zero2.json --config configs/electra_large.yaml
     torchrun --nproc_per_node 8 electra_dist/train.py --config electra-base --data shards/ --tokenizer tok/
     srun python electra_dist/train.py ...      (one task per rank; ranks from SLURM_*)
     python electra_dist/train.py --config debug --data shards/ --tokenizer tok/   (one process)
+
+The pieces live in electra_dist/training/ (build, step, metrics, checkpoints, signals); this file
+is the order they run in. The host reads device values only at log steps and in the per-step
+finiteness check.
 """
 
 from __future__ import annotations
@@ -15,17 +19,56 @@ import sys
 if __package__ in (None, ""):  # run as a script (the deepspeed/torchrun way): make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from electra_dist.config import ConfigError  # noqa: E402
+from electra_dist.config import Config, ConfigError, keys_help  # noqa: E402
 
-DEFAULT_DEEPSPEED = {"zero_optimization": {"stage": 0}}
+
+def train(run, ckpts, state) -> str:
+    """Run to train.max_steps; returns "finished", or "preempted" after SIGUSR1/SIGTERM."""
+    from electra_dist import parallel
+    from electra_dist.training.metrics import MetricsLogger
+    from electra_dist.training.signals import StopSignals
+    from electra_dist.training.step import check_finite, train_step
+
+    t = run.cfg.train
+    metrics = MetricsLogger(run, state)  # metrics.jsonl + MLflow (rank 0) + console
+    signals = StopSignals()
+    batches = iter(run.loader)
+    status, last_saved, stopped = "failed", state.step, False
+    try:
+        while state.step < t.max_steps:
+            result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=bool(signals.received))
+            if result is None:  # a rank was signalled: every rank stops before this step
+                run.loader.rewind(run.grad_accum)  # the batches just fetched were not trained on
+                run.log(f"electra-dist: signal received: checkpointing at step {state.step} and exiting")
+                stopped = True
+                break
+            check_finite(result, run.engine, state.step + 1, run.layout.rank, run.layout.device,
+                         fp16=t.precision == "fp16")
+            state.advance(result.tokens, run.flops_per_token)
+            metrics.add(result)
+            if state.step % t.log_interval == 0 or state.step == t.max_steps:
+                metrics.log(state)
+            if state.step % t.save_interval == 0 and state.step < t.max_steps:
+                ckpts.save(state)
+                last_saved = state.step
+        if stopped or state.step != last_saved:
+            ckpts.save(state)
+        if not stopped:
+            ckpts.save_final()
+        ckpts.mark_preempted(state, stopped, signals.received)
+        status = "preempted" if stopped else "finished"
+    finally:
+        signals.restore()
+        batches.close()  # stops the loader's worker processes now, not whenever the iterator is collected
+        metrics.close(status)
+        parallel.destroy()
+    return status
 
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
-    from electra_dist.cli import config_keys_help
-
     p = argparse.ArgumentParser(
         prog=prog, description="Pre-train ELECTRA with DeepSpeed ZeRO and megatron-core tensor parallelism.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="config keys (KEY=VALUE):\n" + config_keys_help())
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="config keys (KEY=VALUE):\n" + keys_help())
     p.add_argument("--config", default="debug", help="YAML file or flavor (debug, electra-small, electra-base, "
                                                      "electra-large); default: debug")
     p.add_argument("--deepspeed", default=None, metavar="JSON", help="DeepSpeed JSON (configs/zero{0,1,2,3}.json); "
@@ -43,8 +86,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser("electra-dist train" if argv is not None else "train.py").parse_intermixed_args(argv)
-    from electra_dist.config import Config, load_deepspeed_json
-    from electra_dist.trainer import Trainer
+    from electra_dist import parallel
+    from electra_dist.training.build import build_run
+    from electra_dist.training.checkpoints import CheckpointManager
 
     overrides = list(args.overrides)
     for flag, key in ((args.data, "data.shards"), (args.tokenizer, "data.tokenizer"),
@@ -54,17 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     rank0 = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
     try:
         cfg = Config.build(args.config, overrides)
-        ds = load_deepspeed_json(args.deepspeed) if args.deepspeed else DEFAULT_DEEPSPEED
-        trainer = Trainer(cfg, ds, resume=args.resume)
+        run = build_run(cfg, parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed
+                        else parallel.DEFAULT_DEEPSPEED)
+        ckpts = CheckpointManager(run)
+        state = ckpts.resume(args.resume)
     except (ConfigError, FileNotFoundError) as e:
         if rank0:
             print(f"electra-dist: {e}", file=sys.stderr, flush=True)
         return 2
-    status = "failed"
-    try:
-        status = trainer.train()
-    finally:
-        trainer.close(status)
+    run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
+    train(run, ckpts, state)
     return 0
 
 

@@ -1,10 +1,22 @@
-"""Shared fixtures: tiny configs and real text. Tests never read ../shared."""
+"""Shared fixtures and helpers: tiny configs, real text, real shards, and running the real trainer.
+
+Tests never read ../shared. Layers (cheapest first; pick with -m):
+  unit      pure functions and single modules in this process (no marker)
+  single    one training process (no marker)
+  slow      several processes: torchrun / the deepspeed launcher over gloo
+  system    real SLURM, a real MLflow server, the quickstart, the Docker file
+  gpu       needs CUDA (skipped without it)
+`python -m pytest -q -m "not slow and not system" tests` is the quick tier.
+"""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +27,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from electra_dist.config import Config  # noqa: E402
+from electra_dist.parallel import free_port  # noqa: E402,F401  (the one free-port helper)
 
-SAMPLE = Path(__file__).resolve().parents[1] / "electra_dist" / "assets" / "sample.jsonl.gz"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "electra_dist" / "assets" / "sample.jsonl.gz"
+TRAIN = str(ROOT / "electra_dist" / "train.py")
+
+
+def requires_cuda(test):
+    """Marked `gpu` and skipped without CUDA (litgpt's RunIf(min_cuda_gpus=1))."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 def tiny_config(**overrides) -> Config:
@@ -66,3 +86,139 @@ def shard_dir(tmp_path_factory, tok_dir):
     out = tmp_path_factory.mktemp("shards")
     build_shards([str(SAMPLE)], tok_dir, SEQ, out, samples_per_shard=500, workers=1, progress=False, overwrite=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def data(shard_dir, tok_dir):
+    return shard_dir, tok_dir
+
+
+# ---- running the real trainer ----------------------------------------------------------------
+
+# tiny model, dropout off so different layouts can be compared number for number
+TINY = ["--config", "debug", "model.discriminator.num_heads=2", "model.generator.num_heads=2",
+        "train.log_interval=1", "data.num_workers=1", "train.seq_len=64", "model.max_position_embeddings=64",
+        "tracking.enabled=false"]  # tracking has its own tests (test_tracking.py)
+EXACT = ["model.dropout=0", "model.attention_dropout=0", "data.dp_split=batch"]
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def launcher(nproc: int, kind: str = "torchrun") -> list[str]:
+    if nproc == 1:
+        return [sys.executable, TRAIN]
+    if kind == "deepspeed":
+        return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), TRAIN]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), TRAIN]
+
+
+def train(out: Path, data, *args: str, nproc: int = 1, kind: str = "torchrun", check: bool = True,
+          timeout: int = 300) -> subprocess.CompletedProcess:
+    """electra_dist/train.py on the shared shards, under a real launcher, to completion."""
+    shards, tok = data
+    cmd = launcher(nproc, kind) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out),
+                                   *TINY, *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout, cwd=ROOT)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}\nexit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+def train_here(out: Path, data, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """electra_dist/train.py's main() in THIS process (one rank, gloo), answered like `train`. Saves
+    the ~6 s a new process spends importing torch, DeepSpeed and megatron-core."""
+    import contextlib
+    import io
+
+    from electra_dist import parallel
+    from electra_dist import train as train_py
+
+    shards, tok = data
+    argv = ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+    saved = dict(os.environ)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(var, None)
+    os.environ.update(env or {})
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            rc = train_py.main(argv)
+    finally:
+        if torch.distributed.is_initialized():  # a start-up error returns before the loop's own clean-up
+            parallel.destroy()
+        os.environ.clear()
+        os.environ.update(saved)
+    r = subprocess.CompletedProcess(["train.py", *argv], rc, stdout.getvalue(), stderr.getvalue())
+    if check and rc != 0:
+        raise AssertionError(f"train.py {' '.join(argv)}\nexit {rc}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+@pytest.fixture
+def cli(capsys):
+    """`electra-dist ARGS...` in this process, answered like subprocess.run(capture_output=True)."""
+    from electra_dist.commands.cli import main
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's --help and usage errors
+            rc = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+    return run
+
+
+@pytest.fixture
+def one_rank_env():
+    """For code that starts torch.distributed in this process (one rank): a clean rank environment
+    before, the process group gone and the environment restored after."""
+    from electra_dist import parallel
+
+    saved = dict(os.environ)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(var, None)
+    yield
+    if torch.distributed.is_initialized():
+        parallel.destroy()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def start_training(out: Path, data, *args: str, nproc: int = 1, env: dict | None = None,
+                   cwd: Path = ROOT) -> subprocess.Popen:
+    """The same, in the background (its own session, so a test can signal the whole group)."""
+    shards, tok = data
+    cmd = launcher(nproc) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**child_env(), **(env or {})}, cwd=cwd, start_new_session=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the trainer")
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> list[float]:
+    return [m["loss/total"] for m in metrics(out)]
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory, data):
+    """TP=1, DP=1, 10 steps: the reference every other layout must reproduce."""
+    out = tmp_path_factory.mktemp("baseline")
+    train_here(out, data, "--max-steps", "10", *EXACT)
+    return losses(out)

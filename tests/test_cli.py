@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from electra_dist.cli import build_parser
+from electra_dist.commands.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args):
+def test_python_dash_m_entry_point():
+    """`python -m electra_dist` is the same command line (one real process; the rest run in this one)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "electra_dist", *args], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "electra_dist", "--help"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("usage: electra-dist")
 
 
 def _subcommand_paths(parser, prefix=()):
@@ -25,25 +27,25 @@ def _subcommand_paths(parser, prefix=()):
                 yield from _subcommand_paths(sub, prefix + (name,))
 
 
-def test_top_level_help():
-    r = _cli("--help")
+def test_top_level_help(cli):
+    r = cli("--help")
     assert r.returncode == 0 and "export" in r.stdout and "config" in r.stdout
 
 
 @pytest.mark.parametrize("path", list(_subcommand_paths(build_parser())), ids=" ".join)
-def test_every_subcommand_help(path):
-    r = _cli(*path, "--help")
+def test_every_subcommand_help(path, cli):
+    r = cli(*path, "--help")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: electra-dist " + " ".join(path))
 
 
-def test_config_help_lists_every_key_with_its_help():
-    r = _cli("config", "show", "--help")
+def test_config_help_lists_every_key_with_its_help(cli):
+    r = cli("config", "show", "--help")
     assert "model.discriminator.num_heads" in r.stdout and "λ: weight of the discriminator loss" in r.stdout
 
 
-def test_bad_config_one_error_naming_all():
-    r = _cli("config", "show", "--config", "debug", "model.discriminator.num_heads=3", "objective.mask_prob=0",
+def test_bad_config_one_error_naming_all(cli):
+    r = cli("config", "show", "--config", "debug", "model.discriminator.num_heads=3", "objective.mask_prob=0",
              "nope=1")
     assert r.returncode == 2
     assert "3 problem(s)" in r.stderr
@@ -51,13 +53,16 @@ def test_bad_config_one_error_naming_all():
         assert needle in r.stderr
 
 
-def test_params_counts_large_without_allocating():
-    r = _cli("params", "--config", "electra-large")
+def test_params_counts_large_without_allocating(cli):
+    r = cli("params", "--config", "electra-large")
     assert r.returncode == 0 and "discriminator 335." in r.stdout
 
 
-def test_bench_train_with_hf_baseline_runs():
-    r = _cli("bench", "train", "--config", "debug", "--seq-len", "64", "--micro-batch", "4", "--steps", "2",
-             "--warmup", "1", "--baseline", "hf")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "electra_dist" in r.stdout and "hf " in r.stdout and "speed-up over HF" in r.stdout
+def test_bench_train_with_hf_baseline_runs(capsys, one_rank_env):
+    from electra_dist.commands.cli import main
+
+    rc = main(["bench", "train", "--config", "debug", "--seq-len", "64", "--micro-batch", "4", "--steps", "2",
+               "--warmup", "1", "--baseline", "hf"])
+    r = capsys.readouterr()
+    assert rc == 0, r.err[-3000:]
+    assert "electra_dist" in r.out and "hf " in r.out and "speed-up over HF" in r.out

@@ -3,10 +3,7 @@
 import gzip
 import http.server
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import threading
 from collections import Counter
@@ -289,11 +286,7 @@ def test_compatibility_checks(shard_dir, tmp_path):
     assert "tokenizer sha256" in str(e.value) and "train.seq_len=128" in str(e.value)
 
 
-def test_cli_tokenizer_shards_bench(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-    def cli(*a):
-        return subprocess.run([sys.executable, "-m", "electra_dist", *a], capture_output=True, text=True, env=env)
+def test_cli_tokenizer_shards_bench(tmp_path, cli):
 
     r = cli("tokenizer", "train", "--input", str(SAMPLE), "--vocab-size", "1000", "--out", str(tmp_path / "tok"))
     assert r.returncode == 0, r.stderr

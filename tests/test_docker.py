@@ -5,8 +5,10 @@ import re
 import shlex
 import pytest
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 from pathlib import Path
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",

@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from electra_dist.checkpoint import export_hf, save_model
+from electra_dist.interop import export_hf, save_model
 from electra_dist.data.masking import SpecialIds, mask_tokens
-from electra_dist.finetune import Classifier, finetune, layer_lr_groups
-from electra_dist.flops import flops_per_token
+from electra_dist.commands.finetune import Classifier, finetune, layer_lr_groups
+from electra_dist.training.flops import flops_per_token
 from electra_dist.model import ElectraPretrainer, count_parameters
 
 from conftest import SAMPLE, tiny_config
@@ -96,10 +96,11 @@ def test_finetune_learns_a_real_classification_task(tmp_path, tok_dir):
         finetune(str(tmp_path / "ckpt"), str(train), str(test), label_field="stars")
 
 
+@pytest.mark.slow
 def test_experiment_command_runs_end_to_end_small(tmp_path):
     """The ELECTRA-vs-MLM experiment, shrunk to seconds: equal FLOPs, both fine-tuned, the control,
     a table appended to the results file."""
-    from electra_dist import experiment
+    from electra_dist.commands import experiment
 
     train, test = _labeled(tmp_path, n=60)
     results = tmp_path / "RESULTS.md"

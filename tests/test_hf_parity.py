@@ -1,15 +1,12 @@
 """Parity with transformers' ELECTRA (an implementation nobody here wrote), and HF export/import."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from electra_dist.checkpoint import export_hf, import_hf, load_hf_weights, load_model, model_config_from_hf, save_model, to_hf
+from electra_dist.interop import export_hf, import_hf, load_hf_weights, load_model, model_config_from_hf, save_model, to_hf
 from electra_dist.model import ElectraPretrainer
 
 from conftest import tiny_config
@@ -102,16 +99,14 @@ def test_export_import_round_trip(tmp_path):
     assert back.padded_vocab == m.padded_vocab
 
 
-def test_cli_export_writes_loadable_models(tmp_path):
+def test_cli_export_writes_loadable_models(tmp_path, cli):
     cfg = tiny_config()
     m = ElectraPretrainer(cfg.model, cfg.objective)
     save_model(tmp_path / "ckpt", m, cfg)
     tok = tmp_path / "tok"
     tok.mkdir()
     (tok / "special_tokens.json").write_text(json.dumps({"pad": 0}))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    r = subprocess.run([sys.executable, "-m", "electra_dist", "export", "--checkpoint", str(tmp_path / "ckpt"),
-                        "--out", str(tmp_path / "hf"), "--tokenizer", str(tok)], capture_output=True, text=True, env=env)
+    r = cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "discriminator" / "special_tokens.json").is_file()
     disc = transformers.ElectraForPreTraining.from_pretrained(tmp_path / "hf" / "discriminator")
@@ -119,6 +114,5 @@ def test_cli_export_writes_loadable_models(tmp_path):
     m2, cfg2 = load_model(tmp_path / "ckpt")
     assert cfg2.to_dict() == cfg.to_dict()
 
-    r = subprocess.run([sys.executable, "-m", "electra_dist", "export", "--checkpoint", str(tmp_path / "nope"),
-                        "--out", str(tmp_path / "x")], capture_output=True, text=True, env=env)
+    r = cli("export", "--checkpoint", tmp_path / "nope", "--out", tmp_path / "x")
     assert r.returncode == 2 and "nope" in r.stderr and "does not exist" in r.stderr

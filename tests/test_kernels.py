@@ -1,24 +1,21 @@
 """Fused paths against their plain-torch fallbacks (CPU here; the CUDA-only ones skip without a GPU)."""
 
-import pytest
 import torch
 
 from electra_dist import rng
-from electra_dist.kernels import compile_encoders, fused_gumbel_scores, install
+from electra_dist.model.kernels import fused_gumbel_scores
 from electra_dist.model import ElectraPretrainer
 
-from conftest import tiny_config
+from conftest import requires_cuda, tiny_config
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def test_compiled_blocks_and_gumbel_match_eager():
     cfg = tiny_config()
     torch.manual_seed(0)
     eager = ElectraPretrainer(cfg.model, cfg.objective)
-    fused = ElectraPretrainer(cfg.model, cfg.objective)
+    fused = ElectraPretrainer(cfg.model, cfg.objective, fused=True, compile_blocks=True)
     fused.load_state_dict(eager.state_dict())
-    compile_encoders(fused)
     assert list(fused.state_dict()) == list(eager.state_dict())  # names unchanged: checkpoints interchange
     ids = torch.randint(5, 1000, (4, 64))
     am = torch.ones_like(ids)
@@ -27,9 +24,10 @@ def test_compiled_blocks_and_gumbel_match_eager():
     keys = rng.row_keys(torch.arange(64), torch.zeros(64, dtype=torch.long), rng.GUMBEL)
     logits = torch.randn(64, 1024)
     plain = ElectraPretrainer.gumbel_scores(logits, keys, 0, 1024, 1.0)
-    torch.testing.assert_close(fused_gumbel_scores(logits, keys, 0, 1024, 1.0), plain, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fused_gumbel_scores(logits[:, 512:], keys, 512, 1024, 1.0), plain[:, 512:],
-                               atol=1e-5, rtol=1e-5)
+    kernel = fused_gumbel_scores(ElectraPretrainer.gumbel_scores)
+    torch.testing.assert_close(kernel(logits, keys, 0, 1024, 1.0), plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kernel(logits[:, 512:], keys, 512, 1024, 1.0), plain[:, 512:], atol=1e-5, rtol=1e-5)
+    assert kernel.fused, "the compiled kernel ran (no fallback to the plain path)"
 
 
 def test_no_padding_means_no_mask():
@@ -46,7 +44,7 @@ def test_no_padding_means_no_mask():
     assert seen[0] is None and seen[1].shape == (2, 1, 1, 8)
 
 
-@cuda
+@requires_cuda
 def test_fused_adam_matches_torch_adamw():
     from deepspeed.ops.adam import FusedAdam
 
@@ -65,7 +63,7 @@ def test_fused_adam_matches_torch_adamw():
     torch.testing.assert_close(a.weight, b.weight, atol=1e-5, rtol=1e-4)
 
 
-@cuda
+@requires_cuda
 def test_bf16_training_step_is_finite_and_close_to_fp32():
     cfg = tiny_config()
     torch.manual_seed(0)
@@ -81,12 +79,11 @@ def test_bf16_training_step_is_finite_and_close_to_fp32():
     assert torch.isfinite(out) and abs(out.item() - ref.item()) / ref.item() < 0.02
 
 
-def test_install_uses_the_fused_gumbel_and_samples_the_same(tiny):
+def test_fused_model_samples_the_same(tiny):
     torch.manual_seed(0)
     plain = ElectraPretrainer(tiny.model, tiny.objective)
-    fused = ElectraPretrainer(tiny.model, tiny.objective)
+    fused = ElectraPretrainer(tiny.model, tiny.objective, fused=True)
     fused.load_state_dict(plain.state_dict())
-    install(fused)
     logits = torch.randn(200, plain.padded_vocab)
     keys = rng.row_keys(torch.arange(200), torch.zeros(200, dtype=torch.long), rng.GUMBEL)
     assert torch.equal(fused.gumbel_sample(logits, keys), plain.gumbel_sample(logits, keys))

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from test_train import losses, metrics
+from conftest import ROOT, SAMPLE, losses, metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.system
+
 LOCAL = ROOT / "slurm" / "local"
 STATE = Path(os.environ.get("ELECTRA_TEST_SLURM_DIR", "/tmp/electra-dist-test-slurm"))
 
@@ -86,11 +87,6 @@ def train_env(tmp_path: Path, data, out: Path, extra: str, **more: str) -> dict[
 
 
 CPU_FLAGS = ["--cpus-per-task=2", "--time=00:15:00"]
-
-
-@pytest.fixture(scope="module")
-def data(shard_dir, tok_dir):
-    return shard_dir, tok_dir
 
 
 def test_pretrain_large_script_runs_to_completion(cluster, tmp_path, data):
@@ -167,7 +163,6 @@ def test_two_nodes_rendezvous_world_size_four(cluster, tmp_path, data):
 
 
 def test_preprocess_array_builds_the_same_shards(cluster, tmp_path):
-    from conftest import SAMPLE
     from electra_dist.data.loader import iter_shard, resolve_shards
     from electra_dist.data.shards import build_shards, read_manifest
 

@@ -1,11 +1,10 @@
-"""MLflow tracking against the embedded default store and a REAL `mlflow server` on 127.0.0.1."""
+"""MLflow tracking against the embedded default store and a REAL `mlflow server` on 127.0.0.1 (those\nare `system` tests: a server process, training processes killed and resumed)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,23 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from test_train import TINY, _cmd, _env, _wait_for, metrics
+from conftest import TINY, child_env, free_port, launcher, metrics, train_here, wait_for
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """`mlflow server` with a SQLite store and proxied artifacts, started and stopped here."""
 
     def __init__(self, root: Path, port: int | None = None):
-        self.root, self.port = root, port or _port()
+        self.root, self.port = root, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -77,17 +70,12 @@ def server(tmp_path_factory):
 def run(out: Path, data, *args: str, cwd: Path, env: dict | None = None, nproc: int = 1, check: bool = True):
     env = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2", **(env or {})}
     shards, tok = data
-    cmd = _cmd(nproc) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
+    cmd = launcher(nproc) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
                          "tracking.enabled=true", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})}, cwd=cwd, timeout=300)
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**child_env(), **(env or {})}, cwd=cwd, timeout=300)
     if check:
         assert r.returncode == 0, r.stderr[-4000:]
     return r
-
-
-@pytest.fixture(scope="module")
-def data(shard_dir, tok_dir):
-    return shard_dir, tok_dir
 
 
 def run_id(out: Path) -> str:
@@ -98,10 +86,12 @@ def steps(client: MlflowClient, rid: str, key: str = "loss/total") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(rid, key))
 
 
-def test_embedded_default_store_logs_everything(tmp_path, data):
+def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch):
     out = tmp_path / "run"
-    env = {k: v for k, v in _env().items() if k != "MLFLOW_TRACKING_URI"}
-    run(out, data, "--max-steps", "6", "train.log_interval=2", "train.save_interval=100", cwd=tmp_path, env=env)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train_here(out, data, "--max-steps", "6", "train.log_interval=2", "train.save_interval=100", "tracking.enabled=true",
+               env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
     db = tmp_path / "mlflow.db"
     assert db.is_file(), "the default store is ./mlflow.db, as MLflow's own default"
     client = MlflowClient(f"sqlite:///{db}")
@@ -124,6 +114,7 @@ def test_embedded_default_store_logs_everything(tmp_path, data):
     assert "tokenizer/spm.model" in tok
 
 
+@pytest.mark.system
 def test_real_server_two_runs_compared(tmp_path, data, server):
     env = {"MLFLOW_TRACKING_URI": server.url}
     a, b = tmp_path / "a", tmp_path / "b"
@@ -137,7 +128,7 @@ def test_real_server_two_runs_compared(tmp_path, data, server):
     png = tmp_path / "cmp.png"
     r = subprocess.run([sys.executable, "-m", "electra_dist", "compare", "--experiment", "cmp", "--x", "flops",
                         "--out", str(png), "--tracking-uri", server.url], capture_output=True, text=True,
-                       env=_env(), cwd=tmp_path)
+                       env=child_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "lr-low" in r.stdout and "lr-high" in r.stdout and "optim.lr" in r.stdout
     assert "0.0005" in r.stdout and "0.003" in r.stdout
@@ -146,20 +137,21 @@ def test_real_server_two_runs_compared(tmp_path, data, server):
     img = Image.open(png)
     assert img.size[0] > 500 and len(img.convert("RGB").getcolors(1 << 20)) > 20  # a drawn plot, not blank
     r = subprocess.run([sys.executable, "-m", "electra_dist", "compare", "--experiment", "nope",
-                        "--tracking-uri", server.url], capture_output=True, text=True, env=_env())
+                        "--tracking-uri", server.url], capture_output=True, text=True, env=child_env())
     assert r.returncode == 2 and "no experiment 'nope'" in r.stderr and "cmp" in r.stderr
 
 
+@pytest.mark.system
 def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
-    env = {**_env(), "MLFLOW_TRACKING_URI": server.url}
+    env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
     out = tmp_path / "run"
     shards, tok = data
     args = ["--max-steps", "20", "train.save_interval=10", "tracking.enabled=true", "tracking.experiment=resume"]
-    cmd = _cmd(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
                             start_new_session=True)
     mf = out / "metrics.jsonl"
-    _wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 13, proc)
+    wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 13, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # after the step-10 checkpoint, with steps 11.. already sent
     proc.wait()
     first = run_id(out)
@@ -177,19 +169,20 @@ def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
     assert run_info.data.tags["resumed_from"].endswith("step00000010")
 
 
+@pytest.mark.system
 def test_server_down_mid_run_never_stops_training(tmp_path, data):
     server = Server(tmp_path / "server").start()
-    env = {**_env(), "MLFLOW_TRACKING_URI": server.url}
+    env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
     out = tmp_path / "run"
     shards, tok = data
-    cmd = _cmd(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
+    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
                      "--max-steps", "60", "train.save_interval=1000", "tracking.enabled=true",
                      "tracking.experiment=outage", "tracking.flush_timeout=5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
                             start_new_session=True)
     try:
         mf = out / "metrics.jsonl"
-        _wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 5, proc)
+        wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 5, proc)
         server.stop()
         stdout, stderr = proc.communicate(timeout=300)
     finally:
@@ -212,18 +205,16 @@ def test_server_down_mid_run_never_stops_training(tmp_path, data):
 
 
 def test_a_step_backfilled_and_queued_live_is_sent_once(tmp_path):
-    """The back-fill and the live queue can hold the same step (a send failed between them), and
-    the JSONL's last line may be half written when the back-fill reads it."""
-    from electra_dist.tracking import MLflowTracker
+    """The back-fill (read from the JSONL when the tracker connects) and the live queue can hold the
+    same step, and the JSONL's last line may be half written when the back-fill reads it: every
+    step reaches MLflow exactly once."""
+    from electra_dist.tracking.mlflow_tracker import MLflowTracker
 
     mf = tmp_path / "metrics.jsonl"
-    mf.write_text("")
-    t = MLflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "dup", "dup", mf, system_metrics=False)
-    t._stop.set()
-    t._thread.join()  # drive the sender by hand, deterministically
     mf.write_text(json.dumps({"step": 1, "time": 1.0, "loss/total": 3.0}) + "\n" + '{"step": 2, "ti')
-    t._backfill()  # step 1 from the JSONL; the half line is left to the live queue
-    t._pending += [("metrics", (1, {"loss/total": 3.0}, 1000)), ("metrics", (2, {"loss/total": 2.5}, 2000))]
-    t._send_pending()
+    t = MLflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "dup", "dup", mf, system_metrics=False)
+    t.log_metrics({"loss/total": 3.0}, 1)  # already back-filled from the JSONL
+    t.log_metrics({"loss/total": 2.5}, 2)  # its JSONL line was torn when the back-fill read it
+    assert t.close() == ""
     hist = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(t.run_id, "loss/total")
     assert sorted((m.step, m.value) for m in hist) == [(1, 3.0), (2, 2.5)]

@@ -274,6 +274,10 @@ class PretrainLoader:
             self.consumed += 1
             yield {k: v[rows] if k not in ("epoch",) else v for k, v in batch.items()}
 
+    def rewind(self, batches: int) -> None:
+        """Hand the last `batches` batches out again after a resume (they were fetched, not trained on)."""
+        self.consumed -= batches
+
     def state_dict(self) -> dict[str, Any]:
         return {"consumed_batches": self.consumed, "dp_split": self.dp_split, "num_workers": self.num_workers, "dp_size": self.dp_size,
                 "dp_rank": self.dp_rank, "seed": self.settings.seed, "micro_batch_size": self.settings.micro_batch_size,

@@ -17,6 +17,7 @@ from torch import nn
 
 from electra_dist import rng
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
+from electra_dist.model import kernels
 from electra_dist.model.layers import Encoder, LayerFactory
 
 
@@ -124,7 +125,9 @@ class ElectraPretrainer(nn.Module):
     """Generator + discriminator over shared embeddings, trained jointly with one loss."""
 
     def __init__(self, cfg: ModelConfig, objective: ObjectiveConfig | None = None,
-                 factory: LayerFactory | None = None):
+                 factory: LayerFactory | None = None, fused: bool = False, compile_blocks: bool = False):
+        """`fused`: the Gumbel noise as one compiled kernel (same numbers); `compile_blocks`:
+        torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm). See kernels.py."""
         super().__init__()
         self.cfg = cfg
         self.objective = objective or ObjectiveConfig()
@@ -140,6 +143,9 @@ class ElectraPretrainer(nn.Module):
         else:
             self.generator = ElectraGenerator(cfg, embeddings, self.factory, self.padded_vocab)
             self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory)
+        self._scores = kernels.fused_gumbel_scores(ElectraPretrainer.gumbel_scores) if fused else self.gumbel_scores
+        if compile_blocks:
+            kernels.compile_blocks(self)
 
     @property
     def embeddings(self) -> ElectraEmbeddings:
@@ -226,7 +232,7 @@ class ElectraPretrainer(nn.Module):
         """
         lo, hi = self.factory.vocab_range(self.padded_vocab)
         if keys is not None:
-            scores = self.gumbel_scores(logits, keys, lo, hi, self.objective.temperature)
+            scores = self._scores(logits, keys, lo, hi, self.objective.temperature)
         else:
             u = torch.rand(logits.shape[0], self.padded_vocab, device=logits.device, dtype=torch.float32)[:, lo:hi]
             scores = logits.float() / self.objective.temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
@@ -234,8 +240,8 @@ class ElectraPretrainer(nn.Module):
 
     @staticmethod
     def gumbel_scores(logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: float) -> torch.Tensor:
-        """logits / T + counter-based Gumbel noise for vocab columns [lo, hi). Replaceable by a
-        fused kernel (electra_dist.kernels.fused_gumbel_scores) giving the same numbers."""
+        """logits / T + counter-based Gumbel noise for vocab columns [lo, hi): the plain path of
+        the fused kernel (kernels.FusedGumbelScores), which gives the same numbers."""
         u = rng.uniform(keys, torch.arange(lo, hi, device=logits.device))
         return logits.float() / temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
 

@@ -1,8 +1,7 @@
-"""Saving and loading the model, and Hugging Face interop (export to and import from `transformers`).
+"""Hugging Face interop: export to and import from `transformers`' ELECTRA.
 
 Our names follow HF's ELECTRA, so conversion is a renaming plus two reshapes: our fused,
 head-major QKV splits into HF's query/key/value, and the padded vocabulary is trimmed.
-A model checkpoint directory holds `config.yaml` and `model.pt` (a consolidated state dict).
 """
 
 from __future__ import annotations
@@ -15,11 +14,8 @@ from typing import Any
 
 import torch
 
-from electra_dist.config import Config, ConfigError, EncoderConfig, ModelConfig
+from electra_dist.config import ConfigError, EncoderConfig, ModelConfig
 from electra_dist.model import ElectraPretrainer
-
-MODEL_FILE = "model.pt"
-CONFIG_FILE = "config.yaml"
 
 # our per-layer name → HF's, inside `encoder.layer.{i}.`
 _LAYER_NAMES = {
@@ -29,37 +25,6 @@ _LAYER_NAMES = {
     "output": "output.dense",
     "output_norm": "output.LayerNorm",
 }
-
-
-# ---- our own checkpoints --------------------------------------------------------------------
-
-def save_model(directory: str | Path, model: ElectraPretrainer, config: Config) -> Path:
-    """Write a consolidated checkpoint: config.yaml + model.pt (written to a temp name, then renamed)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config.save(directory / CONFIG_FILE)
-    tmp = directory / (MODEL_FILE + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(directory / MODEL_FILE)
-    return directory
-
-
-def load_model(path: str | Path) -> tuple[ElectraPretrainer, Config]:
-    """Load a checkpoint directory written by `save_model` (or the trainer's consolidated export)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    directory = path if path.is_dir() else path.parent
-    weights = path if path.is_file() else path / MODEL_FILE
-    if not (directory / CONFIG_FILE).is_file() or not weights.is_file():
-        raise FileNotFoundError(
-            f"{path} is not an electra_dist checkpoint: expected {CONFIG_FILE} and {MODEL_FILE} in {directory}"
-        )
-    config = Config.from_yaml(directory / CONFIG_FILE)
-    model = ElectraPretrainer(config.model, config.objective)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model, config
 
 
 # ---- Hugging Face: configs ----------------------------------------------------------------

@@ -7,13 +7,12 @@ real text → SentencePiece tokenizer → WebDataset shards → a DeepSpeed trai
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-SAMPLE = Path(__file__).resolve().parent / "assets" / "sample.jsonl.gz"
+from electra_dist.commands import SAMPLE, child_env, train_launcher
 
 
 def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 8000, seq_len: int = 128) -> int:
@@ -22,9 +21,7 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
     tok, shards, run_dir, hf = out / "tokenizer", out / "shards", out / "run", out / "hf"
     uri = f"sqlite:///{out / 'mlflow.db'}"
     me = [sys.executable, "-m", "electra_dist"]
-    train_py = str(Path(__file__).resolve().parent / "train.py")
-    launcher = [sys.executable, train_py] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), train_py]
+    launcher = train_launcher(nproc)
     micro = 16 // nproc
     ds_json = out / "zero2.json"  # as configs/zero2.json: "auto" values come from the config
     ds_json.write_text(json.dumps({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
@@ -43,8 +40,7 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
                               "tracking.experiment=quickstart", "data.num_workers=1"]),
         ("export", me + ["export", "--checkpoint", str(run_dir / "final"), "--out", str(hf)]),
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     for name, cmd in stages:
         print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()

@@ -5,7 +5,8 @@ encoder), from our checkpoint or a Hugging Face export. Head: [CLS] → dense �
 linear (as ElectraClassificationHead). Layer-wise LR decay done right: the head gets lr, the top
 encoder layer lr·d, layer i (1-based) lr·d^(L+1-i), the embeddings lr·d^(L+1). (The official code
 gives the head depth L+2, so its top layer gets lr·d² and every layer one power too many.)
-Linear warm-up (10 %) then linear decay, AdamW, accuracy on the test set, mean ± std over seeds.
+AdamW and the schedule of pre-training (electra_dist.training.optim: linear decay × 10 % warm-up,
+as the official fine-tuning), accuracy on the test set, mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from electra_dist.config import OptimConfig
+from electra_dist.training.optim import build_optimizer, lr_schedule
 
 
 @dataclass
@@ -70,7 +74,7 @@ def layer_lr_groups(model: Classifier, lr: float, decay: float, weight_decay: fl
 
 def load_encoder(model_dir: str | Path) -> tuple[nn.Module, int, Path | None]:
     """(tower, hidden size, tokenizer dir) from our checkpoint dir or an HF export."""
-    from electra_dist.checkpoint import CONFIG_FILE, import_hf, load_model
+    from electra_dist.interop import CONFIG_FILE, import_hf, load_model
 
     path = Path(model_dir)
     if (path / CONFIG_FILE).is_file():
@@ -141,11 +145,9 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
         torch.manual_seed(seed)
         tower, hidden, _ = load_encoder(model_dir)  # fresh weights per seed
         model = Classifier(tower, hidden, len(names)).to(device)
-        opt = torch.optim.AdamW(layer_lr_groups(model, lr, layer_decay, weight_decay), lr=lr, eps=1e-6)
+        opt = build_optimizer(layer_lr_groups(model, lr, layer_decay, weight_decay), OptimConfig(lr=lr), device)
         steps = epochs * math.ceil(len(ytr) / batch_size)
-        warm = max(1, int(warmup * steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+        sched = lr_schedule(opt, max(1, int(warmup * steps)), steps)
         g = torch.Generator().manual_seed(seed)
         for epoch in range(epochs):
             model.train()

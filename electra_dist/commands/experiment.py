@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from electra_dist.commands import PACKAGE_DIR, child_env, train_launcher
 from electra_dist.config import Config
-from electra_dist.flops import flops_per_token
+from electra_dist.training.flops import flops_per_token
 
 # a small encoder: 4 layers of 128 (the discriminator and the MLM model); generator at 1/4 width
 MODEL = ["model.embedding_size=128", "model.discriminator.num_layers=4", "model.discriminator.hidden_size=128",
@@ -37,7 +38,7 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
     tok, shards = out / "tokenizer", out / "shards"
     uri = f"sqlite:///{out / 'mlflow.db'}"
     me = [sys.executable, "-m", "electra_dist"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = child_env()
 
     def sh(*cmd: str) -> None:
         print(f"\n=== {' '.join(cmd)}", flush=True)
@@ -58,9 +59,7 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
     mlm_cfg = Config.build("debug", common + ["objective.kind=mlm"])
     budget = electra_steps * batch * seq_len * flops_per_token(electra_cfg.model, seq_len, 0.15, "electra")
     mlm_steps = round(budget / (batch * seq_len * flops_per_token(mlm_cfg.model, seq_len, 0.15, "mlm")))
-    launcher = [sys.executable, str(Path(__file__).resolve().parent / "train.py")] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-         str(Path(__file__).resolve().parent / "train.py")]
+    launcher = train_launcher(nproc)
     rows = {}
     for name, steps, extra in (("electra", electra_steps, []),
                                ("mlm", mlm_steps, ["objective.kind=mlm", "objective.mask_prob=0.15"])):
@@ -72,7 +71,7 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
                f"train.save_interval={steps}", f"tracking.run_name={name}", *extra)
         seconds = time.perf_counter() - t0
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        from electra_dist.finetune import finetune
+        from electra_dist.commands.finetune import finetune
 
         print(f"\n=== fine-tune {name} on {train}", flush=True)
         ft = finetune(str(run_dir / "final"), train, test, str(tok), seeds=seeds, epochs=finetune_epochs,
@@ -82,8 +81,8 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
                       "final_loss": records[-1]["loss/total"], "accuracies": ft.accuracies, "mean": ft.mean,
                       "std": ft.std}
     if control:  # the same fine-tuning from random weights: does pre-training help at this budget?
-        from electra_dist.checkpoint import save_model
-        from electra_dist.finetune import finetune
+        from electra_dist.interop import save_model
+        from electra_dist.commands.finetune import finetune
         from electra_dist.model import ElectraPretrainer
 
         import torch
@@ -103,7 +102,7 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
 
 
 def _write_results(path: Path, rows: dict, corpus, train, test, electra_steps, batch, seq_len, seeds) -> None:
-    commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short", "HEAD"],
+    commit = subprocess.run(["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     lines = [
         f"\n## ELECTRA vs MLM at equal pre-training FLOPs — {time.strftime('%Y-%m-%d')}, commit {commit or '?'}",

@@ -1,4 +1,4 @@
-"""Benchmarks: `electra-dist bench data` (loading + masking throughput)."""
+"""Benchmarks: `electra-dist bench data` (loading + masking throughput) and `bench train` (training steps)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from electra_dist.data.loader import LoaderSettings, PretrainLoader, resolve_shards
 from electra_dist.data.masking import SpecialIds
+from electra_dist.training.flops import peak_tflops
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TrainBench:
                 f"peak memory {self.peak_memory_gib:.2f} GiB  ({self.steps} steps, {self.seconds:.2f}s)")
 
 
-def _synthetic_batch(cfg, batch: int, seq_len: int, device, seed: int = 0):
+def _synthetic_batch(cfg, batch: int, seq_len: int, seed: int = 0):
     import torch
 
     from electra_dist.data.masking import mask_tokens
@@ -97,7 +98,7 @@ def _synthetic_batch(cfg, batch: int, seq_len: int, device, seed: int = 0):
     m = mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=torch.arange(batch))
     out = {"input_ids": m.input_ids, "original_ids": m.original_ids, "masked_positions": m.masked_positions,
            "attention_mask": m.attention_mask, "token_type_ids": tt, "sample_ids": torch.arange(batch)}
-    return {k: v.to(device) for k, v in out.items()}
+    return out
 
 
 def _time_steps(step, steps: int, warmup: int, device) -> float:
@@ -129,75 +130,60 @@ def _peak_memory(device) -> float:
 def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "fp32", steps: int = 10,
                 warmup: int = 3, baseline: str | None = None, compile: bool = False,
                 overrides: list[str] | None = None) -> list[TrainBench]:
-    """Full training steps (forward, backward, optimizer) of our model and, optionally, of
-    transformers' ElectraForMaskedLM + ElectraForPreTraining composed the standard way."""
+    """Full training steps (forward, backward, clip, optimizer) of the trainer's own engine, built and
+    stepped by the trainer's functions, and optionally of transformers' ElectraForMaskedLM +
+    ElectraForPreTraining composed the standard way."""
     import torch
 
+    from electra_dist import parallel
     from electra_dist.config import Config
-    from electra_dist.flops import flops_per_token, peak_tflops
+    from electra_dist.training.flops import flops_per_token
 
     cfg = Config.build(flavor, [f"train.seq_len={seq_len}", f"model.max_position_embeddings={max(512, seq_len)}",
                                 f"train.micro_batch_size={micro_batch}", f"train.global_batch_size={micro_batch}",
+                                f"train.precision={precision}", f"train.compile={str(compile).lower()}",
                                 *(overrides or [])])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    layout = parallel.setup(1)
+    device, name = layout.device, layout.device_name
     peak = peak_tflops(name, precision)
     fpt = flops_per_token(cfg.model, seq_len, cfg.objective.mask_prob)
-    batch = _synthetic_batch(cfg, micro_batch, seq_len, device)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+    batch = _synthetic_batch(cfg, micro_batch, seq_len)
     results = []
-
-    ours = _our_step(cfg, batch, device, autocast, compile)
-    seconds = _time_steps(ours, steps, warmup, device)
-    results.append(TrainBench("electra_dist" + ("+compile" if compile else ""), name, precision, micro_batch, seq_len,
-                              steps, seconds, fpt, peak, _peak_memory(device)))
-    del ours  # frees our model and optimizer before the baseline is built
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-    if baseline == "hf":
-        hf_step = _hf_step(cfg, batch, device, autocast)
-        seconds = _time_steps(hf_step, steps, warmup, device)
-        results.append(TrainBench("hf", name, precision, micro_batch, seq_len, steps, seconds, fpt, peak,
-                                  _peak_memory(device)))
+    try:
+        ours = _our_step(cfg, batch, layout)
+        seconds = _time_steps(ours, steps, warmup, device)
+        results.append(TrainBench("electra_dist" + ("+compile" if compile else ""), name, precision, micro_batch,
+                                  seq_len, steps, seconds, fpt, peak, _peak_memory(device)))
+        del ours  # frees our model and optimizer before the baseline is built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if baseline == "hf":
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+            autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+            hf_step = _hf_step(cfg, {k: v.to(device) for k, v in batch.items()}, device, autocast)
+            seconds = _time_steps(hf_step, steps, warmup, device)
+            results.append(TrainBench("hf", name, precision, micro_batch, seq_len, steps, seconds, fpt, peak,
+                                      _peak_memory(device)))
+    finally:
+        parallel.destroy()
     return results
 
 
-def _adamw(params, cfg, device):
-    import torch
+def _our_step(cfg, batch, layout):
+    """One optimizer step exactly as training runs it: the trainer's model, optimizer, schedule and
+    DeepSpeed engine (training.build.build_engine), stepped by training.step.train_step."""
+    import itertools
 
-    o = cfg.optim
-    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
-    if device.type == "cuda":
-        try:
-            from deepspeed.ops.adam import FusedAdam
+    from electra_dist import parallel
+    from electra_dist.training.build import build_engine
+    from electra_dist.training.step import train_step
 
-            return FusedAdam(params, adam_w_mode=True, **kw)
-        except Exception:
-            return torch.optim.AdamW(params, fused=True, **kw)
-    return torch.optim.AdamW(params, **kw)
-
-
-def _our_step(cfg, batch, device, autocast, compile: bool):
-    """One training step of our model, with the kernels the trainer installs."""
-    import torch
-
-    from electra_dist import kernels
-    from electra_dist.model import ElectraPretrainer
-
-    torch.manual_seed(0)
-    model = ElectraPretrainer(cfg.model, cfg.objective).to(device)
-    kernels.install(model, compile_blocks=compile)
-    opt = _adamw(model.parameters(), cfg, device)
+    ds = parallel.resolve_deepspeed_config(cfg, parallel.DEFAULT_DEEPSPEED, layout.dp_size, "bench")
+    engine, _ = build_engine(cfg, ds, layout)
+    batches = itertools.repeat(batch)
 
     def step():
-        with autocast:
-            out = model(**batch)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(engine, batches, 1, layout.device)
 
     return step
 

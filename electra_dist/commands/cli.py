@@ -1,7 +1,7 @@
-"""The `electra-dist` command line: one entry point, a subcommand per job.
+"""The `electra-dist` command line: the parser, one subcommand per job, and dispatch.
 
-Each subcommand's module is imported only when it runs, so `--help` is instant and a node
-without (say) MLflow can still build shards.
+The handlers (handlers.py) import their modules only when they run, so `--help` is instant and
+a node without (say) MLflow can still build shards.
 """
 
 from __future__ import annotations
@@ -10,22 +10,12 @@ import argparse
 import os
 import sys
 import textwrap
-from pathlib import Path
 from typing import Callable, Sequence
 
-from electra_dist.config import FLAVORS, Config, ConfigError
+from electra_dist.commands import handlers as h
+from electra_dist.config import FLAVORS, ConfigError, keys_help
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def config_keys_help() -> str:
-    """Every dotted config key with its type, default (of the base dataclass) and help."""
-    lines = []
-    defaults = Config().flat()
-    for key, typ, meta in Config().fields():
-        choices = f" {{{','.join(meta['choices'])}}}" if meta.get("choices") else ""
-        lines.append(f"  {key} ({typ.__name__}{choices}, default {defaults[key]!r})\n      {meta.get('help', '')}")
-    return "\n".join(lines)
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -33,185 +23,6 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help=f"YAML file or flavor name ({', '.join(FLAVORS)}); default: debug")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. model.dropout=0.0 train.max_steps=50")
-
-
-def load_config(args: argparse.Namespace) -> Config:
-    return Config.build(args.config, list(args.overrides))
-
-
-# ---- handlers ----------------------------------------------------------------------------
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    sys.stdout.write(load_config(args).to_yaml())
-    return 0
-
-
-def cmd_params(args: argparse.Namespace) -> int:
-    import torch
-
-    from electra_dist.model import ElectraPretrainer, count_parameters
-
-    cfg = load_config(args)
-    with torch.device("meta"):
-        model = ElectraPretrainer(cfg.model, cfg.objective)
-    d, g, t = (count_parameters(m) for m in (model.discriminator, model.generator, model))
-    print(f"flavor {cfg.flavor}: discriminator {d / 1e6:.2f}M, generator {g / 1e6:.2f}M "
-          f"(shared embeddings counted in both), total {t / 1e6:.2f}M")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from electra_dist.checkpoint import export_hf, load_model
-
-    model, cfg = load_model(args.checkpoint)
-    tokenizer = args.tokenizer or cfg.data.tokenizer or None
-    out = export_hf(model, args.out, tokenizer)
-    print(f"wrote {out / 'discriminator'} (ElectraForPreTraining) and {out / 'generator'} (ElectraForMaskedLM)")
-    return 0
-
-
-def cmd_import_hf(args: argparse.Namespace) -> int:
-    from electra_dist.checkpoint import import_hf, save_model
-
-    model = import_hf(args.hf_dir)
-    cfg = Config(flavor="imported", model=model.cfg)
-    save_model(args.out, model, cfg)
-    print(f"wrote {args.out} (config.yaml + model.pt)")
-    return 0
-
-
-def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from electra_dist.data.tokenizer import train_tokenizer
-
-    tok, stats = train_tokenizer(args.input, args.vocab_size, args.out, model_type=args.model_type,
-                                 lowercase=args.lowercase, input_sentence_size=args.input_sentence_size,
-                                 text_field=args.text_field, seed=args.seed)
-    _report_text(stats)
-    print(f"wrote {args.out}: {tok.vocab_size} pieces, specials {tok.special.to_dict()}")
-    return 0
-
-
-def cmd_shards_build(args: argparse.Namespace) -> int:
-    from electra_dist.data.shards import build_shards
-
-    r = build_shards(args.input, args.tokenizer, args.seq_len, args.out, samples_per_shard=args.samples_per_shard,
-                     workers=args.workers, seed=args.seed, text_field=args.text_field, part=args.part,
-                     num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet,
-                     chunk_chars=int(args.chunk_mb * (1 << 20)))
-    _report_text(r.stats)
-    m = r.manifest
-    print(f"wrote {len(m['shards'])} shard(s), {m['samples']:,} sequences, {m['tokens']:,} tokens "
-          f"({m['tokens'] / max(1, m['text_tokens']):.1%} of the text's {m['text_tokens']:,}) to {args.out} "
-          f"in {r.seconds:.1f}s: {r.tokens_per_second / 1e3:,.0f}k tokens/s with {args.workers} worker(s)")
-    return 0
-
-
-def cmd_shards_merge(args: argparse.Namespace) -> int:
-    from electra_dist.data.shards import merge_manifests
-
-    m = merge_manifests(args.dir)
-    print(f"merged {m['num_parts']} parts: {len(m['shards'])} shards, {m['samples']:,} sequences")
-    return 0
-
-
-def cmd_bench_data(args: argparse.Namespace) -> int:
-    from electra_dist.bench import bench_data
-
-    for w in args.workers:
-        print(bench_data(args.shards, w, args.micro_batch, args.batches).line(), flush=True)
-    return 0
-
-
-def cmd_quickstart(args: argparse.Namespace) -> int:
-    from electra_dist import quickstart
-
-    return quickstart.run(args.out, steps=args.steps, nproc=args.nproc)
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from electra_dist.finetune import finetune
-
-    finetune(args.model, args.train, args.test, args.tokenizer, args.text_field, args.label_field, args.seeds,
-             args.epochs, args.lr, args.layer_decay, args.batch_size, args.max_len, tracker=_finetune_tracker(args))
-    return 0
-
-
-def _finetune_tracker(args: argparse.Namespace):
-    if not args.experiment:
-        return None
-    from electra_dist.tracking import MLflowTracker, resolve_tracking_uri
-
-    out = Path(args.model)
-    t = MLflowTracker(resolve_tracking_uri(args.tracking_uri or ""), args.experiment, f"finetune-{out.name}",
-                      None, system_metrics=False)
-    t.log_params({k: v for k, v in vars(args).items() if k not in ("func",)})
-    return t
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from electra_dist import experiment
-
-    experiment.run(args.corpus, args.train, args.test, args.out, args.results, electra_steps=args.electra_steps,
-                   batch=args.batch, seq_len=args.seq_len, seeds=args.seeds, nproc=args.nproc,
-                   finetune_lr=args.finetune_lr, control=not args.no_control)
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from electra_dist import compare
-    from electra_dist.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri or "")
-    curves = compare.load_runs(uri, args.experiment, args.runs, args.metric, args.x)
-    print(compare.table(curves, args.metric))
-    if args.out:
-        out = compare.plot(curves, args.metric, args.x, Path(args.out), f"{args.experiment}: {args.metric}")
-        print(f"wrote {out}")
-    return 0
-
-
-def cmd_sync(args: argparse.Namespace) -> int:
-    import json
-
-    from electra_dist.tracking import MLflowTracker
-
-    out = Path(args.output_dir)
-    info_file = out / "tracking.json"
-    if not info_file.is_file():
-        raise FileNotFoundError(f"{info_file} does not exist: this run never reached MLflow; pass --experiment "
-                                "to create a run for it")
-    info = json.loads(info_file.read_text())
-    uri = args.tracking_uri or info["uri"]
-    t = MLflowTracker(uri, info["experiment"], "", out / "metrics.jsonl", run_id=info["run_id"],
-                      system_metrics=False)
-    msg = t.close("finished" if (out / "final").is_dir() else "preempted", timeout=args.timeout)
-    if msg:
-        return 1
-    print(f"run {info['run_id']} at {uri} holds every record of {out / 'metrics.jsonl'}")
-    return 0
-
-
-def cmd_bench_train(args: argparse.Namespace) -> int:
-    from electra_dist.bench import bench_train
-
-    results = bench_train(args.config, args.seq_len, args.micro_batch, args.precision, args.steps, args.warmup,
-                          args.baseline, args.compile, list(args.overrides))
-    r0 = results[0]
-    print(f"{args.config}: seq {args.seq_len}, micro batch {args.micro_batch}, {args.precision}, device {r0.device}, "
-          f"{r0.flops_per_token / 1e9:.3f} GFLOP/token (generator head at masked positions)")
-    for r in results:
-        print(r.line())
-    if len(results) == 2:
-        print(f"speed-up over HF: {results[0].tokens_per_second / results[1].tokens_per_second:.2f}x")
-    return 0
-
-
-def _report_text(stats) -> None:
-    d = stats.to_dict()
-    print(f"read {d['files']} file(s): {d['documents']:,} documents, {d['empty_documents']} empty, "
-          f"{d['bad_lines']} bad JSON lines, {d['replaced_bytes']} non-UTF-8 bytes replaced")
-    for p in stats.problems[:5]:
-        print(f"  {p}")
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -241,20 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quickstart", help="working directory (default ./quickstart)")
     p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
     p.add_argument("--nproc", type=int, default=1, help="training processes (data parallel; default 1)")
-    p.set_defaults(func=cmd_quickstart)
+    p.set_defaults(func=h.cmd_quickstart)
 
     p = sub.add_parser("config", help="show or check a resolved config", formatter_class=raw,
                        description="Resolve a flavor or YAML file plus overrides, validate it, print it.",
-                       epilog="config keys:\n" + config_keys_help())
+                       epilog="config keys:\n" + keys_help())
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     show = csub.add_parser("show", help="print the resolved, validated config as YAML", formatter_class=raw,
-                           epilog="config keys:\n" + config_keys_help())
+                           epilog="config keys:\n" + keys_help())
     add_config_args(show)
-    show.set_defaults(func=cmd_config_show)
+    show.set_defaults(func=h.cmd_config_show)
 
     p = sub.add_parser("params", help="count parameters of a config (on the meta device: no memory)")
     add_config_args(p)
-    p.set_defaults(func=cmd_params)
+    p.set_defaults(func=h.cmd_params)
 
     p = sub.add_parser("export", help="write a checkpoint as Hugging Face ELECTRA models",
                        description="Write OUT/discriminator (ElectraForPreTraining) and OUT/generator "
@@ -263,14 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory to copy beside the weights "
                                                      "(default: the one named in the checkpoint's config)")
-    p.set_defaults(func=cmd_export)
+    p.set_defaults(func=h.cmd_export)
 
     p = sub.add_parser("import-hf", help="convert Hugging Face ELECTRA weights into a checkpoint",
                        description="Read HF_DIR/discriminator and HF_DIR/generator (or one ELECTRA model "
                                    "directory) and write our checkpoint to OUT.")
     p.add_argument("hf_dir", help="directory with config.json and model.safetensors / pytorch_model.bin")
     p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.set_defaults(func=cmd_import_hf)
+    p.set_defaults(func=h.cmd_import_hf)
 
     sub.add_parser("train", help="pre-train: the same flags as electra_dist/train.py (see `train --help`)")
 
@@ -289,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences sampled for training (default 2M: a 250 MB corpus trains in minutes)")
     t.add_argument("--text-field", default="text", help="JSON field holding the text (default: text)")
     t.add_argument("--seed", type=int, default=0, help="sampling seed")
-    t.set_defaults(func=cmd_tokenizer_train)
+    t.set_defaults(func=h.cmd_tokenizer_train)
 
     p = sub.add_parser("shards", help="build WebDataset shards from raw text")
     ssub = p.add_subparsers(dest="shards_command", metavar="ACTION")
@@ -314,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the output depends on it, not on --workers or --num-parts")
     b.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
-    b.set_defaults(func=cmd_shards_build)
+    b.set_defaults(func=h.cmd_shards_build)
     mg = ssub.add_parser("merge", help="join the manifests of a --num-parts build into manifest.json")
     mg.add_argument("dir", help="shard directory")
-    mg.set_defaults(func=cmd_shards_merge)
+    mg.set_defaults(func=h.cmd_shards_merge)
 
     p = sub.add_parser("compare", help="compare MLflow runs: a table and curves against steps, tokens or FLOPs",
                        description="Print the runs of an experiment (parameters that differ, final metrics, "
@@ -329,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="PNG to write")
     p.add_argument("--tracking-uri", default=None,
                    help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db (where runs from here were logged)")
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=h.cmd_compare)
 
     p = sub.add_parser("finetune", help="fine-tune a pre-trained encoder for sequence classification",
                        description="Sequence classification from our checkpoint (config.yaml + model.pt, e.g. "
@@ -349,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--experiment", default=None, help="log to this MLflow experiment")
     p.add_argument("--tracking-uri", default=None)
-    p.set_defaults(func=cmd_finetune)
+    p.set_defaults(func=h.cmd_finetune)
 
     p = sub.add_parser("experiment", help="ELECTRA vs MLM at equal pre-training FLOPs, fine-tuned, to RESULTS.md",
                        description="Pre-train ELECTRA and an MLM baseline (same encoder) for the same training "
@@ -368,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning peak LR (default 3e-4, as "
                                                                    "ELECTRA-Small)")
     p.add_argument("--no-control", action="store_true", help="skip fine-tuning the random-init control")
-    p.set_defaults(func=cmd_experiment)
+    p.set_defaults(func=h.cmd_experiment)
 
     p = sub.add_parser("sync", help="send a run's metrics.jsonl records that MLflow missed",
                        description="Back-fill the MLflow run of OUTPUT_DIR with every metrics.jsonl record it "
@@ -376,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="the run's output directory")
     p.add_argument("--tracking-uri", default=None, help="default: the URI the run used (tracking.json)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to keep retrying (default 120)")
-    p.set_defaults(func=cmd_sync)
+    p.set_defaults(func=h.cmd_sync)
 
     p = sub.add_parser("bench", help="benchmarks")
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
@@ -385,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure (default 1 2)")
     d.add_argument("--micro-batch", type=int, default=64, help="sequences per batch (default 64)")
     d.add_argument("--batches", type=int, default=200, help="batches timed after warm-up (default 200)")
-    d.set_defaults(func=cmd_bench_data)
+    d.set_defaults(func=h.cmd_bench_data)
     t = bsub.add_parser("train", help="time full training steps (forward, backward, optimizer); --baseline hf",
                         description="Times training steps of our model after warm-up and prints tokens/s, TFLOP/s, "
                                     "MFU (peak by device name; $ELECTRA_DIST_PEAK_TFLOPS overrides) and peak memory. "
@@ -400,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--baseline", default=None, choices=["hf"], help="also time transformers' ELECTRA")
     t.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks (train.compile)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    t.set_defaults(func=cmd_bench_train)
+    t.set_defaults(func=h.cmd_bench_train)
     return parser
 
 

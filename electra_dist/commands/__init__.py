@@ -1,0 +1,27 @@
+"""The commands users run (`electra-dist SUBCOMMAND`), built on the library packages:
+cli (the parser and dispatch), handlers (one function per subcommand), quickstart, experiment,
+bench, compare, finetune. Nothing in the library imports from here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # electra_dist/
+TRAIN_PY = PACKAGE_DIR / "train.py"
+SAMPLE = PACKAGE_DIR / "assets" / "sample.jsonl.gz"  # real public-domain English shipped with the package
+
+
+def train_launcher(nproc: int = 1) -> list[str]:
+    """The command that starts `nproc` training processes on this machine (torchrun when > 1)."""
+    if nproc == 1:
+        return [sys.executable, str(TRAIN_PY)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            str(TRAIN_PY)]
+
+
+def child_env() -> dict[str, str]:
+    """This environment with the package importable, for the subprocesses a command starts."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent),
+                                                                      os.environ.get("PYTHONPATH")]))}

@@ -1,0 +1,191 @@
+"""One function per `electra-dist` subcommand: read the parsed arguments, call the library, print.
+
+Each imports what it needs when it runs, so `--help` is instant and a node without (say)
+MLflow can still build shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from electra_dist.config import Config
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    return Config.build(args.config, list(args.overrides))
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    sys.stdout.write(load_config(args).to_yaml())
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    import torch
+
+    from electra_dist.model import ElectraPretrainer, count_parameters
+
+    cfg = load_config(args)
+    with torch.device("meta"):
+        model = ElectraPretrainer(cfg.model, cfg.objective)
+    d, g, t = (count_parameters(m) for m in (model.discriminator, model.generator, model))
+    print(f"flavor {cfg.flavor}: discriminator {d / 1e6:.2f}M, generator {g / 1e6:.2f}M "
+          f"(shared embeddings counted in both), total {t / 1e6:.2f}M")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from electra_dist.interop import export_hf, load_model
+
+    model, cfg = load_model(args.checkpoint)
+    tokenizer = args.tokenizer or cfg.data.tokenizer or None
+    out = export_hf(model, args.out, tokenizer)
+    print(f"wrote {out / 'discriminator'} (ElectraForPreTraining) and {out / 'generator'} (ElectraForMaskedLM)")
+    return 0
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from electra_dist.interop import import_hf, save_model
+
+    model = import_hf(args.hf_dir)
+    cfg = Config(flavor="imported", model=model.cfg)
+    save_model(args.out, model, cfg)
+    print(f"wrote {args.out} (config.yaml + model.pt)")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from electra_dist.data.tokenizer import train_tokenizer
+
+    tok, stats = train_tokenizer(args.input, args.vocab_size, args.out, model_type=args.model_type,
+                                 lowercase=args.lowercase, input_sentence_size=args.input_sentence_size,
+                                 text_field=args.text_field, seed=args.seed)
+    _report_text(stats)
+    print(f"wrote {args.out}: {tok.vocab_size} pieces, specials {tok.special.to_dict()}")
+    return 0
+
+
+def cmd_shards_build(args: argparse.Namespace) -> int:
+    from electra_dist.data.shards import build_shards
+
+    r = build_shards(args.input, args.tokenizer, args.seq_len, args.out, samples_per_shard=args.samples_per_shard,
+                     workers=args.workers, seed=args.seed, text_field=args.text_field, part=args.part,
+                     num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet,
+                     chunk_chars=int(args.chunk_mb * (1 << 20)))
+    _report_text(r.stats)
+    m = r.manifest
+    print(f"wrote {len(m['shards'])} shard(s), {m['samples']:,} sequences, {m['tokens']:,} tokens "
+          f"({m['tokens'] / max(1, m['text_tokens']):.1%} of the text's {m['text_tokens']:,}) to {args.out} "
+          f"in {r.seconds:.1f}s: {r.tokens_per_second / 1e3:,.0f}k tokens/s with {args.workers} worker(s)")
+    return 0
+
+
+def cmd_shards_merge(args: argparse.Namespace) -> int:
+    from electra_dist.data.shards import merge_manifests
+
+    m = merge_manifests(args.dir)
+    print(f"merged {m['num_parts']} parts: {len(m['shards'])} shards, {m['samples']:,} sequences")
+    return 0
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from electra_dist.commands.bench import bench_data
+
+    for w in args.workers:
+        print(bench_data(args.shards, w, args.micro_batch, args.batches).line(), flush=True)
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from electra_dist.commands import quickstart
+
+    return quickstart.run(args.out, steps=args.steps, nproc=args.nproc)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from electra_dist.commands.finetune import finetune
+
+    finetune(args.model, args.train, args.test, args.tokenizer, args.text_field, args.label_field, args.seeds,
+             args.epochs, args.lr, args.layer_decay, args.batch_size, args.max_len, tracker=_finetune_tracker(args))
+    return 0
+
+
+def _finetune_tracker(args: argparse.Namespace):
+    if not args.experiment:
+        return None
+    from electra_dist.tracking import resolve_tracking_uri
+    from electra_dist.tracking.mlflow_tracker import MLflowTracker
+
+    out = Path(args.model)
+    t = MLflowTracker(resolve_tracking_uri(args.tracking_uri or ""), args.experiment, f"finetune-{out.name}",
+                      None, system_metrics=False)
+    t.log_params({k: v for k, v in vars(args).items() if k not in ("func",)})
+    return t
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from electra_dist.commands import experiment
+
+    experiment.run(args.corpus, args.train, args.test, args.out, args.results, electra_steps=args.electra_steps,
+                   batch=args.batch, seq_len=args.seq_len, seeds=args.seeds, nproc=args.nproc,
+                   finetune_lr=args.finetune_lr, control=not args.no_control)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from electra_dist.commands import compare
+    from electra_dist.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri or "")
+    curves = compare.load_runs(uri, args.experiment, args.runs, args.metric, args.x)
+    print(compare.table(curves, args.metric))
+    if args.out:
+        out = compare.plot(curves, args.metric, args.x, Path(args.out), f"{args.experiment}: {args.metric}")
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    import json
+
+    from electra_dist.tracking.mlflow_tracker import MLflowTracker
+
+    out = Path(args.output_dir)
+    info_file = out / "tracking.json"
+    if not info_file.is_file():
+        raise FileNotFoundError(f"{info_file} does not exist: this run never reached MLflow; pass --experiment "
+                                "to create a run for it")
+    info = json.loads(info_file.read_text())
+    uri = args.tracking_uri or info["uri"]
+    t = MLflowTracker(uri, info["experiment"], "", out / "metrics.jsonl", run_id=info["run_id"],
+                      system_metrics=False)
+    msg = t.close("finished" if (out / "final").is_dir() else "preempted", timeout=args.timeout)
+    if msg:
+        return 1
+    print(f"run {info['run_id']} at {uri} holds every record of {out / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from electra_dist.commands.bench import bench_train
+
+    results = bench_train(args.config, args.seq_len, args.micro_batch, args.precision, args.steps, args.warmup,
+                          args.baseline, args.compile, list(args.overrides))
+    r0 = results[0]
+    print(f"{args.config}: seq {args.seq_len}, micro batch {args.micro_batch}, {args.precision}, device {r0.device}, "
+          f"{r0.flops_per_token / 1e9:.3f} GFLOP/token (generator head at masked positions)")
+    for r in results:
+        print(r.line())
+    if len(results) == 2:
+        print(f"speed-up over HF: {results[0].tokens_per_second / results[1].tokens_per_second:.2f}x")
+    return 0
+
+
+def _report_text(stats) -> None:
+    d = stats.to_dict()
+    print(f"read {d['files']} file(s): {d['documents']:,} documents, {d['empty_documents']} empty, "
+          f"{d['bad_lines']} bad JSON lines, {d['replaced_bytes']} non-UTF-8 bytes replaced")
+    for p in stats.problems[:5]:
+        print(f"  {p}")

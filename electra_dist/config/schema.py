@@ -1,0 +1,132 @@
+"""The config sections: typed dataclasses whose fields carry their help text and allowed values."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Raised once with every problem found in a config, one per line."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        where = f" in {source}" if source else ""
+        super().__init__(f"{len(problems)} problem(s) in the config{where}:\n  - " + "\n  - ".join(problems))
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (dict, list)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class EncoderConfig:
+    """A post-LN BERT encoder stack."""
+
+    num_layers: int = _f(12, "transformer blocks")
+    hidden_size: int = _f(256, "width of the residual stream")
+    num_heads: int = _f(4, "attention heads (hidden_size must divide evenly)")
+    intermediate_size: int = _f(1024, "feed-forward inner width")
+
+
+@dataclass
+class ModelConfig:
+    """Shared embeddings + generator + discriminator."""
+
+    vocab_size: int = _f(30522, "tokenizer vocabulary size (taken from the tokenizer when one is given)")
+    pad_vocab_multiple: int = _f(128, "pad the embedding rows to a multiple of this × tensor_parallel_size (1: no padding)")
+    embedding_size: int = _f(128, "token/position/type embedding width, projected to each encoder's hidden size")
+    max_position_embeddings: int = _f(512, "longest sequence the position table holds")
+    type_vocab_size: int = _f(2, "token-type (segment) ids")
+    dropout: float = _f(0.1, "hidden dropout probability")
+    attention_dropout: float = _f(0.1, "attention-probability dropout")
+    layer_norm_eps: float = _f(1e-12, "LayerNorm epsilon (BERT/ELECTRA use 1e-12)")
+    initializer_range: float = _f(0.02, "std of the normal weight init")
+    discriminator: EncoderConfig = _f(EncoderConfig(), "the discriminator encoder (the model we keep)")
+    generator: EncoderConfig = _f(EncoderConfig(12, 64, 1, 256), "the generator encoder (a small MLM)")
+
+    def padded_vocab_size(self, tensor_parallel_size: int = 1) -> int:
+        m = max(1, self.pad_vocab_multiple) * tensor_parallel_size
+        return int(math.ceil(self.vocab_size / m) * m)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What is learned: ELECTRA replaced-token detection, or BERT-style MLM as a baseline."""
+
+    kind: str = _f("electra", "pre-training objective", ("electra", "mlm"))
+    mask_prob: float = _f(0.15, "fraction of non-pad tokens masked per sequence")
+    mask_token_fraction: float = _f(0.85, "of the masked positions, the fraction shown as [MASK] (the rest keep their token)")
+    generator_weight: float = _f(1.0, "weight of the generator MLM loss")
+    discriminator_weight: float = _f(50.0, "λ: weight of the discriminator loss")
+    temperature: float = _f(1.0, "Gumbel sampling temperature")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and linear decay to zero, as the official recipe."""
+
+    lr: float = _f(5e-4, "peak learning rate")
+    weight_decay: float = _f(0.01, "decoupled weight decay (not on LayerNorm or biases)")
+    beta1: float = _f(0.9, "Adam β1")
+    beta2: float = _f(0.999, "Adam β2")
+    eps: float = _f(1e-6, "Adam ε")
+    warmup_steps: int = _f(10000, "linear warm-up steps")
+    grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
+
+
+@dataclass
+class TrainConfig:
+    """Batch, length, steps and precision of the run."""
+
+    seq_len: int = _f(128, "tokens per sequence (must match the shards)")
+    global_batch_size: int = _f(128, "sequences per optimizer step, over all data-parallel ranks")
+    micro_batch_size: int = _f(128, "sequences per rank per forward/backward")
+    max_steps: int = _f(1_000_000, "optimizer steps")
+    log_interval: int = _f(100, "steps between metric records")
+    save_interval: int = _f(5000, "steps between checkpoints")
+    keep_last: int = _f(3, "complete checkpoints kept")
+    seed: int = _f(1234, "seed for weights, data order, masking and sampling")
+    precision: str = _f("bf16", "compute precision", ("fp32", "bf16", "fp16"))
+    compile: bool = _f(False, "torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm) and the "
+                              "Gumbel sampling (electra_dist/kernels)")
+
+
+@dataclass
+class ParallelConfig:
+    """Tensor parallelism (megatron-core); data parallelism is whatever ranks remain."""
+
+    tensor_parallel_size: int = _f(1, "ranks that split each layer")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards and tokenizer are and how they are streamed."""
+
+    shards: str = _f("", "shard directory (with manifest.json), glob, brace list or URL")
+    tokenizer: str = _f("", "tokenizer directory (SentencePiece model + special ids)")
+    num_workers: int = _f(2, "loader worker processes per rank")
+    shuffle_buffer: int = _f(1000, "samples held for shuffling")
+    on_corrupt: str = _f("error", "what a corrupt shard does", ("error", "skip"))
+    dp_split: str = _f("shards", "how data-parallel ranks share the data: 'shards' (each reads its own shards) or "
+                       "'batch' (all read one stream of global batches and take their rows: the same data order "
+                       "for any DP size, at DP× the reading)", ("shards", "batch"))
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking."""
+
+    enabled: bool = _f(True, "log to MLflow from global rank 0")
+    uri: str = _f("", "tracking URI; empty: $MLFLOW_TRACKING_URI, else a SQLite store in the output dir")
+    experiment: str = _f("electra", "MLflow experiment name")
+    run_name: str = _f("", "MLflow run name (empty: flavor + time)")
+    flush_timeout: float = _f(30.0, "seconds to keep trying to reach MLflow at the end before giving up (and "
+                              "saying what was not sent)")
+    log_hf_export: bool = _f(False, "at the end, export the model to Hugging Face format and log it as artifacts")

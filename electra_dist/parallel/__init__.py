@@ -1,0 +1,45 @@
+"""Everything distributed, in one place; the rest of the package imports only this.
+
+    launch   processes, megatron-core groups (TP × DP layout), the collectives training needs
+    tensor   megatron-core's tensor-parallel layers as a LayerFactory, full ⟷ sharded weights
+    engine   the DeepSpeed JSON checked against the config, deepspeed.initialize, FusedAdam,
+             ZeRO-3 gathers
+
+No other module of electra_dist imports deepspeed or megatron or calls torch.distributed
+(tests/test_layout.py checks it). DeepSpeed's checkpoint API is used through the engine's own
+methods (`engine.save_checkpoint` / `load_checkpoint`), which needs no import.
+"""
+
+from electra_dist.parallel.engine import (
+    DEFAULT_DEEPSPEED,
+    build_engine,
+    full_state_dict,
+    fused_adam,
+    load_deepspeed_json,
+    resolve_deepspeed_config,
+    zero_stage,
+)
+from electra_dist.parallel.launch import (
+    MPU,
+    DistEnv,
+    Layout,
+    any_rank,
+    barrier,
+    data_parallel_sum,
+    destroy,
+    detect_env,
+    free_port,
+    global_counts,
+    init_distributed,
+    init_model_parallel,
+    setup,
+    use_cuda,
+)
+from electra_dist.parallel.tensor import TPLayerFactory, gather_state_dict, layer_factory
+
+__all__ = [
+    "DEFAULT_DEEPSPEED", "MPU", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "build_engine",
+    "data_parallel_sum", "destroy", "detect_env", "free_port", "full_state_dict", "fused_adam",
+    "gather_state_dict", "global_counts", "init_distributed", "init_model_parallel", "layer_factory",
+    "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",
+]

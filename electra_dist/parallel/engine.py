@@ -1,0 +1,126 @@
+"""The DeepSpeed side: the JSON checked against our config, the engine, FusedAdam, ZeRO-3 gathers.
+
+The DeepSpeed JSON owns ZeRO and engine settings; our config owns batch, precision, clipping
+and the optimizer. `resolve_deepspeed_config` fills the JSON's "auto" values from the config
+and names every disagreement in one error. `build_engine` is the single call to
+`deepspeed.initialize`, with our optimizer and schedule and the megatron groups as its mpu.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from electra_dist.config import Config, ConfigError
+from electra_dist.parallel.launch import MPU
+from electra_dist.parallel.tensor import gather_state_dict
+
+DEFAULT_DEEPSPEED: dict[str, Any] = {"zero_optimization": {"stage": 0}}
+
+
+AUTO = "auto"
+
+
+def resolve_deepspeed_config(cfg: Config, ds: dict[str, Any], dp_size: int, source: str = "DeepSpeed JSON") -> dict[str, Any]:
+    """Fill the DeepSpeed JSON's "auto" values from the config and check every explicit one.
+
+    The JSON owns ZeRO and engine settings; our config owns batch, precision, clipping and the
+    optimizer. Every disagreement is collected into ONE ConfigError naming key, value and fix.
+    """
+    ds = copy.deepcopy(ds)
+    t = cfg.train
+    problems: list[str] = []
+    per_step = t.micro_batch_size * dp_size
+    if t.global_batch_size % per_step:
+        problems.append(
+            f"train.global_batch_size: {t.global_batch_size} is not a multiple of train.micro_batch_size "
+            f"({t.micro_batch_size}) × data-parallel size ({dp_size}) = {per_step}; choose a global batch "
+            f"that is, or another micro batch")
+        gas = max(1, t.global_batch_size // per_step)
+    else:
+        gas = t.global_batch_size // per_step
+    expected = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": gas,
+        "gradient_clipping": cfg.optim.grad_clip,
+    }
+    for key, value in expected.items():
+        given = ds.get(key, AUTO)
+        if given == AUTO:
+            ds[key] = value
+        elif given != value:
+            problems.append(f"{source}: {key} is {given!r} but the config implies {value!r} "
+                            f"(set it to \"auto\" or change the config)")
+    for prec in ("bf16", "fp16"):
+        block = ds.setdefault(prec, {})
+        want = t.precision == prec
+        given = block.get("enabled", AUTO)
+        if given == AUTO:
+            block["enabled"] = want
+        elif bool(given) != want:
+            problems.append(f"{source}: {prec}.enabled is {given!r} but train.precision={t.precision!r} "
+                            f"(set it to \"auto\" or train.precision={prec if given else 'fp32'})")
+    for block in ("optimizer", "scheduler"):
+        if block in ds:
+            problems.append(f"{source}: has an {block!r} block; the optimizer and LR schedule come from the "
+                            f"config's optim.* keys (AdamW without decay on LayerNorm/bias, warm-up + linear "
+                            f"decay): remove the block")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    tp = cfg.parallel.tensor_parallel_size
+    if stage not in (0, 1, 2, 3):
+        problems.append(f"{source}: zero_optimization.stage {stage!r} is not 0, 1, 2 or 3")
+    elif stage == 3 and tp > 1:
+        problems.append(f"ZeRO stage 3 with parallel.tensor_parallel_size={tp} is not supported: use "
+                        "configs/zero2.json (or zero1/zero0) with tensor parallelism, or TP=1 with ZeRO-3")
+    if problems:
+        raise ConfigError(problems)
+    ds.setdefault("steps_per_print", 10**9)  # we log ourselves
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"--deepspeed: {path} does not exist (see configs/zero*.json)"])
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"not valid JSON: {e}"], source=str(path)) from None
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def fused_adam(groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
+    """DeepSpeed's FusedAdam in AdamW mode (GPU); raises when its op cannot be built here."""
+    from deepspeed.ops.adam import FusedAdam
+
+    return FusedAdam(groups, adam_w_mode=True, **kw)
+
+
+def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, ds_config: dict[str, Any]):
+    """`deepspeed.initialize` over the megatron groups: ZeRO shards and reduces over data parallel only.
+    Returns (engine, scheduler); `engine.module` is the model."""
+    import deepspeed
+
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, mpu=MPU(),
+                                                   config=ds_config, dist_init_required=False)
+    return engine, scheduler
+
+
+def full_state_dict(model: nn.Module, stage: int) -> dict[str, torch.Tensor]:
+    """The full TP=1 weights on every rank: ZeRO-3 partitions gathered first, then TP shards."""
+    if stage != 3:
+        return gather_state_dict(model)
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        return gather_state_dict(model)

@@ -1,0 +1,204 @@
+"""Processes, groups and collectives: how ranks find each other and what they say to each other.
+
+Ranks come from torchrun/deepspeed (RANK, WORLD_SIZE, LOCAL_RANK), from srun (SLURM_*), or
+there is one process. `setup` starts torch.distributed (nccl on GPU, gloo on CPU) and lays the
+ranks out with megatron-core's `initialize_model_parallel`: consecutive ranks form a
+tensor-parallel group, the rest is data parallel. The collectives the trainer needs — the
+global token counts with the stop flag, "did any rank fail", sums over the data-parallel
+group, a barrier — are the functions at the end, so the training code never calls
+torch.distributed itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+# ---- process start-up ----------------------------------------------------------------------
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    launcher: str  # deepspeed/torchrun (env://), srun, or single
+
+
+def detect_env() -> DistEnv:
+    """Read the rank layout from torchrun/deepspeed (RANK, WORLD_SIZE, LOCAL_RANK) or from srun
+    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID); no variables at all means one process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "env")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID") is not None:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
+        env.setdefault("MASTER_ADDR", _slurm_master())
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
+        return DistEnv(rank, world, int(env["LOCAL_RANK"]), "srun")
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(free_port()))
+    return DistEnv(0, 1, 0, "single")
+
+
+def _slurm_master() -> str:
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "localhost"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return nodes.split(",")[0]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a rendezvous or a test server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def use_cuda() -> bool:
+    return torch.cuda.is_available() and os.environ.get("ELECTRA_DIST_FORCE_CPU") != "1"
+
+
+def init_distributed(timeout_minutes: int = 30) -> tuple[DistEnv, torch.device]:
+    """Start torch.distributed (nccl on GPU, gloo on CPU) through DeepSpeed's helper."""
+    env = detect_env()
+    if not use_cuda():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if use_cuda():
+        torch.cuda.set_device(env.local_rank)
+        device = torch.device("cuda", env.local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", auto_mpi_discovery=False,
+                                   timeout=datetime.timedelta(minutes=timeout_minutes), verbose=False)
+    return env, device
+
+
+def init_model_parallel(tensor_parallel_size: int) -> None:
+    from megatron.core import parallel_state as ps
+
+    world = dist.get_world_size()
+    if world % tensor_parallel_size:
+        from electra_dist.config import ConfigError
+
+        raise ConfigError([f"parallel.tensor_parallel_size={tensor_parallel_size} does not divide the world size "
+                           f"{world}: launch a multiple of {tensor_parallel_size} ranks"])
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size,
+                                 create_gloo_process_groups=not use_cuda())
+
+
+@dataclass
+class Layout:
+    """Where this process stands: global rank, tensor-parallel and data-parallel coordinates."""
+
+    rank: int
+    world: int
+    tp_size: int
+    tp_rank: int
+    dp_size: int
+    dp_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+
+
+def setup(tensor_parallel_size: int = 1) -> Layout:
+    """Processes and groups: the first thing a training process does."""
+    env, device = init_distributed()
+    init_model_parallel(tensor_parallel_size)
+    mpu = MPU()
+    return Layout(env.rank, env.world_size, tensor_parallel_size, mpu.get_model_parallel_rank(),
+                  mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank(), device)
+
+
+def destroy() -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class MPU:
+    """The `mpu` DeepSpeed asks for: model parallel = our tensor parallel; data parallel = the rest."""
+
+    def __init__(self):
+        from megatron.core import parallel_state as ps
+
+        self.ps = ps
+
+    def get_model_parallel_rank(self) -> int:
+        return self.ps.get_tensor_model_parallel_rank()
+
+    def get_model_parallel_world_size(self) -> int:
+        return self.ps.get_tensor_model_parallel_world_size()
+
+    def get_model_parallel_group(self):
+        return self.ps.get_tensor_model_parallel_group()
+
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+    def get_data_parallel_rank(self) -> int:
+        return self.ps.get_data_parallel_rank()
+
+    def get_data_parallel_world_size(self) -> int:
+        return self.ps.get_data_parallel_world_size()
+
+    def get_data_parallel_group(self):
+        return self.ps.get_data_parallel_group()
+
+
+# ---- collectives ---------------------------------------------------------------------------
+
+def global_counts(tokens: float, masked: float, stop: bool, device: torch.device) -> tuple[float, float, bool]:
+    """ONE all-reduce over every rank: the global batch's non-pad and masked token counts (TP
+    ranks hold the same batch, so they count once) and whether any rank was asked to stop."""
+    local = torch.tensor([tokens, masked, float(stop)], dtype=torch.float64, device=device)
+    dist.all_reduce(local)
+    tp = MPU().get_model_parallel_world_size()
+    tokens_all, masked_all, stops = local.tolist()
+    return tokens_all / tp, masked_all / tp, stops > 0
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on at least one."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return t.item() > 0
+
+
+def data_parallel_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over the data-parallel group (in place; returned for convenience)."""
+    dist.all_reduce(values, group=MPU().get_data_parallel_group())
+    return values
+
+
+def barrier() -> None:
+    dist.barrier()

@@ -1,0 +1,32 @@
+"""Experiment tracking: a tracker interface (base.py), MLflow from global rank 0 sent from a
+background thread (mlflow_tracker.py), and what a run records about itself (record.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from electra_dist.tracking.base import Tracker, resolve_tracking_uri
+from electra_dist.tracking.record import git_commit, package_versions, plot_run, run_params
+
+__all__ = ["Tracker", "git_commit", "make_tracker", "package_versions", "plot_run", "resolve_tracking_uri",
+           "run_params"]
+
+
+def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = None, log=print) -> Tracker:
+    """MLflow on global rank 0 when tracking is on (and mlflow importable); a no-op tracker elsewhere."""
+    if not is_main or not cfg.tracking.enabled:
+        return Tracker()
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        log("electra-dist: warning: tracking.enabled=true but mlflow is not installed; metrics go to "
+            f"{metrics_file} only (install mlflow, or set tracking.enabled=false)")
+        return Tracker()
+    from electra_dist.tracking.mlflow_tracker import MLflowTracker
+
+    name = cfg.tracking.run_name or f"{cfg.flavor}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tags = {"flavor": cfg.flavor, "objective": cfg.objective.kind, "mlflow.note.content":
+            f"electra_dist {cfg.flavor} ({cfg.objective.kind}), output {Path(cfg.output_dir).resolve()}"}
+    return MLflowTracker(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, name, metrics_file,
+                         run_id=run_id, tags=tags, log=log, flush_timeout=cfg.tracking.flush_timeout)

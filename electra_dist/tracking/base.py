@@ -1,0 +1,34 @@
+"""The tracker interface and its no-op default; where MLflow is when the config does not say."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """Does nothing. Real trackers subclass it; every method is safe to call on any rank."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def close(self, status: str = "finished") -> str:
+        return ""
+
+
+def resolve_tracking_uri(configured: str = "") -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else MLflow's own default: ./mlflow.db (SQLite)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"

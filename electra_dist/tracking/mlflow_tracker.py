@@ -1,0 +1,290 @@
+"""MLflow from global rank 0, sent from a background thread so the server never stops training.
+
+The metrics JSONL in the output dir is the durable record; MLflow is a view of it. A slow, down
+or unreachable server warns once; everything stays queued and is retried with backoff; on
+(re)connecting, every JSONL record the run does not have yet is back-filled — which also makes a
+resumed run one continuous history with no duplicate steps. Whatever could not be sent by the
+end is stated, and `electra-dist sync` sends it later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from electra_dist.tracking.base import Tracker
+
+STATUS_TO_MLFLOW = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "running": "RUNNING"}
+
+
+def _quiet_http() -> None:
+    # our thread retries with backoff itself; MLflow's own retries would block it for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Create (migrate) a SQLite store under a file lock, so two processes never race on it."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(db) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
+class MLflowTracker(Tracker):
+    """MLflow from global rank 0: params, namespaced metrics with steps, system metrics, tags,
+    artifacts; resumes the run whose id the checkpoint carries. No call blocks on the network."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path | None, run_id: str | None = None,
+                 tags: dict[str, str] | None = None, system_metrics: bool = True, log=print,
+                 retry_max_seconds: float = 60.0, flush_timeout: float = 30.0):
+        _quiet_http()
+        self.uri = uri
+        self.metrics_file = Path(metrics_file) if metrics_file else None  # None: nothing to back-fill from
+        self._log = log
+        self._flush_timeout = flush_timeout
+        self._sender = _Sender(uri, experiment, run_name, self.metrics_file, run_id, dict(tags or {}), system_metrics,
+                               log, retry_max_seconds)
+
+    @property
+    def run_id(self) -> str | None:  # type: ignore[override]
+        return self._sender.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._sender.put("params", dict(params))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._sender.put("metrics", (step, dict(metrics), int(time.time() * 1000)))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._sender.put("tags", dict(tags))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._sender.put("artifact", (str(path), artifact_path))
+
+    def close(self, status: str = "finished", timeout: float | None = None) -> str:
+        """Flush (up to `timeout` s), mark the run, and return a line saying what was not sent."""
+        self._sender.put("tags", {"status": status})
+        self._sender.put("end", status)
+        left = self._sender.finish(self._flush_timeout if timeout is None else timeout)
+        n_metrics = sum(1 for kind, _ in left if kind == "metrics")
+        n_other = sum(1 for kind, _ in left if kind not in ("metrics", "end"))
+        if not (n_metrics or n_other):
+            return ""
+        msg = (f"electra-dist: MLflow at {self.uri} did not receive {n_metrics} metric record(s) and "
+               f"{n_other} other item(s) (params/tags/artifacts)")
+        if self.metrics_file is not None:
+            msg += (f"; the metrics are all in {self.metrics_file}: send them later with "
+                    f"`electra-dist sync --output-dir {self.metrics_file.parent}`")
+        self._log(msg)
+        return msg
+
+
+class _Sender:
+    """The background thread: a queue in, MLflow out, in order, with back-fill from the JSONL."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path | None, run_id: str | None,
+                 tags: dict[str, str], system_metrics: bool, log, retry_max: float):
+        self.uri, self.experiment, self.run_name, self.metrics_file = uri, experiment, run_name, metrics_file
+        self.run_id, self.tags, self.system_metrics, self.log, self.retry_max = run_id, tags, system_metrics, log, retry_max
+        self.queue: queue.Queue = queue.Queue()
+        self.pending: list[tuple[str, Any]] = []  # (kind, payload) not yet sent, in order
+        self.logged_steps: set[int] = set()  # steps the run already has
+        self.connected = self.warned = False
+        self.monitor = None
+        self.stop = threading.Event()
+        try:
+            self.connect()
+        except Exception as e:  # the server may be down at start: keep going, retry in the thread
+            self.warn(e)
+        self.thread = threading.Thread(target=self.run, name="mlflow-sender", daemon=True)
+        self.thread.start()
+
+    def put(self, kind: str, payload: Any) -> None:
+        self.queue.put((kind, payload))
+
+    def finish(self, timeout: float) -> list[tuple[str, Any]]:
+        """Wait up to `timeout` s for the queue to drain, stop the thread; return what is left."""
+        deadline = time.time() + timeout
+        while self.thread.is_alive() and time.time() < deadline:
+            self.thread.join(0.2)
+            if self.queue.empty() and not self.pending:
+                break
+        self.stop.set()
+        self.thread.join(5)
+        if self.monitor is not None:
+            try:
+                self.monitor.finish()
+            except Exception:
+                pass
+        return self.pending + [self.queue.get_nowait() for _ in range(self.queue.qsize())]
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                while True:
+                    self.pending.append(self.queue.get_nowait())
+            except queue.Empty:
+                pass
+            if not self.pending:
+                self.stop.wait(0.1)
+                continue
+            try:
+                if not self.connected:
+                    self.connect()
+                self.send_pending()
+                backoff = 1.0
+            except Exception as e:
+                self.warn(e)
+                self.stop.wait(backoff)
+                backoff = min(self.retry_max, backoff * 2)
+
+    def warn(self, e: Exception) -> None:
+        if not self.warned:
+            self.warned = True
+            self.log(f"electra-dist: warning: MLflow at {self.uri} is unreachable ({type(e).__name__}: "
+                     f"{str(e)[:200]}); training continues, metrics stay in {self.metrics_file or 'the queue'} "
+                     "and are sent when the server answers again")
+
+    def connect(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        create_sqlite_store(self.uri)
+        self.client = MlflowClient(self.uri)
+        if self.run_id is None:
+            self.run_id = _create_run(self.client, self.uri, self.experiment, self.run_name, self.tags)
+            self.logged_steps = set()
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "status", "running")
+            self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "loss/total")}
+        self.connected = True
+        if self.metrics_file and self.metrics_file.parent.is_dir():  # where `electra-dist sync` finds the run
+            info = {"uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}
+            (self.metrics_file.parent / "tracking.json").write_text(json.dumps(info, indent=2))
+        if self.warned:
+            self.log(f"electra-dist: MLflow at {self.uri} answers again; back-filling")
+        self.backfill()
+        if self.system_metrics and self.monitor is None:
+            self.monitor = _start_system_metrics(self.run_id, self.uri, self.log)
+
+    def backfill(self) -> None:
+        """Queue every JSONL record the run lacks (before anything pending for later steps)."""
+        if self.metrics_file is not None:
+            queued = {p[0] for kind, p in self.pending if kind == "metrics"}
+            self.pending[:0] = [("metrics", rec) for rec in _records(self.metrics_file)
+                                if rec[0] not in self.logged_steps and rec[0] not in queued]
+
+    def send_pending(self) -> None:
+        from mlflow.entities import Param, RunTag
+
+        while self.pending:
+            kind, payload = self.pending[0]
+            if kind == "metrics":
+                self.send_metrics()
+                continue
+            if kind == "params":
+                items = [Param(k, str(v)[:6000]) for k, v in payload.items()]
+                for i in range(0, len(items), 100):
+                    self.send_params(items[i:i + 100])
+            elif kind == "tags":
+                self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()])
+            elif kind == "artifact":
+                path, artifact_path = payload
+                if Path(path).is_dir():
+                    self.client.log_artifacts(self.run_id, path, artifact_path)
+                elif Path(path).is_file():
+                    self.client.log_artifact(self.run_id, path, artifact_path)
+            elif kind == "end":
+                self.client.set_terminated(self.run_id, status=STATUS_TO_MLFLOW.get(payload, "FINISHED"))
+            self.pending.pop(0)
+
+    def send_metrics(self) -> None:
+        """Up to 50 consecutive pending steps in one request (MLflow takes 1000 values); a step
+        both back-filled and queued live is sent once."""
+        from mlflow.entities import Metric
+
+        n = 0
+        while n < min(50, len(self.pending)) and self.pending[n][0] == "metrics":
+            n += 1
+        chunk, seen = [], set(self.logged_steps)
+        for _, p in self.pending[:n]:
+            if p[0] not in seen:
+                seen.add(p[0])
+                chunk.append(p)
+        batch = [Metric(k, float(v), t, step) for step, metrics, t in chunk for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+        self.logged_steps.update(step for step, _, _ in chunk)
+        del self.pending[:n]
+
+    def send_params(self, items) -> None:
+        """A resumed run whose config changed keeps the first values and notes the new ones as tags."""
+        try:
+            self.client.log_batch(self.run_id, params=items)
+        except Exception as e:
+            if "INVALID_PARAMETER_VALUE" not in str(e) and "Changing param values" not in str(e):
+                raise
+            _log_changed_params(self.client, self.run_id, items)
+
+
+def _records(metrics_file: Path) -> list[tuple[int, dict[str, float], int]]:
+    """(step, metrics, time in ms) of every complete line of the metrics JSONL."""
+    out = []
+    if not metrics_file.is_file():
+        return out
+    for line in metrics_file.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # empty, or a line the trainer is still writing: it is queued live too
+            continue
+        step = rec.pop("step")
+        out.append((step, rec, int(rec.pop("time", time.time()) * 1000)))
+    return out
+
+
+def _log_changed_params(client, run_id: str, items) -> None:
+    from mlflow.entities import Param, RunTag
+
+    run = client.get_run(run_id)
+    changed = [RunTag(f"resumed_with.{p.key}", p.value) for p in items
+               if p.key in run.data.params and run.data.params[p.key] != p.value]
+    fresh = [Param(p.key, p.value) for p in items if p.key not in run.data.params]
+    client.log_batch(run_id, params=fresh, tags=changed)
+
+
+def _create_run(client, uri: str, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        artifacts = None
+        if uri.startswith("sqlite:///"):
+            artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=artifacts)
+    else:
+        exp_id = exp.experiment_id
+    return client.create_run(exp_id, run_name=run_name, tags={**tags, "status": "running"}).info.run_id
+
+
+def _start_system_metrics(run_id: str, uri: str, log):
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri, resume_logging=True)
+        monitor.start()
+        return monitor
+    except Exception as e:
+        log(f"electra-dist: MLflow system metrics unavailable: {e}")
+        return None

@@ -1,0 +1,82 @@
+"""What a run records about itself: parameters (config, DeepSpeed JSON, versions, commit, SLURM)
+and a plot of its metrics JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from electra_dist.config import flatten
+
+
+def run_params(cfg, ds_config: dict, world: int, tp: int, dp: int) -> dict[str, Any]:
+    params: dict[str, Any] = dict(cfg.flat())
+    params.update({f"deepspeed.{k}": v for k, v in flatten(ds_config)})
+    params.update({"world_size": world, "tensor_parallel_size_resolved": tp, "data_parallel_size": dp})
+    params.update(package_versions())
+    commit = git_commit()
+    if commit:
+        params["git.commit"] = commit
+    for var in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_JOB_NAME"):
+        if os.environ.get(var):
+            params[f"slurm.{var[len('SLURM_'):].lower()}"] = os.environ[var]
+    return params
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"version.python": sys.version.split()[0]}
+    for name in ("electra-dist", "torch", "deepspeed", "megatron-core", "webdataset", "sentencepiece", "mlflow",
+                 "transformers"):
+        try:
+            out[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() if r.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def plot_run(metrics_file: Path, out: Path) -> Path | None:
+    """loss and MFU (or tokens/s) against steps, from the JSONL, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(steps, [r["loss/generator"] for r in rows], label="generator (MLM)")
+    axes[0].plot(steps, [r["loss/discriminator"] for r in rows], label="discriminator (RTD)")
+    axes[0].set_yscale("log")
+    axes[0].set_title("losses")
+    axes[1].plot(steps, [r["acc/generator"] for r in rows], label="generator accuracy")
+    axes[1].plot(steps, [r["acc/discriminator"] for r in rows], label="discriminator accuracy")
+    axes[1].set_title("accuracy")
+    key = "throughput/mfu" if "throughput/mfu" in rows[-1] else "throughput/tokens_per_s"
+    axes[2].plot(steps, [r.get(key, float("nan")) for r in rows])
+    axes[2].set_title(key)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,141 @@
+"""Everything a training run is built from, in a fixed order, every check before step 1.
+
+processes and groups → DeepSpeed JSON checked against the config → tokenizer and shards checked
+→ model (the same seed on every rank, so TP shards slice identical full weights) → optimizer and
+schedule → DeepSpeed engine → loader. The result is a `Run`: plain data the loop reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from electra_dist import parallel
+from electra_dist.config import Config, ConfigError
+from electra_dist.data.masking import SpecialIds
+from electra_dist.model import ElectraPretrainer
+from electra_dist.training.flops import flops_per_sequence, peak_tflops
+from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups
+
+
+@dataclass
+class Run:
+    cfg: Config
+    layout: parallel.Layout
+    ds_config: dict[str, Any]
+    special: SpecialIds
+    engine: Any  # deepspeed.DeepSpeedEngine
+    scheduler: Any
+    loader: Any
+    log: Callable[[str], None]
+
+    @property
+    def model(self) -> ElectraPretrainer:
+        return self.engine.module
+
+    @property
+    def grad_accum(self) -> int:
+        return self.ds_config["gradient_accumulation_steps"]
+
+    @property
+    def zero_stage(self) -> int:
+        return parallel.zero_stage(self.ds_config)
+
+    @property
+    def flops_per_token(self) -> float:
+        """Training FLOPs per non-pad token at the configured mask rate (generator head at masked positions)."""
+        c, seq = self.cfg, self.cfg.train.seq_len
+        return flops_per_sequence(c.model, seq, c.objective.mask_prob * seq, c.objective.kind) / seq
+
+    @property
+    def peak_tflops(self) -> float | None:
+        return peak_tflops(self.layout.device_name, self.cfg.train.precision)
+
+
+def rank0_printer(layout: parallel.Layout) -> Callable[[str], None]:
+    return (lambda msg: print(msg, flush=True)) if layout.is_main else (lambda msg: None)
+
+
+def build_run(cfg: Config, ds_json: dict[str, Any], loader: Any = None,
+              log: Callable[[str], None] | None = None) -> Run:
+    cfg.validate()
+    layout = parallel.setup(cfg.parallel.tensor_parallel_size)
+    log = log or rank0_printer(layout)
+    ds_config = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
+    special = check_data(cfg, log)
+    engine, scheduler = build_engine(cfg, ds_config, layout, log)
+    run = Run(cfg, layout, ds_config, special, engine, scheduler, None, log)
+    run.loader = loader if loader is not None else build_loader(cfg, special, layout)
+    n_params = sum(p.numel() for p in run.model.parameters())
+    t = cfg.train
+    log(f"electra-dist: world {layout.world} = TP {layout.tp_size} × DP {layout.dp_size}, ZeRO-{run.zero_stage}, "
+        f"{t.precision}, device {layout.device_name}; {n_params / 1e6:.2f}M parameters per TP rank; global batch "
+        f"{t.global_batch_size} = {t.micro_batch_size} × {layout.dp_size} DP × {run.grad_accum} accumulation")
+    return run
+
+
+def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout,
+                 log: Callable[[str], None] = print):
+    """Model, optimizer, schedule and the DeepSpeed engine over them: (engine, scheduler)."""
+    torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
+    factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
+    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=cfg.train.compile)
+    # dropout differs between data-parallel ranks, agrees within a tensor-parallel group
+    torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)
+    optimizer = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg.optim, layout.device, log)
+    schedule = lr_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+    return parallel.build_engine(model, optimizer, schedule, ds_config)
+
+
+def build_loader(cfg: Config, special: SpecialIds, layout: parallel.Layout):
+    from electra_dist.data.loader import LoaderSettings, PretrainLoader
+
+    mlm = cfg.objective.kind == "mlm"
+    settings = LoaderSettings(
+        seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size, special=special,
+        mask_prob=cfg.objective.mask_prob, mask_fraction=0.8 if mlm else cfg.objective.mask_token_fraction,
+        random_fraction=0.1 if mlm else 0.0, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed,
+        shuffle_buffer=cfg.data.shuffle_buffer, on_corrupt=cfg.data.on_corrupt)
+    return PretrainLoader(cfg.data.shards, settings, layout.dp_rank, layout.dp_size, num_workers=cfg.data.num_workers,
+                          dp_split=cfg.data.dp_split)
+
+
+def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
+    """Tokenizer and shards exist and agree with each other and the config (vocab size taken from
+    the tokenizer); every problem in one ConfigError. Returns the special-token ids."""
+    from electra_dist.data.loader import resolve_shards
+    from electra_dist.data.shards import check_compatible
+    from electra_dist.data.tokenizer import Tokenizer
+
+    d, problems = cfg.data, []
+    tokenizer = manifest = None
+    if d.tokenizer:
+        try:
+            tokenizer = Tokenizer(d.tokenizer)
+        except FileNotFoundError as e:
+            problems.append(f"data.tokenizer: {e}")
+    if not d.shards:
+        problems.append("data.shards: empty; pass --data DIR (build shards with `electra-dist shards build`)")
+    else:
+        try:
+            _, manifest = resolve_shards(d.shards)
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(f"data.shards: {e}")
+    if manifest is not None:
+        try:
+            check_compatible(manifest, tokenizer, cfg.train.seq_len, where=f"shards in {d.shards}")
+        except ValueError as e:
+            problems.extend(str(e).splitlines())
+    vocab = tokenizer.vocab_size if tokenizer else manifest["tokenizer"]["vocab_size"] if manifest else None
+    if vocab is not None and vocab != cfg.model.vocab_size:
+        log(f"electra-dist: model.vocab_size {cfg.model.vocab_size} → {vocab} (the tokenizer's)")
+        cfg.model.vocab_size = vocab
+    if problems:
+        raise ConfigError(problems)
+    if tokenizer is not None:
+        return tokenizer.special
+    if manifest is not None:
+        return SpecialIds(**manifest["tokenizer"]["special"])
+    return SpecialIds()

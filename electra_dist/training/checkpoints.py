@@ -1,0 +1,162 @@
+"""Training checkpoints: save, COMPLETE marker, atomic `latest`, rotation, RNG state, resume,
+metrics truncation, the consolidated final model and the PREEMPTED marker.
+
+OUTPUT/checkpoints/stepNNNNNNNN/ holds DeepSpeed's files (model, optimizer, our client state:
+step, tokens, FLOPs, loader position, MLflow run id, config) and one RNG file per rank. It counts
+only once every rank has written it and rank 0 has added COMPLETE; only then does `latest` move
+(written to a temporary name and renamed). The last `train.keep_last` complete ones are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from electra_dist import parallel
+from electra_dist.config import ConfigError
+from electra_dist.model import ElectraPretrainer
+from electra_dist.training.build import Run
+
+CHECKPOINTS = "checkpoints"
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+METRICS = "metrics.jsonl"
+FINAL = "final"
+PREEMPTED = "PREEMPTED"
+
+
+@dataclass
+class TrainState:
+    """What the loop advances and a checkpoint restores."""
+
+    step: int = 0
+    tokens_seen: int = 0  # non-pad tokens over all DP ranks
+    flops_seen: float = 0.0
+    skipped_steps: int = 0
+    resumed_from: str | None = None
+    run_id: str | None = None  # the MLflow run, continued on resume
+
+    def advance(self, tokens: float, flops_per_token: float) -> None:
+        self.step += 1
+        self.tokens_seen += int(tokens)
+        self.flops_seen += tokens * flops_per_token
+
+
+class CheckpointManager:
+    def __init__(self, run: Run):
+        self.run = run
+        self.output_dir = Path(run.cfg.output_dir)
+        self.dir = self.output_dir / CHECKPOINTS
+        if run.layout.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(self, state: TrainState) -> Path:
+        """A DeepSpeed checkpoint at this step; "latest" moves only once every rank has written."""
+        run, tag = self.run, f"step{state.step:08d}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        run.engine.save_checkpoint(str(self.dir), tag=tag, client_state=self._client_state(state), save_latest=False)
+        cuda = run.layout.device.type == "cuda"
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
+        torch.save(rng, self.dir / tag / f"rng_rank{run.layout.rank:05d}.pt")
+        parallel.barrier()
+        if run.layout.is_main:
+            (self.dir / tag / COMPLETE).write_text(json.dumps({"step": state.step, "time": time.time(),
+                                                               "world_size": run.layout.world}))
+            tmp = self.dir / (LATEST + ".tmp")
+            tmp.write_text(tag)
+            tmp.replace(self.dir / LATEST)
+            for old in complete_checkpoints(self.dir)[: -run.cfg.train.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+            run.log(f"electra-dist: saved checkpoint {self.dir / tag}")
+        parallel.barrier()
+        return self.dir / tag
+
+    def _client_state(self, state: TrainState) -> dict[str, Any]:
+        loader = self.run.loader
+        return {"step": state.step, "tokens_seen": state.tokens_seen, "flops_seen": state.flops_seen,
+                "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+                "tracking_run_id": state.run_id, "config": self.run.cfg.to_dict(),
+                "world_size": self.run.layout.world, "skipped_steps": state.skipped_steps}
+
+    def resume(self, spec: str = "auto") -> TrainState:
+        """`auto`: the newest complete checkpoint in OUTPUT/checkpoints, if any; `never`; or a path."""
+        if spec == "never":
+            return TrainState()
+        if spec == "auto":
+            found = complete_checkpoints(self.dir)
+            if not found:
+                return TrainState()
+            path = found[-1]
+        else:
+            path = Path(spec)
+            if (path / LATEST).is_file():
+                path = path / (path / LATEST).read_text().strip()
+            if not (path / COMPLETE).is_file():
+                raise ConfigError([f"--resume: {path} is not a complete checkpoint (no {COMPLETE} marker)"])
+        run = self.run
+        load_path, saved = run.engine.load_checkpoint(str(path.parent), tag=path.name)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
+                           int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
+        if saved.get("loader") is not None and hasattr(run.loader, "load_state_dict"):
+            run.loader.load_state_dict(saved["loader"])
+        rng_file = path / f"rng_rank{run.layout.rank:05d}.pt"
+        if rng_file.is_file() and saved.get("world_size") == run.layout.world:
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and run.layout.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"])
+        if run.layout.is_main:
+            truncate_metrics(self.output_dir / METRICS, state.step)
+        run.log(f"electra-dist: resumed from {path} at step {state.step}")
+        return state
+
+    def save_final(self) -> Path:
+        """The consolidated model (config.yaml + model.pt, TP gathered) for export and fine-tuning."""
+        from electra_dist.interop import save_model
+
+        run = self.run
+        full = parallel.full_state_dict(run.model, run.zero_stage)
+        out = self.output_dir / FINAL
+        if run.layout.is_main:
+            plain = ElectraPretrainer(run.cfg.model, run.cfg.objective)
+            plain.load_state_dict({k: v.float() for k, v in full.items()}, strict=True)
+            save_model(out, plain, run.cfg)
+            run.log(f"electra-dist: wrote the final model to {out} (export with `electra-dist export "
+                    f"--checkpoint {out} --out DIR`)")
+        parallel.barrier()
+        return out
+
+    def mark_preempted(self, state: TrainState, preempted: bool, signal: int) -> None:
+        """OUTPUT/PREEMPTED while the run still has steps to go: what a batch script checks to requeue."""
+        if not self.run.layout.is_main:
+            return
+        marker = self.output_dir / PREEMPTED
+        if preempted:
+            marker.write_text(json.dumps({"step": state.step, "signal": signal, "time": time.time()}))
+        else:
+            marker.unlink(missing_ok=True)
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint tags with a COMPLETE marker, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and (p / COMPLETE).is_file())
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after `step` (logged after the checkpoint we resume from): one continuous history."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)

@@ -1,0 +1,129 @@
+"""One metrics logger: sums on device over a window of steps, read back to the host only at log
+steps, then written to OUTPUT/metrics.jsonl (the durable record), the tracker (MLflow on global
+rank 0) and one console line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from electra_dist import parallel
+from electra_dist.training.build import Run
+from electra_dist.training.checkpoints import FINAL, METRICS, TrainState
+from electra_dist.training.step import StepResult
+from electra_dist.tracking import Tracker, make_tracker, plot_run, run_params
+
+
+class MetricsLogger:
+    def __init__(self, run: Run, state: TrainState, tracker: Tracker | None = None):
+        self.run = run
+        self.output_dir = Path(run.cfg.output_dir)
+        self.file = self.output_dir / METRICS
+        run_id = state.run_id or (self._run_id_on_disk() if state.resumed_from else None)
+        self.tracker = tracker or make_tracker(run.cfg, run.layout.is_main, self.file, run_id=run_id, log=run.log)
+        state.run_id = self.tracker.run_id
+        self._reset()
+        if run.layout.is_main:
+            self._start(state)
+
+    def _reset(self) -> None:
+        self.window: dict[str, torch.Tensor] = {}
+        self.tokens, self.steps, self.t0 = 0.0, 0, time.perf_counter()
+
+    def add(self, result: StepResult) -> None:
+        """Accumulate one step's sums (device tensors: no host sync)."""
+        for k, v in result.sums.items():
+            self.window[k] = self.window.get(k, 0) + v
+        self.tokens += result.tokens
+        self.steps += 1
+
+    def log(self, state: TrainState) -> dict[str, float]:
+        """Read the window back (one DP all-reduce), write the record everywhere, start a new window."""
+        run, seconds = self.run, time.perf_counter() - self.t0
+        keys = sorted(self.window)
+        vec = torch.stack([torch.as_tensor(self.window[k], dtype=torch.float64, device=run.layout.device) for k in keys])
+        s = dict(zip(keys, parallel.data_parallel_sum(vec).tolist()))
+        if run.cfg.train.precision == "fp16":  # DeepSpeed's loss scaler skips overflowing steps; count them
+            state.skipped_steps = int(getattr(run.engine, "skipped_steps", 0))
+        micro_total = self.steps * run.grad_accum * run.layout.dp_size
+        tflops = self.tokens * run.flops_per_token / seconds / 1e12 / run.layout.world
+        m = {
+            "loss/total": s["loss"] / micro_total,
+            "loss/generator": s["generator_loss"] / micro_total,
+            "loss/discriminator": s["discriminator_loss"] / micro_total,
+            "acc/generator": s["generator_correct"] / max(1.0, s["masked"]),
+            "acc/discriminator": s["discriminator_correct"] / max(1.0, s["tokens"]),
+            "discriminator/precision": s["true_positive"] / max(1.0, s["predicted_positive"]),
+            "discriminator/recall": s["true_positive"] / max(1.0, s["replaced"]),
+            "discriminator/replaced_fraction": s["replaced"] / max(1.0, s["tokens"]),
+            "optim/lr": float(run.scheduler.get_last_lr()[0]),
+            "optim/grad_norm": float(run.engine.get_global_grad_norm() or 0.0),
+            "throughput/tokens_per_s": self.tokens / seconds,
+            "throughput/tflops_per_device": tflops,
+            "progress/tokens": float(state.tokens_seen),
+            "progress/flops": state.flops_seen,
+            "progress/skipped_steps": float(state.skipped_steps),
+        }
+        if run.peak_tflops:
+            m["throughput/mfu"] = tflops / run.peak_tflops
+        m.update(_memory(run.layout.device))
+        if run.layout.is_main:
+            with open(self.file, "a") as f:
+                f.write(json.dumps({"step": state.step, "time": time.time(), **m}) + "\n")
+            self.tracker.log_metrics(m, state.step)
+            state.run_id = self.tracker.run_id
+            run.log(_console_line(state.step, m))
+        self._reset()
+        return m
+
+    def _start(self, state: TrainState) -> None:
+        cfg, run = self.run.cfg, self.run
+        cfg.save(self.output_dir / "config.yaml")
+        (self.output_dir / "deepspeed.json").write_text(json.dumps(run.ds_config, indent=2))
+        if state.resumed_from is None:
+            self.tracker.log_params(run_params(cfg, run.ds_config, run.layout.world, run.layout.tp_size,
+                                               run.layout.dp_size))
+            self.tracker.log_artifact(self.output_dir / "config.yaml")
+            self.tracker.log_artifact(self.output_dir / "deepspeed.json")
+            if cfg.data.tokenizer:
+                self.tracker.log_artifact(cfg.data.tokenizer, "tokenizer")
+        self.tracker.set_tags({"status": "running", "resumed_from": state.resumed_from or ""})
+
+    def _run_id_on_disk(self) -> str | None:
+        f = self.output_dir / "tracking.json"
+        return json.loads(f.read_text()).get("run_id") if f.is_file() else None
+
+    def close(self, status: str) -> None:
+        """Log the run's record (JSONL, curves, the HF export if asked) and close the tracker with `status`."""
+        if self.run.layout.is_main:
+            if self.file.is_file():
+                self.tracker.log_artifact(self.file)
+                png = plot_run(self.file, self.output_dir / "curves.png")
+                if png:
+                    self.tracker.log_artifact(png)
+            if status == "finished" and self.run.cfg.tracking.log_hf_export and (self.output_dir / FINAL).is_dir():
+                from electra_dist.interop import export_hf, load_model
+
+                model, _ = load_model(self.output_dir / FINAL)
+                hf = export_hf(model, self.output_dir / "hf", self.run.cfg.data.tokenizer or None)
+                self.tracker.log_artifact(hf, "hf")
+        self.tracker.close(status)
+
+
+def _memory(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"memory/max_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    import psutil
+
+    return {"memory/rss_gib": psutil.Process().memory_info().rss / 2**30}
+
+
+def _console_line(step: int, m: dict[str, float]) -> str:
+    mfu = f" mfu {m['throughput/mfu']:.1%}" if "throughput/mfu" in m else ""
+    return (f"step {step:>7} | loss {m['loss/total']:.4f} gen {m['loss/generator']:.4f} "
+            f"disc {m['loss/discriminator']:.4f} | acc gen {m['acc/generator']:.3f} disc "
+            f"{m['acc/discriminator']:.3f} | lr {m['optim/lr']:.2e} | {m['throughput/tokens_per_s']:,.0f} tok/s{mfu}")

@@ -1,0 +1,48 @@
+"""The optimizer and LR schedule of the official ELECTRA recipe, shared by pre-training, fine-tuning
+and `bench train`: AdamW (β 0.9/0.999, ε 1e-6) without weight decay on LayerNorm and biases,
+LR = linear decay to 0 × min(1, step / warm-up)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from electra_dist import parallel
+from electra_dist.config import OptimConfig
+
+
+def lr_multiplier(step: int, warmup: int, total: int) -> float:
+    """The official ELECTRA schedule: linear decay to 0 over `total`, times min(1, step / warmup)."""
+    decay = max(0.0, 1.0 - step / max(1, total))
+    return decay * (min(1.0, step / warmup) if warmup > 0 else 1.0)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """`lr_multiplier` as a scheduler: every group's LR is its own base LR × the multiplier."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, warmup, total))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay on matrices and embeddings; none on LayerNorm parameters and biases (all 1-D)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(groups: list[dict[str, Any]], o: OptimConfig, device: torch.device,
+                    log: Callable[[str], None] = print) -> torch.optim.Optimizer:
+    """AdamW over `groups`: DeepSpeed's FusedAdam on GPU, torch's fused AdamW if that op cannot
+    be built, torch's AdamW on CPU."""
+    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    if device.type == "cuda":
+        try:
+            return parallel.fused_adam(groups, **kw)
+        except Exception as e:  # no nvcc/ninja to build the op: torch's fused AdamW is next best
+            log(f"electra-dist: DeepSpeed FusedAdam unavailable ({type(e).__name__}: {e}); using torch "
+                "AdamW(fused=True)")
+            return torch.optim.AdamW(groups, fused=True, **kw)
+    return torch.optim.AdamW(groups, **kw)

@@ -1,0 +1,111 @@
+"""The package layout holds: small files and classes, everything distributed behind
+electra_dist.parallel, the library never importing the commands, no import cycles."""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "electra_dist"
+DISTRIBUTED = ("deepspeed", "megatron", "torch.distributed")
+
+
+def modules() -> dict[str, tuple[Path, ast.Module]]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = (path, ast.parse(path.read_text(), str(path)))
+    return out
+
+
+def _walk_runtime(node: ast.AST):
+    """ast.walk, minus `if TYPE_CHECKING:` blocks (annotations only, never executed)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            continue
+        yield from _walk_runtime(child)
+
+
+def imported_names(tree: ast.AST) -> list[tuple[str, int]]:
+    """(dotted module name, line) of every import run at some point; `from a import b` gives a.b and a."""
+    out = []
+    for node in _walk_runtime(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.append((node.module, node.lineno))
+            out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
+    return out
+
+
+def test_no_file_over_350_lines_no_class_over_150():
+    too_long = []
+    for name, (path, tree) in modules().items():
+        n = len(path.read_text().splitlines())
+        if n > 350:
+            too_long.append(f"{path.relative_to(ROOT)}: {n} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 150:
+                too_long.append(f"{path.relative_to(ROOT)}: class {node.name} is {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long
+
+
+def test_deepspeed_megatron_and_torch_distributed_only_in_parallel():
+    offenders = []
+    for name, (path, tree) in modules().items():
+        if name.startswith("electra_dist.parallel"):
+            continue
+        for mod, line in imported_names(tree):
+            if mod.startswith(DISTRIBUTED) or mod == "torch.distributed":
+                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+        for node in ast.walk(tree):  # torch.distributed.xxx used without importing it by name
+            if isinstance(node, ast.Attribute) and node.attr == "distributed" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "torch":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} uses torch.distributed")
+    assert not offenders, offenders
+
+
+def test_the_library_never_imports_the_commands():
+    offenders = [f"{path.relative_to(ROOT)}:{line} imports {mod}"
+                 for name, (path, tree) in modules().items()
+                 if not name.startswith("electra_dist.commands") and name != "electra_dist.__main__"
+                 for mod, line in imported_names(tree) if mod.startswith("electra_dist.commands")]
+    assert not offenders, offenders
+
+
+def test_no_import_cycle_between_modules():
+    """Counting imports inside functions too: a cycle hidden by a lazy import is still a cycle."""
+    mods = modules()
+    graph = {}
+    for name, (_, tree) in mods.items():
+        names = {m for m, _ in imported_names(tree)}  # lazy imports inside functions count too
+        # `from pkg import sub` imports the module pkg.sub, not pkg's own names
+        graph[name] = sorted(m for m in names if m in mods and m != name and not any(
+            n.startswith(m + ".") and n in mods and n.count(".") == m.count(".") + 1 for n in names))
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " → ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_one_flatten_and_one_free_port_helper():
+    defined = Counter()
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") in ("flatten", "free_port", "port"):
+                defined[node.name.lstrip("_")] += 1
+    assert defined == Counter({"flatten": 1, "free_port": 1}), defined

@@ -1,0 +1,70 @@
+"""Distributed training for real: several processes under torchrun or the deepspeed launcher, DeepSpeed
+engines over gloo, megatron-core TP layers, real shards. Each layout must reproduce the one-process
+baseline loss for loss (tiny model, dropout off, |Δ| ≤ 1e-5)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from conftest import EXACT, ROOT, losses, metrics, start_training, train, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_tp2_equals_tp1(tmp_path, data, baseline):
+    train(tmp_path, data, "--max-steps", "10", *EXACT, "parallel.tensor_parallel_size=2", nproc=2)
+    tp2 = losses(tmp_path)
+    assert max(abs(a - b) for a, b in zip(baseline, tp2)) <= 1e-5, (baseline, tp2)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_dp2_equals_dp1_for_every_zero_stage(tmp_path, data, baseline, stage):
+    train(tmp_path, data, "--max-steps", "10", *EXACT, "train.micro_batch_size=8",
+          "--deepspeed", str(ROOT / "configs" / f"zero{stage}.json"), nproc=2)
+    dp2 = losses(tmp_path)
+    assert max(abs(a - b) for a, b in zip(baseline, dp2)) <= 1e-5, (stage, baseline, dp2)
+
+
+def test_tp2_x_dp2_on_four_processes_learns(tmp_path, data):
+    r = train(tmp_path, data, "--max-steps", "30", "train.micro_batch_size=8", "parallel.tensor_parallel_size=2",
+              "--deepspeed", str(ROOT / "configs" / "zero2.json"), nproc=4)
+    assert "TP 2 × DP 2, ZeRO-2" in r.stdout
+    loss = losses(tmp_path)
+    assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 2.0, loss
+
+
+def test_zero3_with_tensor_parallel_is_refused_at_start(tmp_path, data):
+    r = train(tmp_path, data, "--max-steps", "2", "parallel.tensor_parallel_size=2",
+              "--deepspeed", str(ROOT / "configs" / "zero3.json"), nproc=2, check=False)
+    assert r.returncode != 0 and "ZeRO stage 3 with parallel.tensor_parallel_size=2 is not supported" in r.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_deepspeed_launcher(tmp_path, data):
+    r = train(tmp_path, data, "--max-steps", "3", "train.micro_batch_size=8",
+              "--deepspeed", str(ROOT / "configs" / "zero2.json"), nproc=2, kind="deepspeed")
+    assert "DP 2, ZeRO-2" in r.stdout and len(losses(tmp_path)) == 3
+
+
+def test_resume_with_two_ranks_after_sigusr1_is_exact(tmp_path, data):
+    """SLURM signals every task of the step; the torchrun agent is spared (see slurm/)."""
+    import psutil
+
+    args = ["--max-steps", "12", "train.micro_batch_size=8", "train.save_interval=1000", "model.dropout=0.1"]
+    ref = tmp_path / "ref"
+    train(ref, data, *args, nproc=2)
+    part = tmp_path / "part"
+    proc = start_training(part, data, *args, nproc=2)
+    metrics_file = part / "metrics.jsonl"
+    wait_for(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 4, proc)
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        child.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = len(losses(part))
+    assert 4 <= stopped < 12
+    train(part, data, *args, nproc=2)
+    assert [m["step"] for m in metrics(part)] == list(range(1, 13))
+    assert losses(part) == losses(ref)
