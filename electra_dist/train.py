@@ -6,8 +6,7 @@
     python electra_dist/train.py --config debug --data shards/ --tokenizer tok/   (one process)
 
 The pieces live in electra_dist/training/ (build, step, metrics, checkpoints, signals); this file
-is the order they run in. The host reads device values only at log steps and in the per-step
-finiteness check.
+is the order they run in. The host reads device values only at log steps and before a checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ def train(run, ckpts, state) -> str:
     from electra_dist import parallel
     from electra_dist.training.metrics import MetricsLogger
     from electra_dist.training.signals import StopSignals
-    from electra_dist.training.step import check_finite, train_step
+    from electra_dist.training.step import train_step
 
     t = run.cfg.train
     metrics = MetricsLogger(run, state)  # metrics.jsonl + MLflow (rank 0) + console
@@ -36,21 +35,22 @@ def train(run, ckpts, state) -> str:
     status, last_saved, stopped = "failed", state.step, False
     try:
         while state.step < t.max_steps:
-            result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=bool(signals.received))
+            result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=bool(signals.received),
+                                check_grad_norm=t.precision != "fp16")  # fp16: the loss scaler skips overflows
             if result is None:  # a rank was signalled: every rank stops before this step
                 run.loader.rewind(run.grad_accum)  # the batches just fetched were not trained on
                 run.log(f"electra-dist: signal received: checkpointing at step {state.step} and exiting")
                 stopped = True
                 break
-            check_finite(result, run.engine, state.step + 1, run.layout.rank, run.layout.device,
-                         fp16=t.precision == "fp16")
             state.advance(result.tokens, run.flops_per_token)
-            metrics.add(result)
+            metrics.add(result, state.step)
             if state.step % t.log_interval == 0 or state.step == t.max_steps:
-                metrics.log(state)
+                metrics.log(state)  # the host reads the device here, and only here (finiteness included)
             if state.step % t.save_interval == 0 and state.step < t.max_steps:
+                metrics.check_finite()  # never a checkpoint of a poisoned state
                 ckpts.save(state)
                 last_saved = state.step
+        metrics.check_finite()
         if stopped or state.step != last_saved:
             ckpts.save(state)
         if not stopped:

@@ -62,7 +62,7 @@ def test_bench_train_with_hf_baseline_runs(capsys, one_rank_env):
     from electra_dist.commands.cli import main
 
     rc = main(["bench", "train", "--config", "debug", "--seq-len", "64", "--micro-batch", "4", "--steps", "2",
-               "--warmup", "1", "--baseline", "hf"])
+               "--warmup", "1", "--baseline", "hf", "--grad-accum", "2"])
     r = capsys.readouterr()
     assert rc == 0, r.err[-3000:]
     assert "electra_dist" in r.out and "hf " in r.out and "speed-up over HF" in r.out

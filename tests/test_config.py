@@ -82,3 +82,13 @@ def test_padded_vocab():
     assert c.padded_vocab_size(1) == 30592 and c.padded_vocab_size(2) == 30720
     c.pad_vocab_multiple = 1
     assert c.padded_vocab_size(1) == 30522
+
+
+def test_compile_switch_takes_auto_and_yaml_booleans(tmp_path):
+    assert Config.from_name("debug").train.compile == "auto"  # on GPU, off on CPU
+    f = tmp_path / "c.yaml"
+    f.write_text("flavor: debug\ntrain:\n  compile: false\n")
+    assert Config.from_yaml(f).train.compile == "false"
+    assert Config.build("debug", ["train.compile=true"]).train.compile == "true"
+    with pytest.raises(ConfigError, match="train.compile: 'sometimes' is not one of"):
+        Config.build("debug", ["train.compile=sometimes"])

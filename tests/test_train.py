@@ -151,3 +151,27 @@ def test_200_step_debug_run_on_real_text_moves_like_electra(tmp_path, data):
     assert last["loss/generator"] < first["loss/generator"] - 1.5
     assert last["acc/generator"] > 0.03 > first["acc/generator"]
     assert 0.05 < last["discriminator/replaced_fraction"] < 0.16  # ≈ mask rate × (1 − generator accuracy)
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step_and_no_poisoned_checkpoint(tmp_path, data, monkeypatch):
+    """The loss is checked on the device and read back at log steps and before every checkpoint:
+    a NaN at step 3 stops the run at the step-4 checkpoint, naming step 3 and its samples; the
+    step-2 checkpoint (finite) is the last one written."""
+    from electra_dist.model import ElectraPretrainer
+    from electra_dist.training.step import NonFiniteError
+
+    real, calls = ElectraPretrainer.forward, {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # step 3 (one micro-batch per step)
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(ElectraPretrainer, "forward", poisoned)
+    with pytest.raises(NonFiniteError, match=r"first at step 3 on rank 0 .*held samples \S+"):
+        train_here(tmp_path, data, "--max-steps", "8", "train.log_interval=8", "train.save_interval=2")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()) == ["step00000002"]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step00000002"
+    assert not (tmp_path / "final").exists()

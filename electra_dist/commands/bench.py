@@ -59,17 +59,18 @@ class TrainBench:
     name: str
     device: str
     precision: str
-    batch: int
+    batch: int  # sequences per optimizer step (micro batch × accumulation)
     seq_len: int
     steps: int
     seconds: float
+    tokens: int  # non-pad tokens in the timed steps
     flops_per_token: float  # the useful work (generator head at masked positions only)
     peak_tflops: float | None
     peak_memory_gib: float
 
     @property
     def tokens_per_second(self) -> float:
-        return self.batch * self.seq_len * self.steps / self.seconds
+        return self.tokens / self.seconds
 
     @property
     def tflops(self) -> float:
@@ -81,24 +82,39 @@ class TrainBench:
 
     def line(self) -> str:
         mfu = f", MFU {self.mfu:.1%}" if self.mfu is not None else ""
-        return (f"{self.name:<12} {self.tokens_per_second:>12,.0f} tokens/s  {self.tflops:8.3f} TFLOP/s{mfu}  "
+        return (f"{self.name:<20} {self.tokens_per_second:>12,.0f} tokens/s  {self.tflops:8.3f} TFLOP/s{mfu}  "
                 f"peak memory {self.peak_memory_gib:.2f} GiB  ({self.steps} steps, {self.seconds:.2f}s)")
 
 
-def _synthetic_batch(cfg, batch: int, seq_len: int, seed: int = 0):
-    import torch
+def sample_shards(seq_len: int) -> str:
+    """Real shards of the built-in sample text at `seq_len` (built once, cached in the temp dir)."""
+    import tempfile
+    from pathlib import Path
 
-    from electra_dist.data.masking import mask_tokens
+    from electra_dist.commands import SAMPLE
+    from electra_dist.data.shards import build_shards
+    from electra_dist.data.tokenizer import train_tokenizer
 
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, cfg.model.vocab_size, (batch, seq_len), generator=g)
-    ids[:, 0], ids[:, seq_len // 2], ids[:, -1] = 2, 3, 3
-    tt = torch.zeros_like(ids)
-    tt[:, seq_len // 2 + 1:] = 1
-    m = mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=torch.arange(batch))
-    out = {"input_ids": m.input_ids, "original_ids": m.original_ids, "masked_positions": m.masked_positions,
-           "attention_mask": m.attention_mask, "token_type_ids": tt, "sample_ids": torch.arange(batch)}
-    return out
+    root = Path(tempfile.gettempdir()) / "electra-dist-bench"
+    tok, shards = root / "tokenizer", root / f"shards-{seq_len}"
+    if not (tok / "spm.model").is_file():
+        train_tokenizer([str(SAMPLE)], 8000, tok, lowercase=True)
+    if not (shards / "manifest.json").is_file():
+        build_shards([str(SAMPLE)], tok, seq_len, shards, samples_per_shard=1000, workers=1, progress=False,
+                     overwrite=True)
+    return str(shards)
+
+
+def real_batches(shards: str, seq_len: int, micro_batch: int, mask_prob: float, count: int) -> list[dict]:
+    """`count` micro-batches exactly as training's loader makes them (padding, masking, slots)."""
+    urls, manifest = resolve_shards(shards)
+    if manifest is not None and manifest["seq_len"] != seq_len:
+        raise ValueError(f"--shards {shards} were built for seq len {manifest['seq_len']}, not --seq-len {seq_len}")
+    special = SpecialIds(**manifest["tokenizer"]["special"]) if manifest else SpecialIds()
+    settings = LoaderSettings(seq_len=seq_len, micro_batch_size=micro_batch, special=special, mask_prob=mask_prob,
+                              seed=0)
+    it = iter(PretrainLoader(urls, settings, num_workers=0))
+    return [next(it) for _ in range(count)]
 
 
 def _time_steps(step, steps: int, warmup: int, device) -> float:
@@ -129,10 +145,12 @@ def _peak_memory(device) -> float:
 
 def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "fp32", steps: int = 10,
                 warmup: int = 3, baseline: str | None = None, compile: bool = False,
-                overrides: list[str] | None = None) -> list[TrainBench]:
-    """Full training steps (forward, backward, clip, optimizer) of the trainer's own engine, built and
-    stepped by the trainer's functions, and optionally of transformers' ElectraForMaskedLM +
-    ElectraForPreTraining composed the standard way."""
+                overrides: list[str] | None = None, shards: str | None = None, grad_accum: int = 1) -> list[TrainBench]:
+    """Full optimizer steps (forward, backward, clip, optimizer; `grad_accum` micro-batches each) on
+    real shards, padded as training sees them: the trainer's own DeepSpeed engine built and stepped by
+    the trainer's functions (DeepSpeed bf16 when --precision bf16), and optionally transformers'
+    ElectraForMaskedLM + ElectraForPreTraining as users compose them (SDPA, autocast, fused AdamW on
+    GPU) on the very same batches."""
     import torch
 
     from electra_dist import parallel
@@ -140,36 +158,41 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
     from electra_dist.training.flops import flops_per_token
 
     cfg = Config.build(flavor, [f"train.seq_len={seq_len}", f"model.max_position_embeddings={max(512, seq_len)}",
-                                f"train.micro_batch_size={micro_batch}", f"train.global_batch_size={micro_batch}",
-                                f"train.precision={precision}", f"train.compile={str(compile).lower()}",
+                                f"train.micro_batch_size={micro_batch}",
+                                f"train.global_batch_size={micro_batch * grad_accum}",
+                                f"train.precision={precision}", f"train.compile={'true' if compile else 'auto'}",
                                 *(overrides or [])])
+    batches = real_batches(shards or sample_shards(seq_len), seq_len, micro_batch, cfg.objective.mask_prob,
+                           (warmup + steps) * grad_accum)
+    timed_tokens = int(sum(int(b["attention_mask"].sum()) for b in batches[warmup * grad_accum:]))
     layout = parallel.setup(1)
     device, name = layout.device, layout.device_name
     peak = peak_tflops(name, precision)
     fpt = flops_per_token(cfg.model, seq_len, cfg.objective.mask_prob)
-    batch = _synthetic_batch(cfg, micro_batch, seq_len)
     results = []
+
+    def result(label: str, seconds: float) -> TrainBench:
+        return TrainBench(label, name, precision, micro_batch * grad_accum, seq_len, steps, seconds, timed_tokens, fpt,
+                          peak, _peak_memory(device))
     try:
-        ours = _our_step(cfg, batch, layout)
-        seconds = _time_steps(ours, steps, warmup, device)
-        results.append(TrainBench("electra_dist" + ("+compile" if compile else ""), name, precision, micro_batch,
-                                  seq_len, steps, seconds, fpt, peak, _peak_memory(device)))
+        ours = _our_step(cfg, batches, grad_accum, layout)
+        compiled = cfg.train.compile == "true" or (cfg.train.compile == "auto" and device.type == "cuda")
+        results.append(result("electra_dist" + ("+compile" if compiled else ""),
+                              _time_steps(ours, steps, warmup, device)))
         del ours  # frees our model and optimizer before the baseline is built
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if baseline == "hf":
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
             autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
-            hf_step = _hf_step(cfg, {k: v.to(device) for k, v in batch.items()}, device, autocast)
-            seconds = _time_steps(hf_step, steps, warmup, device)
-            results.append(TrainBench("hf", name, precision, micro_batch, seq_len, steps, seconds, fpt, peak,
-                                      _peak_memory(device)))
+            hf_step = _hf_step(cfg, batches, grad_accum, device, autocast)
+            results.append(result("hf", _time_steps(hf_step, steps, warmup, device)))
     finally:
         parallel.destroy()
     return results
 
 
-def _our_step(cfg, batch, layout):
+def _our_step(cfg, batches, grad_accum: int, layout):
     """One optimizer step exactly as training runs it: the trainer's model, optimizer, schedule and
     DeepSpeed engine (training.build.build_engine), stepped by training.step.train_step."""
     import itertools
@@ -180,18 +203,20 @@ def _our_step(cfg, batch, layout):
 
     ds = parallel.resolve_deepspeed_config(cfg, parallel.DEFAULT_DEEPSPEED, layout.dp_size, "bench")
     engine, _ = build_engine(cfg, ds, layout)
-    batches = itertools.repeat(batch)
+    stream = itertools.cycle(batches)
 
     def step():
-        train_step(engine, batches, 1, layout.device)
+        train_step(engine, stream, grad_accum, layout.device)
 
     return step
 
 
-def _hf_step(cfg, batch, device, autocast):
+def _hf_step(cfg, batches, grad_accum: int, device, autocast):
     """transformers' ELECTRA pre-training as users compose it: two models sharing the embeddings,
     the generator's MLM loss over its full logits with -100 labels, Gumbel sampling, and
-    ElectraForPreTraining's loss, total = gen + 50 · disc; torch AdamW."""
+    ElectraForPreTraining's loss, total = gen + 50 · disc; torch AdamW (fused on GPU)."""
+    import itertools
+
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
@@ -212,23 +237,25 @@ def _hf_step(cfg, batch, device, autocast):
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay,
                             **({"fused": True} if device.type == "cuda" else {}))
-    labels = batch["original_ids"].masked_fill(~batch["masked_positions"], -100)
-    masked = batch["masked_positions"]
+    stream = itertools.cycle(batches)
 
     def step():
-        with autocast:
-            g = gen(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"], labels=labels)
-            with torch.no_grad():
-                logits = g.logits[masked].float()
-                u = torch.rand_like(logits)
-                sampled = (logits - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)
-                disc_input = batch["original_ids"].masked_scatter(masked, sampled)
-                disc_labels = (disc_input != batch["original_ids"]).long()
-            d = disc(input_ids=disc_input, attention_mask=batch["attention_mask"],
-                     token_type_ids=batch["token_type_ids"], labels=disc_labels)
-            loss = g.loss + 50.0 * d.loss
-        loss.backward()
+        for _ in range(grad_accum):
+            b = {k: v.to(device, non_blocking=True) for k, v in next(stream).items() if isinstance(v, torch.Tensor)}
+            masked = b["masked_positions"]
+            with autocast:
+                g = gen(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                        token_type_ids=b["token_type_ids"], labels=b["original_ids"].masked_fill(~masked, -100))
+                with torch.no_grad():
+                    logits = g.logits[masked].float()
+                    u = torch.rand_like(logits)
+                    sampled = (logits - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)
+                    disc_input = b["original_ids"].masked_scatter(masked, sampled)
+                    disc_labels = (disc_input != b["original_ids"]).long()
+                d = disc(input_ids=disc_input, attention_mask=b["attention_mask"],
+                         token_type_ids=b["token_type_ids"], labels=disc_labels)
+                loss = (g.loss + 50.0 * d.loss) / grad_accum
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

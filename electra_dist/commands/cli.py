@@ -198,10 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batches", type=int, default=200, help="batches timed after warm-up (default 200)")
     d.set_defaults(func=h.cmd_bench_data)
     t = bsub.add_parser("train", help="time full training steps (forward, backward, optimizer); --baseline hf",
-                        description="Times training steps of our model after warm-up and prints tokens/s, TFLOP/s, "
-                                    "MFU (peak by device name; $ELECTRA_DIST_PEAK_TFLOPS overrides) and peak memory. "
-                                    "With --baseline hf, transformers' ElectraForMaskedLM + ElectraForPreTraining "
-                                    "composed the standard way run on the same batch, device and precision.")
+                        description="Times optimizer steps of the trainer's own DeepSpeed engine on real shards, "
+                                    "padded as training sees them, after warm-up, and prints non-pad tokens/s, "
+                                    "TFLOP/s, MFU (peak by device name; $ELECTRA_DIST_PEAK_TFLOPS overrides) and peak "
+                                    "memory. With --baseline hf, transformers' ElectraForMaskedLM + "
+                                    "ElectraForPreTraining composed the standard way run on the same batches, device "
+                                    "and precision.")
     t.add_argument("--config", default="electra-small", help="flavor or YAML (default electra-small)")
     t.add_argument("--seq-len", type=int, default=128, help="default 128")
     t.add_argument("--micro-batch", type=int, default=32, help="default 32")
@@ -209,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     t.add_argument("--baseline", default=None, choices=["hf"], help="also time transformers' ELECTRA")
-    t.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks (train.compile)")
+    t.add_argument("--shards", default=None, help="shard directory at --seq-len (default: the built-in sample "
+                                                 "text, tokenized and sharded once into the temp dir)")
+    t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks also on CPU (train.compile=true; on GPU they are by default)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.set_defaults(func=h.cmd_bench_train)
     return parser

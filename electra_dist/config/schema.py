@@ -94,8 +94,8 @@ class TrainConfig:
     keep_last: int = _f(3, "complete checkpoints kept")
     seed: int = _f(1234, "seed for weights, data order, masking and sampling")
     precision: str = _f("bf16", "compute precision", ("fp32", "bf16", "fp16"))
-    compile: bool = _f(False, "torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm) and the "
-                              "Gumbel sampling (electra_dist/kernels)")
+    compile: str = _f("auto", "torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm): auto = on "
+                              "GPU, off on CPU where it does not pay", ("auto", "true", "false"))
 
 
 @dataclass

@@ -218,6 +218,8 @@ def _coerce(raw: Any, typ: type) -> Any:
     if typ is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML's true/false for a switch that also takes "auto"
+            return str(value).lower()
         if not isinstance(value, (str, int, float)):
             raise ValueError("a string")
         return str(value)

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from electra_dist import rng
-from electra_dist.data.masking import SpecialIds, mask_tokens
+from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max_predictions
 from electra_dist.data.shards import MANIFEST, read_manifest
 
 
@@ -214,13 +214,17 @@ class ShardStream(IterableDataset):
                         sample_ids=sample_ids)
         is_sep = ids_t == s.special.sep
         token_type = ((is_sep.long().cumsum(1) - is_sep.long()) > 0).long()  # 1 after the first [SEP]
+        index, weights = masked_slots(m.masked_positions, max_predictions(S, s.mask_prob))
         return {
             "input_ids": m.input_ids,
             "original_ids": m.original_ids,
             "masked_positions": m.masked_positions,
+            "masked_index": index,
+            "masked_weights": weights,
             "attention_mask": m.attention_mask,
             "token_type_ids": token_type,
             "sample_ids": sample_ids,
+            "padded": bool((ids == s.special.pad).any()),  # known here, on the CPU: the model never asks the device
             "keys": [key for _, key, _ in batch],
             "epoch": batch[0][0],
         }
@@ -235,13 +239,14 @@ class PretrainLoader:
     """
 
     def __init__(self, shards: str | list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
-                 num_workers: int = 2, prefetch_factor: int = 4, dp_split: str = "shards"):
+                 num_workers: int = 2, prefetch_factor: int = 4, dp_split: str = "shards", pin_memory: bool = False):
         self.urls = resolve_shards(shards)[0] if isinstance(shards, str) else list(shards)
         self.settings, self.dp_rank, self.dp_size = settings, dp_rank, dp_size
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         if dp_split not in ("shards", "batch"):
             raise ValueError(f"data.dp_split: {dp_split!r} is not 'shards' or 'batch'")
         self.dp_split = dp_split
+        self.pin_memory = pin_memory  # page-locked batches: their copy to the GPU overlaps compute
         self.consumed = 0  # batches handed to the caller
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -256,7 +261,7 @@ class PretrainLoader:
             # drives dropout and is restored exactly on resume
             source = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                 prefetch_factor=self.prefetch_factor, persistent_workers=False,
-                                multiprocessing_context="fork",
+                                multiprocessing_context="fork", pin_memory=self.pin_memory,
                                 generator=torch.Generator().manual_seed(self.settings.seed))
         for batch in source:
             self.consumed += 1
@@ -267,12 +272,13 @@ class PretrainLoader:
 
         B = self.settings.micro_batch_size
         wide = PretrainLoader(self.urls, dataclasses.replace(self.settings, micro_batch_size=B * self.dp_size),
-                              num_workers=self.num_workers, prefetch_factor=self.prefetch_factor)
+                              num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
+                              pin_memory=self.pin_memory)
         wide.consumed = self.consumed
         rows = slice(self.dp_rank * B, (self.dp_rank + 1) * B)
         for batch in wide:
             self.consumed += 1
-            yield {k: v[rows] if k not in ("epoch",) else v for k, v in batch.items()}
+            yield {k: v[rows] if k not in ("epoch", "padded") else v for k, v in batch.items()}
 
     def rewind(self, batches: int) -> None:
         """Hand the last `batches` batches out again after a resume (they were fetched, not trained on)."""

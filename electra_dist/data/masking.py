@@ -91,3 +91,24 @@ def mask_tokens(
         random_ids = (draw(rng.MASK_RANDOM_TOKEN) * vocab_size).long().clamp(max=vocab_size - 1)
         masked = torch.where(show_random, random_ids, masked)
     return MaskedBatch(masked, ids, positions, nonpad.long())
+
+
+def max_predictions(seq_len: int, mask_prob: float) -> int:
+    """Slots per sequence that always hold its masked positions: round(p · seq_len), at least 1 (the
+    count `mask_tokens` draws is round(p · non-pad tokens) ≤ that). The official ELECTRA and NVIDIA's
+    call it max_predictions_per_seq."""
+    return max(1, int(torch.round(torch.tensor(seq_len * mask_prob, dtype=torch.float64))))
+
+
+def masked_slots(positions: torch.Tensor, slots: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked positions of each row as a fixed-shape gather index: (B, slots) positions in row
+    order, padded with 0, and (B, slots) bool weights (False = an empty slot). Static shapes let the
+    model gather by index instead of boolean indexing (no host sync, one compiled graph)."""
+    counts = positions.sum(1)
+    if slots is None:
+        slots = max(1, int(counts.max()))
+    elif int(counts.max()) > slots:
+        raise ValueError(f"a row has {int(counts.max())} masked positions, more than its {slots} slots")
+    order = torch.argsort((~positions).to(torch.int8), dim=1, stable=True)[:, :slots]
+    weights = positions.gather(1, order)
+    return order.masked_fill(~weights, 0), weights

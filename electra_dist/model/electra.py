@@ -17,6 +17,7 @@ from torch import nn
 
 from electra_dist import rng
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
+from electra_dist.data.masking import masked_slots
 from electra_dist.model import kernels
 from electra_dist.model.layers import Encoder, LayerFactory
 
@@ -57,11 +58,11 @@ class _Tower(nn.Module):
                                cfg.dropout, cfg.attention_dropout, cfg.layer_norm_eps, factory)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+               token_type_ids: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
         x = self.embeddings(input_ids, token_type_ids)
         if hasattr(self, "embeddings_project"):
             x = self.embeddings_project(x)
-        return self.encoder(x, attention_mask)  # (B, S, H)
+        return self.encoder(x, attention_mask, padded)  # (B, S, H)
 
 
 class ElectraGenerator(_Tower):
@@ -81,11 +82,15 @@ class ElectraGenerator(_Tower):
         self.register_buffer("vocab_padding", torch.arange(lo, hi) >= cfg.vocab_size, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                token_type_ids: torch.Tensor | None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits over this rank's vocab shard: (N, V_local) at `positions` (bool B×S), else (B, S, V_local)."""
-        h = self.encode(input_ids, attention_mask, token_type_ids)
-        if positions is not None:
-            h = h[positions]  # (N, Hg): the head runs only where something was masked
+                token_type_ids: torch.Tensor | None, positions: torch.Tensor | None = None,
+                index: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
+        """Logits over this rank's vocab shard: (B·P, V_local) at `index` (B×P positions), (N, V_local)
+        at `positions` (bool B×S), else (B, S, V_local)."""
+        h = self.encode(input_ids, attention_mask, token_type_ids, padded)
+        if index is not None:  # the head runs only at the masked slots; a gather, static shapes
+            h = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1])).reshape(-1, h.shape[-1])
+        elif positions is not None:
+            h = h[positions]  # (N, Hg)
         h = self.generator_predictions.LayerNorm(F.gelu(self.generator_predictions.dense(h)))
         logits = self.factory.lm_logits(h, self.embeddings.word_embeddings.weight, self.generator_lm_head_bias)
         if self.has_vocab_padding:
@@ -106,8 +111,8 @@ class ElectraDiscriminator(_Tower):
             _init_linear(layer, cfg.initializer_range)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.encode(input_ids, attention_mask, token_type_ids)
+                token_type_ids: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
+        h = self.encode(input_ids, attention_mask, token_type_ids, padded)
         head = self.discriminator_predictions
         return head.dense_prediction(F.gelu(head.dense(h))).squeeze(-1)  # (B, S)
 
@@ -159,9 +164,13 @@ class ElectraPretrainer(nn.Module):
     def forward(self, input_ids: torch.Tensor, original_ids: torch.Tensor, masked_positions: torch.Tensor,
                 attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 sample_ids: torch.Tensor | None = None, masked_normalizer: torch.Tensor | float | None = None,
-                token_normalizer: torch.Tensor | float | None = None) -> PretrainOutput:
+                token_normalizer: torch.Tensor | float | None = None, masked_index: torch.Tensor | None = None,
+                masked_weights: torch.Tensor | None = None, padded: bool | None = None) -> PretrainOutput:
         """input_ids: masked tokens (B, S); original_ids: before masking; masked_positions: bool (B, S).
 
+        `masked_index` / `masked_weights` (B, P): the masked positions as fixed slots (the loader's,
+        data.masking.masked_slots); without them they are derived here, at the cost of a host sync.
+        `padded`: whether any row is padded, known to the loader; None asks the device.
         With `sample_ids` (B,) the Gumbel noise is a function of (sample, position, token), so
         the result does not depend on how samples are spread over ranks (electra_dist.rng).
         The losses are sums divided by `masked_normalizer` / `token_normalizer` (default: this
@@ -170,26 +179,35 @@ class ElectraPretrainer(nn.Module):
         loss of the whole global batch, however it is split.
         """
         obj = self.objective
-        # 1. Generator: MLM loss at the masked positions only.
-        gen_logits = self.generator(input_ids, attention_mask, token_type_ids, masked_positions)  # (N, V_local)
-        targets = original_ids[masked_positions]  # (N,)
-        gen_sum = self.factory.vocab_cross_entropy(gen_logits, targets).sum()
-        gen_loss = gen_sum / (masked_normalizer if masked_normalizer is not None else max(targets.numel(), 1))
+        if masked_index is None:
+            masked_index, masked_weights = masked_slots(masked_positions)
+        if padded is None:
+            padded = not bool(attention_mask.all())
+        B, P = masked_index.shape
+        weights = masked_weights.reshape(-1).float()
+        # 1. Generator: MLM loss at the masked slots only (empty slots weigh 0).
+        gen_logits = self.generator(input_ids, attention_mask, token_type_ids, index=masked_index,
+                                    padded=padded)  # (B·P, V_local)
+        targets = original_ids.gather(1, masked_index).reshape(-1)  # (B·P,)
+        gen_sum = (self.factory.vocab_cross_entropy(gen_logits, targets) * weights).sum()
+        gen_loss = gen_sum / (masked_normalizer if masked_normalizer is not None else weights.sum().clamp(min=1))
         if self.discriminator is None:  # MLM baseline: that is the whole loss
-            return self._mlm_output(gen_logits, targets, gen_loss, attention_mask)
+            return self._mlm_output(gen_logits, targets, weights, gen_loss, attention_mask)
 
         # 2. Sample replacements: Gumbel-max in fp32, no gradient into the generator.
         with torch.no_grad():
-            keys = None
-            if sample_ids is not None:
-                rows, cols = masked_positions.nonzero(as_tuple=True)  # row-major, like boolean indexing
-                keys = rng.row_keys(sample_ids[rows], cols, rng.GUMBEL)
-            sampled = self.gumbel_sample(gen_logits, keys)  # (N,)
-            disc_input = original_ids.masked_scatter(masked_positions, sampled)
+            if sample_ids is not None:  # counter-based noise: every slot, static shapes (the trainer's path)
+                keys = rng.row_keys(sample_ids[:, None].expand(B, P).reshape(-1), masked_index.reshape(-1), rng.GUMBEL)
+                sampled = torch.where(weights > 0, self.gumbel_sample(gen_logits, keys), targets)  # (B·P,)
+            else:  # torch's RNG, drawn for the filled slots only, in row order
+                filled = weights > 0
+                sampled = targets.clone()
+                sampled[filled] = self.gumbel_sample(gen_logits[filled])
+            disc_input = original_ids.scatter(1, masked_index, sampled.view(B, P))  # empty slots rewrite the original
             replaced = disc_input != original_ids  # a sample equal to the original counts as original
 
         # 3. Discriminator: sigmoid BCE over every non-pad token ([CLS]/[SEP] included).
-        disc_logits = self.discriminator(disc_input, attention_mask, token_type_ids)  # (B, S)
+        disc_logits = self.discriminator(disc_input, attention_mask, token_type_ids, padded)  # (B, S)
         nonpad = attention_mask.bool()
         per_token = F.binary_cross_entropy_with_logits(disc_logits.float(), replaced.float(), reduction="none")
         n_tokens = nonpad.sum()
@@ -198,12 +216,10 @@ class ElectraPretrainer(nn.Module):
 
         loss = obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss
         with torch.no_grad():
-            gen_pred = self.factory.vocab_argmax(gen_logits.float())
             pred = (disc_logits > 0) & nonpad
             rep = replaced & nonpad
             stats = {
-                "masked": targets.new_tensor(targets.numel()),
-                "generator_correct": (gen_pred == targets).sum(),
+                **self._generator_stats(gen_logits, targets, weights),
                 "tokens": n_tokens,
                 "replaced": rep.sum(),
                 "discriminator_correct": ((pred == rep) & nonpad).sum(),
@@ -212,14 +228,18 @@ class ElectraPretrainer(nn.Module):
             }
         return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats)
 
-    def _mlm_output(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor,
+    def _generator_stats(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> dict:
+        filled = weights > 0
+        return {"masked": filled.sum(),
+                "generator_correct": ((self.factory.vocab_argmax(logits.float()) == targets) & filled).sum()}
+
+    def _mlm_output(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, loss: torch.Tensor,
                     attention_mask: torch.Tensor) -> PretrainOutput:
         with torch.no_grad():
             zero = targets.new_zeros(())
-            stats = {"masked": targets.new_tensor(targets.numel()),
-                     "generator_correct": (self.factory.vocab_argmax(logits.float()) == targets).sum(),
-                     "tokens": attention_mask.sum(), "replaced": zero, "discriminator_correct": zero,
-                     "true_positive": zero, "predicted_positive": zero}
+            stats = {**self._generator_stats(logits, targets, weights), "tokens": attention_mask.sum(),
+                     "replaced": zero, "discriminator_correct": zero, "true_positive": zero,
+                     "predicted_positive": zero}
         return PretrainOutput(self.objective.generator_weight * loss, loss, loss.new_zeros(()),
                               torch.zeros_like(attention_mask, dtype=torch.bool), stats)
 

@@ -124,12 +124,12 @@ class Encoder(nn.Module):
             Block(hidden, heads, ffn, dropout, attention_dropout, eps, factory) for _ in range(num_layers)
         )
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, padded: bool | None = None) -> torch.Tensor:
         # (B, S) 1/0 → (B, 1, 1, S) bool, True = attend; None when nothing is padded (lets SDPA
-        # pick its fastest kernel).
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = attention_mask[:, None, None, :].bool()
+        # pick its fastest kernel). `padded` comes from the loader; None asks the device (a sync).
+        if padded is None:
+            padded = attention_mask is not None and not bool(attention_mask.all())
+        mask = attention_mask[:, None, None, :].bool() if padded and attention_mask is not None else None
         for layer in self.layers:
             x = layer(x, mask)
         return x

@@ -125,10 +125,16 @@ class Layout:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
 
 
+_CONTROL: dict[str, object] = {}  # the gloo group for host-side control messages
+
+
 def setup(tensor_parallel_size: int = 1) -> Layout:
     """Processes and groups: the first thing a training process does."""
     env, device = init_distributed()
     init_model_parallel(tensor_parallel_size)
+    # counts and stop flags live on the host: a CPU (gloo) group carries them, so reading the
+    # result never waits for the GPU's queue
+    _CONTROL["group"] = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
     mpu = MPU()
     return Layout(env.rank, env.world_size, tensor_parallel_size, mpu.get_model_parallel_rank(),
                   mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank(), device)
@@ -139,6 +145,7 @@ def destroy() -> None:
 
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
+    _CONTROL.clear()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -177,11 +184,12 @@ class MPU:
 
 # ---- collectives ---------------------------------------------------------------------------
 
-def global_counts(tokens: float, masked: float, stop: bool, device: torch.device) -> tuple[float, float, bool]:
-    """ONE all-reduce over every rank: the global batch's non-pad and masked token counts (TP
-    ranks hold the same batch, so they count once) and whether any rank was asked to stop."""
-    local = torch.tensor([tokens, masked, float(stop)], dtype=torch.float64, device=device)
-    dist.all_reduce(local)
+def global_counts(tokens: float, masked: float, stop: bool) -> tuple[float, float, bool]:
+    """ONE all-reduce over every rank, on the host (gloo): the global batch's non-pad and masked
+    token counts (TP ranks hold the same batch, so they count once) and whether any rank was asked
+    to stop. Nothing here touches the GPU."""
+    local = torch.tensor([tokens, masked, float(stop)], dtype=torch.float64)
+    dist.all_reduce(local, group=_CONTROL.get("group"))
     tp = MPU().get_model_parallel_world_size()
     tokens_all, masked_all, stops = local.tolist()
     return tokens_all / tp, masked_all / tp, stops > 0

@@ -81,7 +81,8 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     """Model, optimizer, schedule and the DeepSpeed engine over them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
-    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=cfg.train.compile)
+    compile_blocks = cfg.train.compile == "true" or (cfg.train.compile == "auto" and layout.device.type == "cuda")
+    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compile_blocks)
     # dropout differs between data-parallel ranks, agrees within a tensor-parallel group
     torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)
     optimizer = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg.optim, layout.device, log)
@@ -99,7 +100,7 @@ def build_loader(cfg: Config, special: SpecialIds, layout: parallel.Layout):
         random_fraction=0.1 if mlm else 0.0, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, on_corrupt=cfg.data.on_corrupt)
     return PretrainLoader(cfg.data.shards, settings, layout.dp_rank, layout.dp_size, num_workers=cfg.data.num_workers,
-                          dp_split=cfg.data.dp_split)
+                          dp_split=cfg.data.dp_split, pin_memory=layout.device.type == "cuda")
 
 
 def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:

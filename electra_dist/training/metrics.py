@@ -1,11 +1,13 @@
 """One metrics logger: sums on device over a window of steps, read back to the host only at log
 steps, then written to OUTPUT/metrics.jsonl (the durable record), the tracker (MLflow on global
-rank 0) and one console line.
+rank 0) and one console line. It also holds each step's on-device "was it finite" flag: read at
+log steps and before every checkpoint (`check_finite`), so a poisoned state is never saved.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 from electra_dist import parallel
 from electra_dist.training.build import Run
 from electra_dist.training.checkpoints import FINAL, METRICS, TrainState
-from electra_dist.training.step import StepResult
+from electra_dist.training.step import NonFiniteError, StepResult
 from electra_dist.tracking import Tracker, make_tracker, plot_run, run_params
 
 
@@ -33,16 +35,45 @@ class MetricsLogger:
     def _reset(self) -> None:
         self.window: dict[str, torch.Tensor] = {}
         self.tokens, self.steps, self.t0 = 0.0, 0, time.perf_counter()
+        self.flags: list[torch.Tensor] = []  # per step of the window, on device
+        self.step_keys: list[tuple[int, list[str]]] = []  # (step, this rank's samples)
 
-    def add(self, result: StepResult) -> None:
-        """Accumulate one step's sums (device tensors: no host sync)."""
+    def add(self, result: StepResult, step: int) -> None:
+        """Accumulate one step's sums and finiteness flag (device tensors: no host sync)."""
         for k, v in result.sums.items():
             self.window[k] = self.window.get(k, 0) + v
         self.tokens += result.tokens
         self.steps += 1
+        self.flags.append(result.nonfinite)
+        self.step_keys.append((step, result.keys))
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError on every rank if any rank had a non-finite loss or gradient norm in
+        the steps not yet checked, naming the steps and, on the rank that saw it, the samples."""
+        run = self.run
+        bad_steps = []
+        if self.flags:
+            flags = torch.stack(self.flags).tolist()  # the one read-back
+            bad_steps = [(step, keys) for (step, keys), f in zip(self.step_keys, flags) if f > 0]
+            self.flags = [torch.zeros_like(self.flags[0]) for _ in self.flags]  # checked: not again
+        if not parallel.any_rank(bool(bad_steps), run.layout.device):
+            return
+        first, last = self.step_keys[0][0], self.step_keys[-1][0]
+        if bad_steps:
+            step, keys = bad_steps[0]
+            where = (f"first at step {step} on rank {run.layout.rank} (steps {[s for s, _ in bad_steps]} of the "
+                     f"window {first}-{last}); that step's batch held samples {', '.join(keys[:16])}"
+                     f"{' …' if len(keys) > 16 else ''}")
+        else:
+            where = f"in the window of steps {first}-{last} on another rank (rank {run.layout.rank} was finite)"
+        msg = f"non-finite loss or gradients {where}; no checkpoint was written from this state"
+        print(f"electra-dist: error: {msg}", file=sys.stderr, flush=True)
+        raise NonFiniteError(msg)
 
     def log(self, state: TrainState) -> dict[str, float]:
-        """Read the window back (one DP all-reduce), write the record everywhere, start a new window."""
+        """Check finiteness, read the window back (one DP all-reduce), write the record everywhere,
+        start a new window."""
+        self.check_finite()
         run, seconds = self.run, time.perf_counter() - self.t0
         keys = sorted(self.window)
         vec = torch.stack([torch.as_tensor(self.window[k], dtype=torch.float64, device=run.layout.device) for k in keys])

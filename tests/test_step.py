@@ -1,0 +1,122 @@
+"""The training step as the GPU wants it, proven on CPU: one graph with static shapes (no graph
+break, no recompilation for new content), masked slots equal to boolean masking, FLOP accounting
+equal to what torch's FlopCounterMode counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from electra_dist.config import Config
+from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max_predictions
+from electra_dist.model import ElectraPretrainer
+from electra_dist.training.flops import flops_per_sequence
+
+from conftest import tiny_config
+
+
+def _batch(cfg, seed: int, B: int = 4, pad_from: int | None = None) -> dict:
+    """A batch as the loader makes it: masked with sample ids, fixed slots, the `padded` flag."""
+    S = cfg.train.seq_len
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, cfg.model.vocab_size, (B, S), generator=g)
+    ids[:, 0], ids[:, S // 2], ids[:, -1] = 2, 3, 3
+    if pad_from is not None:
+        ids[1, pad_from:] = 0
+        ids[1, pad_from - 1] = 3
+    sample_ids = torch.arange(B) + 1000 * seed
+    m = mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=sample_ids)
+    index, weights = masked_slots(m.masked_positions, max_predictions(S, cfg.objective.mask_prob))
+    return {"input_ids": m.input_ids, "original_ids": m.original_ids, "masked_positions": m.masked_positions,
+            "masked_index": index, "masked_weights": weights, "attention_mask": m.attention_mask,
+            "token_type_ids": torch.zeros_like(ids), "sample_ids": sample_ids, "padded": pad_from is not None}
+
+
+def test_masked_slots_hold_exactly_the_masked_positions_in_row_order():
+    positions = torch.rand(6, 40, generator=torch.Generator().manual_seed(0)) < 0.2
+    positions[2] = False
+    index, weights = masked_slots(positions, 20)
+    assert index.shape == weights.shape == (6, 20)
+    for r in range(6):
+        assert index[r][weights[r]].tolist() == positions[r].nonzero().flatten().tolist()
+    assert (index[~weights] == 0).all()
+    with pytest.raises(ValueError, match="more than its 2 slots"):
+        masked_slots(positions, 2)
+    assert max_predictions(128, 0.15) == 19 and max_predictions(512, 0.25) == 128
+
+
+def test_slots_and_boolean_masking_give_the_same_losses(tiny):
+    """The trainer's path (fixed slots, `padded` from the loader) equals the boolean-mask path."""
+    torch.manual_seed(0)
+    m = ElectraPretrainer(tiny.model, tiny.objective).eval()
+    b = _batch(tiny, 0, pad_from=40)
+    fast = m(**b)
+    legacy = m(b["input_ids"], b["original_ids"], b["masked_positions"], b["attention_mask"],
+               b["token_type_ids"], sample_ids=b["sample_ids"])
+    for name in ("loss", "generator_loss", "discriminator_loss"):
+        torch.testing.assert_close(getattr(fast, name), getattr(legacy, name), rtol=1e-6, atol=1e-6)
+    assert torch.equal(fast.replaced, legacy.replaced)
+    assert {k: int(v) for k, v in fast.stats.items()} == {k: int(v) for k, v in legacy.stats.items()}
+
+
+def test_padded_and_unpadded_computation_give_the_same_losses(tiny):
+    """The same sequences with padding (a key mask) and trimmed to their length with no mask at all
+    (the flash path): the same per-sequence losses."""
+    torch.manual_seed(0)
+    m = ElectraPretrainer(tiny.model, tiny.objective).eval()
+    b = _batch(tiny, 3, B=2, pad_from=40)
+    padded = m(**b)
+    # row 1 alone, trimmed to its 40 real tokens: no padding, no mask
+    row = {k: (v[1:2, :40] if k not in ("masked_index", "masked_weights", "sample_ids", "padded") else v)
+           for k, v in b.items()}
+    row.update(sample_ids=b["sample_ids"][1:2], masked_index=b["masked_index"][1:2],
+               masked_weights=b["masked_weights"][1:2], padded=False)
+    alone = m(**row)
+    padded_row = m(**{k: (v[1:2] if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
+    torch.testing.assert_close(alone.loss, padded_row.loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone.discriminator_loss, padded_row.discriminator_loss, rtol=1e-5, atol=1e-5)
+    assert torch.equal(alone.replaced, padded_row.replaced[:, :40])
+    assert torch.isfinite(padded.loss)
+
+
+def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile():
+    """Generator, Gumbel sampling, discriminator, both losses and backward under
+    torch.compile(fullgraph=True): any graph break fails. Batches of new content (and new loss
+    normalizers) run the same graph; only the padded / unpadded switch may add a second one."""
+    cfg = tiny_config(**{"model.dropout": 0.1})
+    torch.manual_seed(0)
+    model = ElectraPretrainer(cfg.model, cfg.objective).train()
+    torch._dynamo.reset()
+    step = torch.compile(model, fullgraph=True, backend="aot_eager")
+
+    def run(batch, normalizers):  # tensors, as train_step passes them: a float would be a constant of the graph
+        masked, tokens = torch.tensor(normalizers).unbind()
+        out = step(**batch, masked_normalizer=masked, token_normalizer=tokens)
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and model.discriminator.encoder.layers[0].output.weight.grad is not None
+        model.zero_grad(set_to_none=True)
+
+    run(_batch(cfg, 1), (19.0, 256.0))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        run(_batch(cfg, 2), (18.5, 250.0))  # other tokens, other masks, other normalizers
+    run(_batch(cfg, 3, pad_from=40), (19.0, 256.0))  # the padded variant: its own graph, once
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        run(_batch(cfg, 4, pad_from=30), (17.0, 230.0))
+
+
+@pytest.mark.parametrize("flavor", ["electra-small", "electra-base", "electra-large"])
+def test_flop_accounting_matches_torch_flop_counter(flavor):
+    """training.flops (what MFU is computed from) against FlopCounterMode over a real forward and
+    backward of the flavor's shapes (seq 64 here; the model runs on the meta device)."""
+    S, B = 64, 2
+    cfg = Config.build(flavor, [f"train.seq_len={S}"])
+    with torch.device("meta"):
+        model = ElectraPretrainer(cfg.model, cfg.objective)
+    batch = _batch(cfg, 0, B=B)
+    batch = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    expected = B * flops_per_sequence(cfg.model, S, max_predictions(S, cfg.objective.mask_prob))
+    counted = counter.get_total_flops()
+    assert abs(counted - expected) / expected < 0.01, (counted, expected, counted / expected)
