@@ -8,7 +8,7 @@
 #
 # Knobs (environment): INPUT="corpus/*.jsonl.gz" (globs and directories, space separated),
 # TOKENIZER=data/tokenizer, DATA=data/shards, VOCAB_SIZE=30522, SEQ_LEN=512, LOWERCASE=1,
-# MODEL_TYPE=unigram, SAMPLES_PER_SHARD=10000, SEED=0, CHUNK_MB=1, WORKERS (default: the task's CPUs),
+# MODEL_TYPE=unigram, SAMPLES_PER_SHARD=10000, SEED=0, CHUNK_MB=1, PACKING=full (or official), WORKERS (default: the task's CPUs),
 # VENV, PYTHON. The parts of an array build hold exactly the sequences a single-process build
 # would (each chunk of documents is packed with its own seed), in shard-PART-INDEX.tar files.
 #
@@ -42,7 +42,7 @@ case "$STAGE" in
     # shellcheck disable=SC2086
     cli shards build --input $INPUT --tokenizer "$TOKENIZER" --seq-len "${SEQ_LEN:-512}" --out "$DATA" \
         --samples-per-shard "${SAMPLES_PER_SHARD:-10000}" --workers "$WORKERS" --seed "${SEED:-0}" \
-        --chunk-mb "${CHUNK_MB:-1}" \
+        --chunk-mb "${CHUNK_MB:-1}" --packing "${PACKING:-full}" \
         --part "$part" --num-parts "$parts" --overwrite --quiet ;;
   merge)
     if ls "$DATA"/manifest.part-*.json >/dev/null 2>&1; then cli shards merge "$DATA"

@@ -299,3 +299,20 @@ def test_cli_tokenizer_shards_bench(tmp_path, cli):
     r = cli("shards", "build", "--input", str(tmp_path / "missing.txt"), "--tokenizer", str(tmp_path / "tok"),
             "--seq-len", "128", "--out", str(tmp_path / "sh2"))
     assert r.returncode == 2 and "missing.txt" in r.stderr
+
+
+def test_full_packing_leaves_no_padding_and_official_packing_does(tmp_path, tok_dir, shard_dir):
+    """The default (full) packing: every sequence exactly seq_len, so no batch is ever padded; the
+    official packing pads (document ends, 5 % short targets) — what full packing is chosen over."""
+    m = read_manifest(shard_dir)
+    assert m["packing"] == "full"
+    lengths = [row.size for s in m["shards"] for _, row in iter_shard(str(shard_dir / s["name"]))]
+    assert set(lengths) == {SEQ} and m["tokens"] > 0.9 * m["text_tokens"]
+    assert not any(b["padded"] for b in _take(PretrainLoader(str(shard_dir), _settings(), num_workers=0), 20))
+    official = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=500, progress=False,
+                            packing="official").manifest
+    rows = [row.size for s in official["shards"] for _, row in iter_shard(str(tmp_path / s["name"]))]
+    assert official["packing"] == "official" and min(rows) < SEQ and sum(rows) < len(rows) * SEQ
+    assert any(b["padded"] for b in _take(PretrainLoader(str(tmp_path), _settings(), num_workers=0), 20))
+    with pytest.raises(ValueError, match="--packing: 'tight' is not one of"):
+        build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "x", packing="tight", progress=False)

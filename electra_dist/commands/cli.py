@@ -105,13 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("shards", help="build WebDataset shards from raw text")
     ssub = p.add_subparsers(dest="shards_command", metavar="ACTION")
     b = ssub.add_parser("build", help="tokenize, pack [CLS] A [SEP] B [SEP] and write tar shards",
-                        description="Documents → sentences → packed sequences (as the official ELECTRA) → "
+                        description="Documents → sentences → packed sequences (full, or as the official ELECTRA) → "
                                     "WebDataset tar shards + manifest.json. Deterministic for the same inputs "
                                     "and seed, whatever --workers.")
     b.add_argument("--input", nargs="+", required=True, metavar="FILE", help="text files, globs or directories")
     b.add_argument("--tokenizer", required=True, help="tokenizer directory (from `tokenizer train`)")
     b.add_argument("--seq-len", type=int, required=True, help="tokens per sequence (128 Small, 512 Base/Large)")
     b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--packing", default="full", choices=["full", "official"],
+                   help="full (default): every sequence exactly --seq-len tokens, sentences running on across "
+                        "documents: no padding, no attention mask, one shape; official: the official ELECTRA "
+                        "packing (document ends and 5%% short targets leave padding: 8%% of positions at 512)")
     b.add_argument("--samples-per-shard", type=int, default=10000, help="default 10000")
     b.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="tokenizer processes")
     b.add_argument("--seed", type=int, default=0, help="packing seed")

@@ -72,7 +72,7 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
 
     r = build_shards(args.input, args.tokenizer, args.seq_len, args.out, samples_per_shard=args.samples_per_shard,
                      workers=args.workers, seed=args.seed, text_field=args.text_field, part=args.part,
-                     num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet,
+                     num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet, packing=args.packing,
                      chunk_chars=int(args.chunk_mb * (1 << 20)))
     _report_text(r.stats)
     m = r.manifest

@@ -1,8 +1,14 @@
 """Shard building: documents → sentences → packed `[CLS] A [SEP] B [SEP]` → WebDataset tar shards.
 
-Packing follows the official ELECTRA pre-processing (`build_pretraining_dataset.py`,
-`ExampleBuilder`): sentences accumulate until the target length; 10 % of examples keep a
-single segment; 5 % get a random shorter target length. Each sample is one file `ids.u16`
+Two packings. `official` follows the official ELECTRA pre-processing (`build_pretraining_dataset.py`,
+`ExampleBuilder`): sentences accumulate until the target length; a document end flushes a
+shorter example; 10 % of examples keep a single segment; 5 % get a random shorter target length.
+`full` (the default) is the same builder with neither short targets nor document flushes —
+sentences run on into the next document, as RoBERTa's FULL-SENTENCES — so EVERY sequence is
+exactly seq_len tokens: no padding is ever computed, attention never needs a mask (the flash
+kernel), and every batch has one shape. Measured on English web text (official packing): 8.2 %
+of positions are padding at seq 512 (2.7 % at 128) and 99.5 % of 32-sequence batches hold a
+padded row. Each sample is one file `ids.u16`
 (or `ids.i32` for vocabularies over 65 536): the unpadded token ids, little-endian. Token-type
 ids are implied (1 after the first [SEP]). `manifest.json` records shards, counts, seq len, the
 tokenizer's checksum and the inputs. Output is identical for the same inputs and seed,
@@ -29,11 +35,15 @@ FORMAT = "electra-dist-shards/1"
 SHARD_NAME = "shard-{part:03d}-{index:06d}.tar"
 
 
-class ExampleBuilder:
-    """The official ELECTRA example builder, fed token-id sentences; a document end flushes."""
+PACKINGS = ("full", "official")
 
-    def __init__(self, cls_id: int, sep_id: int, max_length: int, rng: random.Random):
-        self.cls, self.sep, self.max_length, self.rng = cls_id, sep_id, max_length, rng
+
+class ExampleBuilder:
+    """The official ELECTRA example builder, fed token-id sentences; a document end flushes.
+    `full=True`: no short targets, no flush at document ends: every example is max_length long."""
+
+    def __init__(self, cls_id: int, sep_id: int, max_length: int, rng: random.Random, full: bool = False):
+        self.cls, self.sep, self.max_length, self.rng, self.full = cls_id, sep_id, max_length, rng, full
         self.sentences: list[list[int]] = []
         self.length = 0
         self.target_length = max_length
@@ -46,7 +56,7 @@ class ExampleBuilder:
         return self._create() if self.length >= self.target_length else None
 
     def end_document(self) -> list[int] | None:
-        return self._create() if self.length else None
+        return self._create() if self.length and not self.full else None
 
     def _create(self) -> list[int]:
         rng = self.rng
@@ -62,10 +72,21 @@ class ExampleBuilder:
                 first += sentence
             else:
                 second += sentence
-        first = first[: self.max_length - 2]
-        second = second[: max(0, self.max_length - len(first) - 3)]
-        self.sentences, self.length = [], 0
-        self.target_length = rng.randint(5, self.max_length) if rng.random() < 0.05 else self.max_length
+        leftover: list[int] = []
+        if self.full:  # fill to the brim; what does not fit starts the next example instead of being cut
+            room = self.max_length - 3 - min(len(first), self.max_length - 3)
+            if second and room > 0:
+                first, second, leftover = first[: self.max_length - 3], second[:room], second[room:]
+            else:  # one segment after all
+                both = first + second
+                first, second, leftover = both[: self.max_length - 2], [], both[self.max_length - 2:]
+        else:
+            first = first[: self.max_length - 2]
+            second = second[: max(0, self.max_length - len(first) - 3)]
+        self.sentences, self.length = ([leftover], len(leftover)) if leftover else ([], 0)
+        self.target_length = self.max_length
+        if not self.full and rng.random() < 0.05:
+            self.target_length = rng.randint(5, self.max_length)
         ids = [self.cls] + first + [self.sep]
         if second:
             ids += second + [self.sep]
@@ -82,13 +103,15 @@ def _init_worker(tokenizer_dir: str) -> None:
     _TOKENIZER = Tokenizer(tokenizer_dir)
 
 
-def _pack_chunk(job: tuple[int, list[str], int, int]) -> tuple[int, list[np.ndarray], int]:
-    """Pack one chunk of documents; its RNG depends only on (seed, chunk index)."""
-    index, docs, seq_len, seed = job
+def _pack_chunk(job: tuple[int, list[str], int, int, str]) -> tuple[int, list[np.ndarray], int]:
+    """Pack one chunk of documents; its RNG depends only on (seed, chunk index). With full packing
+    the chunk's last, partial example is dropped (about one in 500 at seq 512)."""
+    index, docs, seq_len, seed, packing = job
     tok = _TOKENIZER
     assert tok is not None
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    builder = ExampleBuilder(tok.special.cls, tok.special.sep, seq_len, random.Random(seed * 1_000_003 + index))
+    builder = ExampleBuilder(tok.special.cls, tok.special.sep, seq_len, random.Random(seed * 1_000_003 + index),
+                             full=packing == "full")
     out: list[np.ndarray] = []
     tokens = 0
     for doc in docs:
@@ -145,6 +168,7 @@ def build_shards(
     num_parts: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    packing: str = "full",
 ) -> BuildResult:
     """Tokenize and pack `inputs` into tar shards under `out`.
 
@@ -156,6 +180,8 @@ def build_shards(
 
     if seq_len < 8:
         raise ValueError(f"--seq-len: {seq_len} is too short (need at least 8)")
+    if packing not in PACKINGS:
+        raise ValueError(f"--packing: {packing!r} is not one of {list(PACKINGS)}")
     if not 0 <= part < num_parts:
         raise ValueError(f"--part: {part} must lie in [0, --num-parts={num_parts})")
     files = expand_inputs(inputs)
@@ -181,7 +207,8 @@ def build_shards(
             writer.close()
             writer = None
 
-    jobs = ((i, docs, seq_len, seed) for i, docs in _chunks(files, stats, text_field, chunk_chars, part, num_parts))
+    jobs = ((i, docs, seq_len, seed, packing)
+            for i, docs in _chunks(files, stats, text_field, chunk_chars, part, num_parts))
     pool = mp.get_context("fork").Pool(workers, _init_worker, (str(tokenizer_dir),)) if workers > 1 else None
     if pool is None:
         _init_worker(str(tokenizer_dir))
@@ -214,6 +241,7 @@ def build_shards(
     manifest = {
         "format": FORMAT,
         "seq_len": seq_len,
+        "packing": packing,
         "dtype": ext.split(".")[1],
         "seed": seed,
         "tokenizer": {"sha256": tok.checksum, "vocab_size": tok.vocab_size, "special": tok.special.to_dict(),
@@ -245,8 +273,8 @@ def merge_manifests(out: str | Path) -> dict:
         raise ValueError(f"{out}: parts {sorted(set(range(n)) - set(found))} of {n} are missing")
     first = loaded[0]
     for m in loaded[1:]:
-        for key in ("seq_len", "dtype", "seed", "tokenizer"):
-            if m[key] != first[key]:
+        for key in ("seq_len", "packing", "dtype", "seed", "tokenizer"):
+            if m.get(key) != first.get(key):
                 raise ValueError(f"{out}: part {m['part']} differs from part {first['part']} in {key}")
     merged = {**first, "shards": [s for m in loaded for s in m["shards"]], "part": None}
     if not merged["shards"]:
