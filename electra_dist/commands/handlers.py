@@ -184,6 +184,15 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from electra_dist.commands import gpucheck
+
+    report = gpucheck.run(args.out, quick=args.quick, allow_cpu=args.allow_cpu)
+    print(f"gpu-check {'PASSED' if report['ok'] else 'FAILED'}: {Path(args.out) / 'report.md'}, "
+          f"{Path(args.out) / 'report.json'}")
+    return 0 if report["ok"] else 1
+
+
 def _report_text(stats) -> None:
     d = stats.to_dict()
     print(f"read {d['files']} file(s): {d['documents']:,} documents, {d['empty_documents']} empty, "

@@ -210,3 +210,26 @@ def data_parallel_sum(values: torch.Tensor) -> torch.Tensor:
 
 def barrier() -> None:
     dist.barrier()
+
+
+def collective_self_test(backend: str) -> dict:
+    """A one-rank process group of `backend` (nccl on a GPU node) doing one all-reduce, in this
+    process, before anything else started torch.distributed: does the communication library work?"""
+    import tempfile
+    import time
+
+    if dist.is_initialized():
+        raise RuntimeError("collective_self_test must run before torch.distributed is started")
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = dist.FileStore(f"{tmp}/store", 1)
+        t0 = time.perf_counter()
+        dist.init_process_group(backend, store=store, rank=0, world_size=1)
+        try:
+            x = torch.ones(1 << 20, device=device)
+            dist.all_reduce(x)
+            ok = bool(x.eq(1).all())
+        finally:
+            dist.destroy_process_group()
+    return {"backend": backend, "all_reduce_ok": ok, "seconds": round(time.perf_counter() - t0, 3),
+            "nccl_version": ".".join(map(str, torch.cuda.nccl.version())) if backend == "nccl" else None}
