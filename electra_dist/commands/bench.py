@@ -96,7 +96,7 @@ def sample_shards(seq_len: int) -> str:
     from electra_dist.data.tokenizer import train_tokenizer
 
     root = Path(tempfile.gettempdir()) / "electra-dist-bench"
-    tok, shards = root / "tokenizer", root / f"shards-{seq_len}"
+    tok, shards = root / "tokenizer", root / f"shards-{seq_len}-full"  # as `shards build` packs by default
     if not (tok / "spm.model").is_file():
         train_tokenizer([str(SAMPLE)], 8000, tok, lowercase=True)
     if not (shards / "manifest.json").is_file():
