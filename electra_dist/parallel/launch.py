@@ -231,5 +231,6 @@ def collective_self_test(backend: str) -> dict:
             ok = bool(x.eq(1).all())
         finally:
             dist.destroy_process_group()
+    version = torch.cuda.nccl.version() if backend == "nccl" else None  # a tuple, or an int in older torch
     return {"backend": backend, "all_reduce_ok": ok, "seconds": round(time.perf_counter() - t0, 3),
-            "nccl_version": ".".join(map(str, torch.cuda.nccl.version())) if backend == "nccl" else None}
+            "nccl_version": ".".join(map(str, version)) if isinstance(version, tuple) else version}
