@@ -92,3 +92,26 @@ def test_compile_switch_takes_auto_and_yaml_booleans(tmp_path):
     assert Config.build("debug", ["train.compile=true"]).train.compile == "true"
     with pytest.raises(ConfigError, match="train.compile: 'sometimes' is not one of"):
         Config.build("debug", ["train.compile=sometimes"])
+
+
+def test_nan_inf_negative_and_non_positive_values_are_all_named_in_one_error():
+    with pytest.raises(ConfigError) as e:
+        Config.build("debug", ["optim.lr=.nan", "objective.temperature=.inf", "data.shuffle_buffer=-1",
+                               "tracking.flush_timeout=-2", "train.max_steps=0", "objective.mask_prob=2"])
+    text = str(e.value)
+    assert "6 problem(s)" in text, text  # a non-positive integer no longer hides the rest
+    for needle in ("optim.lr: nan must be a finite number", "objective.temperature: inf must be a finite number",
+                   "data.shuffle_buffer: -1 must be >= 0", "tracking.flush_timeout: -2.0 must be >= 0",
+                   "train.max_steps: 0 must be a positive integer", "objective.mask_prob: 2.0 must lie in (0, 1)"):
+        assert needle in text, (needle, text)
+
+
+def test_unknown_flavor_in_a_yaml_file_is_an_error_not_the_base_defaults(tmp_path):
+    f = tmp_path / "typo.yaml"
+    f.write_text("flavor: electra-smal\ntrain:\n  max_steps: 10\n")
+    with pytest.raises(ConfigError, match="flavor: 'electra-smal' is unknown; choose one of"):
+        Config.from_yaml(f)
+    f.write_text("flavor: electra_small\n")  # the file names' spelling works too
+    assert Config.from_yaml(f).model.discriminator.hidden_size == 256
+    f.write_text("flavor: imported\n")  # what `import-hf` writes: the base defaults, on purpose
+    assert Config.from_yaml(f).flavor == "imported"

@@ -26,6 +26,7 @@ from electra_dist.config.schema import (
 from electra_dist.config.validate import validate
 
 FLAVORS: dict[str, Callable[[], "Config"]] = {}  # name → factory; filled by electra_dist.config.flavors
+UNNAMED_FLAVORS = ("custom", "imported")  # start from the base defaults (`import-hf` writes "imported")
 
 
 @dataclass
@@ -87,7 +88,13 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError([f"top level must be a mapping, got {type(data).__name__}"], source=str(path))
         flavor = str(data.get("flavor", "custom"))
-        cfg = FLAVORS[flavor]() if flavor in FLAVORS else cls(flavor=flavor)
+        if flavor.replace("_", "-") in FLAVORS:
+            cfg = FLAVORS[flavor.replace("_", "-")]()
+        elif flavor in UNNAMED_FLAVORS:
+            cfg = cls(flavor=flavor)
+        else:  # a typo would otherwise silently start from the base defaults
+            return cls(flavor=flavor), [f"flavor: {flavor!r} is unknown; choose one of {sorted(FLAVORS)} or "
+                                        f"{sorted(UNNAMED_FLAVORS)} (the base defaults)"]
         return cfg, cfg._set_all(dict(flatten(data)))
 
     # ---- overrides ----------------------------------------------------------------------

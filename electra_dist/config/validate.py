@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from electra_dist.config.schema import ConfigError, EncoderConfig
@@ -13,9 +14,6 @@ if TYPE_CHECKING:
 def validate(cfg: Config) -> Config:
     """Check everything that can be checked without devices; raise one error naming all problems."""
     p: list[str] = []
-    m, o, t, op = cfg.model, cfg.objective, cfg.train, cfg.optim
-    tp = cfg.parallel.tensor_parallel_size
-
     flat = cfg.flat()
     for key, _, meta in cfg.fields():
         if meta.get("choices") and flat[key] not in meta["choices"]:
@@ -28,11 +26,27 @@ def validate(cfg: Config) -> Config:
                 "parallel.tensor_parallel_size"]
     for side in ("discriminator", "generator"):
         positive += [f"model.{side}.{k}" for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size")]
-    not_positive = [f"{key}: {flat[key]!r} must be a positive integer" for key in positive
-                    if not isinstance(flat[key], int) or flat[key] < 1]
-    if not_positive:  # the arithmetic checks below need sane numbers
-        raise ConfigError(p + not_positive)
+    bad_ints = [key for key in positive if not isinstance(flat[key], int) or flat[key] < 1]
+    p += [f"{key}: {flat[key]!r} must be a positive integer" for key in bad_ints]
+    nonfinite = [key for key, typ, _ in cfg.fields() if typ is float and not math.isfinite(flat[key])]
+    p += [f"{key}: {flat[key]!r} must be a finite number" for key in nonfinite]
+    for key in ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps"):
+        if flat[key] < 0:
+            p.append(f"{key}: {flat[key]} must be >= 0")
+    if cfg.tracking.flush_timeout < 0:
+        p.append(f"tracking.flush_timeout: {cfg.tracking.flush_timeout} must be >= 0")
+    if not bad_ints:  # the arithmetic below needs sane sizes; everything else is checked regardless
+        _check_shapes(cfg, p)
+    ranges: list[str] = []
+    _check_values(cfg, ranges)
+    p += [x for x in ranges if x.split(":")[0] not in nonfinite]  # a NaN is named once
+    if p:
+        raise ConfigError(p)
+    return cfg
 
+
+def _check_shapes(cfg: Config, p: list[str]) -> None:
+    m, t, tp = cfg.model, cfg.train, cfg.parallel.tensor_parallel_size
     for side in ("discriminator", "generator"):
         enc: EncoderConfig = getattr(m, side)
         if enc.hidden_size % enc.num_heads:
@@ -48,32 +62,30 @@ def validate(cfg: Config) -> Config:
         p.append(f"model.generator.hidden_size: {m.generator.hidden_size} is wider than "
                  f"model.discriminator.hidden_size={m.discriminator.hidden_size}; ELECTRA needs a "
                  "smaller generator (the paper uses 1/4 to 1/2 of the discriminator's width)")
-    if not 0.0 < o.mask_prob < 1.0:
-        p.append(f"objective.mask_prob: {o.mask_prob} must lie in (0, 1)")
-    if not 0.0 <= o.mask_token_fraction <= 1.0:
-        p.append(f"objective.mask_token_fraction: {o.mask_token_fraction} must lie in [0, 1]")
-    if o.temperature <= 0:
-        p.append(f"objective.temperature: {o.temperature} must be > 0")
-    if o.discriminator_weight < 0 or o.generator_weight < 0:
-        p.append("objective.*_weight: loss weights must be >= 0")
-    for key in ("model.dropout", "model.attention_dropout"):
-        if not 0.0 <= flat[key] < 1.0:
-            p.append(f"{key}: {flat[key]} must lie in [0, 1)")
     if t.seq_len > m.max_position_embeddings:
         p.append(f"train.seq_len: {t.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
     if t.global_batch_size % t.micro_batch_size:
         p.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                  f"train.micro_batch_size={t.micro_batch_size}")
-    if op.lr <= 0:
+
+
+def _check_values(cfg: Config, p: list[str]) -> None:
+    """Ranges; a NaN fails every comparison, so each check is written to reject it too."""
+    o, op, flat = cfg.objective, cfg.optim, cfg.flat()
+    if not 0.0 < o.mask_prob < 1.0:
+        p.append(f"objective.mask_prob: {o.mask_prob} must lie in (0, 1)")
+    if not 0.0 <= o.mask_token_fraction <= 1.0:
+        p.append(f"objective.mask_token_fraction: {o.mask_token_fraction} must lie in [0, 1]")
+    if not o.temperature > 0:
+        p.append(f"objective.temperature: {o.temperature} must be > 0")
+    if not (o.discriminator_weight >= 0 and o.generator_weight >= 0):
+        p.append("objective.*_weight: loss weights must be >= 0")
+    for key in ("model.dropout", "model.attention_dropout"):
+        if not 0.0 <= flat[key] < 1.0:
+            p.append(f"{key}: {flat[key]} must lie in [0, 1)")
+    if not op.lr > 0:
         p.append(f"optim.lr: {op.lr} must be > 0")
-    if op.warmup_steps < 0:
-        p.append(f"optim.warmup_steps: {op.warmup_steps} must be >= 0")
     if not (0 <= op.beta1 < 1 and 0 <= op.beta2 < 1):
         p.append(f"optim.beta1/beta2: ({op.beta1}, {op.beta2}) must lie in [0, 1)")
-    if op.grad_clip < 0:
+    if not op.grad_clip >= 0:
         p.append(f"optim.grad_clip: {op.grad_clip} must be >= 0")
-    if cfg.data.num_workers < 0:
-        p.append(f"data.num_workers: {cfg.data.num_workers} must be >= 0")
-    if p:
-        raise ConfigError(p)
-    return cfg
