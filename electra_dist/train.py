@@ -51,7 +51,7 @@ def train(run, ckpts, state) -> str:
                 ckpts.save(state)
                 last_saved = state.step
         metrics.check_finite()
-        if stopped or state.step != last_saved:
+        if state.step != last_saved:  # a signal right after a save must not write that step again
             ckpts.save(state)
         if not stopped:
             ckpts.save_final()

@@ -136,7 +136,11 @@ def train_here(out: Path, data, *args: str, check: bool = True, env: dict | None
     from electra_dist import train as train_py
 
     shards, tok = data
-    argv = ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+    # no loader worker processes: forking this test process, which holds the threads of earlier
+    # in-process runs (OpenMP, compile workers), can crash the child; workers are tested where the
+    # trainer runs in its own process (test_parallel, test_slurm) and in test_data
+    argv = ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, "data.num_workers=0",
+            *args]
     saved = dict(os.environ)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(var, None)

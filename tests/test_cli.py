@@ -61,7 +61,7 @@ def test_params_counts_large_without_allocating(cli):
 def test_bench_train_with_hf_baseline_runs(capsys, one_rank_env):
     from electra_dist.commands.cli import main
 
-    rc = main(["bench", "train", "--config", "debug", "--seq-len", "64", "--micro-batch", "4", "--steps", "2",
+    rc = main(["bench", "train", "--config", "debug", "--seq-len", "64", "--micro-batch", "4", "--steps", "1",
                "--warmup", "1", "--baseline", "hf", "--grad-accum", "2"])
     r = capsys.readouterr()
     assert rc == 0, r.err[-3000:]

@@ -175,3 +175,65 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_no_poisoned_checkpoin
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()) == ["step00000002"]
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step00000002"
     assert not (tmp_path / "final").exists()
+
+
+# ---- faults around checkpoints ----------------------------------------------------------------
+
+def test_a_signal_right_after_a_save_does_not_write_that_checkpoint_again(tmp_path, data, monkeypatch):
+    """SIGTERM arriving during/just after the step-2 save: the run stops at step 2 and the complete
+    step-2 checkpoint is left exactly as it was (a rewrite in place was the data-loss path)."""
+    from electra_dist.training.checkpoints import CheckpointManager
+
+    real, saved = CheckpointManager.save, []
+
+    def save_then_signal(self, state):
+        saved.append(state.step)
+        path = real(self, state)
+        os.kill(os.getpid(), signal.SIGTERM)  # SLURM's signal, landing as the save finishes
+        return path
+
+    monkeypatch.setattr(CheckpointManager, "save", save_then_signal)
+    r = train_here(tmp_path, data, "--max-steps", "8", "train.save_interval=2")
+    assert "signal received" in r.stdout and saved == [2]
+    assert (tmp_path / "PREEMPTED").is_file() and (tmp_path / "checkpoints" / "latest").read_text() == "step00000002"
+
+
+def _model_file(ckpt):
+    return next(f for f in ckpt.rglob("*model_states.pt"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_a_bit", "delete_rng"])
+def test_a_damaged_newest_checkpoint_is_skipped_naming_why_and_the_run_resumes_from_the_one_before(
+        tmp_path, data, damage):
+    train_here(tmp_path, data, "--max-steps", "4", "train.save_interval=2", "train.keep_last=5")
+    newest = tmp_path / "checkpoints" / "step00000004"
+    if damage == "truncate":  # kill -9 while the file was written
+        _model_file(newest).write_bytes(b"")
+    elif damage == "flip_a_bit":
+        raw = bytearray(_model_file(newest).read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        _model_file(newest).write_bytes(bytes(raw))
+    else:
+        (newest / "rng_rank00000.pt").unlink()
+    r = train_here(tmp_path, data, "--max-steps", "6", "train.save_interval=2", "train.keep_last=5")
+    why = {"truncate": "holds 0 bytes where", "flip_a_bit": "does not match the SHA-256",
+           "delete_rng": "rng_rank00000.pt is missing"}[damage]
+    assert f"skipping checkpoint {newest}" in r.stderr and why in r.stderr, r.stderr[-2000:]
+    assert "resumed from" in r.stdout and "step00000002" in r.stdout
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_an_explicit_resume_path_that_fails_verification_is_refused(tmp_path, data):
+    train_here(tmp_path, data, "--max-steps", "2", "train.save_interval=2")
+    ckpt = tmp_path / "checkpoints" / "step00000002"
+    _model_file(ckpt).write_bytes(b"")
+    r = train_here(tmp_path / "other", data, "--max-steps", "4", "--resume", str(ckpt), check=False)
+    assert r.returncode == 2 and "cannot be trusted" in r.stderr and "holds 0 bytes" in r.stderr
+
+
+def test_a_torn_last_metrics_line_does_not_stop_the_resume(tmp_path, data):
+    train_here(tmp_path, data, "--max-steps", "4", "train.save_interval=2")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss/to')  # a crash in the middle of writing a record
+    train_here(tmp_path, data, "--max-steps", "6", "train.save_interval=2")
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]

@@ -25,6 +25,7 @@ from electra_dist.parallel.launch import (
     Layout,
     any_rank,
     barrier,
+    broadcast_from_main,
     collective_self_test,
     data_parallel_sum,
     destroy,
@@ -39,7 +40,7 @@ from electra_dist.parallel.launch import (
 from electra_dist.parallel.tensor import TPLayerFactory, gather_state_dict, layer_factory
 
 __all__ = [
-    "DEFAULT_DEEPSPEED", "MPU", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "build_engine", "collective_self_test",
+    "DEFAULT_DEEPSPEED", "MPU", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
     "data_parallel_sum", "destroy", "detect_env", "free_port", "full_state_dict", "fused_adam",
     "gather_state_dict", "global_counts", "init_distributed", "init_model_parallel", "layer_factory",
     "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",

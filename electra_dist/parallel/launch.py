@@ -234,3 +234,10 @@ def collective_self_test(backend: str) -> dict:
     version = torch.cuda.nccl.version() if backend == "nccl" else None  # a tuple, or an int in older torch
     return {"backend": backend, "all_reduce_ok": ok, "seconds": round(time.perf_counter() - t0, 3),
             "nccl_version": ".".join(map(str, version)) if isinstance(version, tuple) else version}
+
+
+def broadcast_from_main(obj):
+    """Global rank 0's (picklable) object, on every rank; over the host-side group."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_CONTROL.get("group"))
+    return box[0]

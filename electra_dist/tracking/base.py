@@ -11,6 +11,7 @@ class Tracker:
     """Does nothing. Real trackers subclass it; every method is safe to call on any rank."""
 
     run_id: str | None = None
+    enabled = False  # whether anything logged goes anywhere (artifacts worth drawing)
 
     def log_params(self, params: dict[str, Any]) -> None:
         pass

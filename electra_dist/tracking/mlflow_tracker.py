@@ -47,6 +47,8 @@ class MLflowTracker(Tracker):
     """MLflow from global rank 0: params, namespaced metrics with steps, system metrics, tags,
     artifacts; resumes the run whose id the checkpoint carries. No call blocks on the network."""
 
+    enabled = True
+
     def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path | None, run_id: str | None = None,
                  tags: dict[str, str] | None = None, system_metrics: bool = True, log=print,
                  retry_max_seconds: float = 60.0, flush_timeout: float = 30.0):

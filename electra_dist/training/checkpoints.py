@@ -2,15 +2,20 @@
 metrics truncation, the consolidated final model and the PREEMPTED marker.
 
 OUTPUT/checkpoints/stepNNNNNNNN/ holds DeepSpeed's files (model, optimizer, our client state:
-step, tokens, FLOPs, loader position, MLflow run id, config) and one RNG file per rank. It counts
-only once every rank has written it and rank 0 has added COMPLETE; only then does `latest` move
-(written to a temporary name and renamed). The last `train.keep_last` complete ones are kept.
+step, tokens, FLOPs, loader position, MLflow run id, config) and one RNG file per rank. Every rank
+writes into stepNNNNNNNN.tmp/; then rank 0 records each file's size and SHA-256 in COMPLETE and
+renames the directory into place, and only then moves `latest` (itself written and renamed). A
+complete checkpoint is never written again. Resuming verifies sizes and checksums and falls back
+to the newest checkpoint that verifies, saying which were skipped and why. The last
+`train.keep_last` complete ones are kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,25 +62,39 @@ class CheckpointManager:
             self.output_dir.mkdir(parents=True, exist_ok=True)
 
     def save(self, state: TrainState) -> Path:
-        """A DeepSpeed checkpoint at this step; "latest" moves only once every rank has written."""
+        """A DeepSpeed checkpoint at this step, written under a temporary name, its files' sizes and
+        SHA-256 recorded in COMPLETE, then renamed into place; "latest" moves only after that. A
+        complete checkpoint is never written again."""
         run, tag = self.run, f"step{state.step:08d}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        run.engine.save_checkpoint(str(self.dir), tag=tag, client_state=self._client_state(state), save_latest=False)
+        final, tmp = self.dir / tag, self.dir / (tag + ".tmp")
+        if (final / COMPLETE).is_file():
+            run.log(f"electra-dist: {final} is already complete; not written again")
+            return final
+        if run.layout.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # what a crash mid-save left behind
+        parallel.barrier()
+        run.engine.save_checkpoint(str(self.dir), tag=tmp.name, client_state=self._client_state(state),
+                                   save_latest=False)
         cuda = run.layout.device.type == "cuda"
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
-        torch.save(rng, self.dir / tag / f"rng_rank{run.layout.rank:05d}.pt")
+        torch.save(rng, tmp / f"rng_rank{run.layout.rank:05d}.pt")
         parallel.barrier()
         if run.layout.is_main:
-            (self.dir / tag / COMPLETE).write_text(json.dumps({"step": state.step, "time": time.time(),
-                                                               "world_size": run.layout.world}))
-            tmp = self.dir / (LATEST + ".tmp")
-            tmp.write_text(tag)
-            tmp.replace(self.dir / LATEST)
+            files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+                     for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / COMPLETE).write_text(json.dumps({"step": state.step, "time": time.time(),
+                                                    "world_size": run.layout.world, "files": files}))
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete one of an earlier attempt
+            tmp.replace(final)
+            latest = self.dir / (LATEST + ".tmp")
+            latest.write_text(tag)
+            latest.replace(self.dir / LATEST)
             for old in complete_checkpoints(self.dir)[: -run.cfg.train.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-            run.log(f"electra-dist: saved checkpoint {self.dir / tag}")
+            run.log(f"electra-dist: saved checkpoint {final}")
         parallel.barrier()
-        return self.dir / tag
+        return final
 
     def _client_state(self, state: TrainState) -> dict[str, Any]:
         loader = self.run.loader
@@ -88,17 +107,9 @@ class CheckpointManager:
         """`auto`: the newest complete checkpoint in OUTPUT/checkpoints, if any; `never`; or a path."""
         if spec == "never":
             return TrainState()
-        if spec == "auto":
-            found = complete_checkpoints(self.dir)
-            if not found:
-                return TrainState()
-            path = found[-1]
-        else:
-            path = Path(spec)
-            if (path / LATEST).is_file():
-                path = path / (path / LATEST).read_text().strip()
-            if not (path / COMPLETE).is_file():
-                raise ConfigError([f"--resume: {path} is not a complete checkpoint (no {COMPLETE} marker)"])
+        path = self._choose(spec)
+        if path is None:
+            return TrainState()
         run = self.run
         load_path, saved = run.engine.load_checkpoint(str(path.parent), tag=path.name)
         if load_path is None:
@@ -117,6 +128,34 @@ class CheckpointManager:
             truncate_metrics(self.output_dir / METRICS, state.step)
         run.log(f"electra-dist: resumed from {path} at step {state.step}")
         return state
+
+    def _choose(self, spec: str) -> Path | None:
+        """Rank 0 verifies, every rank gets its choice: with `auto` the newest complete checkpoint
+        whose files match what was written (saying which were skipped and why); a path must verify."""
+        choice, error = None, None
+        if self.run.layout.is_main:
+            if spec == "auto":
+                for candidate in reversed(complete_checkpoints(self.dir)):
+                    reason = verify(candidate)
+                    if reason is None:
+                        choice = str(candidate)
+                        break
+                    print(f"electra-dist: warning: skipping checkpoint {candidate}: {reason}", file=sys.stderr,
+                          flush=True)
+            else:
+                path = Path(spec)
+                if (path / LATEST).is_file():
+                    path = path / (path / LATEST).read_text().strip()
+                if not (path / COMPLETE).is_file():
+                    error = f"--resume: {path} is not a complete checkpoint (no {COMPLETE} marker)"
+                elif (reason := verify(path)) is not None:
+                    error = f"--resume: {path} cannot be trusted: {reason}"
+                else:
+                    choice = str(path)
+        choice, error = parallel.broadcast_from_main((choice, error))
+        if error:
+            raise ConfigError([error])
+        return Path(choice) if choice else None
 
     def save_final(self) -> Path:
         """The consolidated model (config.yaml + model.pt, TP gathered) for export and fine-tuning."""
@@ -149,14 +188,50 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Checkpoint tags with a COMPLETE marker, oldest first."""
     if not ckpt_dir.is_dir():
         return []
-    return sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and (p / COMPLETE).is_file())
+    return sorted(p for p in ckpt_dir.iterdir()
+                  if p.is_dir() and not p.name.endswith(".tmp") and (p / COMPLETE).is_file())
+
+
+def verify(path: Path) -> str | None:
+    """None if every file the COMPLETE marker lists has its recorded size and SHA-256, else why not.
+    (Checkpoints written before sizes and checksums were recorded are taken as they are.)"""
+    try:
+        files = json.loads((path / COMPLETE).read_text()).get("files")
+    except (OSError, ValueError) as e:
+        return f"its {COMPLETE} marker is unreadable ({e})"
+    for rel, meta in sorted((files or {}).items()):
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != meta["bytes"]:
+            return f"{rel} holds {f.stat().st_size} bytes where {meta['bytes']} were written"
+        if _sha256(f) != meta["sha256"]:
+            return f"{rel} does not match the SHA-256 recorded when it was written"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _record(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:  # the torn last line of a crash mid-write
+        return None
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after `step` (logged after the checkpoint we resume from): one continuous history."""
+    """Drop records after `step` (logged after the checkpoint we resume from) and any torn line:
+    one continuous history."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in path.read_text().splitlines()
+            if (rec := _record(line)) is not None and rec.get("step", step + 1) <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

@@ -131,7 +131,7 @@ class MetricsLogger:
     def close(self, status: str) -> None:
         """Log the run's record (JSONL, curves, the HF export if asked) and close the tracker with `status`."""
         if self.run.layout.is_main:
-            if self.file.is_file():
+            if self.file.is_file() and self.tracker.enabled:  # the curves are an MLflow artifact
                 self.tracker.log_artifact(self.file)
                 png = plot_run(self.file, self.output_dir / "curves.png")
                 if png:
