@@ -316,3 +316,15 @@ def test_full_packing_leaves_no_padding_and_official_packing_does(tmp_path, tok_
     assert any(b["padded"] for b in _take(PretrainLoader(str(tmp_path), _settings(), num_workers=0), 20))
     with pytest.raises(ValueError, match="--packing: 'tight' is not one of"):
         build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "x", packing="tight", progress=False)
+
+
+def test_a_manifest_never_smuggles_in_a_pipe_command_or_another_path(tmp_path, shard_dir):
+    """`pipe:` runs a shell command: it is accepted from data.shards as typed, never from a manifest."""
+    shutil.copytree(shard_dir, tmp_path / "s")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    for evil in ("pipe:touch /tmp/owned-by-a-manifest", "../elsewhere.tar", "/etc/passwd", "http://x/y.tar"):
+        m["shards"][0]["name"] = evil
+        (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ValueError, match="shard names must be plain .tar file names"):
+            resolve_shards(str(tmp_path / "s"))
+    assert not Path("/tmp/owned-by-a-manifest").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +301,13 @@ def read_manifest(directory: str | Path) -> dict:
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    # a manifest names files beside it, nothing else: never a `pipe:` command, a URL or another path
+    bad = [s.get("name") for s in manifest.get("shards", [])
+           if not isinstance(s.get("name"), str) or not re.fullmatch(r"[\w.-]+\.tar", s["name"])]
+    if bad:
+        raise ValueError(f"{path}: shard names must be plain .tar file names in that directory; refusing "
+                         f"{', '.join(map(repr, bad[:3]))} (`pipe:` commands are accepted only from data.shards "
+                         f"as you type it, never from a file)")
     return manifest
 
 
