@@ -36,7 +36,8 @@ def train(run, ckpts, state) -> str:
     try:
         while state.step < t.max_steps:
             result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=bool(signals.received),
-                                check_grad_norm=t.precision != "fp16")  # fp16: the loss scaler skips overflows
+                                check_grad_norm=t.precision != "fp16",  # fp16: the loss scaler skips overflows
+                                own_grad_norm=run.zero_stage == 0 and t.precision == "fp32")
             if result is None:  # a rank was signalled: every rank stops before this step
                 run.loader.rewind(run.grad_accum)  # the batches just fetched were not trained on
                 run.log(f"electra-dist: signal received: checkpointing at step {state.step} and exiting")

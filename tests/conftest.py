@@ -221,8 +221,13 @@ def losses(out: Path) -> list[float]:
 
 
 @pytest.fixture(scope="session")
-def baseline(tmp_path_factory, data):
-    """TP=1, DP=1, 10 steps: the reference every other layout must reproduce."""
+def baseline_dir(tmp_path_factory, data):
+    """TP=1, DP=1, 10 steps: the run every other layout must reproduce."""
     out = tmp_path_factory.mktemp("baseline")
     train_here(out, data, "--max-steps", "10", *EXACT)
-    return losses(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def baseline(baseline_dir):
+    return losses(baseline_dir)

@@ -237,3 +237,38 @@ def test_a_torn_last_metrics_line_does_not_stop_the_resume(tmp_path, data):
         f.write('{"step": 5, "loss/to')  # a crash in the middle of writing a record
     train_here(tmp_path, data, "--max-steps", "6", "train.save_interval=2")
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+
+def test_zero0_reports_the_gradient_norm_and_a_non_finite_gradient_stops_the_run(tmp_path, data, monkeypatch):
+    """With ZeRO-0 and a torch optimizer DeepSpeed keeps no gradient norm: the trainer measures it
+    (it was logged as 0.0 and a NaN gradient went unnoticed while the loss stayed finite)."""
+    import torch
+
+    from electra_dist.model import ElectraPretrainer
+    from electra_dist.training.step import NonFiniteError
+
+    train_here(tmp_path / "ok", data, "--max-steps", "2")
+    assert all(m["optim/grad_norm"] > 0 for m in metrics(tmp_path / "ok"))
+
+    class NanGradient(torch.autograd.Function):  # the loss stays finite, its gradient does not
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("nan")
+
+    real, calls = ElectraPretrainer.forward, {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out.loss = NanGradient.apply(out.loss)
+        return out
+
+    monkeypatch.setattr(ElectraPretrainer, "forward", poisoned)
+    with pytest.raises(NonFiniteError, match="first at step 3"):
+        train_here(tmp_path / "nan", data, "--max-steps", "4", "train.log_interval=4")

@@ -15,6 +15,7 @@ from electra_dist.parallel.engine import (
     build_engine,
     full_state_dict,
     fused_adam,
+    grad_norm,
     load_deepspeed_json,
     resolve_deepspeed_config,
     zero_stage,
@@ -42,6 +43,6 @@ from electra_dist.parallel.tensor import TPLayerFactory, gather_state_dict, laye
 __all__ = [
     "DEFAULT_DEEPSPEED", "MPU", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
     "data_parallel_sum", "destroy", "detect_env", "free_port", "full_state_dict", "fused_adam",
-    "gather_state_dict", "global_counts", "init_distributed", "init_model_parallel", "layer_factory",
+    "gather_state_dict", "global_counts", "grad_norm", "init_distributed", "init_model_parallel", "layer_factory",
     "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",
 ]

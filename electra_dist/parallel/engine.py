@@ -124,3 +124,19 @@ def full_state_dict(model: nn.Module, stage: int) -> dict[str, torch.Tensor]:
 
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         return gather_state_dict(model)
+
+
+def grad_norm(model: nn.Module) -> torch.Tensor:
+    """The global L2 norm of the gradients, before clipping, on the device (no host sync): squares of
+    tensor-parallel shards summed over the TP group, replicated parameters counted once. For the
+    engines whose own norm DeepSpeed does not keep (ZeRO-0 with a torch optimizer in fp32)."""
+    import torch.distributed as dist
+
+    mpu = MPU()
+    tp_rank, tp_size = mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()
+    squares = [p.grad.detach().float().pow(2).sum() for p in model.parameters()
+               if p.grad is not None and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+    total = torch.stack(squares).sum() if squares else torch.zeros((), device=next(model.parameters()).device)
+    if tp_size > 1:
+        dist.all_reduce(total, group=mpu.get_model_parallel_group())
+    return total.sqrt()

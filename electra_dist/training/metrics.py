@@ -36,6 +36,7 @@ class MetricsLogger:
         self.window: dict[str, torch.Tensor] = {}
         self.tokens, self.steps, self.t0 = 0.0, 0, time.perf_counter()
         self.flags: list[torch.Tensor] = []  # per step of the window, on device
+        self.grad_norm: torch.Tensor | float | None = None
         self.step_keys: list[tuple[int, list[str]]] = []  # (step, this rank's samples)
 
     def add(self, result: StepResult, step: int) -> None:
@@ -46,6 +47,7 @@ class MetricsLogger:
         self.steps += 1
         self.flags.append(result.nonfinite)
         self.step_keys.append((step, result.keys))
+        self.grad_norm = result.grad_norm  # the window's last step's (read at the log step)
 
     def check_finite(self) -> None:
         """Raise NonFiniteError on every rank if any rank had a non-finite loss or gradient norm in
@@ -92,7 +94,7 @@ class MetricsLogger:
             "discriminator/recall": s["true_positive"] / max(1.0, s["replaced"]),
             "discriminator/replaced_fraction": s["replaced"] / max(1.0, s["tokens"]),
             "optim/lr": float(run.scheduler.get_last_lr()[0]),
-            "optim/grad_norm": float(run.engine.get_global_grad_norm() or 0.0),
+            "optim/grad_norm": float(self.grad_norm if self.grad_norm is not None else float("nan")),
             "throughput/tokens_per_s": self.tokens / seconds,
             "throughput/tflops_per_device": tflops,
             "progress/tokens": float(state.tokens_seen),

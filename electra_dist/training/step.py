@@ -45,6 +45,7 @@ class StepResult:
     tokens: float  # non-pad tokens of the global batch
     nonfinite: torch.Tensor  # on device: > 0 when this rank's loss or gradient norm was not finite
     keys: list[str] = field(default_factory=list)
+    grad_norm: torch.Tensor | float | None = None  # before clipping; on device where we computed it
 
 
 def next_batch(batches: Iterator[dict[str, Any]]) -> Batch:
@@ -55,8 +56,10 @@ def next_batch(batches: Iterator[dict[str, Any]]) -> Batch:
 
 
 def train_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, device: torch.device,
-               stop: bool = False, check_grad_norm: bool = True) -> StepResult | None:
-    """All micro-batches of one optimizer step; None (nothing trained) when any rank was asked to stop."""
+               stop: bool = False, check_grad_norm: bool = True, own_grad_norm: bool = False) -> StepResult | None:
+    """All micro-batches of one optimizer step; None (nothing trained) when any rank was asked to stop.
+    `own_grad_norm`: measure the gradient norm here (after the last backward, before the step) where
+    DeepSpeed keeps none (ZeRO-0, torch optimizer, fp32)."""
     micro = [next_batch(batches) for _ in range(grad_accum)]
     tokens, masked, stopping = parallel.global_counts(sum(b.tokens for b in micro), sum(b.masked for b in micro), stop)
     if stopping:
@@ -67,17 +70,21 @@ def train_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, devic
     masked_normalizer, token_normalizer = (host.pin_memory() if device.type == "cuda" else host).to(
         device, non_blocking=True).unbind()
     sums: dict[str, torch.Tensor] = {}
-    for b in micro:
+    norm = None
+    for i, b in enumerate(micro):
         out = engine(**b.to(device), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer)
         engine.backward(out.loss)
+        if own_grad_norm and i == len(micro) - 1:  # gradients are reduced over DP by now, not yet clipped
+            norm = parallel.grad_norm(engine.module)
         engine.step()
         for k, v in (("loss", out.loss), ("generator_loss", out.generator_loss),
                      ("discriminator_loss", out.discriminator_loss), *out.stats.items()):
             sums[k] = sums.get(k, 0) + v.detach().float()
     nonfinite = (~torch.isfinite(sums["loss"])).float()
-    norm = engine.get_global_grad_norm() if check_grad_norm else None
-    if isinstance(norm, torch.Tensor):
+    if norm is None:
+        norm = engine.get_global_grad_norm()
+    if check_grad_norm and isinstance(norm, torch.Tensor):
         nonfinite = nonfinite + (~torch.isfinite(norm.detach().float())).float().to(nonfinite.device)
-    elif norm is not None and not math.isfinite(float(norm)):  # DeepSpeed already read it back
+    elif check_grad_norm and norm is not None and not math.isfinite(float(norm)):  # DeepSpeed read it back
         nonfinite = nonfinite + 1.0
-    return StepResult(sums, tokens, nonfinite, [k for b in micro for k in b.keys])
+    return StepResult(sums, tokens, nonfinite, [k for b in micro for k in b.keys], norm)
