@@ -20,6 +20,7 @@ from pathlib import Path
 
 from electra_dist.commands import PACKAGE_DIR, child_env, train_launcher
 from electra_dist.config import Config
+from electra_dist.tracking import read_metrics
 from electra_dist.training.flops import flops_per_token
 
 # a small encoder: 4 layers of 128 (the discriminator and the MLM model); generator at 1/4 width
@@ -70,7 +71,7 @@ def run(corpus: list[str], train: str, test: str, out: str | Path, results: str 
                str(run_dir), "--max-steps", str(steps), *common, f"optim.warmup_steps={steps // 10}",
                f"train.save_interval={steps}", f"tracking.run_name={name}", *extra)
         seconds = time.perf_counter() - t0
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run_dir / "metrics.jsonl")
         from electra_dist.commands.finetune import finetune
 
         print(f"\n=== fine-tune {name} on {train}", flush=True)

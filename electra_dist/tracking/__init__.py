@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from electra_dist.tracking.base import Tracker, resolve_tracking_uri
-from electra_dist.tracking.record import git_commit, package_versions, plot_run, run_params
+from electra_dist.tracking.record import git_commit, package_versions, plot_run, read_metrics, run_params
 
-__all__ = ["Tracker", "git_commit", "make_tracker", "package_versions", "plot_run", "resolve_tracking_uri",
-           "run_params"]
+__all__ = ["Tracker", "git_commit", "make_tracker", "package_versions", "plot_run", "read_metrics",
+           "resolve_tracking_uri", "run_params"]
 
 
 def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = None, log=print) -> Tracker:

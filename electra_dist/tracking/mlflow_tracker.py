@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from electra_dist.tracking.base import Tracker
+from electra_dist.tracking.record import read_metrics
 
 STATUS_TO_MLFLOW = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "running": "RUNNING"}
 
@@ -244,15 +245,10 @@ class _Sender:
 
 
 def _records(metrics_file: Path) -> list[tuple[int, dict[str, float], int]]:
-    """(step, metrics, time in ms) of every complete line of the metrics JSONL."""
+    """(step, metrics, time in ms) of every complete line of the metrics JSONL (a line the trainer
+    is still writing is left out: it is queued live too)."""
     out = []
-    if not metrics_file.is_file():
-        return out
-    for line in metrics_file.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # empty, or a line the trainer is still writing: it is queued live too
-            continue
+    for rec in read_metrics(metrics_file):
         step = rec.pop("step")
         out.append((step, rec, int(rec.pop("time", time.time()) * 1000)))
     return out

@@ -49,6 +49,21 @@ def git_commit() -> str | None:
         return None
 
 
+def read_metrics(metrics_file: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order; an empty or torn line (a crash, or the trainer
+    still writing it) is left out. Nothing when the file does not exist."""
+    path = Path(metrics_file)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def plot_run(metrics_file: Path, out: Path) -> Path | None:
     """loss and MFU (or tokens/s) against steps, from the JSONL, as a PNG."""
     import matplotlib
@@ -56,7 +71,7 @@ def plot_run(metrics_file: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics_file)
     if not rows:
         return None
     steps = [r["step"] for r in rows]

@@ -26,6 +26,7 @@ import torch
 from electra_dist import parallel
 from electra_dist.config import ConfigError
 from electra_dist.model import ElectraPretrainer
+from electra_dist.tracking import read_metrics
 from electra_dist.training.build import Run
 
 CHECKPOINTS = "checkpoints"
@@ -218,20 +219,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _record(line: str) -> dict | None:
-    try:
-        return json.loads(line)
-    except ValueError:  # the torn last line of a crash mid-write
-        return None
-
-
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop records after `step` (logged after the checkpoint we resume from) and any torn line:
     one continuous history."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if (rec := _record(line)) is not None and rec.get("step", step + 1) <= step]
+    kept = [rec for rec in read_metrics(path) if rec.get("step", step + 1) <= step]
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
     tmp.replace(path)
