@@ -11,6 +11,11 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # electra_dist/
 TRAIN_PY = PACKAGE_DIR / "train.py"
 SAMPLE = PACKAGE_DIR / "assets" / "sample.jsonl.gz"  # real public-domain English shipped with the package
+# ZeRO-2 with every size "auto" (filled from the config): the minimal form of configs/zero2.json, for
+# the commands that must work from an installed package, which has no configs/
+ZERO2_AUTO = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+              "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}
 
 
 def train_launcher(nproc: int = 1) -> list[str]:

@@ -155,6 +155,7 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
 
     from electra_dist import parallel
     from electra_dist.config import Config
+    from electra_dist.training.build import compiles_blocks
     from electra_dist.training.flops import flops_per_token
 
     cfg = Config.build(flavor, [f"train.seq_len={seq_len}", f"model.max_position_embeddings={max(512, seq_len)}",
@@ -176,8 +177,7 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
                           peak, _peak_memory(device))
     try:
         ours = _our_step(cfg, batches, grad_accum, layout)
-        compiled = cfg.train.compile == "true" or (cfg.train.compile == "auto" and device.type == "cuda")
-        results.append(result("electra_dist" + ("+compile" if compiled else ""),
+        results.append(result("electra_dist" + ("+compile" if compiles_blocks(cfg, device) else ""),
                               _time_steps(ours, steps, warmup, device)))
         del ours  # frees our model and optimizer before the baseline is built
         if device.type == "cuda":

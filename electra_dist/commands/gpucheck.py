@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from electra_dist.commands import PACKAGE_DIR, TRAIN_PY, child_env
+from electra_dist.commands import PACKAGE_DIR, TRAIN_PY, ZERO2_AUTO, child_env
 
 REPO = PACKAGE_DIR.parent
 
@@ -98,26 +98,25 @@ def _gpu_tests(out: Path) -> dict:
 
 def _training_run(out: Path, gpu: bool, quick: bool) -> dict:
     from electra_dist.commands.bench import sample_shards
+    from electra_dist.tracking import read_metrics
 
     steps = 12 if quick else 50
     run_dir = out / "run"
     ds_json = out / "zero2.json"
-    ds_json.write_text(json.dumps({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
-                                   "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-                                   "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-                                   "zero_optimization": {"stage": 2}}))
+    ds_json.write_text(json.dumps(ZERO2_AUTO))
+    shards = Path(sample_shards(128))
     cmd = [sys.executable, str(TRAIN_PY), "--deepspeed", str(ds_json), "--config",
-           "debug" if quick else "electra-small", "--data", sample_shards(128), "--tokenizer",
-           str(Path(sample_shards(128)).parent / "tokenizer"), "--output-dir", str(run_dir),
-           "--max-steps", str(steps), "--resume", "never", "train.log_interval=1", "tracking.enabled=false",
-           "data.num_workers=1", f"train.precision={'bf16' if gpu else 'fp32'}", "optim.warmup_steps=5"]
+           "debug" if quick else "electra-small", "--data", str(shards), "--tokenizer", str(shards.parent / "tokenizer"),
+           "--output-dir", str(run_dir), "--max-steps", str(steps), "--resume", "never", "train.log_interval=1",
+           "tracking.enabled=false", "data.num_workers=1", f"train.precision={'bf16' if gpu else 'fp32'}",
+           "optim.warmup_steps=5"]
     if quick:
         cmd += ["train.micro_batch_size=4", "train.global_batch_size=8"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=900)
     (out / "training_run.log").write_text(r.stdout + r.stderr)
     if r.returncode != 0:
         raise RuntimeError(f"training exited {r.returncode} (see {out / 'training_run.log'})")
-    losses = [json.loads(line)["loss/total"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [rec["loss/total"] for rec in read_metrics(run_dir / "metrics.jsonl")]
     k = max(1, len(losses) // 5)
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     result = {"steps": len(losses), "loss_first": first, "loss_last": last,

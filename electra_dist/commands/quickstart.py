@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from electra_dist.commands import SAMPLE, child_env, train_launcher
+from electra_dist.commands import SAMPLE, ZERO2_AUTO, child_env, train_launcher
 
 
 def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 8000, seq_len: int = 128) -> int:
@@ -24,10 +24,7 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
     launcher = train_launcher(nproc)
     micro = 16 // nproc
     ds_json = out / "zero2.json"  # as configs/zero2.json: "auto" values come from the config
-    ds_json.write_text(json.dumps({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
-                                   "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-                                   "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-                                   "zero_optimization": {"stage": 2}}, indent=2))
+    ds_json.write_text(json.dumps(ZERO2_AUTO, indent=2))
     stages = [
         ("tokenizer", me + ["tokenizer", "train", "--input", str(SAMPLE), "--vocab-size", str(vocab_size),
                             "--lowercase", "--out", str(tok)]),

@@ -7,6 +7,7 @@ schedule → DeepSpeed engine → loader. The result is a `Run`: plain data the 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -43,7 +44,7 @@ class Run:
     def zero_stage(self) -> int:
         return parallel.zero_stage(self.ds_config)
 
-    @property
+    @functools.cached_property
     def flops_per_token(self) -> float:
         """Training FLOPs per non-pad token at the configured mask rate (generator head at masked positions)."""
         c, seq = self.cfg, self.cfg.train.seq_len
@@ -58,16 +59,14 @@ def rank0_printer(layout: parallel.Layout) -> Callable[[str], None]:
     return (lambda msg: print(msg, flush=True)) if layout.is_main else (lambda msg: None)
 
 
-def build_run(cfg: Config, ds_json: dict[str, Any], loader: Any = None,
-              log: Callable[[str], None] | None = None) -> Run:
+def build_run(cfg: Config, ds_json: dict[str, Any]) -> Run:
     cfg.validate()
     layout = parallel.setup(cfg.parallel.tensor_parallel_size)
-    log = log or rank0_printer(layout)
+    log = rank0_printer(layout)
     ds_config = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
     special = check_data(cfg, log)
     engine, scheduler = build_engine(cfg, ds_config, layout, log)
-    run = Run(cfg, layout, ds_config, special, engine, scheduler, None, log)
-    run.loader = loader if loader is not None else build_loader(cfg, special, layout)
+    run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout), log)
     n_params = sum(p.numel() for p in run.model.parameters())
     t = cfg.train
     log(f"electra-dist: world {layout.world} = TP {layout.tp_size} × DP {layout.dp_size}, ZeRO-{run.zero_stage}, "
@@ -81,13 +80,18 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     """Model, optimizer, schedule and the DeepSpeed engine over them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
-    compile_blocks = cfg.train.compile == "true" or (cfg.train.compile == "auto" and layout.device.type == "cuda")
-    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compile_blocks)
+    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True,
+                              compile_blocks=compiles_blocks(cfg, layout.device))
     # dropout differs between data-parallel ranks, agrees within a tensor-parallel group
     torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)
     optimizer = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg.optim, layout.device, log)
     schedule = lr_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
     return parallel.build_engine(model, optimizer, schedule, ds_config)
+
+
+def compiles_blocks(cfg: Config, device: torch.device) -> bool:
+    """train.compile: true, false, or auto = on GPU (where fusing pays), off on CPU."""
+    return cfg.train.compile == "true" or (cfg.train.compile == "auto" and device.type == "cuda")
 
 
 def build_loader(cfg: Config, special: SpecialIds, layout: parallel.Layout):
