@@ -195,10 +195,10 @@ def global_counts(tokens: float, masked: float, stop: bool) -> tuple[float, floa
     return tokens_all / tp, masked_all / tp, stops > 0
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when `flag` is true on at least one."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (a host-side all-reduce, like global_counts)."""
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, group=_CONTROL.get("group"))
     return t.item() > 0
 
 

@@ -36,6 +36,7 @@ class MetricsLogger:
         self.window: dict[str, torch.Tensor] = {}
         self.tokens, self.steps, self.t0 = 0.0, 0, time.perf_counter()
         self.flags: list[torch.Tensor] = []  # per step of the window, on device
+        self.checked = 0  # flags already read back (at a checkpoint inside the window)
         self.grad_norm: torch.Tensor | float | None = None
         self.step_keys: list[tuple[int, list[str]]] = []  # (step, this rank's samples)
 
@@ -52,13 +53,13 @@ class MetricsLogger:
     def check_finite(self) -> None:
         """Raise NonFiniteError on every rank if any rank had a non-finite loss or gradient norm in
         the steps not yet checked, naming the steps and, on the rank that saw it, the samples."""
-        run = self.run
+        run, start = self.run, self.checked
         bad_steps = []
-        if self.flags:
-            flags = torch.stack(self.flags).tolist()  # the one read-back
-            bad_steps = [(step, keys) for (step, keys), f in zip(self.step_keys, flags) if f > 0]
-            self.flags = [torch.zeros_like(self.flags[0]) for _ in self.flags]  # checked: not again
-        if not parallel.any_rank(bool(bad_steps), run.layout.device):
+        if len(self.flags) > start:
+            flags = torch.stack(self.flags[start:]).tolist()  # the one read-back
+            bad_steps = [(step, keys) for (step, keys), f in zip(self.step_keys[start:], flags) if f > 0]
+            self.checked = len(self.flags)
+        if not parallel.any_rank(bool(bad_steps)):
             return
         first, last = self.step_keys[0][0], self.step_keys[-1][0]
         if bad_steps:
