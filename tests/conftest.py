@@ -11,7 +11,9 @@ Tests never read ../shared. Layers (cheapest first; pick with -m):
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -126,13 +128,29 @@ def train(out: Path, data, *args: str, nproc: int = 1, kind: str = "torchrun", c
     return r
 
 
+@contextlib.contextmanager
+def one_rank(env: dict | None = None):
+    """For code that starts torch.distributed in this process (one rank): a clean rank environment
+    (plus `env`) before; the process group gone and the environment restored after, even when the
+    code returned early on an error."""
+    from electra_dist import parallel
+
+    saved = dict(os.environ)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(var, None)
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            parallel.destroy()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def train_here(out: Path, data, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """electra_dist/train.py's main() in THIS process (one rank, gloo), answered like `train`. Saves
     the ~6 s a new process spends importing torch, DeepSpeed and megatron-core."""
-    import contextlib
-    import io
-
-    from electra_dist import parallel
     from electra_dist import train as train_py
 
     shards, tok = data
@@ -141,19 +159,9 @@ def train_here(out: Path, data, *args: str, check: bool = True, env: dict | None
     # trainer runs in its own process (test_parallel, test_slurm) and in test_data
     argv = ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, "data.num_workers=0",
             *args]
-    saved = dict(os.environ)
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(var, None)
-    os.environ.update(env or {})
     stdout, stderr = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            rc = train_py.main(argv)
-    finally:
-        if torch.distributed.is_initialized():  # a start-up error returns before the loop's own clean-up
-            parallel.destroy()
-        os.environ.clear()
-        os.environ.update(saved)
+    with one_rank(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = train_py.main(argv)
     r = subprocess.CompletedProcess(["train.py", *argv], rc, stdout.getvalue(), stderr.getvalue())
     if check and rc != 0:
         raise AssertionError(f"train.py {' '.join(argv)}\nexit {rc}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
@@ -178,18 +186,8 @@ def cli(capsys):
 
 @pytest.fixture
 def one_rank_env():
-    """For code that starts torch.distributed in this process (one rank): a clean rank environment
-    before, the process group gone and the environment restored after."""
-    from electra_dist import parallel
-
-    saved = dict(os.environ)
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(var, None)
-    yield
-    if torch.distributed.is_initialized():
-        parallel.destroy()
-    os.environ.clear()
-    os.environ.update(saved)
+    with one_rank():
+        yield
 
 
 def start_training(out: Path, data, *args: str, nproc: int = 1, env: dict | None = None,
