@@ -328,3 +328,22 @@ def test_a_manifest_never_smuggles_in_a_pipe_command_or_another_path(tmp_path, s
         with pytest.raises(ValueError, match="shard names must be plain .tar file names"):
             resolve_shards(str(tmp_path / "s"))
     assert not Path("/tmp/owned-by-a-manifest").exists()
+
+
+def test_a_one_line_10mb_document_is_cut_into_pieces_and_kept(tmp_path, cli, real_documents):
+    """No sentence ends for megabytes: SentencePiece would skip it (then fail with `!sentences_.empty()`)
+    and the packer kept one example of it. Both now cut it into pieces, keep it, and say so."""
+    words = " ".join(real_documents).replace("\n", " ")
+    line = "".join(c for c in words if c not in ".!?")
+    line = (line + " ") * (10_000_000 // len(line) + 1)
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": line[:10_000_000]}) + "\n")
+    r = cli("tokenizer", "train", "--input", str(tmp_path / "one.jsonl"), "--vocab-size", "500",
+            "--out", str(tmp_path / "tok"), "--input-sentence-size", "400")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 sentence(s) had no sentence end" in r.stderr and "cut into" in r.stdout
+    r = cli("shards", "build", "--input", str(tmp_path / "one.jsonl"), "--tokenizer", str(tmp_path / "tok"),
+            "--seq-len", "128", "--out", str(tmp_path / "sh"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((tmp_path / "sh" / "manifest.json").read_text())
+    assert manifest["text"]["long_sentences"] == 1 and manifest["tokens"] > 0.99 * manifest["text_tokens"]
+    assert manifest["samples"] > 10_000 and "had no sentence end" in r.stderr

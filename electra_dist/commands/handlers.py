@@ -79,6 +79,11 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
     print(f"wrote {len(m['shards'])} shard(s), {m['samples']:,} sequences, {m['tokens']:,} tokens "
           f"({m['tokens'] / max(1, m['text_tokens']):.1%} of the text's {m['text_tokens']:,}) to {args.out} "
           f"in {r.seconds:.1f}s: {r.tokens_per_second / 1e3:,.0f}k tokens/s with {args.workers} worker(s)")
+    if m["tokens"] < 0.9 * m["text_tokens"]:
+        print(f"warning: the shards hold only {m['tokens'] / max(1, m['text_tokens']):.1%} of the text's tokens "
+              f"(--packing {m.get('packing', 'official')}: --packing official truncates what overflows each "
+              f"example; --packing full keeps nearly all)",
+              file=sys.stderr)
     return 0
 
 
@@ -199,3 +204,7 @@ def _report_text(stats) -> None:
           f"{d['bad_lines']} bad JSON lines, {d['replaced_bytes']} non-UTF-8 bytes replaced")
     for p in stats.problems[:5]:
         print(f"  {p}")
+    if d["long_sentences"]:
+        print(f"warning: {d['long_sentences']:,} sentence(s) had no sentence end for longer than one piece "
+              "(one-line documents?) and were cut into pieces; check the text splits into lines or "
+              "sentences if that is not expected", file=sys.stderr)

@@ -104,9 +104,11 @@ def _init_worker(tokenizer_dir: str) -> None:
     _TOKENIZER = Tokenizer(tokenizer_dir)
 
 
-def _pack_chunk(job: tuple[int, list[str], int, int, str]) -> tuple[int, list[np.ndarray], int]:
+def _pack_chunk(job: tuple[int, list[str], int, int, str]) -> tuple[int, list[np.ndarray], int, int]:
     """Pack one chunk of documents; its RNG depends only on (seed, chunk index). With full packing
-    the chunk's last, partial example is dropped (about one in 500 at seq 512)."""
+    the chunk's last, partial example is dropped (about one in 500 at seq 512). A sentence longer
+    than one example (a line without sentence ends) is cut into example-sized pieces first, so
+    none of it is dropped; returns how many were."""
     index, docs, seq_len, seed, packing = job
     tok = _TOKENIZER
     assert tok is not None
@@ -114,17 +116,20 @@ def _pack_chunk(job: tuple[int, list[str], int, int, str]) -> tuple[int, list[np
     builder = ExampleBuilder(tok.special.cls, tok.special.sep, seq_len, random.Random(seed * 1_000_003 + index),
                              full=packing == "full")
     out: list[np.ndarray] = []
-    tokens = 0
+    tokens = long = 0
+    piece = seq_len - 3
     for doc in docs:
         for ids in tok.encode_batch(split_sentences(doc)):
             tokens += len(ids)
-            ex = builder.add_sentence(ids)
-            if ex is not None:
-                out.append(np.asarray(ex, dtype=dtype))
+            long += len(ids) > piece
+            for start in range(0, max(1, len(ids)), piece):
+                ex = builder.add_sentence(ids[start:start + piece])
+                if ex is not None:
+                    out.append(np.asarray(ex, dtype=dtype))
         ex = builder.end_document()
         if ex is not None:
             out.append(np.asarray(ex, dtype=dtype))
-    return index, out, tokens
+    return index, out, tokens, long
 
 
 # ---- main side ------------------------------------------------------------------------------
@@ -216,8 +221,9 @@ def build_shards(
     results = pool.imap(_pack_chunk, jobs) if pool else map(_pack_chunk, jobs)
     bar = tqdm(unit="tok", unit_scale=True, desc=f"shards → {out}", disable=not progress, smoothing=0.1)
     try:
-        for _, samples, n_tokens in results:
+        for _, samples, n_tokens, n_long in results:
             text_tokens += n_tokens
+            stats.long_sentences += n_long
             for ids in samples:
                 if writer is None or shards[-1]["samples"] >= samples_per_shard:
                     close()

@@ -30,6 +30,7 @@ class TextStats:
     empty_documents: int = 0
     bad_lines: int = 0  # JSON lines that did not parse or had no text field
     replaced_bytes: int = 0  # undecodable bytes replaced by U+FFFD
+    long_sentences: int = 0  # "sentences" too long for one piece (no punctuation/newlines), cut into pieces
     problems: list[str] = field(default_factory=list)  # first few, with file and line
 
     def note(self, problem: str) -> None:
@@ -37,13 +38,14 @@ class TextStats:
             self.problems.append(problem)
 
     def merge(self, other: "TextStats") -> None:
-        for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes"):
+        for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes", "long_sentences"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         for p in other.problems:
             self.note(p)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes")}
+        return {k: getattr(self, k)
+                for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes", "long_sentences")}
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
@@ -133,3 +135,21 @@ def iter_documents(paths: Iterable[Path], stats: TextStats, text_field: str = "t
 def split_sentences(doc: str) -> list[str]:
     """Sentences of a document: a light rule-based splitter (punctuation + capital, or newline)."""
     return [s for s in (part.strip() for part in _SENTENCE_END.split(doc)) if s]
+
+
+def cut_long(sentence: str, max_chars: int) -> list[str]:
+    """`sentence` as pieces of at most `max_chars` characters, cut at whitespace where there is any
+    (a 10 MB line without sentence ends is still text worth learning from)."""
+    if len(sentence) <= max_chars:
+        return [sentence]
+    pieces, start = [], 0
+    while start < len(sentence):
+        end = min(start + max_chars, len(sentence))
+        if end < len(sentence):
+            space = sentence.rfind(" ", start + max_chars // 2, end)
+            end = space if space > start else end
+        piece = sentence[start:end].strip()
+        if piece:
+            pieces.append(piece)
+        start = end
+    return pieces

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Iterable
 
 from electra_dist.data.masking import SpecialIds
-from electra_dist.data.text import TextStats, expand_inputs, iter_documents, split_sentences
+from electra_dist.data.text import TextStats, cut_long, expand_inputs, iter_documents, split_sentences
 
 MODEL = "spm.model"
 VOCAB = "spm.vocab"
 SPECIALS = "special_tokens.json"
+# SentencePiece skips sentences over max_sentence_length BYTES; a UTF-8 character is at most 4
+MAX_SENTENCE_BYTES = 16384
+MAX_SENTENCE_CHARS = MAX_SENTENCE_BYTES // 4
 SPECIAL_PIECES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
 
@@ -98,14 +101,20 @@ def train_tokenizer(
     sample: list[str] = []
     seen = 0
     for doc in iter_documents(files, stats, text_field):
-        for s in split_sentences(doc):
-            seen += 1
-            if len(sample) < input_sentence_size:
-                sample.append(s)
-            else:
-                j = rng.randrange(seen)
-                if j < input_sentence_size:
-                    sample[j] = s
+        for whole in split_sentences(doc):
+            pieces = cut_long(whole, MAX_SENTENCE_CHARS)
+            if len(pieces) > 1:
+                stats.long_sentences += 1
+                stats.note(f"a sentence of {len(whole):,} characters (no sentence end) was cut into "
+                           f"{len(pieces)} pieces of ≤ {MAX_SENTENCE_CHARS:,} for SentencePiece")
+            for s in pieces:
+                seen += 1
+                if len(sample) < input_sentence_size:
+                    sample.append(s)
+                else:
+                    j = rng.randrange(seen)
+                    if j < input_sentence_size:
+                        sample[j] = s
     if not sample:
         raise ValueError(f"no text found in {', '.join(map(str, files))} "
                          f"({stats.documents} documents, {stats.bad_lines} bad lines)")
@@ -124,7 +133,7 @@ def train_tokenizer(
             control_symbols=["[CLS]", "[SEP]", "[MASK]"],
             input_sentence_size=0,  # we already sampled
             shuffle_input_sentence=False,
-            max_sentence_length=16384,
+            max_sentence_length=MAX_SENTENCE_BYTES,
             num_threads=num_threads or min(16, os.cpu_count() or 1),
             minloglevel=2,
         )
