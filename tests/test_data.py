@@ -347,3 +347,17 @@ def test_a_one_line_10mb_document_is_cut_into_pieces_and_kept(tmp_path, cli, rea
     manifest = json.loads((tmp_path / "sh" / "manifest.json").read_text())
     assert manifest["text"]["long_sentences"] == 1 and manifest["tokens"] > 0.99 * manifest["text_tokens"]
     assert manifest["samples"] > 10_000 and "had no sentence end" in r.stderr
+
+
+def test_a_zero_filled_shard_is_caught_by_the_manifest_count(tmp_path, shard_dir):
+    for p in shard_dir.glob("*.tar"):
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(shard_dir / "manifest.json", tmp_path / "manifest.json")
+    victim = tmp_path / "shard-000-000001.tar"
+    victim.write_bytes(bytes(victim.stat().st_size))  # what a lost write on some file systems leaves
+    assert list(iter_shard(str(victim))) == []  # a valid, empty tar as far as tar is concerned
+    loader = PretrainLoader(str(tmp_path), _settings(shuffle_buffer=1), num_workers=0)
+    with pytest.raises(CorruptShardError, match=r"shard-000-000001\.tar: it holds 0 samples but the manifest says 500"):
+        _take(loader, 10_000)
+    loader = PretrainLoader(str(tmp_path), _settings(on_corrupt="skip", shuffle_buffer=1), num_workers=0)
+    assert len(_take(loader, 200)) == 200

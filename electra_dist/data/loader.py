@@ -89,9 +89,11 @@ class _CountingReader(io.RawIOBase):
         super().close()
 
 
-def iter_shard(url: str, on_corrupt: str = "error") -> Iterator[tuple[str, np.ndarray]]:
+def iter_shard(url: str, on_corrupt: str = "error", expected: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(key, token ids) of one shard. A truncated/corrupt tar raises naming shard and offset,
-    or (on_corrupt="skip") ends the shard with a warning."""
+    or (on_corrupt="skip") ends the shard with a warning. `expected`: the manifest's sample count;
+    a shard that ends early without a tar error (zero-filled, cut at a member boundary) is just as
+    corrupt."""
     import webdataset as wds
     from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
@@ -114,6 +116,12 @@ def iter_shard(url: str, on_corrupt: str = "error") -> Iterator[tuple[str, np.nd
         raise CorruptShardError(msg) from e
     finally:
         stream.close()
+    if expected is not None and n != expected:
+        msg = (f"corrupt shard {url}: it holds {n} samples but the manifest says {expected} (zero-filled or "
+               f"cut short? rebuild it, or set data.on_corrupt=skip to go on without the rest)")
+        if on_corrupt != "skip":
+            raise CorruptShardError(msg)
+        print(f"electra-dist: warning: {msg}", file=sys.stderr)
 
 
 @dataclass
@@ -134,8 +142,8 @@ class ShardStream(IterableDataset):
     """Endless stream of masked, collated batches for one DP rank (split again by worker)."""
 
     def __init__(self, urls: list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
-                 skip_batches: int = 0):
-        self.urls, self.s = list(urls), settings
+                 skip_batches: int = 0, expected: dict[str, int] | None = None):
+        self.urls, self.s, self.expected = list(urls), settings, expected or {}
         self.dp_rank, self.dp_size, self.skip_batches = dp_rank, dp_size, skip_batches
 
     # ---- per-consumer sample order -------------------------------------------------------
@@ -154,7 +162,8 @@ class ShardStream(IterableDataset):
             buffer: list[tuple[str, np.ndarray]] = []
             index = 0
             for shard in mine:
-                for item in iter_shard(self.urls[shard], s.on_corrupt):
+                url = self.urls[shard]
+                for item in iter_shard(url, s.on_corrupt, self.expected.get(url)):
                     index += 1
                     if stride is not None and (index - 1) % stride != consumer:
                         continue
@@ -240,7 +249,13 @@ class PretrainLoader:
 
     def __init__(self, shards: str | list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
                  num_workers: int = 2, prefetch_factor: int = 4, dp_split: str = "shards", pin_memory: bool = False):
-        self.urls = resolve_shards(shards)[0] if isinstance(shards, str) else list(shards)
+        self.expected: dict[str, int] = {}  # url → the manifest's sample count
+        if isinstance(shards, str):
+            self.urls, manifest = resolve_shards(shards)
+            if manifest is not None and Path(shards).is_dir():
+                self.expected = {url: s["samples"] for url, s in zip(self.urls, manifest["shards"])}
+        else:
+            self.urls = list(shards)
         self.settings, self.dp_rank, self.dp_size = settings, dp_rank, dp_size
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         if dp_split not in ("shards", "batch"):
@@ -253,7 +268,8 @@ class PretrainLoader:
         if self.dp_split == "batch":
             yield from self._rows_of_global_batches()
             return
-        stream = ShardStream(self.urls, self.settings, self.dp_rank, self.dp_size, skip_batches=self.consumed)
+        stream = ShardStream(self.urls, self.settings, self.dp_rank, self.dp_size, skip_batches=self.consumed,
+                             expected=self.expected)
         if self.num_workers == 0:
             source: Any = iter(stream)
         else:
@@ -274,7 +290,7 @@ class PretrainLoader:
         wide = PretrainLoader(self.urls, dataclasses.replace(self.settings, micro_batch_size=B * self.dp_size),
                               num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
                               pin_memory=self.pin_memory)
-        wide.consumed = self.consumed
+        wide.consumed, wide.expected = self.consumed, self.expected
         rows = slice(self.dp_rank * B, (self.dp_rank + 1) * B)
         for batch in wide:
             self.consumed += 1
