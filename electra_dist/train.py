@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                         else parallel.DEFAULT_DEEPSPEED)
         ckpts = CheckpointManager(run)
         state = ckpts.resume(args.resume)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, parallel.UntrustedCheckpointError) as e:
         if rank0:
             print(f"electra-dist: {e}", file=sys.stderr, flush=True)
         return 2

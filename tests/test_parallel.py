@@ -29,6 +29,10 @@ def test_dp2_equals_dp1_for_every_zero_stage(tmp_path, data, baseline, stage):
           "--deepspeed", str(ROOT / "configs" / f"zero{stage}.json"), nproc=2)
     dp2 = losses(tmp_path)
     assert max(abs(a - b) for a, b in zip(baseline, dp2)) <= 1e-5, (stage, baseline, dp2)
+    from electra_dist.parallel import load_checkpoint_file
+
+    files = sorted((tmp_path / "checkpoints").rglob("*.pt"))
+    assert len(files) >= 3 and all(load_checkpoint_file(f) for f in files)  # every file loads weights-only
 
 
 def test_tp2_x_dp2_on_four_processes_learns(tmp_path, data):

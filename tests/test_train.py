@@ -272,3 +272,35 @@ def test_zero0_reports_the_gradient_norm_and_a_non_finite_gradient_stops_the_run
     monkeypatch.setattr(ElectraPretrainer, "forward", poisoned)
     with pytest.raises(NonFiniteError, match="first at step 3"):
         train_here(tmp_path / "nan", data, "--max-steps", "4", "train.log_interval=4")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_crafted_checkpoint_cannot_run_code_on_resume(tmp_path, data, monkeypatch):
+    """Even with a COMPLETE marker whose checksums match (whoever crafted it rewrote them), every
+    checkpoint file is unpickled weights-only: the one that would run code is refused by name."""
+    import hashlib
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    train_here(tmp_path, data, "--max-steps", "2", "train.save_interval=2")
+    ckpt = tmp_path / "checkpoints" / "step00000002"
+    for victim in (ckpt / "rng_rank00000.pt", _model_file(ckpt)):
+        saved, saved_marker = victim.read_bytes(), (ckpt / "COMPLETE").read_text()
+        state = torch.load(victim, weights_only=False)
+        state["extra"] = _Payload()
+        torch.save(state, victim)
+        marker = json.loads((ckpt / "COMPLETE").read_text())
+        marker["files"][victim.name] = {"bytes": victim.stat().st_size,
+                                        "sha256": hashlib.sha256(victim.read_bytes()).hexdigest()}
+        (ckpt / "COMPLETE").write_text(json.dumps(marker))
+        r = train_here(tmp_path, data, "--max-steps", "4", check=False)
+        assert r.returncode == 2 and f"refusing to load {victim}" in r.stderr, r.stderr[-2000:]
+        assert "os.system" in r.stderr or "posix.system" in r.stderr
+        assert not (tmp_path / "PWNED").exists()
+        victim.write_bytes(saved)
+        (ckpt / "COMPLETE").write_text(saved_marker)

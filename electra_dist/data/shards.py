@@ -37,6 +37,7 @@ SHARD_NAME = "shard-{part:03d}-{index:06d}.tar"
 
 
 PACKINGS = ("full", "official")
+LONG_SENTENCE_TOKENS = 4096  # no sentence runs this long: a document without sentence ends, reported
 
 
 class ExampleBuilder:
@@ -108,7 +109,7 @@ def _pack_chunk(job: tuple[int, list[str], int, int, str]) -> tuple[int, list[np
     """Pack one chunk of documents; its RNG depends only on (seed, chunk index). With full packing
     the chunk's last, partial example is dropped (about one in 500 at seq 512). A sentence longer
     than one example (a line without sentence ends) is cut into example-sized pieces first, so
-    none of it is dropped; returns how many were."""
+    none of it is dropped; returns how many ran past LONG_SENTENCE_TOKENS."""
     index, docs, seq_len, seed, packing = job
     tok = _TOKENIZER
     assert tok is not None
@@ -121,7 +122,7 @@ def _pack_chunk(job: tuple[int, list[str], int, int, str]) -> tuple[int, list[np
     for doc in docs:
         for ids in tok.encode_batch(split_sentences(doc)):
             tokens += len(ids)
-            long += len(ids) > piece
+            long += len(ids) > LONG_SENTENCE_TOKENS
             for start in range(0, max(1, len(ids)), piece):
                 ex = builder.add_sentence(ids[start:start + piece])
                 if ex is not None:

@@ -3,7 +3,7 @@
     launch   processes, megatron-core groups (TP × DP layout), the collectives training needs
     tensor   megatron-core's tensor-parallel layers as a LayerFactory, full ⟷ sharded weights
     engine   the DeepSpeed JSON checked against the config, deepspeed.initialize, FusedAdam,
-             ZeRO-3 gathers
+             ZeRO-3 gathers, checkpoint files read weights-only
 
 No other module of electra_dist imports deepspeed or megatron or calls torch.distributed
 (tests/test_layout.py checks it). DeepSpeed's checkpoint API is used through the engine's own
@@ -12,10 +12,12 @@ methods (`engine.save_checkpoint` / `load_checkpoint`), which needs no import.
 
 from electra_dist.parallel.engine import (
     DEFAULT_DEEPSPEED,
+    UntrustedCheckpointError,
     build_engine,
     full_state_dict,
     fused_adam,
     grad_norm,
+    load_checkpoint_file,
     load_deepspeed_json,
     resolve_deepspeed_config,
     zero_stage,
@@ -41,8 +43,8 @@ from electra_dist.parallel.launch import (
 from electra_dist.parallel.tensor import TPLayerFactory, gather_state_dict, layer_factory
 
 __all__ = [
-    "DEFAULT_DEEPSPEED", "MPU", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
+    "DEFAULT_DEEPSPEED", "MPU", "UntrustedCheckpointError", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
     "data_parallel_sum", "destroy", "detect_env", "free_port", "full_state_dict", "fused_adam",
     "gather_state_dict", "global_counts", "grad_norm", "init_distributed", "init_model_parallel", "layer_factory",
-    "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",
+    "load_checkpoint_file", "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",
 ]

@@ -108,12 +108,45 @@ def fused_adam(groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer
 
 def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, ds_config: dict[str, Any]):
     """`deepspeed.initialize` over the megatron groups: ZeRO shards and reduces over data parallel only.
-    Returns (engine, scheduler); `engine.module` is the model."""
+    Returns (engine, scheduler); `engine.module` is the model. Checkpoint files are read weights-only."""
     import deepspeed
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, mpu=MPU(),
                                                    config=ds_config, dist_init_required=False)
+    if type(engine.checkpoint_engine) is TorchCheckpointEngine:
+        engine.checkpoint_engine.load = load_checkpoint_file  # DeepSpeed's own reads with weights_only=False
     return engine, scheduler
+
+
+class UntrustedCheckpointError(RuntimeError):
+    pass
+
+
+def _allowed_globals() -> list[type]:
+    """The only Python types besides tensors, containers and numbers that DeepSpeed's ZeRO and fp16
+    checkpoint files hold."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = None) -> Any:
+    """`torch.load(weights_only=True)` with `_allowed_globals()`: a checkpoint file that would need
+    any other code to unpickle (a crafted one runs it) is refused, naming the file and the type."""
+    import pickle
+
+    with torch.serialization.safe_globals(_allowed_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
+            raise UntrustedCheckpointError(
+                f"refusing to load {path}: it needs more than tensors and the allow-listed DeepSpeed types to "
+                f"unpickle ({what}); a checkpoint that does can run code. Resume only from checkpoints "
+                "this program wrote.") from None
 
 
 def full_state_dict(model: nn.Module, stage: int) -> dict[str, torch.Tensor]:

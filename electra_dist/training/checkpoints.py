@@ -121,7 +121,7 @@ class CheckpointManager:
             run.loader.load_state_dict(saved["loader"])
         rng_file = path / f"rng_rank{run.layout.rank:05d}.pt"
         if rng_file.is_file() and saved.get("world_size") == run.layout.world:
-            rng = torch.load(rng_file, weights_only=False)
+            rng = parallel.load_checkpoint_file(rng_file)
             torch.set_rng_state(rng["torch"])
             if rng.get("cuda") is not None and run.layout.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])
