@@ -30,7 +30,7 @@ def train(run, ckpts, state) -> str:
 
     t = run.cfg.train
     metrics = MetricsLogger(run, state)  # metrics.jsonl + MLflow (rank 0) + console
-    signals = StopSignals()
+    signals = StopSignals(run.cfg.parallel.stop_timeout, who=f"rank {run.layout.rank}")
     batches = iter(run.loader)
     status, last_saved, stopped = "failed", state.step, False
     try:
@@ -39,6 +39,7 @@ def train(run, ckpts, state) -> str:
                                 check_grad_norm=t.precision != "fp16",  # fp16: the loss scaler skips overflows
                                 own_grad_norm=run.zero_stage == 0 and t.precision == "fp32")
             if result is None:  # a rank was signalled: every rank stops before this step
+                signals.agreed()
                 run.loader.rewind(run.grad_accum)  # the batches just fetched were not trained on
                 run.log(f"electra-dist: signal received: checkpointing at step {state.step} and exiting")
                 stopped = True
@@ -49,20 +50,30 @@ def train(run, ckpts, state) -> str:
                 metrics.log(state)  # the host reads the device here, and only here (finiteness included)
             if state.step % t.save_interval == 0 and state.step < t.max_steps:
                 metrics.check_finite()  # never a checkpoint of a poisoned state
-                ckpts.save(state)
+                with signals.busy():
+                    ckpts.save(state)
                 last_saved = state.step
         metrics.check_finite()
-        if state.step != last_saved:  # a signal right after a save must not write that step again
-            ckpts.save(state)
-        if not stopped:
-            ckpts.save_final()
+        with signals.busy():
+            if state.step != last_saved:  # a signal right after a save must not write that step again
+                ckpts.save(state)
+            if not stopped:
+                ckpts.save_final()
         ckpts.mark_preempted(state, stopped, signals.received)
         status = "preempted" if stopped else "finished"
+    except RuntimeError as e:
+        if parallel.is_collective_timeout(e):  # a peer is hung, stopped or gone
+            raise parallel.CollectiveTimeout(
+                f"rank {run.layout.rank}: at step {state.step + 1}, the other ranks did not answer within "
+                f"parallel.collective_timeout={run.cfg.parallel.collective_timeout:g}s: one is hung, stopped or "
+                f"gone. The newest complete checkpoint is kept; resume with the same command. "
+                f"({str(e).splitlines()[0][:200]})") from None
+        raise
     finally:
         signals.restore()
         batches.close()  # stops the loader's worker processes now, not whenever the iterator is collected
         metrics.close(status)
-        parallel.destroy()
+        parallel.destroy(wait=status != "failed")  # never wait on a peer that may be gone
     return status
 
 
@@ -108,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"electra-dist: {e}", file=sys.stderr, flush=True)
         return 2
     run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
-    train(run, ckpts, state)
+    try:
+        train(run, ckpts, state)
+    except parallel.CollectiveTimeout as e:
+        print(f"electra-dist: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

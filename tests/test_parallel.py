@@ -76,3 +76,39 @@ def test_resume_with_two_ranks_after_sigusr1_is_exact(tmp_path, data):
     train(part, data, *args, nproc=2)
     assert [m["step"] for m in metrics(part)] == list(range(1, 13))
     assert losses(part) == losses(ref)
+
+
+@pytest.mark.parametrize("then", ["wait", "sigterm"])
+def test_a_hung_rank_ends_the_run_with_a_message_within_the_timeouts(tmp_path, data, then):
+    """Rank 1 is SIGSTOPped mid-run. Rank 0 must not sit in a collective for the old 30-minute default:
+    it stops after parallel.collective_timeout, or — sent SIGTERM while blocked — after stop_timeout,
+    each time saying what happened; the last complete checkpoint stays."""
+    import time
+
+    import psutil
+
+    proc = start_training(tmp_path, data, "--max-steps", "100000", "train.micro_batch_size=8", "train.save_interval=2",
+                          "parallel.collective_timeout=12", "parallel.stop_timeout=2", nproc=2)
+    metrics_file = tmp_path / "metrics.jsonl"
+    wait_for(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 3, proc)
+    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()
+             if "RANK" in p.environ()}
+    ranks[1].send_signal(signal.SIGSTOP)
+    start = time.monotonic()
+    if then == "sigterm":
+        time.sleep(1)
+        ranks[0].send_signal(signal.SIGTERM)
+    try:
+        ranks[0].wait(timeout=40)
+        took = time.monotonic() - start
+    finally:
+        ranks[1].kill()
+    out, err = proc.communicate(timeout=60)
+    if then == "wait":
+        assert 12 <= took < 30, took
+        assert "did not answer within parallel.collective_timeout=12s: one is hung, stopped or gone" in err, err[-3000:]
+    else:
+        assert took < 8, took
+        assert ("rank 0: got SIGTERM but the ranks did not agree to stop within parallel.stop_timeout=2s" in err
+                ), err[-3000:]
+    assert "newest complete" in err and (tmp_path / "checkpoints" / "latest").is_file()

@@ -103,6 +103,10 @@ class ParallelConfig:
     """Tensor parallelism (megatron-core); data parallelism is whatever ranks remain."""
 
     tensor_parallel_size: int = _f(1, "ranks that split each layer")
+    collective_timeout: float = _f(600.0, "seconds any collective may wait for the other ranks before the run "
+                                   "stops, saying a rank is hung, stopped or gone (the last checkpoint is kept)")
+    stop_timeout: float = _f(60.0, "seconds after SIGUSR1/SIGTERM for the ranks to agree to stop; a rank still "
+                             "blocked on a hung peer by then exits, saying so (a save in progress is waited for)")
 
 
 @dataclass

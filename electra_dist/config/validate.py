@@ -33,6 +33,9 @@ def validate(cfg: Config) -> Config:
     for key in ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps"):
         if flat[key] < 0:
             p.append(f"{key}: {flat[key]} must be >= 0")
+    for key in ("collective_timeout", "stop_timeout"):
+        if not getattr(cfg.parallel, key) > 0:
+            p.append(f"parallel.{key}: {getattr(cfg.parallel, key)} must be > 0 seconds")
     if cfg.tracking.flush_timeout < 0:
         p.append(f"tracking.flush_timeout: {cfg.tracking.flush_timeout} must be >= 0")
     if not bad_ints:  # the arithmetic below needs sane sizes; everything else is checked regardless

@@ -24,6 +24,7 @@ from electra_dist.parallel.engine import (
 )
 from electra_dist.parallel.launch import (
     MPU,
+    CollectiveTimeout,
     DistEnv,
     Layout,
     any_rank,
@@ -37,14 +38,15 @@ from electra_dist.parallel.launch import (
     global_counts,
     init_distributed,
     init_model_parallel,
+    is_collective_timeout,
     setup,
     use_cuda,
 )
 from electra_dist.parallel.tensor import TPLayerFactory, gather_state_dict, layer_factory
 
 __all__ = [
-    "DEFAULT_DEEPSPEED", "MPU", "UntrustedCheckpointError", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
+    "CollectiveTimeout", "DEFAULT_DEEPSPEED", "MPU", "UntrustedCheckpointError", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
     "data_parallel_sum", "destroy", "detect_env", "free_port", "full_state_dict", "fused_adam",
-    "gather_state_dict", "global_counts", "grad_norm", "init_distributed", "init_model_parallel", "layer_factory",
+    "gather_state_dict", "global_counts", "grad_norm", "init_distributed", "init_model_parallel", "is_collective_timeout", "layer_factory",
     "load_checkpoint_file", "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",
 ]

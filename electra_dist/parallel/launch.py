@@ -71,8 +71,9 @@ def use_cuda() -> bool:
     return torch.cuda.is_available() and os.environ.get("ELECTRA_DIST_FORCE_CPU") != "1"
 
 
-def init_distributed(timeout_minutes: int = 30) -> tuple[DistEnv, torch.device]:
-    """Start torch.distributed (nccl on GPU, gloo on CPU) through DeepSpeed's helper."""
+def init_distributed(timeout_s: float = 600.0) -> tuple[DistEnv, torch.device]:
+    """Start torch.distributed (nccl on GPU, gloo on CPU) through DeepSpeed's helper; every collective
+    waits at most `timeout_s` for the other ranks."""
     env = detect_env()
     if not use_cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -85,11 +86,11 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[DistEnv, torch.device]:
         device = torch.device("cpu")
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", auto_mpi_discovery=False,
-                                   timeout=datetime.timedelta(minutes=timeout_minutes), verbose=False)
+                                   timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
     return env, device
 
 
-def init_model_parallel(tensor_parallel_size: int) -> None:
+def init_model_parallel(tensor_parallel_size: int, timeout_s: float = 600.0) -> None:
     from megatron.core import parallel_state as ps
 
     world = dist.get_world_size()
@@ -101,7 +102,8 @@ def init_model_parallel(tensor_parallel_size: int) -> None:
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size,
-                                 create_gloo_process_groups=not use_cuda())
+                                 create_gloo_process_groups=not use_cuda(),
+                                 distributed_timeout_minutes=timeout_s / 60)  # a timedelta(minutes=) there
 
 
 @dataclass
@@ -128,25 +130,40 @@ class Layout:
 _CONTROL: dict[str, object] = {}  # the gloo group for host-side control messages
 
 
-def setup(tensor_parallel_size: int = 1) -> Layout:
-    """Processes and groups: the first thing a training process does."""
-    env, device = init_distributed()
-    init_model_parallel(tensor_parallel_size)
+def setup(tensor_parallel_size: int = 1, timeout_s: float = 600.0) -> Layout:
+    """Processes and groups: the first thing a training process does. `timeout_s` bounds every
+    collective of the default and control groups (a hung peer ends the run, see CollectiveTimeout)."""
+    env, device = init_distributed(timeout_s)
+    init_model_parallel(tensor_parallel_size, timeout_s)
     # counts and stop flags live on the host: a CPU (gloo) group carries them, so reading the
     # result never waits for the GPU's queue
-    _CONTROL["group"] = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    _CONTROL["group"] = (dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+                         if dist.get_backend() != "gloo" else None)
     mpu = MPU()
     return Layout(env.rank, env.world_size, tensor_parallel_size, mpu.get_model_parallel_rank(),
                   mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank(), device)
 
 
-def destroy() -> None:
+class CollectiveTimeout(RuntimeError):
+    """A collective waited `parallel.collective_timeout` for a peer that never came."""
+
+
+def is_collective_timeout(e: BaseException) -> bool:
+    """gloo raises "Timed out waiting ...ms for ... operation"; NCCL's watchdog "Watchdog caught collective
+    operation timeout"."""
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("Timed out waiting" in text or "operation timeout" in text
+                                            or "Connection closed by peer" in text)
+
+
+def destroy(wait: bool = True) -> None:
+    """Tear the groups down; `wait`: first a barrier, so no rank leaves while another still sends."""
     from megatron.core import parallel_state as ps
 
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
     _CONTROL.clear()
-    if dist.is_initialized():
+    if dist.is_initialized() and wait:
         dist.barrier()
         dist.destroy_process_group()
 

@@ -61,7 +61,7 @@ def rank0_printer(layout: parallel.Layout) -> Callable[[str], None]:
 
 def build_run(cfg: Config, ds_json: dict[str, Any]) -> Run:
     cfg.validate()
-    layout = parallel.setup(cfg.parallel.tensor_parallel_size)
+    layout = parallel.setup(cfg.parallel.tensor_parallel_size, cfg.parallel.collective_timeout)
     log = rank0_printer(layout)
     ds_config = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
     special = check_data(cfg, log)
