@@ -200,6 +200,7 @@ def test_server_down_mid_run_never_stops_training(tmp_path, data):
         assert r.returncode == 0, r.stdout + r.stderr
         client = MlflowClient(server.url)
         assert steps(client, run_id(out)) == list(range(1, 61))
+        assert client.get_run(run_id(out)).info.status == "FINISHED"  # not left RUNNING
     finally:
         server.stop()
 
@@ -218,3 +219,32 @@ def test_a_step_backfilled_and_queued_live_is_sent_once(tmp_path):
     assert t.close() == ""
     hist = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(t.run_id, "loss/total")
     assert sorted((m.step, m.value) for m in hist) == [(1, 3.0), (2, 2.5)]
+
+
+def test_server_unreachable_from_the_start_then_sync_creates_the_whole_run(tmp_path, data):
+    """No server for the whole run: tracking.json is still written, params/tags/artifacts and the final
+    status are kept in tracking_pending.json, and `sync` later creates the run with all of it."""
+    port = free_port()
+    out = tmp_path / "run"
+    run(out, data, "--max-steps", "6", "tracking.enabled=true", "tracking.experiment=never-reached",
+        f"tracking.uri=http://127.0.0.1:{port}", "tracking.flush_timeout=2", cwd=tmp_path)
+    info = json.loads((out / "tracking.json").read_text())
+    assert info["uri"] == f"http://127.0.0.1:{port}" and info["run_id"] is None
+    kinds = [kind for kind, _ in json.loads((out / "tracking_pending.json").read_text())]
+    assert "params" in kinds and "artifact" in kinds and kinds[-1] == "end"
+    server = Server(tmp_path / "server", port=port).start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "electra_dist", "sync", "--output-dir", str(out)],
+                           capture_output=True, text=True, env=child_env(), timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "status finished" in r.stdout and not (out / "tracking_pending.json").exists()
+        client = MlflowClient(server.url)
+        rid = run_id(out)
+        got = client.get_run(rid)
+        assert got.info.status == "FINISHED" and got.data.tags["status"] == "finished"
+        assert got.data.params["train.max_steps"] == "6" and got.data.tags["flavor"] == "debug"
+        assert "config.yaml" in [a.path for a in client.list_artifacts(rid)]
+        assert steps(client, rid) == list(range(1, 7))
+        assert client.get_experiment(got.info.experiment_id).name == "never-reached"
+    finally:
+        server.stop()

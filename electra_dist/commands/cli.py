@@ -185,11 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-control", action="store_true", help="skip fine-tuning the random-init control")
     p.set_defaults(func=h.cmd_experiment)
 
-    p = sub.add_parser("sync", help="send a run's metrics.jsonl records that MLflow missed",
-                       description="Back-fill the MLflow run of OUTPUT_DIR with every metrics.jsonl record it "
-                                   "lacks (after a tracking server outage).")
+    p = sub.add_parser("sync", help="send MLflow what a run could not (metrics, params, tags, artifacts, status)",
+                       description="After a tracking server outage: back-fill the MLflow run of OUTPUT_DIR with every "
+                                   "metrics.jsonl record it lacks, send the params/tags/artifacts and the final "
+                                   "status kept in tracking_pending.json, and create the run if the server was never "
+                                   "reached.")
     p.add_argument("--output-dir", required=True, help="the run's output directory")
     p.add_argument("--tracking-uri", default=None, help="default: the URI the run used (tracking.json)")
+    p.add_argument("--experiment", default=None, help="default: the run's experiment (tracking.json); needed only "
+                                                      "for runs without one")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to keep retrying (default 120)")
     p.set_defaults(func=h.cmd_sync)
 

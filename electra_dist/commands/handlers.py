@@ -155,21 +155,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     import json
 
-    from electra_dist.tracking.mlflow_tracker import MLflowTracker
+    from electra_dist.tracking.mlflow_tracker import PENDING_JSON, TRACKING_JSON, MLflowTracker
 
     out = Path(args.output_dir)
-    info_file = out / "tracking.json"
-    if not info_file.is_file():
-        raise FileNotFoundError(f"{info_file} does not exist: this run never reached MLflow; pass --experiment "
-                                "to create a run for it")
-    info = json.loads(info_file.read_text())
-    uri = args.tracking_uri or info["uri"]
-    t = MLflowTracker(uri, info["experiment"], "", out / "metrics.jsonl", run_id=info["run_id"],
-                      system_metrics=False)
-    msg = t.close("finished" if (out / "final").is_dir() else "preempted", timeout=args.timeout)
+    info_file, pending_file = out / TRACKING_JSON, out / PENDING_JSON
+    if not (out / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{out / 'metrics.jsonl'} does not exist: is {out} a run's output directory?")
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    uri = args.tracking_uri or info.get("uri")
+    experiment = args.experiment or info.get("experiment")
+    if not uri or not experiment:
+        raise FileNotFoundError(f"{info_file} does not exist (a run from before it was written): pass "
+                                "--tracking-uri and --experiment to create an MLflow run for it")
+    pending = [tuple(item) for item in json.loads(pending_file.read_text())] if pending_file.is_file() else []
+    status = next((p for kind, p in pending if kind == "end"), None)
+    status = status or ("finished" if (out / "final").is_dir() else "preempted")
+    t = MLflowTracker(uri, experiment, info.get("run_name") or out.name, out / "metrics.jsonl",
+                      run_id=info.get("run_id"), tags=info.get("tags"), system_metrics=False)
+    # the tracker queues tracking_pending.json's params/tags/artifacts itself
+    msg = t.close(status, timeout=args.timeout)
     if msg:
         return 1
-    print(f"run {info['run_id']} at {uri} holds every record of {out / 'metrics.jsonl'}")
+    print(f"run {t.run_id} at {uri} holds every record of {out / 'metrics.jsonl'}"
+          + (f" and the {len(pending)} item(s) that were pending" if pending else "") + f"; status {status}")
     return 0
 
 

@@ -3,8 +3,11 @@
 The metrics JSONL in the output dir is the durable record; MLflow is a view of it. A slow, down
 or unreachable server warns once; everything stays queued and is retried with backoff; on
 (re)connecting, every JSONL record the run does not have yet is back-filled — which also makes a
-resumed run one continuous history with no duplicate steps. Whatever could not be sent by the
-end is stated, and `electra-dist sync` sends it later.
+resumed run one continuous history with no duplicate steps. OUTPUT/tracking.json (where the
+run goes: URI, experiment, name, tags, run id once there is one) is written at the start, reachable
+or not; whatever could not be sent by the end — params, tags, artifacts, the run's final status —
+is kept in OUTPUT/tracking_pending.json and stated, and `electra-dist sync` sends it (with the
+metrics, from the JSONL) later, creating the run if the server was never reached.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 from electra_dist.tracking.base import Tracker
 from electra_dist.tracking.record import read_metrics
 
+TRACKING_JSON = "tracking.json"
+PENDING_JSON = "tracking_pending.json"
 STATUS_TO_MLFLOW = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "running": "RUNNING"}
 
 
@@ -58,8 +63,15 @@ class MLflowTracker(Tracker):
         self.metrics_file = Path(metrics_file) if metrics_file else None  # None: nothing to back-fill from
         self._log = log
         self._flush_timeout = flush_timeout
+        if self.metrics_file is not None and self.metrics_file.parent.is_dir():  # `sync` finds the run by it
+            _write_json(self.metrics_file.parent / TRACKING_JSON, {"uri": uri, "experiment": experiment,
+                                                                   "run_name": run_name, "run_id": run_id,
+                                                                   "tags": dict(tags or {})})
         self._sender = _Sender(uri, experiment, run_name, self.metrics_file, run_id, dict(tags or {}), system_metrics,
                                log, retry_max_seconds)
+        pending = self.metrics_file.parent / PENDING_JSON if self.metrics_file is not None else None
+        if pending is not None and pending.is_file():  # what an earlier session (or sync) could not send
+            self._resend(json.loads(pending.read_text()))
 
     @property
     def run_id(self) -> str | None:  # type: ignore[override]
@@ -77,19 +89,34 @@ class MLflowTracker(Tracker):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._sender.put("artifact", (str(path), artifact_path))
 
+    def _resend(self, items: list) -> None:
+        """Queue what an earlier session could not send (its tracking_pending.json)."""
+        for kind, payload in items:
+            if kind in ("params", "tags", "artifact"):
+                self._sender.put(kind, tuple(payload) if kind == "artifact" else dict(payload))
+
     def close(self, status: str = "finished", timeout: float | None = None) -> str:
-        """Flush (up to `timeout` s), mark the run, and return a line saying what was not sent."""
+        """Flush (up to `timeout` s), mark the run, and return a line saying what was not sent (kept in
+        tracking_pending.json for `electra-dist sync`)."""
         self._sender.put("tags", {"status": status})
         self._sender.put("end", status)
         left = self._sender.finish(self._flush_timeout if timeout is None else timeout)
         n_metrics = sum(1 for kind, _ in left if kind == "metrics")
-        n_other = sum(1 for kind, _ in left if kind not in ("metrics", "end"))
-        if not (n_metrics or n_other):
+        other = [(kind, payload) for kind, payload in left if kind != "metrics"]
+        pending = self.metrics_file.parent / PENDING_JSON if self.metrics_file is not None else None
+        if pending is not None and pending.parent.is_dir():
+            if other:
+                _write_json(pending, [[kind, payload] for kind, payload in other])
+            else:
+                pending.unlink(missing_ok=True)
+        if not (n_metrics or other):
             return ""
-        msg = (f"electra-dist: MLflow at {self.uri} did not receive {n_metrics} metric record(s) and "
-               f"{n_other} other item(s) (params/tags/artifacts)")
-        if self.metrics_file is not None:
-            msg += (f"; the metrics are all in {self.metrics_file}: send them later with "
+        n_other = sum(1 for kind, _ in other if kind != "end")
+        msg = (f"electra-dist: MLflow at {self.uri} did not receive {n_metrics} metric record(s), {n_other} other "
+               f"item(s) (params/tags/artifacts)" + (" and the run's final status" if any(k == "end" for k, _ in
+                                                                                             other) else ""))
+        if pending is not None:
+            msg += (f"; the metrics are all in {self.metrics_file}, the rest in {pending}: send them later with "
                     f"`electra-dist sync --output-dir {self.metrics_file.parent}`")
         self._log(msg)
         return msg
@@ -176,8 +203,9 @@ class _Sender:
             self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "loss/total")}
         self.connected = True
         if self.metrics_file and self.metrics_file.parent.is_dir():  # where `electra-dist sync` finds the run
-            info = {"uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}
-            (self.metrics_file.parent / "tracking.json").write_text(json.dumps(info, indent=2))
+            info = {"uri": self.uri, "experiment": self.experiment, "run_name": self.run_name, "run_id": self.run_id,
+                    "tags": self.tags}
+            _write_json(self.metrics_file.parent / TRACKING_JSON, info)
         if self.warned:
             self.log(f"electra-dist: MLflow at {self.uri} answers again; back-filling")
         self.backfill()
@@ -242,6 +270,12 @@ class _Sender:
             if "INVALID_PARAMETER_VALUE" not in str(e) and "Changing param values" not in str(e):
                 raise
             _log_changed_params(self.client, self.run_id, items)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
 
 
 def _records(metrics_file: Path) -> list[tuple[int, dict[str, float], int]]:
