@@ -62,3 +62,9 @@ def sample_id(key: str, epoch: int, seed: int) -> int:
     """A stable 62-bit id for one sample in one epoch under one seed."""
     digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 62) - 1)
+
+
+def dropout_seed(seed: int, step: int, slice_index: int) -> int:
+    """The torch seed for the dropout of slice `slice_index` of the global batch of `step`: the same
+    wherever (which DP rank, which micro-step) that slice runs."""
+    return int(combine(combine(torch.tensor(seed), step), slice_index)) * 0x9E3779B1 % (1 << 62)

@@ -21,8 +21,9 @@ if __package__ in (None, ""):  # run as a script (the deepspeed/torchrun way): m
 from electra_dist.config import Config, ConfigError, keys_help  # noqa: E402
 
 
-def train(run, ckpts, state) -> str:
-    """Run to train.max_steps; returns "finished", or "preempted" after SIGUSR1/SIGTERM."""
+def train(run, ckpts, state, until: int | None = None) -> str:
+    """Run to train.max_steps (or step `until`, then checkpoint and stop: the schedule stays that of
+    max_steps); returns "finished", "stopped" (at `until`), or "preempted" after SIGUSR1/SIGTERM."""
     from electra_dist import parallel
     from electra_dist.training.metrics import MetricsLogger
     from electra_dist.training.signals import StopSignals
@@ -33,8 +34,9 @@ def train(run, ckpts, state) -> str:
     signals = StopSignals(run.cfg.parallel.stop_timeout, who=f"rank {run.layout.rank}")
     batches = iter(run.loader)
     status, last_saved, stopped = "failed", state.step, False
+    end = min(t.max_steps, until or t.max_steps)
     try:
-        while state.step < t.max_steps:
+        while state.step < end:
             result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=bool(signals.received),
                                 check_grad_norm=t.precision != "fp16",  # fp16: the loss scaler skips overflows
                                 own_grad_norm=run.zero_stage == 0 and t.precision == "fp32")
@@ -57,10 +59,13 @@ def train(run, ckpts, state) -> str:
         with signals.busy():
             if state.step != last_saved:  # a signal right after a save must not write that step again
                 ckpts.save(state)
-            if not stopped:
+            if not stopped and state.step == t.max_steps:
                 ckpts.save_final()
-        ckpts.mark_preempted(state, stopped, signals.received)
-        status = "preempted" if stopped else "finished"
+        if not stopped and state.step < t.max_steps:  # --until-step
+            status = "stopped"
+        else:
+            ckpts.mark_preempted(state, stopped, signals.received)
+            status = "preempted" if stopped else "finished"
     except RuntimeError as e:
         if parallel.is_collective_timeout(e):  # a peer is hung, stopped or gone
             raise parallel.CollectiveTimeout(
@@ -89,6 +94,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer directory: sets data.tokenizer")
     p.add_argument("--output-dir", default=None, help="checkpoints, metrics.jsonl, final model: sets output_dir")
     p.add_argument("--max-steps", type=int, default=None, help="sets train.max_steps")
+    p.add_argument("--until-step", type=int, default=None, metavar="N", help="stop at step N with a checkpoint "
+                   "(the LR schedule stays that of train.max_steps); resume later, on this or another layout")
     p.add_argument("--resume", default="auto", help="auto (latest complete checkpoint in the output dir, if any), "
                                                     "never, or a checkpoint PATH")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
     try:
-        train(run, ckpts, state)
+        train(run, ckpts, state, args.until_step)
     except parallel.CollectiveTimeout as e:
         print(f"electra-dist: {e}", file=sys.stderr, flush=True)
         return 1

@@ -195,21 +195,50 @@ def test_every_sample_exactly_once_per_epoch_across_ranks_and_workers(shard_dir)
         assert sorted(seen) == sorted(all_keys), consumers
 
 
-def test_exact_resume_2_ranks_x_2_workers(shard_dir):
+@pytest.mark.parametrize("split", ["batch", "shards"])
+def test_exact_resume_2_ranks_x_2_workers(shard_dir, split):
+    def loader(rank):
+        return PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2, dp_split=split)
+
     for rank in (0, 1):
-        straight = _take(PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2), 15)
-        first = PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2)
+        straight = _take(loader(rank), 15)
+        first = loader(rank)
         a = _take(first, 7)
         state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint
-        resumed = PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2)
+        resumed = loader(rank)
         resumed.load_state_dict(state)
         b = _take(resumed, 4)  # an odd count, then a second resume: the worker rotation must hold
-        again = PretrainLoader(str(shard_dir), _settings(), rank, 2, num_workers=2)
+        again = loader(rank)
         again.load_state_dict(resumed.state_dict())
         assert _same(straight, a + b + _take(again, 4))
-    r0 = _take(PretrainLoader(str(shard_dir), _settings(), 0, 2, num_workers=2), 10)
-    r1 = _take(PretrainLoader(str(shard_dir), _settings(), 1, 2, num_workers=2), 10)
+    r0, r1 = _take(loader(0), 10), _take(loader(1), 10)
     assert not {k for b in r0 for k in b["keys"]} & {k for b in r1 for k in b["keys"]}
+
+
+def test_global_batches_are_the_same_for_any_dp_size_and_accumulation_and_resume_across_them(shard_dir):
+    """dp_split=batch: slice k of step s holds the same samples and dropout seed whether DP 1 × 4
+    micro-steps, DP 2 × 2 or DP 4 × 1 computes it; a position saved at one layout resumes at another."""
+    def slices(dp, accum, steps, state=None):
+        out = {}
+        for rank in range(dp):
+            loader = PretrainLoader(str(shard_dir), _settings(micro_batch_size=4), rank, dp, num_workers=2,
+                                    grad_accum=accum)
+            if state is not None:
+                loader.load_state_dict(state)
+            for i, b in enumerate(_take(loader, steps * accum)):
+                step, a = divmod(i, accum)
+                out[step, a * dp + rank] = (b["keys"], b["dropout_seed"], b["input_ids"])
+        return out, loader.state_dict()
+
+    ref, _ = slices(1, 4, 3)
+    for dp, accum in ((2, 2), (4, 1)):
+        got, _ = slices(dp, accum, 3)
+        assert got.keys() == ref.keys()
+        assert all(got[k][:2] == ref[k][:2] and torch.equal(got[k][2], ref[k][2]) for k in ref), (dp, accum)
+    assert len({ref[k][1] for k in ref}) == len(ref)  # every slice its own dropout seed
+    _, state = slices(2, 2, 2)  # two steps on DP 2, then on DP 4
+    later, _ = slices(4, 1, 1, json.loads(json.dumps(state)))
+    assert {k: v[:2] for k, v in later.items()} == {(0, k): ref[2, k][:2] for k in range(4)}
 
 
 def test_same_dp_rank_same_batches_and_seeded_shuffle(shard_dir):
@@ -342,7 +371,7 @@ def test_a_one_line_10mb_document_is_cut_into_pieces_and_kept(tmp_path, cli, rea
     assert r.returncode == 0, r.stderr[-2000:]
     assert "1 sentence(s) had no sentence end" in r.stderr and "cut into" in r.stdout
     r = cli("shards", "build", "--input", str(tmp_path / "one.jsonl"), "--tokenizer", str(tmp_path / "tok"),
-            "--seq-len", "128", "--out", str(tmp_path / "sh"), "--quiet")
+            "--seq-len", "128", "--out", str(tmp_path / "sh"), "--quiet", "--workers", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((tmp_path / "sh" / "manifest.json").read_text())
     assert manifest["text"]["long_sentences"] == 1 and manifest["tokens"] > 0.99 * manifest["text_tokens"]

@@ -112,3 +112,50 @@ def test_a_hung_rank_ends_the_run_with_a_message_within_the_timeouts(tmp_path, d
         assert ("rank 0: got SIGTERM but the ranks did not agree to stop within parallel.stop_timeout=2s" in err
                 ), err[-3000:]
     assert "newest complete" in err and (tmp_path / "checkpoints" / "latest").is_file()
+
+
+# ---- resume on another number of GPUs -----------------------------------------------------------
+
+# dropout ON; micro batch 4 and global batch 16 fit DP 1, 2 and 4 (accumulation 4, 2, 1)
+ELASTIC = ["--max-steps", "12", "train.micro_batch_size=4", "train.global_batch_size=16", "train.save_interval=1000",
+           "model.dropout=0.1", "model.attention_dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data):
+    """12 steps on one rank, no break: the curve every re-sharded resume must reproduce."""
+    from conftest import train_here
+
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train_here(out, data, *ELASTIC)
+    return losses(out)
+
+
+def _segments(out, data, plan, *extra):
+    """Run `plan` = [(until step, nproc, extra args)] one after the other in one output dir."""
+    logs = []
+    for until, nproc, args in plan:
+        r = train(out, data, *ELASTIC, *extra, *args, *(["--until-step", str(until)] if until < 12 else []),
+                  nproc=nproc)
+        logs.append(r.stdout)
+    assert [m["step"] for m in metrics(out)] == list(range(1, 13))
+    return logs
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_resume_on_dp_2_then_1_then_4_follows_the_uninterrupted_curve(tmp_path, data, uninterrupted, stage):
+    zero = ["--deepspeed", str(ROOT / "configs" / f"zero{stage}.json")]
+    logs = _segments(tmp_path, data, [(4, 2, []), (8, 1, []), (12, 4, [])], *zero)
+    assert f"written by TP 1 × DP 2, ZeRO-{stage}: re-sharded onto TP 1 × DP 1, ZeRO-{stage}" in logs[1]
+    assert f"written by TP 1 × DP 1, ZeRO-{stage}: re-sharded onto TP 1 × DP 4, ZeRO-{stage}" in logs[2]
+    got = losses(tmp_path)
+    assert max(abs(a - b) for a, b in zip(uninterrupted, got)) <= 1e-5, (uninterrupted, got)
+
+
+def test_resume_on_tp_1_then_2_then_1_follows_the_uninterrupted_curve(tmp_path, data, uninterrupted):
+    tp2 = ["parallel.tensor_parallel_size=2"]
+    logs = _segments(tmp_path, data, [(4, 1, []), (8, 2, tp2), (12, 1, [])])
+    assert "written by TP 1 × DP 1, ZeRO-0: re-sharded onto TP 2 × DP 1, ZeRO-0" in logs[1]
+    assert "written by TP 2 × DP 1, ZeRO-0: re-sharded onto TP 1 × DP 1, ZeRO-0" in logs[2]
+    got = losses(tmp_path)
+    assert max(abs(a - b) for a, b in zip(uninterrupted, got)) <= 1e-5, (uninterrupted, got)

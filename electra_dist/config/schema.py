@@ -118,9 +118,10 @@ class DataConfig:
     num_workers: int = _f(2, "loader worker processes per rank")
     shuffle_buffer: int = _f(1000, "samples held for shuffling")
     on_corrupt: str = _f("error", "what a corrupt shard does", ("error", "skip"))
-    dp_split: str = _f("shards", "how data-parallel ranks share the data: 'shards' (each reads its own shards) or "
-                       "'batch' (all read one stream of global batches and take their rows: the same data order "
-                       "for any DP size, at DP× the reading)", ("shards", "batch"))
+    dp_split: str = _f("batch", "how data-parallel ranks share the data: 'batch' (all read one stream of global "
+                       "batches and collate only their rows: the same data, order and dropout for any DP size, so a "
+                       "run resumes on more or fewer GPUs with the same curve; each rank reads every sample's bytes) "
+                       "or 'shards' (each reads its own shards; resume needs the same DP size)", ("batch", "shards"))
 
 
 @dataclass

@@ -142,8 +142,9 @@ class ShardStream(IterableDataset):
     """Endless stream of masked, collated batches for one DP rank (split again by worker)."""
 
     def __init__(self, urls: list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
-                 skip_batches: int = 0, expected: dict[str, int] | None = None):
+                 skip_batches: int = 0, expected: dict[str, int] | None = None, keep_rows: list[int] | None = None):
         self.urls, self.s, self.expected = list(urls), settings, expected or {}
+        self.keep_rows = keep_rows  # collate only these rows of each batch (the rest are other ranks')
         self.dp_rank, self.dp_size, self.skip_batches = dp_rank, dp_size, skip_batches
 
     # ---- per-consumer sample order -------------------------------------------------------
@@ -204,7 +205,7 @@ class ShardStream(IterableDataset):
         for i, batch in self.batches(consumer, consumers):
             if i < skip:
                 continue
-            yield self.collate(batch)
+            yield self.collate(batch if self.keep_rows is None else [batch[r] for r in self.keep_rows])
 
     # ---- collation and masking -----------------------------------------------------------
     def collate(self, batch: list[tuple[int, str, np.ndarray]]) -> dict[str, Any]:
@@ -242,13 +243,19 @@ class ShardStream(IterableDataset):
 class PretrainLoader:
     """Iterable of batches with `state_dict()`/`load_state_dict()` for exact resume.
 
-    dp_split="shards": each DP rank streams its own share of the shards (the default).
-    dp_split="batch": every rank streams the same global micro-batches (micro × dp_size rows) and
-    keeps its own rows, so the data order does not depend on the DP size (DP× the reading).
+    dp_split="batch" (the default): the data stream is one of GLOBAL batches (global_batch_size rows,
+    one per optimizer step); every rank reads it and collates only its own rows — micro-batch a of
+    DP rank r is slice k = a × dp + r. The data order, each slice's content and each slice's dropout
+    seed (`dropout_seed`, from (seed, step, k)) are then the same for any DP size and accumulation
+    with the same micro batch, so a run resumes on another number of GPUs with the same curve. The
+    cost: every rank reads every sample's bytes (2 bytes a token), not its share.
+    dp_split="shards": each DP rank streams its own share of the shards (the data order depends on
+    the DP size; resume needs the same one).
     """
 
     def __init__(self, shards: str | list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
-                 num_workers: int = 2, prefetch_factor: int = 4, dp_split: str = "shards", pin_memory: bool = False):
+                 num_workers: int = 2, prefetch_factor: int = 4, dp_split: str = "batch", pin_memory: bool = False,
+                 grad_accum: int = 1):
         self.expected: dict[str, int] = {}  # url → the manifest's sample count
         if isinstance(shards, str):
             self.urls, manifest = resolve_shards(shards)
@@ -256,7 +263,7 @@ class PretrainLoader:
                 self.expected = {url: s["samples"] for url, s in zip(self.urls, manifest["shards"])}
         else:
             self.urls = list(shards)
-        self.settings, self.dp_rank, self.dp_size = settings, dp_rank, dp_size
+        self.settings, self.dp_rank, self.dp_size, self.grad_accum = settings, dp_rank, dp_size, grad_accum
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         if dp_split not in ("shards", "batch"):
             raise ValueError(f"data.dp_split: {dp_split!r} is not 'shards' or 'batch'")
@@ -264,54 +271,80 @@ class PretrainLoader:
         self.pin_memory = pin_memory  # page-locked batches: their copy to the GPU overlaps compute
         self.consumed = 0  # batches handed to the caller
 
+    @property
+    def global_batch_size(self) -> int:
+        return self.settings.micro_batch_size * self.dp_size * self.grad_accum
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self.dp_split == "batch":
-            yield from self._rows_of_global_batches()
+            yield from self._slices_of_global_batches()
             return
-        stream = ShardStream(self.urls, self.settings, self.dp_rank, self.dp_size, skip_batches=self.consumed,
-                             expected=self.expected)
+        yield from self._stream(self.settings, self.consumed, None)
+
+    def _stream(self, settings: LoaderSettings, skip: int, keep_rows: list[int] | None) -> Iterator[dict[str, Any]]:
+        stream = ShardStream(self.urls, settings, 0 if keep_rows else self.dp_rank, 1 if keep_rows else self.dp_size,
+                             skip_batches=skip, expected=self.expected, keep_rows=keep_rows)
         if self.num_workers == 0:
             source: Any = iter(stream)
         else:
-            # its own generator: creating the workers must not draw from the global RNG, which
-            # drives dropout and is restored exactly on resume
+            # its own generator: creating the workers must not draw from the global RNG
             source = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                                 prefetch_factor=self.prefetch_factor, persistent_workers=False,
                                 multiprocessing_context="fork", pin_memory=self.pin_memory,
                                 generator=torch.Generator().manual_seed(self.settings.seed))
+        if keep_rows is not None:
+            yield from source
+            return
         for batch in source:
             self.consumed += 1
             yield batch
 
-    def _rows_of_global_batches(self) -> Iterator[dict[str, Any]]:
+    def _slices_of_global_batches(self) -> Iterator[dict[str, Any]]:
         import dataclasses
 
-        B = self.settings.micro_batch_size
-        wide = PretrainLoader(self.urls, dataclasses.replace(self.settings, micro_batch_size=B * self.dp_size),
-                              num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
-                              pin_memory=self.pin_memory)
-        wide.consumed, wide.expected = self.consumed, self.expected
-        rows = slice(self.dp_rank * B, (self.dp_rank + 1) * B)
-        for batch in wide:
-            self.consumed += 1
-            yield {k: v[rows] if k not in ("epoch", "padded") else v for k, v in batch.items()}
+        B, dp, A = self.settings.micro_batch_size, self.dp_size, self.grad_accum
+        if self.consumed % A:
+            raise ValueError(f"the loader stands {self.consumed} micro-batches in, not at an optimizer step")
+        slices = [a * dp + self.dp_rank for a in range(A)]
+        rows = [k * B + i for k in slices for i in range(B)]
+        wide = dataclasses.replace(self.settings, micro_batch_size=B * dp * A)
+        step = self.consumed // A
+        for batch in self._stream(wide, step, rows):
+            for a, k in enumerate(slices):
+                part = slice(a * B, (a + 1) * B)
+                micro = {key: v[part] for key, v in batch.items() if key not in ("epoch", "padded")}
+                micro["epoch"] = batch["epoch"]
+                micro["padded"] = bool((micro["attention_mask"] == 0).any())
+                micro["dropout_seed"] = rng.dropout_seed(self.settings.seed, step, k)
+                self.consumed += 1
+                yield micro
+            step += 1
 
     def rewind(self, batches: int) -> None:
-        """Hand the last `batches` batches out again after a resume (they were fetched, not trained on)."""
-        self.consumed -= batches
+        self.consumed -= batches  # fetched, not trained on: handed out again after the resume
 
     def state_dict(self) -> dict[str, Any]:
-        return {"consumed_batches": self.consumed, "dp_split": self.dp_split, "num_workers": self.num_workers, "dp_size": self.dp_size,
-                "dp_rank": self.dp_rank, "seed": self.settings.seed, "micro_batch_size": self.settings.micro_batch_size,
-                "num_shards": len(self.urls)}
+        state = {"consumed_batches": self.consumed, "dp_split": self.dp_split, "num_workers": self.num_workers,
+                 "seed": self.settings.seed, "num_shards": len(self.urls), "dp_rank": self.dp_rank}
+        if self.dp_split == "batch":  # the position is in global batches: any DP size and accumulation
+            return {**state, "global_batches": self.consumed // self.grad_accum,
+                    "global_batch_size": self.global_batch_size, "micro_batch_size": self.settings.micro_batch_size}
+        return {**state, "dp_size": self.dp_size, "micro_batch_size": self.settings.micro_batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mismatched = [f"{k}: checkpoint {state.get(k)!r} ≠ now {v!r}"
                       for k, v in self.state_dict().items()
-                      if k not in ("consumed_batches", "dp_rank") and state.get(k) != v]
+                      if k not in ("consumed_batches", "global_batches", "dp_rank", "micro_batch_size")
+                      and k in state and state.get(k) != v]
+        if self.dp_split == "shards" and state.get("micro_batch_size") != self.settings.micro_batch_size:
+            mismatched.append(f"micro_batch_size: checkpoint {state.get('micro_batch_size')!r} ≠ now "
+                              f"{self.settings.micro_batch_size!r}")
         if mismatched:
             raise ValueError("cannot resume the data stream exactly; the loader differs from the checkpoint's:\n  "
                              + "\n  ".join(mismatched)
-                             + "\n(keep data.num_workers, the data-parallel size, the micro batch, the seed and the "
-                               "shards as they were, or start the data stream afresh)")
-        self.consumed = int(state["consumed_batches"])
+                             + "\n(keep data.num_workers, train.global_batch_size, the seed and the shards as they "
+                               "were; with data.dp_split=shards also the data-parallel size and the micro batch)")
+        if "global_batches" in state:
+            self.consumed = int(state["global_batches"]) * self.grad_accum
+        else:
+            self.consumed = int(state["consumed_batches"])

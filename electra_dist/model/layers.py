@@ -83,7 +83,8 @@ class SelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, attention_dropout: float, factory: LayerFactory):
         super().__init__()
         self.head_dim = hidden // heads
-        self.local_heads = heads // factory.tp_size
+        self.heads, self.local_heads = heads, heads // factory.tp_size
+        self.first_head = factory.tp_rank * self.local_heads
         self.attention_dropout = attention_dropout
         self.qkv = factory.column_linear(hidden, 3 * hidden)
         self.dense = factory.row_linear(hidden, hidden)
@@ -92,10 +93,26 @@ class SelfAttention(nn.Module):
         B, S, _ = x.shape
         qkv = self.qkv(x).view(B, S, self.local_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B, nh, S, hd)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
-        )  # (B, nh, S, hd)
+        if self.training and self.attention_dropout > 0 and x.device.type == "cpu":
+            out = self._attention_with_all_heads_dropout(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
+            )  # (B, nh, S, hd)
         return self.dense(out.transpose(1, 2).reshape(B, S, self.local_heads * self.head_dim))
+
+
+    def _attention_with_all_heads_dropout(self, q, k, v, mask):
+        """Attention whose dropout mask is drawn for ALL heads and sliced to this rank's: the same masks
+        and the same RNG stream for any tensor-parallel size (on CPU, where SDPA materializes the
+        probabilities anyway; on GPU the fused kernel draws its own)."""
+        B, _, S, _ = q.shape
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        keep = torch.rand(B, self.heads, S, S, device=q.device)[:, self.first_head:self.first_head + self.local_heads]
+        p = self.attention_dropout
+        return (scores.softmax(-1) * (keep >= p) * (1.0 / (1.0 - p))).to(v.dtype) @ v
 
 
 class Block(nn.Module):

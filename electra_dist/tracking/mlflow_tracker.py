@@ -25,7 +25,8 @@ from electra_dist.tracking.record import read_metrics
 
 TRACKING_JSON = "tracking.json"
 PENDING_JSON = "tracking_pending.json"
-STATUS_TO_MLFLOW = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "running": "RUNNING"}
+STATUS_TO_MLFLOW = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "stopped": "KILLED",
+                    "running": "RUNNING"}
 
 
 def _quiet_http() -> None:

@@ -82,7 +82,8 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
     model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True,
                               compile_blocks=compiles_blocks(cfg, layout.device))
-    # dropout differs between data-parallel ranks, agrees within a tensor-parallel group
+    # dropout differs between data-parallel ranks, agrees within a tensor-parallel group (with
+    # data.dp_split=batch each micro-batch reseeds it from its place in the global batch)
     torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)
     optimizer = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg.optim, layout.device, log)
     schedule = lr_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
@@ -103,8 +104,9 @@ def build_loader(cfg: Config, special: SpecialIds, layout: parallel.Layout):
         mask_prob=cfg.objective.mask_prob, mask_fraction=0.8 if mlm else cfg.objective.mask_token_fraction,
         random_fraction=0.1 if mlm else 0.0, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed,
         shuffle_buffer=cfg.data.shuffle_buffer, on_corrupt=cfg.data.on_corrupt)
+    grad_accum = max(1, cfg.train.global_batch_size // (cfg.train.micro_batch_size * layout.dp_size))
     return PretrainLoader(cfg.data.shards, settings, layout.dp_rank, layout.dp_size, num_workers=cfg.data.num_workers,
-                          dp_split=cfg.data.dp_split, pin_memory=layout.device.type == "cuda")
+                          dp_split=cfg.data.dp_split, pin_memory=layout.device.type == "cuda", grad_accum=grad_accum)
 
 
 def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:

@@ -84,8 +84,10 @@ class CheckpointManager:
         if run.layout.is_main:
             files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
+            layout = parallel.current_layout(run.engine)
             (tmp / COMPLETE).write_text(json.dumps({"step": state.step, "time": time.time(),
-                                                    "world_size": run.layout.world, "files": files}))
+                                                    "world_size": run.layout.world, "files": files,
+                                                    "layout": {"tp": layout.tp, "dp": layout.dp, "zero": layout.zero}}))
             shutil.rmtree(final, ignore_errors=True)  # an incomplete one of an earlier attempt
             tmp.replace(final)
             latest = self.dir / (LATEST + ".tmp")
@@ -112,9 +114,17 @@ class CheckpointManager:
         if path is None:
             return TrainState()
         run = self.run
-        load_path, saved = run.engine.load_checkpoint(str(path.parent), tag=path.name)
-        if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        recorded = json.loads((path / COMPLETE).read_text()).get("layout")
+        resharded = parallel.resume_on_new_layout(run.engine, path, self._group_names(),
+                                                  parallel.SavedLayout(**recorded) if recorded else None)
+        if resharded is None:
+            load_path, saved = run.engine.load_checkpoint(str(path.parent), tag=path.name)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        else:
+            saved, was = resharded
+            run.log(f"electra-dist: {path} was written by {was}: re-sharded onto "
+                    f"{parallel.current_layout(run.engine)}")
         state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
                            int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
         if saved.get("loader") is not None and hasattr(run.loader, "load_state_dict"):
@@ -129,6 +139,13 @@ class CheckpointManager:
             truncate_metrics(self.output_dir / METRICS, state.step)
         run.log(f"electra-dist: resumed from {path} at step {state.step}")
         return state
+
+    def _group_names(self) -> list[list[str]]:
+        """Parameter names of each optimizer group, in order (the same for any TP size)."""
+        from electra_dist.training.optim import param_groups
+
+        names = {id(p): n for n, p in self.run.model.named_parameters()}
+        return [[names[id(p)] for p in g["params"]] for g in param_groups(self.run.model, 0.0)]
 
     def _choose(self, spec: str) -> Path | None:
         """Rank 0 verifies, every rank gets its choice: with `auto` the newest complete checkpoint

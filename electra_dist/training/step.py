@@ -34,6 +34,7 @@ class Batch:
     keys: list[str]
     tokens: float  # non-pad tokens, counted on the CPU
     masked: float
+    seed: int | None = None  # the dropout seed of this slice of the global batch (data.dp_split=batch)
 
     def to(self, device: torch.device) -> dict[str, Any]:
         return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in self.data.items()}
@@ -52,7 +53,8 @@ def next_batch(batches: Iterator[dict[str, Any]]) -> Batch:
     b = dict(next(batches))
     keys = b.pop("keys", [])
     b.pop("epoch", None)
-    return Batch(b, keys, float(b["attention_mask"].sum()), float(b["masked_positions"].sum()))
+    seed = b.pop("dropout_seed", None)
+    return Batch(b, keys, float(b["attention_mask"].sum()), float(b["masked_positions"].sum()), seed)
 
 
 def train_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, device: torch.device,
@@ -72,6 +74,8 @@ def train_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, devic
     sums: dict[str, torch.Tensor] = {}
     norm = None
     for i, b in enumerate(micro):
+        if b.seed is not None:  # the same dropout wherever (which rank, which micro-step) this slice runs
+            torch.manual_seed(b.seed)
         out = engine(**b.to(device), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer)
         engine.backward(out.loss)
         if own_grad_norm and i == len(micro) - 1:  # gradients are reduced over DP by now, not yet clipped
