@@ -221,6 +221,7 @@ def test_a_step_backfilled_and_queued_live_is_sent_once(tmp_path):
     assert sorted((m.step, m.value) for m in hist) == [(1, 3.0), (2, 2.5)]
 
 
+@pytest.mark.system
 def test_server_unreachable_from_the_start_then_sync_creates_the_whole_run(tmp_path, data):
     """No server for the whole run: tracking.json is still written, params/tags/artifacts and the final
     status are kept in tracking_pending.json, and `sync` later creates the run with all of it."""
