@@ -99,18 +99,36 @@ def test_export_import_round_trip(tmp_path):
     assert back.padded_vocab == m.padded_vocab
 
 
-def test_cli_export_writes_loadable_models(tmp_path, cli):
-    cfg = tiny_config()
+def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(tmp_path, cli, tok_dir,
+                                                                             real_documents):
+    """The export's tokenizer loads with AutoTokenizer and gives exactly our ids (it used to load a
+    BertTokenizer that mapped every word to [UNK]), with [CLS] A [SEP] B [SEP] and token types as in
+    pre-training."""
+    from electra_dist.data.text import split_sentences
+    from electra_dist.data.tokenizer import Tokenizer
+
+    cfg = tiny_config(**{"model.vocab_size": 2000})
     m = ElectraPretrainer(cfg.model, cfg.objective)
     save_model(tmp_path / "ckpt", m, cfg)
-    tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "special_tokens.json").write_text(json.dumps({"pad": 0}))
-    r = cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok)
+    r = cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok_dir)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "discriminator" / "special_tokens.json").is_file()
     disc = transformers.ElectraForPreTraining.from_pretrained(tmp_path / "hf" / "discriminator")
-    assert disc.config.vocab_size == 1000
+    assert disc.config.vocab_size == 2000
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf" / "discriminator")
+    ours = Tokenizer(tok_dir)
+    sentences = [s for doc in real_documents[:40] for s in split_sentences(doc)]
+    assert len(sentences) > 1000
+    got = hf(sentences, add_special_tokens=False)["input_ids"]
+    assert got == ours.encode_batch(sentences)
+    assert sum(i == ours.special.unk for ids in got for i in ids) < 0.01 * sum(map(len, got))
+    pair = hf(sentences[0], sentences[1])
+    a, b = ours.encode(sentences[0]), ours.encode(sentences[1])
+    s = ours.special
+    assert pair["input_ids"] == [s.cls, *a, s.sep, *b, s.sep]
+    assert pair["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    batch = hf(sentences[:4], sentences[4:8], padding=True, truncation=True, return_tensors="pt")  # ≤ 64 positions
+    assert disc(**batch).logits.shape == batch["input_ids"].shape
     m2, cfg2 = load_model(tmp_path / "ckpt")
     assert cfg2.to_dict() == cfg.to_dict()
 

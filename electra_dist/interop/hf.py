@@ -180,7 +180,8 @@ def load_hf_weights(model: ElectraPretrainer, discriminator: dict[str, torch.Ten
 # ---- export / import directories --------------------------------------------------------
 
 def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
-    """Write `out/discriminator` and `out/generator`, each loadable with transformers' from_pretrained."""
+    """Write `out/discriminator` and `out/generator`, each loadable with transformers' from_pretrained (with
+    the tokenizer, if given, as tokenizer.json that AutoTokenizer loads and that gives our ids)."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -203,6 +204,9 @@ def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Pa
             for f in Path(tokenizer_dir).iterdir():
                 if f.is_file():
                     shutil.copy2(f, d / f.name)
+            from electra_dist.interop.hf_tokenizer import save_hf_tokenizer
+
+            save_hf_tokenizer(tokenizer_dir, d, cfg.max_position_embeddings)  # what AutoTokenizer loads
     return out
 
 
