@@ -5,10 +5,13 @@ baseline loss for loss (tiny model, dropout off, |Δ| ≤ 1e-5)."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from conftest import EXACT, ROOT, losses, metrics, start_training, train, wait_for
+from conftest import EXACT, ROOT, child_env, losses, metrics, start_training, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +36,17 @@ def test_dp2_equals_dp1_for_every_zero_stage(tmp_path, data, baseline, stage):
 
     files = sorted((tmp_path / "checkpoints").rglob("*.pt"))
     assert len(files) >= 3 and all(load_checkpoint_file(f) for f in files)  # every file loads weights-only
+    _last_checkpoint_is_the_final_model(tmp_path)
+
+
+def _last_checkpoint_is_the_final_model(out):
+    """Any training checkpoint loads as a model (for export, fine-tuning): the last one IS the final model."""
+    from electra_dist.interop import load_model
+
+    final, _ = load_model(out / "final")
+    last, cfg = load_model(out / "checkpoints")  # its `latest`, whatever layout wrote it
+    assert cfg.train.max_steps == 10 or cfg.train.max_steps == 30
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), last.state_dict().values()))
 
 
 def test_tp2_x_dp2_on_four_processes_learns(tmp_path, data):
@@ -41,6 +55,11 @@ def test_tp2_x_dp2_on_four_processes_learns(tmp_path, data):
     assert "TP 2 × DP 2, ZeRO-2" in r.stdout
     loss = losses(tmp_path)
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 2.0, loss
+    _last_checkpoint_is_the_final_model(tmp_path)
+    step = tmp_path / "checkpoints" / "step00000030"
+    r = subprocess.run([sys.executable, "-m", "electra_dist", "export", "--checkpoint", str(step), "--out",
+                        str(tmp_path / "hf")], capture_output=True, text=True, env=child_env(), timeout=300)
+    assert r.returncode == 0 and (tmp_path / "hf" / "discriminator" / "config.json").is_file(), r.stderr[-2000:]
 
 
 def test_zero3_with_tensor_parallel_is_refused_at_start(tmp_path, data):
@@ -152,9 +171,16 @@ def test_resume_on_dp_2_then_1_then_4_follows_the_uninterrupted_curve(tmp_path, 
     assert max(abs(a - b) for a, b in zip(uninterrupted, got)) <= 1e-5, (uninterrupted, got)
 
 
-def test_resume_on_tp_1_then_2_then_1_follows_the_uninterrupted_curve(tmp_path, data, uninterrupted):
+def test_resume_on_tp_1_then_2_then_1_follows_the_uninterrupted_curve(tmp_path, data):
+    """The padded vocabulary (to a multiple of 3 × TP size here) has 2001 rows at TP 1 and 2004 at TP 2."""
+    from conftest import train_here
+
+    pad = ["model.pad_vocab_multiple=3"]
+    train_here(tmp_path / "uninterrupted", data, *ELASTIC, *pad)
+    uninterrupted = losses(tmp_path / "uninterrupted")
     tp2 = ["parallel.tensor_parallel_size=2"]
-    logs = _segments(tmp_path, data, [(4, 1, []), (8, 2, tp2), (12, 1, [])])
+    logs = _segments(tmp_path / "run", data, [(4, 1, []), (8, 2, tp2), (12, 1, [])], *pad)
+    tmp_path = tmp_path / "run"
     assert "written by TP 1 × DP 1, ZeRO-0: re-sharded onto TP 2 × DP 1, ZeRO-0" in logs[1]
     assert "written by TP 2 × DP 1, ZeRO-0: re-sharded onto TP 1 × DP 1, ZeRO-0" in logs[2]
     got = losses(tmp_path)

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint as Hugging Face ELECTRA models",
                        description="Write OUT/discriminator (ElectraForPreTraining) and OUT/generator "
                                    "(ElectraForMaskedLM), each loadable with transformers' from_pretrained.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.yaml + model.pt)")
+    p.add_argument("--checkpoint", required=True, help="a run's final/ (config.yaml + model.pt), any complete "
+                   "training checkpoint (RUN/checkpoints/stepN: ZeRO 0-3, any TP size), RUN/checkpoints (its "
+                   "latest) or RUN itself")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory to copy beside the weights "
                                                      "(default: the one named in the checkpoint's config)")

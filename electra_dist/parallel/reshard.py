@@ -49,13 +49,17 @@ class FullState:
 def saved_layout(path: Path) -> SavedLayout:
     """The layout that wrote the checkpoint at `path`, from its file names and DeepSpeed's own record."""
     if any(re.fullmatch(r"zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt", f.name) for f in path.iterdir()):
-        raise NotImplementedError(f"{path} is a ZeRO-3 checkpoint: it resumes on the layout that wrote it "
-                                  "(re-sharding covers ZeRO-0/1/2)")
+        return _zero3_layout(path)
     tps = sorted(int(m.group(1)) for f in path.iterdir() if (m := re.fullmatch(r"mp_rank_(\d+)_model_states\.pt", f.name)))
     if not tps or tps != list(range(len(tps))):
         raise FileNotFoundError(f"{path}: no complete set of mp_rank_*_model_states.pt files")
     first = load_checkpoint_file(path / _MODEL.format(tp=0), map_location="cpu")
     return SavedLayout(len(tps), int(first["dp_world_size"]), zero_stage(first.get("ds_config") or {}))
+
+
+def _zero3_layout(path: Path) -> SavedLayout:
+    first = load_checkpoint_file(path / "zero_pp_rank_0_mp_rank_00_model_states.pt", map_location="cpu")
+    return SavedLayout(1, int(first["dp_world_size"]), 3)
 
 
 def current_layout(engine) -> SavedLayout:
@@ -79,31 +83,56 @@ def full_shapes(model: nn.Module, tp: int) -> dict[str, tuple[torch.Size, int | 
 
 
 def load_full_state(path: Path, saved: SavedLayout, shapes: dict[str, tuple[torch.Size, int | None]],
-                    group_names: list[list[str]]) -> FullState:
+                    group_names: list[list[str]] | None) -> FullState:
     """The full per-parameter state of the checkpoint at `path`, written by `saved`. `group_names`: the
-    parameter names of each optimizer group in order (what a ZeRO-0 state's indices refer to)."""
+    parameter names of each optimizer group in order (what a ZeRO-0 state's indices refer to); None:
+    the weights only (fp32 masters where ZeRO keeps them), for export."""
     per_tp = []
     for t in range(saved.tp):
         model_file = load_checkpoint_file(path / _MODEL.format(tp=t), map_location="cpu")
         w = {k: v.float() for k, v in model_file["module"].items() if isinstance(v, torch.Tensor)}
-        m, v, step = (_zero12_moments(path, saved, t, model_file["param_shapes"], w) if saved.zero
-                      else _zero0_moments(model_file["optimizer"], group_names))
+        if saved.zero:
+            m, v, step = _zero12_moments(path, saved, t, model_file["param_shapes"], w)
+        else:
+            m, v, step = _zero0_moments(model_file["optimizer"], group_names) if group_names is not None else ({}, {}, None)
         per_tp.append((w, m, v, step, model_file))
     full = FullState(step=per_tp[0][3], model_file=per_tp[0][4])
     for name, (shape, _) in shapes.items():
         for i, target in enumerate((full.weights, full.exp_avg, full.exp_avg_sq)):
-            parts = [state[i][name] for state in per_tp]
-            target[name] = _join(parts, shape, name)
+            if i == 0 or group_names is not None:
+                target[name] = _join([state[i][name] for state in per_tp], shape, name)
     return full
+
+
+def checkpoint_weights(path: Path, shapes: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The full fp32 weights (TP=1 names and `shapes`) of the training checkpoint at `path`, whatever layout
+    wrote it, and its client state (step, config, ...)."""
+    zero3 = path / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    if zero3.is_file():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+        return {k: v.float() for k, v in weights.items()}, load_checkpoint_file(zero3, map_location="cpu")
+    full = load_full_state(path, saved_layout(path), {k: (s, None) for k, s in shapes.items()}, None)
+    return full.weights, full.model_file
 
 
 def _join(parts: list[torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
     if parts[0].shape == shape:
         return parts[0]  # replicated over TP ranks
-    dims = [d for d in range(len(shape)) if parts[0].shape[d] * len(parts) == shape[d]]
-    if not dims:
+    part = parts[0].shape
+    dims = [d for d in range(len(shape)) if len(parts) > 1 and part[d] * len(parts) == shape[d]
+            and part[:d] + part[d + 1:] == shape[:d] + shape[d + 1:]]
+    if dims:
+        return torch.cat(parts, dim=dims[0])
+    # the vocabulary is padded to a multiple of pad_vocab_multiple × TP size, so its row count changes with
+    # the TP size; rows past the vocabulary are masked out of every softmax and never looked up
+    joined = torch.cat(parts) if len(parts) > 1 and parts[0].shape[1:] == shape[1:] else parts[0]
+    if joined.shape[1:] != shape[1:]:
         raise ValueError(f"{name}: checkpoint shards {tuple(parts[0].shape)} × {len(parts)} do not make {tuple(shape)}")
-    return torch.cat(parts, dim=dims[0])
+    rows = shape[0]
+    return joined[:rows] if joined.shape[0] >= rows else torch.cat([joined, joined.new_zeros(rows - joined.shape[0],
+                                                                                             *shape[1:])])
 
 
 def _zero0_moments(optimizer_state: dict[str, Any], group_names: list[list[str]]):
@@ -200,8 +229,11 @@ def resume_on_new_layout(engine, path: Path, group_names: list[list[str]],
     now = current_layout(engine)
     if saved == now:
         return None
-    if now.zero == 3:
-        raise NotImplementedError(f"{path} was written by {saved}; a ZeRO-3 run resumes only a checkpoint of its own "
-                                  "layout (re-sharding covers ZeRO-0/1/2)")
+    if 3 in (now.zero, saved.zero):
+        from electra_dist.config import ConfigError
+
+        raise ConfigError([f"--resume: {path} was written by {saved} and this run is {now}: ZeRO-3 checkpoints "
+                           "resume only on their own layout, and a ZeRO-3 run only from its own (re-sharding covers "
+                           "ZeRO-0/1/2); `electra-dist export` reads any of them"])
     shapes = full_shapes(engine.module, now.tp)
     return install(engine, load_full_state(path, saved, shapes, group_names), shapes), saved
