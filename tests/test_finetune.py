@@ -89,10 +89,10 @@ def test_finetune_learns_a_real_classification_task(tmp_path, tok_dir):
     torch.manual_seed(0)
     save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
     train, test = _labeled(tmp_path)
-    r = finetune(str(tmp_path / "ckpt"), str(train), str(test), seeds=2, epochs=3, lr=1e-3, batch_size=16)
+    r = finetune(str(tmp_path / "ckpt"), str(train), str(test), seeds=2, epochs=4, lr=1e-3, batch_size=16)
     assert r.labels == ["janeausten", "sotu"] and len(r.accuracies) == 2
     assert r.mean > 0.75, r.accuracies
-    with pytest.raises(ValueError, match="needs fields 'text' and 'stars'"):
+    with pytest.raises(ValueError, match=r"train.jsonl:1: has no field 'stars' \(it has \['label', 'text'\]\)"):
         finetune(str(tmp_path / "ckpt"), str(train), str(test), label_field="stars")
 
 
@@ -111,3 +111,58 @@ def test_experiment_command_runs_end_to_end_small(tmp_path):
     assert abs(rows["mlm"]["flops"] - rows["electra"]["flops"]) / rows["electra"]["flops"] < 0.1
     text = results.read_text()
     assert "| electra | 6 |" in text and "| random init (control) |" in text
+
+
+def test_finetune_cli_saves_a_transformers_classifier_and_a_finished_mlflow_run(tmp_path, tok_dir, cli):
+    """--out: the best seed (on the dev split) as ElectraForSequenceClassification + tokenizer, which
+    transformers' Auto classes load and which scores as we reported; --experiment: one FINISHED run
+    with every seed's metrics and the summary."""
+    transformers = pytest.importorskip("transformers")
+    from mlflow.tracking import MlflowClient
+
+    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir)})
+    torch.manual_seed(0)
+    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
+    train, test = _labeled(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'ft.db'}"
+    r = cli("finetune", "--model", tmp_path / "ckpt", "--train", train, "--test", test, "--seeds", "2",
+            "--epochs", "4", "--lr", "1e-3", "--batch-size", "16", "--out", tmp_path / "clf",
+            "--experiment", "ft", "--tracking-uri", uri)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "majority baseline" in r.stdout and "macro-F1" in r.stdout
+    best = int(r.stdout.split("wrote seed ")[1].split("'")[0])
+    reported = float(r.stdout.split(f"finetune seed {best}: test accuracy ")[1].split(",")[0])
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "clf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "clf")
+    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    with torch.no_grad():
+        batch = tok([x["text"] for x in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        pred = model(**batch).logits.argmax(-1)
+    acc = sum(model.config.id2label[int(p)] == x["label"] for p, x in zip(pred, rows)) / len(rows)
+    assert abs(acc - reported) <= 1.5 / len(rows), (acc, reported)
+    assert acc > 0.75
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ft").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "finetune-ckpt-train"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "finetune/accuracy")) == [0, 1]
+    assert {"finetune/accuracy_mean", "finetune/macro_f1_mean", "finetune/majority_baseline"} <= set(run.data.metrics)
+    assert run.data.params["chosen_lr"] == "0.001"
+
+
+def test_finetune_defaults_by_size_pairs_and_the_one_class_warning(tmp_path, tok_dir, monkeypatch):
+    from electra_dist.commands import finetune as ft
+
+    assert ft.size_defaults(256) == (3e-4, 0.8) and ft.size_defaults(768) == (1e-4, 0.8)
+    assert ft.size_defaults(1024) == (5e-5, 0.9)
+    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir)})
+    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
+    rows = [{"a": f"the cat sat {i}", "b": f"on the mat {i}", "y": ["x", "y", "z"][i % 3]} for i in range(60)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(ft, "predict", lambda model, x, *a: torch.zeros(len(x), dtype=torch.long))
+    lines = []
+    r = ft.finetune(str(tmp_path / "ckpt"), str(data), str(data), text_field="a", pair_field="b", label_field="y",
+                    seeds=1, epochs=1, batch_size=16, log=lines.append)
+    assert r.labels == ["x", "y", "z"] and abs(r.majority - 1 / 3) < 0.02
+    assert "lr 0.0003, layer decay 0.8 (the paper's for this size)" in lines[0]
+    assert any("predicts only 'x'" in line for line in lines)

@@ -6,7 +6,11 @@ linear (as ElectraClassificationHead). Layer-wise LR decay done right: the head 
 encoder layer lr·d, layer i (1-based) lr·d^(L+1-i), the embeddings lr·d^(L+1). (The official code
 gives the head depth L+2, so its top layer gets lr·d² and every layer one power too many.)
 AdamW and the schedule of pre-training (electra_dist.training.optim: linear decay × 10 % warm-up,
-as the official fine-tuning), accuracy on the test set, mean ± std over seeds.
+as the official fine-tuning). LR and layer decay default by model size, as the paper (Small 3e-4 /
+0.8, Base 1e-4 / 0.8, Large 5e-5 / 0.9). A dev split carved from train picks the best seed; test
+accuracy and macro-F1 per seed, mean ± std, the majority-class baseline beside them, and a warning
+when a model predicts one class. `out`: the best seed's model as a Hugging Face
+ElectraForSequenceClassification with its tokenizer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,12 @@ class FinetuneResult:
     accuracies: list[float]
     seconds: float
     labels: list[str]
+    macro_f1: list[float] = field(default_factory=list)
+    dev_accuracies: list[float] = field(default_factory=list)
+    majority: float = 0.0  # test accuracy of always predicting the train set's most frequent label
+    best_seed: int = 0
+    lr: float = 0.0
+    layer_decay: float = 0.0
 
     @property
     def mean(self) -> float:
@@ -50,8 +60,8 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden, num_labels)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.tower.encode(ids, mask)[:, 0]  # [CLS]
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.tower.encode(ids, mask, types)[:, 0]  # [CLS]
         return self.out_proj(self.dropout(F.gelu(self.dense(self.dropout(h)))))
 
 
@@ -72,118 +82,215 @@ def layer_lr_groups(model: Classifier, lr: float, decay: float, weight_decay: fl
             for (scale, matrix), ps in sorted(groups.items(), key=lambda kv: kv[0][0])]
 
 
-def load_encoder(model_dir: str | Path) -> tuple[nn.Module, int, Path | None]:
-    """(tower, hidden size, tokenizer dir) from our checkpoint dir or an HF export."""
-    from electra_dist.interop import CONFIG_FILE, import_hf, load_model
+def load_encoder(model_dir: str | Path):
+    """(tower, hidden size, tokenizer dir, ModelConfig) from our checkpoint (final/ or any training
+    checkpoint) or an HF export."""
+    from electra_dist.interop import import_hf, load_model
 
     path = Path(model_dir)
-    if (path / CONFIG_FILE).is_file():
-        model, cfg = load_model(path)
-        tok = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
-    elif (path / "config.json").is_file() or (path / "discriminator").is_dir():
+    if (path / "config.json").is_file() or (path / "discriminator").is_dir():
         model = import_hf(path)
         d = path / "discriminator" if (path / "discriminator").is_dir() else path
         tok = d if (d / "spm.model").is_file() else None
     else:
-        raise FileNotFoundError(f"--model: {path} is neither our checkpoint (config.yaml + model.pt) nor a "
-                                "Hugging Face ELECTRA export (config.json)")
-    return model.encoder_tower, model.cfg.discriminator.hidden_size, tok
+        try:
+            model, cfg = load_model(path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"--model: {path} is neither our checkpoint (final/ or a training checkpoint) "
+                                    f"nor a Hugging Face ELECTRA export (config.json): {e}") from None
+        tok = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    return model.encoder_tower, model.cfg.discriminator.hidden_size, tok, model.cfg
 
 
-def read_labeled(path: str | Path, text_field: str, label_field: str) -> tuple[list[str], list[str]]:
-    texts, labels = [], []
+def size_defaults(hidden: int) -> tuple[float, float]:
+    """(LR, layer decay) of the paper's fine-tuning by model size: Small, Base, Large."""
+    return (3e-4, 0.8) if hidden <= 256 else (1e-4, 0.8) if hidden <= 768 else (5e-5, 0.9)
+
+
+def read_labeled(path: str | Path, text_field: str, label_field: str, pair_field: str | None = None):
+    """(texts, second texts or None, labels) of a JSONL file."""
+    texts, pairs, labels = [], [], []
+    fields = [text_field, label_field] + ([pair_field] if pair_field else [])
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         obj = json.loads(line)
-        if text_field not in obj or label_field not in obj:
-            raise ValueError(f"{path}:{n}: needs fields {text_field!r} and {label_field!r}; has {sorted(obj)}")
+        missing = [f for f in fields if f not in obj]
+        if missing:
+            raise ValueError(f"{path}:{n}: has no field {', '.join(map(repr, missing))} (it has {sorted(obj)}): set "
+                             "--text-field / --label-field / --text-pair-field to its field names")
         texts.append(str(obj[text_field]))
         labels.append(str(obj[label_field]))
+        if pair_field:
+            pairs.append(str(obj[pair_field]))
     if not texts:
         raise ValueError(f"{path}: no examples")
-    return texts, labels
+    return texts, (pairs if pair_field else None), labels
 
 
-def encode(tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(tokenizer, texts: list[str], max_len: int, pairs: list[str] | None = None):
+    """(ids, mask, token types): `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` (types 0…0 1…1), as pre-training."""
     sp = tokenizer.special
-    rows = [[sp.cls] + ids[: max_len - 2] + [sp.sep] for ids in tokenizer.encode_batch(texts)]
+    firsts = tokenizer.encode_batch(texts)
+    seconds = tokenizer.encode_batch(pairs) if pairs else [None] * len(firsts)
+    rows, types = [], []
+    for a, b in zip(firsts, seconds):
+        if b is None:
+            rows.append([sp.cls] + a[: max_len - 2] + [sp.sep])
+            types.append([0] * len(rows[-1]))
+            continue
+        while len(a) + len(b) > max_len - 3:  # trim the longer one, as BERT's pair truncation
+            if len(a) >= len(b):
+                a = a[:-1]
+            else:
+                b = b[:-1]
+        rows.append([sp.cls] + a + [sp.sep] + b + [sp.sep])
+        types.append([0] * (len(a) + 2) + [1] * (len(b) + 1))
     S = max(len(r) for r in rows)
     ids = torch.full((len(rows), S), sp.pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids, (ids != sp.pad).long()
+    tt = torch.zeros_like(ids)
+    for i, (r, t) in enumerate(zip(rows, types)):
+        ids[i, : len(r)], tt[i, : len(t)] = torch.tensor(r), torch.tensor(t)
+    return ids, (ids != sp.pad).long(), tt
 
 
 def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = None, text_field: str = "text",
-             label_field: str = "label", seeds: int = 3, epochs: int = 3, lr: float = 1e-4, layer_decay: float = 0.8,
-             batch_size: int = 32, max_len: int = 128, weight_decay: float = 0.01, warmup: float = 0.1,
-             log=print, tracker=None) -> FinetuneResult:
+             label_field: str = "label", seeds: int = 3, epochs: int = 3, lr: float | None = None,
+             layer_decay: float | None = None, batch_size: int = 32, max_len: int = 128, weight_decay: float = 0.01,
+             warmup: float = 0.1, log=print, tracker=None, pair_field: str | None = None, dev_fraction: float = 0.1,
+             out: str | Path | None = None) -> FinetuneResult:
+    from tqdm import tqdm
+
     from electra_dist.data.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
-    tower, hidden, tok_dir = load_encoder(model_dir)
+    tower, hidden, tok_dir, model_cfg = load_encoder(model_dir)
     max_len = min(max_len, tower.embeddings.position_embeddings.num_embeddings)
+    default_lr, default_decay = size_defaults(hidden)
+    lr, layer_decay = lr or default_lr, layer_decay or default_decay
+    log(f"finetune: hidden {hidden}: lr {lr:g}, layer decay {layer_decay:g}" +
+        (" (the paper's for this size)" if (lr, layer_decay) == (default_lr, default_decay) else ""))
     tok_dir = tokenizer_dir or tok_dir
     if tok_dir is None:
         raise FileNotFoundError("--tokenizer: the model names no tokenizer; pass the directory it was trained with")
     tokenizer = Tokenizer(tok_dir)
-    tr_text, tr_lab = read_labeled(train, text_field, label_field)
-    te_text, te_lab = read_labeled(test, text_field, label_field)
+    tr_text, tr_pair, tr_lab = read_labeled(train, text_field, label_field, pair_field)
+    te_text, te_pair, te_lab = read_labeled(test, text_field, label_field, pair_field)
     names = sorted(set(tr_lab))
     unknown = sorted(set(te_lab) - set(names))
     if unknown:
         raise ValueError(f"{test}: labels {unknown} do not occur in {train}")
     index = {n: i for i, n in enumerate(names)}
-    xtr, mtr = encode(tokenizer, tr_text, max_len)
-    xte, mte = encode(tokenizer, te_text, max_len)
+    xtr, mtr, ttr = encode(tokenizer, tr_text, max_len, tr_pair)
+    xte, mte, tte = encode(tokenizer, te_text, max_len, te_pair)
     ytr = torch.tensor([index[x] for x in tr_lab])
     yte = torch.tensor([index[x] for x in te_lab])
+    order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(1234))
+    n_dev = int(dev_fraction * len(ytr)) if len(ytr) >= 20 else 0
+    dev, fit = order[:n_dev], order[n_dev:]
+    majority = float((yte == torch.bincount(ytr[fit]).argmax()).float().mean())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    accs = []
+    result = FinetuneResult([], 0.0, names, majority=majority, lr=lr, layer_decay=layer_decay)
+    best = None
     for seed in range(seeds):
         torch.manual_seed(seed)
-        tower, hidden, _ = load_encoder(model_dir)  # fresh weights per seed
+        tower = load_encoder(model_dir)[0]  # fresh weights per seed
         model = Classifier(tower, hidden, len(names)).to(device)
         opt = build_optimizer(layer_lr_groups(model, lr, layer_decay, weight_decay), OptimConfig(lr=lr), device)
-        steps = epochs * math.ceil(len(ytr) / batch_size)
+        steps = epochs * math.ceil(len(fit) / batch_size)
         sched = lr_schedule(opt, max(1, int(warmup * steps)), steps)
         g = torch.Generator().manual_seed(seed)
+        bar = tqdm(total=steps, desc=f"finetune seed {seed}", unit="step", leave=False, disable=None)
         for epoch in range(epochs):
             model.train()
-            order = torch.randperm(len(ytr), generator=g)
-            for i in range(0, len(order), batch_size):
-                b = order[i:i + batch_size]
-                ids, mask = _trim(xtr[b], mtr[b])
-                loss = F.cross_entropy(model(ids.to(device), mask.to(device)), ytr[b].to(device))
+            perm = fit[torch.randperm(len(fit), generator=g)]
+            for i in range(0, len(perm), batch_size):
+                b = perm[i:i + batch_size]
+                ids, mask, types = _trim(xtr[b], mtr[b], ttr[b])
+                loss = F.cross_entropy(model(ids.to(device), mask.to(device), types.to(device)), ytr[b].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
-        acc = evaluate(model, xte, mte, yte, device, batch_size * 4)
-        accs.append(acc)
-        log(f"finetune seed {seed}: test accuracy {acc:.4f} ({epochs} epochs, {steps} steps)")
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        dev_acc = _accuracy(predict(model, xtr[dev], mtr[dev], ttr[dev], device, batch_size * 4), ytr[dev]) if n_dev else 0.0
+        pred = predict(model, xte, mte, tte, device, batch_size * 4)
+        acc, f1 = _accuracy(pred, yte), macro_f1(pred, yte, len(names))
+        result.accuracies.append(acc)
+        result.macro_f1.append(f1)
+        result.dev_accuracies.append(dev_acc)
+        log(f"finetune seed {seed}: test accuracy {acc:.4f}, macro-F1 {f1:.4f}" +
+            (f", dev accuracy {dev_acc:.4f}" if n_dev else "") + f" ({epochs} epochs, {steps} steps)")
+        if len(set(pred.tolist())) == 1 and len(names) > 1:
+            log(f"finetune: warning: seed {seed} predicts only {names[int(pred[0])]!r} (the majority baseline is "
+                f"{majority:.4f}): the LR ({lr:g}) may be too low or too high for this model, or the task needs "
+                "more epochs")
         if tracker is not None:
-            tracker.log_metrics({"finetune/accuracy": acc}, step=seed)
-    result = FinetuneResult(accs, time.perf_counter() - t0, names)
-    log(f"finetune: accuracy {result.mean:.4f} ± {result.std:.4f} over {seeds} seeds ({result.seconds:.0f}s)")
+            tracker.log_metrics({"finetune/accuracy": acc, "finetune/macro_f1": f1, "finetune/dev_accuracy": dev_acc},
+                                step=seed)
+        if best is None or dev_acc > best[0]:
+            best, result.best_seed = (dev_acc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}), seed
+    result.seconds = time.perf_counter() - t0
+    log(f"finetune: accuracy {result.mean:.4f} ± {result.std:.4f}, macro-F1 {statistics.mean(result.macro_f1):.4f} "
+        f"over {seeds} seeds (majority baseline {majority:.4f}; {result.seconds:.0f}s)")
     if tracker is not None:
-        tracker.log_metrics({"finetune/accuracy_mean": result.mean, "finetune/accuracy_std": result.std},
-                            step=seeds)
+        tracker.log_metrics({"finetune/accuracy_mean": result.mean, "finetune/accuracy_std": result.std,
+                             "finetune/macro_f1_mean": statistics.mean(result.macro_f1),
+                             "finetune/majority_baseline": majority}, step=seeds)
+    if out is not None and best is not None:
+        save_classifier(best[1], model_cfg, names, tok_dir, out)
+        log(f"finetune: wrote seed {result.best_seed}'s model (best on dev) to {out} "
+            "(transformers: AutoModelForSequenceClassification + AutoTokenizer)")
     return result
 
 
-def _trim(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def save_classifier(state: dict[str, torch.Tensor], model_cfg, names: list[str], tokenizer_dir, out) -> Path:
+    """`out`: ElectraForSequenceClassification (config.json + model.safetensors) and its tokenizer."""
+    from safetensors.torch import save_file
+
+    from electra_dist.interop.hf import hf_config_dict, tower_to_hf
+    from electra_dist.interop.hf_tokenizer import save_hf_tokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v for k, v in tower_to_hf(state, "tower", model_cfg.discriminator, model_cfg.vocab_size).items()
+               if k.startswith("electra.")}
+    weights.update({f"classifier.{k}": state[k].contiguous() for k in state if k.startswith(("dense.", "out_proj."))})
+    hf_cfg = hf_config_dict(model_cfg, model_cfg.discriminator, architectures=["ElectraForSequenceClassification"],
+                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+                            num_labels=len(names), summary_type="first")
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_hf_tokenizer(tokenizer_dir, out, model_cfg.max_position_embeddings)
+    return out
+
+
+def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_labels: int) -> float:
+    scores = []
+    for c in range(num_labels):
+        tp = int(((pred == c) & (gold == c)).sum())
+        fp, fn = int(((pred == c) & (gold != c)).sum()), int(((pred != c) & (gold == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return statistics.mean(scores)
+
+
+def _accuracy(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    return float((pred == gold).float().mean()) if len(gold) else 0.0
+
+
+def _trim(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor):
     n = int(mask.sum(1).max())
-    return ids[:, :n], mask[:, :n]
+    return ids[:, :n], mask[:, :n], types[:, :n]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, device, batch: int) -> float:
+def predict(model: nn.Module, x: torch.Tensor, m: torch.Tensor, t: torch.Tensor, device, batch: int) -> torch.Tensor:
     model.eval()
-    correct = 0
-    for i in range(0, len(y), batch):
-        ids, mask = _trim(x[i:i + batch], m[i:i + batch])
-        correct += int((model(ids.to(device), mask.to(device)).argmax(-1).cpu() == y[i:i + batch]).sum())
-    return correct / len(y)
+    out = []
+    for i in range(0, len(x), batch):
+        ids, mask, types = _trim(x[i:i + batch], m[i:i + batch], t[i:i + batch])
+        out.append(model(ids.to(device), mask.to(device), types.to(device)).argmax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -112,20 +112,40 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from electra_dist.commands.finetune import finetune
 
-    finetune(args.model, args.train, args.test, args.tokenizer, args.text_field, args.label_field, args.seeds,
-             args.epochs, args.lr, args.layer_decay, args.batch_size, args.max_len, tracker=_finetune_tracker(args))
+    tracker = _finetune_tracker(args)
+    status = "failed"
+    try:
+        r = finetune(args.model, args.train, args.test, args.tokenizer, args.text_field, args.label_field, args.seeds,
+                     args.epochs, args.lr, args.layer_decay, args.batch_size, args.max_len, tracker=tracker,
+                     pair_field=args.text_pair_field, dev_fraction=args.dev_fraction, out=args.out)
+        if tracker is not None:
+            tracker.log_params({"chosen_lr": r.lr, "chosen_layer_decay": r.layer_decay, "best_seed": r.best_seed})
+            if args.out:
+                tracker.log_artifact(args.out, "model")
+        status = "finished"
+    finally:
+        if tracker is not None:
+            tracker.close(status)
     return 0
 
 
 def _finetune_tracker(args: argparse.Namespace):
     if not args.experiment:
         return None
-    from electra_dist.tracking import resolve_tracking_uri
-    from electra_dist.tracking.mlflow_tracker import MLflowTracker
+    import json
 
-    out = Path(args.model)
-    t = MLflowTracker(resolve_tracking_uri(args.tracking_uri or ""), args.experiment, f"finetune-{out.name}",
-                      None, system_metrics=False)
+    from electra_dist.tracking import resolve_tracking_uri
+    from electra_dist.tracking.mlflow_tracker import TRACKING_JSON, MLflowTracker
+
+    model = Path(args.model).resolve()
+    tags = {"task": Path(args.train).stem, "model": str(model)}
+    for run_dir in (model, *model.parents[:3]):  # RUN/final, RUN/checkpoints/stepN: the pre-training run
+        if (run_dir / TRACKING_JSON).is_file():
+            tags["pretraining_run_id"] = str(json.loads((run_dir / TRACKING_JSON).read_text()).get("run_id"))
+            break
+    name = f"finetune-{model.parent.name if model.name in ('final', 'discriminator') else model.name}-{Path(args.train).stem}"
+    t = MLflowTracker(resolve_tracking_uri(args.tracking_uri or ""), args.experiment, name, None, tags=tags,
+                      system_metrics=False)
     t.log_params({k: v for k, v in vars(args).items() if k not in ("func",)})
     return t
 
