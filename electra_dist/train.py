@@ -18,7 +18,7 @@ import sys
 if __package__ in (None, ""):  # run as a script (the deepspeed/torchrun way): make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from electra_dist.config import Config, ConfigError, keys_help  # noqa: E402
+from electra_dist.config import Config, ConfigError, keys_help, suggest_key  # noqa: E402
 
 
 def train(run, ckpts, state, until: int | None = None) -> str:
@@ -104,7 +104,13 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser("electra-dist train" if argv is not None else "train.py").parse_intermixed_args(argv)
+    parser = build_parser("electra-dist train" if argv is not None else "train.py")
+    args, unknown = parser.parse_known_intermixed_args(argv)
+    flags = [u for u in unknown if u.startswith("--")]
+    if unknown:  # `--lr 1e-3`: config keys are set as KEY=VALUE, say which
+        parser.error("unrecognized arguments: " + " ".join(unknown) + "".join(
+            f"\n  {f.split('=')[0]} is not a flag; set config keys as KEY=VALUE{suggest_key(f.split('=')[0])}"
+            for f in flags))
     from electra_dist import parallel
     from electra_dist.training.build import build_run
     from electra_dist.training.checkpoints import CheckpointManager

@@ -115,3 +115,25 @@ def test_unknown_flavor_in_a_yaml_file_is_an_error_not_the_base_defaults(tmp_pat
     assert Config.from_yaml(f).model.discriminator.hidden_size == 256
     f.write_text("flavor: imported\n")  # what `import-hf` writes: the base defaults, on purpose
     assert Config.from_yaml(f).flavor == "imported"
+
+
+def test_every_misspelled_key_gets_a_did_you_mean():
+    with pytest.raises(ConfigError) as e:
+        Config.build("debug", ["train.micro_batchsize=4", "optim.learning_rate=1e-3", "lr=3e-4", "model.dropuot=0",
+                               "tp=2", "zzz=1"])
+    text = str(e.value)
+    for wrong, right in (("train.micro_batchsize", "train.micro_batch_size"), ("optim.learning_rate", "optim.lr"),
+                         ("lr", "optim.lr"), ("model.dropuot", "model.dropout"),
+                         ("tp", "parallel.tensor_parallel_size")):
+        assert f"{wrong}: unknown key (did you mean {right}?)" in text, text
+    assert "zzz: unknown key\n" in text + "\n"
+
+
+def test_a_flat_flag_points_to_its_config_key(capsys):
+    from electra_dist.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--lr", "1e-3", "--micro-batch-size", "8"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--lr is not a flag; set config keys as KEY=VALUE (did you mean optim.lr?)" in err
+    assert "--micro-batch-size is not a flag; set config keys as KEY=VALUE (did you mean train.micro_batch_size?)" in err

@@ -21,9 +21,9 @@ from electra_dist.config.schema import (
     TrackingConfig,
     TrainConfig,
 )
-from electra_dist.config.tree import FLAVORS, Config, flatten, keys_help
+from electra_dist.config.tree import FLAVORS, Config, flatten, keys_help, suggest_key
 
 __all__ = [
     "FLAVORS", "Config", "ConfigError", "DataConfig", "EncoderConfig", "ModelConfig", "ObjectiveConfig",
-    "OptimConfig", "ParallelConfig", "TrackingConfig", "TrainConfig", "flatten", "keys_help",
+    "OptimConfig", "ParallelConfig", "TrackingConfig", "TrainConfig", "flatten", "keys_help", "suggest_key",
 ]

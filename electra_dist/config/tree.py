@@ -136,9 +136,7 @@ class Config:
         known = {k: t for k, t, _ in self.fields()}
         for key, raw in overrides.items():
             if key not in known:
-                close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                problems.append(f"{key}: unknown key{hint}")
+                problems.append(f"{key}: unknown key{_did_you_mean(key, known)}")
                 continue
             try:
                 value = _coerce(raw, known[key])
@@ -192,6 +190,25 @@ def _hints(cls: type) -> dict[str, type]:
     import typing
 
     return typing.get_type_hints(cls)
+
+
+def suggest_key(name: str) -> str:
+    """" (did you mean section.key?)" for a flag or key the config does not have, or ""."""
+    return _did_you_mean(name.lstrip("-").replace("-", "_"), {k: t for k, t, _ in Config().fields()})
+
+
+def _did_you_mean(key: str, known: dict[str, Any]) -> str:
+    """The closest known key: same leaf name (`lr` → optim.lr), else the most similar spelling."""
+    import difflib
+
+    leaf = {"learning_rate": "lr", "batch_size": "global_batch_size", "steps": "max_steps", "tp": "tensor_parallel_size",
+            "tensor_parallel": "tensor_parallel_size", "workers": "num_workers"}.get(key.split(".")[-1], key.split(".")[-1])
+    close = [k for k in known if k.split(".")[-1] == leaf]
+    close = close or difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    if not close:  # a misspelled leaf in the right section: train.micro_batchsize, optim.learning_rate
+        by_leaf = {k.split(".")[-1]: k for k in known if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.5)]
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def flatten(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
