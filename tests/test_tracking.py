@@ -86,12 +86,12 @@ def steps(client: MlflowClient, rid: str, key: str = "loss/total") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(rid, key))
 
 
-def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch):
+def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, capsys):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     train_here(out, data, "--max-steps", "6", "train.log_interval=2", "train.save_interval=100", "tracking.enabled=true",
-               env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
+               "tracking.tags=team=nlp,ablation=none", env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
     db = tmp_path / "mlflow.db"
     assert db.is_file(), "the default store is ./mlflow.db, as MLflow's own default"
     client = MlflowClient(f"sqlite:///{db}")
@@ -99,6 +99,8 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch):
     assert r.info.status == "FINISHED"
     assert r.data.tags["status"] == "finished" and r.data.tags["flavor"] == "debug"
     assert r.data.tags["objective"] == "electra"
+    assert r.data.tags["team"] == "nlp" and r.data.tags["ablation"] == "none"
+    assert len(r.data.tags["mlflow.source.git.commit"]) == 40  # the checkout's commit
     p = r.data.params
     assert p["model.discriminator.num_heads"] == "2" and p["objective.discriminator_weight"] == "50.0"
     assert p["deepspeed.zero_optimization.stage"] == "0" and p["deepspeed.train_batch_size"] == "16"
@@ -112,6 +114,18 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch):
     assert {"config.yaml", "deepspeed.json", "metrics.jsonl", "curves.png", "tokenizer"} <= arts
     tok = {a.path for a in client.list_artifacts(r.info.run_id, "tokenizer")}
     assert "tokenizer/spm.model" in tok
+    from electra_dist.commands.cli import main
+
+    capsys.readouterr()
+    assert main(["compare", "--experiment", "electra-debug", "--metric", "loss/nope", "--out", str(tmp_path / "c.png")]) == 2
+    assert "no run in 'electra-debug' logged 'loss/nope'; they have: " in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["compare", "--experiment", "electra"]) == 2
+    assert "no MLflow store at sqlite:///" in capsys.readouterr().err
+    assert not (elsewhere / "mlflow.db").exists()  # a failed compare leaves no empty store behind
 
 
 @pytest.mark.system

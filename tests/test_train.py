@@ -17,7 +17,9 @@ from conftest import EXACT, SAMPLE, losses, metrics, start_training, train, trai
 def test_single_process_run_writes_metrics_checkpoint_and_final_model(tmp_path, data, baseline):
     assert len(baseline) == 10 and baseline[-1] < baseline[0]
     out = tmp_path / "run"
-    train_here(out, data, "--max-steps", "4", "train.save_interval=2")
+    r = train_here(out, data, "--max-steps", "4", "train.save_interval=2")
+    assert "step       4/4 (100%, ETA 0:00:00) | loss" in r.stdout and "tok/s mfu —" in r.stdout  # progress
+    assert "MFU not shown: no peak TFLOP/s known for 'cpu'" in r.stdout
     m = metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3, 4]
     for key in ("loss/total", "loss/generator", "loss/discriminator", "acc/generator", "acc/discriminator",
@@ -34,6 +36,11 @@ def test_single_process_run_writes_metrics_checkpoint_and_final_model(tmp_path, 
 
     model, cfg = load_model(out / "final")
     assert cfg.model.vocab_size == 2000 and model.padded_vocab == 2048
+
+
+def test_an_mlm_run_records_no_discriminator_curves(tmp_path, data):
+    r = train_here(tmp_path, data, "--max-steps", "2", "objective.kind=mlm")
+    assert not [k for k in metrics(tmp_path)[-1] if "discriminator" in k] and " disc " not in r.stdout
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path, data, baseline):
@@ -55,11 +62,12 @@ def straight(tmp_path_factory, data):
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_mid_run_is_exact(tmp_path, data, straight):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_resume_after_sigterm_mid_run_is_exact(tmp_path, data, straight, sig):
     proc = start_training(tmp_path, data, "--max-steps", "20", *RESUME, "train.save_interval=1000")
     metrics_file = tmp_path / "metrics.jsonl"
     wait_for(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 7, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "signal received" in out

@@ -26,6 +26,8 @@ class RunCurve:
 def load_runs(uri: str, experiment: str, run_ids: list[str] | None, metric: str, x: str) -> list[RunCurve]:
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ValueError(f"no MLflow store at {uri} (pass --tracking-uri, or run where the runs' mlflow.db is)")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -57,6 +59,9 @@ def load_runs(uri: str, experiment: str, run_ids: list[str] | None, metric: str,
                                r.data.tags.get("status", r.info.status.lower()), dict(r.data.params),
                                {k: v for k, v in r.data.metrics.items() if k in FINAL_KEYS}, xv,
                                [hist[s] for s in steps]))
+    if not any(c.y for c in curves):
+        have = sorted({k for r in runs for k in r.data.metrics})
+        raise ValueError(f"--metric: no run in {experiment!r} logged {metric!r}; they have: {', '.join(have) or 'none'}")
     return curves
 
 

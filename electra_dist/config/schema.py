@@ -132,6 +132,7 @@ class TrackingConfig:
     uri: str = _f("", "tracking URI; empty: $MLFLOW_TRACKING_URI, else a SQLite store in the output dir")
     experiment: str = _f("electra", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: flavor + time)")
+    tags: str = _f("", "extra MLflow tags, key=value separated by commas (team=nlp,ablation=no-gdes)")
     flush_timeout: float = _f(30.0, "seconds to keep trying to reach MLflow at the end before giving up (and "
                               "saying what was not sent)")
     log_hf_export: bool = _f(False, "at the end, export the model to Hugging Face format and log it as artifacts")

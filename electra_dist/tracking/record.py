@@ -77,11 +77,13 @@ def plot_run(metrics_file: Path, out: Path) -> Path | None:
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(steps, [r["loss/generator"] for r in rows], label="generator (MLM)")
-    axes[0].plot(steps, [r["loss/discriminator"] for r in rows], label="discriminator (RTD)")
+    if "loss/discriminator" in rows[-1]:  # not for the MLM baseline
+        axes[0].plot(steps, [r["loss/discriminator"] for r in rows], label="discriminator (RTD)")
     axes[0].set_yscale("log")
     axes[0].set_title("losses")
     axes[1].plot(steps, [r["acc/generator"] for r in rows], label="generator accuracy")
-    axes[1].plot(steps, [r["acc/discriminator"] for r in rows], label="discriminator accuracy")
+    if "acc/discriminator" in rows[-1]:
+        axes[1].plot(steps, [r["acc/discriminator"] for r in rows], label="discriminator accuracy")
     axes[1].set_title("accuracy")
     key = "throughput/mfu" if "throughput/mfu" in rows[-1] else "throughput/tokens_per_s"
     axes[2].plot(steps, [r.get(key, float("nan")) for r in rows])

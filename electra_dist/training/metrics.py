@@ -104,13 +104,15 @@ class MetricsLogger:
         }
         if run.peak_tflops:
             m["throughput/mfu"] = tflops / run.peak_tflops
+        if run.cfg.objective.kind == "mlm":  # one encoder, no discriminator: no fake zero curves
+            m = {k: v for k, v in m.items() if "discriminator" not in k}
         m.update(_memory(run.layout.device))
         if run.layout.is_main:
             with open(self.file, "a") as f:
                 f.write(json.dumps({"step": state.step, "time": time.time(), **m}) + "\n")
             self.tracker.log_metrics(m, state.step)
             state.run_id = self.tracker.run_id
-            run.log(_console_line(state.step, m))
+            run.log(_console_line(state.step, run.cfg.train.max_steps, seconds / max(1, self.steps), m))
         self._reset()
         return m
 
@@ -126,6 +128,9 @@ class MetricsLogger:
             if cfg.data.tokenizer:
                 self.tracker.log_artifact(cfg.data.tokenizer, "tokenizer")
         self.tracker.set_tags({"status": "running", "resumed_from": state.resumed_from or ""})
+        if not run.peak_tflops:
+            run.log(f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
+                    f"{cfg.train.precision} (set ELECTRA_DIST_PEAK_TFLOPS to its dense peak)")
 
     def _run_id_on_disk(self) -> str | None:
         f = self.output_dir / "tracking.json"
@@ -156,8 +161,18 @@ def _memory(device: torch.device) -> dict[str, float]:
     return {"memory/rss_gib": psutil.Process().memory_info().rss / 2**30}
 
 
-def _console_line(step: int, m: dict[str, float]) -> str:
-    mfu = f" mfu {m['throughput/mfu']:.1%}" if "throughput/mfu" in m else ""
-    return (f"step {step:>7} | loss {m['loss/total']:.4f} gen {m['loss/generator']:.4f} "
-            f"disc {m['loss/discriminator']:.4f} | acc gen {m['acc/generator']:.3f} disc "
-            f"{m['acc/discriminator']:.3f} | lr {m['optim/lr']:.2e} | {m['throughput/tokens_per_s']:,.0f} tok/s{mfu}")
+def _console_line(step: int, max_steps: int, seconds_per_step: float, m: dict[str, float]) -> str:
+    """One line per log step: progress and ETA, losses, accuracies, LR, speed (MFU "—" without a known peak)."""
+    eta = _duration((max_steps - step) * seconds_per_step)
+    mfu = f"mfu {m['throughput/mfu']:.1%}" if "throughput/mfu" in m else "mfu —"
+    disc = (f" disc {m['loss/discriminator']:.4f}", f" disc {m['acc/discriminator']:.3f}") if "loss/discriminator" in m else ("", "")
+    return (f"step {step:>7}/{max_steps} ({step / max_steps:4.0%}, ETA {eta}) | loss {m['loss/total']:.4f} gen "
+            f"{m['loss/generator']:.4f}{disc[0]} | acc gen {m['acc/generator']:.3f}{disc[1]} | lr {m['optim/lr']:.2e} | "
+            f"{m['throughput/tokens_per_s']:,.0f} tok/s {mfu}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

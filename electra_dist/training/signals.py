@@ -1,4 +1,4 @@
-"""SLURM pre-emption (SIGUSR1) and termination (SIGTERM): remembered, acted on before the next step.
+"""SLURM pre-emption (SIGUSR1), termination (SIGTERM) and Ctrl-C: remembered, acted on before the next step.
 
 Python runs a signal handler only between bytecodes, so a rank blocked inside a collective on a
 hung peer would never see it. The C-level handler also writes the signal number to a wakeup
@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # Ctrl-C checkpoints too; a second one stops at once
 
 
 class StopSignals:
@@ -28,6 +28,7 @@ class StopSignals:
         self.received = 0
         self.stop_timeout, self.who = stop_timeout, who
         self._agreed, self._busy = threading.Event(), 0
+        self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
         for sig in SIGNALS:
             signal.signal(sig, self._on_signal)
         self._wakeup: socket.socket | None = None
@@ -39,6 +40,8 @@ class StopSignals:
             threading.Thread(target=self._watch, name="stop-signal-watchdog", daemon=True).start()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: no checkpoint
         self.received = signum
 
     def agreed(self) -> None:
@@ -77,8 +80,8 @@ class StopSignals:
                 os._exit(128 + signum)
 
     def restore(self) -> None:
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             self._agreed.set()
