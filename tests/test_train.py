@@ -312,3 +312,19 @@ def test_a_crafted_checkpoint_cannot_run_code_on_resume(tmp_path, data, monkeypa
         assert not (tmp_path / "PWNED").exists()
         victim.write_bytes(saved)
         (ckpt / "COMPLETE").write_text(saved_marker)
+
+
+@pytest.mark.slow
+def test_a_longer_max_steps_on_resume_continues_the_lr_down_instead_of_jumping_up(tmp_path, data):
+    """Past warm-up, train.max_steps 30 → 40 on resume: the LR goes on from where it was, linearly to 0 at
+    the new end (it used to jump up to the longer schedule's value); a finished run is not extended."""
+    train_here(tmp_path, data, "--max-steps", "30", "--until-step", "25", "train.save_interval=1000")
+    r = train_here(tmp_path, data, "--max-steps", "40", "train.save_interval=1000")
+    assert "train.max_steps 30 → 40: the LR multiplier goes on from 0.1667 at step 25 linearly to 0 at step 40" in r.stdout
+    lr = {m["step"]: m["optim/lr"] for m in metrics(tmp_path)}
+    peak = 1e-3  # the debug flavor's optim.lr
+    assert abs(lr[25] - peak * (1 - 25 / 30)) < 1e-9  # what the first schedule gave at the break
+    assert all(lr[s + 1] < lr[s] for s in range(25, 40)), lr  # never back up
+    assert abs(lr[26] - peak * (1 - 25 / 30) * (40 - 26) / (40 - 25)) < 1e-9 and lr[40] == 0.0
+    r = train_here(tmp_path, data, "--max-steps", "50", check=False)
+    assert r.returncode == 2 and "finished its LR schedule at step 40" in r.stderr

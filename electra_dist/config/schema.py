@@ -129,7 +129,8 @@ class TrackingConfig:
     """MLflow tracking."""
 
     enabled: bool = _f(True, "log to MLflow from global rank 0")
-    uri: str = _f("", "tracking URI; empty: $MLFLOW_TRACKING_URI, else a SQLite store in the output dir")
+    uri: str = _f("", "tracking URI; empty: $MLFLOW_TRACKING_URI, else ./mlflow.db (SQLite, in the directory you "
+                        "start from; artifacts in ./mlruns)")
     experiment: str = _f("electra", "MLflow experiment name")
     run_name: str = _f("", "MLflow run name (empty: flavor + time)")
     tags: str = _f("", "extra MLflow tags, key=value separated by commas (team=nlp,ablation=no-gdes)")

@@ -17,7 +17,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class TrainState:
     skipped_steps: int = 0
     resumed_from: str | None = None
     run_id: str | None = None  # the MLflow run, continued on resume
+    changed: dict[str, str] = field(default_factory=dict)  # settings a resume changed, recorded as tags
 
     def advance(self, tokens: float, flops_per_token: float) -> None:
         self.step += 1
@@ -104,7 +105,8 @@ class CheckpointManager:
         return {"step": state.step, "tokens_seen": state.tokens_seen, "flops_seen": state.flops_seen,
                 "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
                 "tracking_run_id": state.run_id, "config": self.run.cfg.to_dict(),
-                "world_size": self.run.layout.world, "skipped_steps": state.skipped_steps}
+                "world_size": self.run.layout.world, "skipped_steps": state.skipped_steps,
+                "schedule": self.run.scheduler.lr_lambdas[0].state()}
 
     def resume(self, spec: str = "auto") -> TrainState:
         """`auto`: the newest complete checkpoint in OUTPUT/checkpoints, if any; `never`; or a path."""
@@ -127,6 +129,7 @@ class CheckpointManager:
                     f"{parallel.current_layout(run.engine)}")
         state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
                            int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
+        self._continue_schedule(state, saved)
         if saved.get("loader") is not None and hasattr(run.loader, "load_state_dict"):
             run.loader.load_state_dict(saved["loader"])
         rng_file = path / f"rng_rank{run.layout.rank:05d}.pt"
@@ -139,6 +142,27 @@ class CheckpointManager:
             truncate_metrics(self.output_dir / METRICS, state.step)
         run.log(f"electra-dist: resumed from {path} at step {state.step}")
         return state
+
+    def _continue_schedule(self, state: TrainState, saved: dict[str, Any]) -> None:
+        """The checkpoint's LR schedule, continued to this run's train.max_steps (see optim.Schedule)."""
+        from electra_dist.training.optim import Schedule
+
+        run, t = self.run, self.run.cfg.train
+        old = saved.get("schedule") or {"warmup": run.cfg.optim.warmup_steps,
+                                        "total": (saved.get("config") or {}).get("train", {}).get("max_steps", t.max_steps)}
+        before = Schedule(old["warmup"], old["total"], tuple(old["start"]) if old.get("start") else None)
+        after = before.extended(state.step, t.max_steps)
+        if after is before:
+            run.scheduler.lr_lambdas = [before] * len(run.scheduler.lr_lambdas)
+            return
+        if before(state.step) == 0.0 and after.start is not None:
+            raise ConfigError([f"--resume: {self.dir} finished its LR schedule at step {state.step} (train.max_steps="
+                               f"{before.total}; the LR is 0): training on would change nothing. Start a new run from "
+                               f"its weights instead, or resume with train.max_steps={before.total}"])
+        run.scheduler.lr_lambdas = [after] * len(run.scheduler.lr_lambdas)
+        state.changed["train.max_steps"] = f"{before.total} -> {t.max_steps} at step {state.step}"
+        run.log(f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
+                f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}")
 
     def _group_names(self) -> list[list[str]]:
         """Parameter names of each optimizer group, in order (the same for any TP size)."""

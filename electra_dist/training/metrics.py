@@ -127,7 +127,8 @@ class MetricsLogger:
             self.tracker.log_artifact(self.output_dir / "deepspeed.json")
             if cfg.data.tokenizer:
                 self.tracker.log_artifact(cfg.data.tokenizer, "tokenizer")
-        self.tracker.set_tags({"status": "running", "resumed_from": state.resumed_from or ""})
+        self.tracker.set_tags({"status": "running", "resumed_from": state.resumed_from or "",
+                               **{f"resumed_with.{k}": v for k, v in state.changed.items()}})
         if not run.peak_tflops:
             run.log(f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
                     f"{cfg.train.precision} (set ELECTRA_DIST_PEAK_TFLOPS to its dense peak)")

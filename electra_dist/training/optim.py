@@ -19,9 +19,35 @@ def lr_multiplier(step: int, warmup: int, total: int) -> float:
     return decay * (min(1.0, step / warmup) if warmup > 0 else 1.0)
 
 
+class Schedule:
+    """The LR multiplier of a run: `lr_multiplier`, or — after train.max_steps changed on a resume past
+    warm-up — a straight line from the multiplier the run had at step `start` down to 0 at `total`
+    (no jump back up to where a longer schedule would have been)."""
+
+    def __init__(self, warmup: int, total: int, start: tuple[int, float] | None = None):
+        self.warmup, self.total, self.start = warmup, total, start
+
+    def __call__(self, step: int) -> float:
+        if self.start is None:
+            return lr_multiplier(step, self.warmup, self.total)
+        s0, m0 = self.start
+        return m0 * max(0.0, self.total - step) / max(1, self.total - s0)
+
+    def state(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "total": self.total, "start": list(self.start) if self.start else None}
+
+    def extended(self, step: int, total: int) -> "Schedule":
+        """This schedule, continued from `step` to a new `total` (see the class)."""
+        if total == self.total:
+            return self
+        if step < self.warmup and self.start is None:
+            return Schedule(self.warmup, total)  # still warming up: the new schedule's ramp is the same
+        return Schedule(self.warmup, total, (step, self(step)))
+
+
 def lr_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """`lr_multiplier` as a scheduler: every group's LR is its own base LR × the multiplier."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, warmup, total))
+    """`Schedule` as a scheduler: every group's LR is its own base LR × the multiplier."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(warmup, total))
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
