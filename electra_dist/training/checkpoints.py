@@ -129,7 +129,7 @@ class CheckpointManager:
                     f"{parallel.current_layout(run.engine)}")
         state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
                            int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
-        self._continue_schedule(state, saved)
+        continue_schedule(run, state, saved, path)
         if saved.get("loader") is not None and hasattr(run.loader, "load_state_dict"):
             run.loader.load_state_dict(saved["loader"])
         rng_file = path / f"rng_rank{run.layout.rank:05d}.pt"
@@ -142,27 +142,6 @@ class CheckpointManager:
             truncate_metrics(self.output_dir / METRICS, state.step)
         run.log(f"electra-dist: resumed from {path} at step {state.step}")
         return state
-
-    def _continue_schedule(self, state: TrainState, saved: dict[str, Any]) -> None:
-        """The checkpoint's LR schedule, continued to this run's train.max_steps (see optim.Schedule)."""
-        from electra_dist.training.optim import Schedule
-
-        run, t = self.run, self.run.cfg.train
-        old = saved.get("schedule") or {"warmup": run.cfg.optim.warmup_steps,
-                                        "total": (saved.get("config") or {}).get("train", {}).get("max_steps", t.max_steps)}
-        before = Schedule(old["warmup"], old["total"], tuple(old["start"]) if old.get("start") else None)
-        after = before.extended(state.step, t.max_steps)
-        if after is before:
-            run.scheduler.lr_lambdas = [before] * len(run.scheduler.lr_lambdas)
-            return
-        if before(state.step) == 0.0 and after.start is not None:
-            raise ConfigError([f"--resume: {self.dir} finished its LR schedule at step {state.step} (train.max_steps="
-                               f"{before.total}; the LR is 0): training on would change nothing. Start a new run from "
-                               f"its weights instead, or resume with train.max_steps={before.total}"])
-        run.scheduler.lr_lambdas = [after] * len(run.scheduler.lr_lambdas)
-        state.changed["train.max_steps"] = f"{before.total} -> {t.max_steps} at step {state.step}"
-        run.log(f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
-                f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}")
 
     def _group_names(self) -> list[list[str]]:
         """Parameter names of each optimizer group, in order (the same for any TP size)."""
@@ -224,6 +203,28 @@ class CheckpointManager:
             marker.write_text(json.dumps({"step": state.step, "signal": signal, "time": time.time()}))
         else:
             marker.unlink(missing_ok=True)
+
+
+def continue_schedule(run: Run, state: TrainState, saved: dict[str, Any], where: Path) -> None:
+    """The checkpoint's LR schedule, continued to this run's train.max_steps (see optim.Schedule)."""
+    from electra_dist.training.optim import Schedule
+
+    t = run.cfg.train
+    old = saved.get("schedule") or {"warmup": run.cfg.optim.warmup_steps,
+                                    "total": (saved.get("config") or {}).get("train", {}).get("max_steps", t.max_steps)}
+    before = Schedule(old["warmup"], old["total"], tuple(old["start"]) if old.get("start") else None)
+    after = before.extended(state.step, t.max_steps)
+    if after is before:
+        run.scheduler.lr_lambdas = [before] * len(run.scheduler.lr_lambdas)
+        return
+    if before(state.step) == 0.0 and after.start is not None:
+        raise ConfigError([f"--resume: {where} finished its LR schedule at step {state.step} (train.max_steps="
+                           f"{before.total}; the LR is 0): training on would change nothing. Start a new run from "
+                           f"its weights instead, or resume with train.max_steps={before.total}"])
+    run.scheduler.lr_lambdas = [after] * len(run.scheduler.lr_lambdas)
+    state.changed["train.max_steps"] = f"{before.total} -> {t.max_steps} at step {state.step}"
+    run.log(f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
+            f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}")
 
 
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
