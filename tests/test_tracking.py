@@ -100,6 +100,7 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, cap
     assert r.data.tags["status"] == "finished" and r.data.tags["flavor"] == "debug"
     assert r.data.tags["objective"] == "electra"
     assert r.data.tags["team"] == "nlp" and r.data.tags["ablation"] == "none"
+    assert r.info.run_name.startswith("debug ") and "max_steps=6" in r.info.run_name  # says what differs
     assert len(r.data.tags["mlflow.source.git.commit"]) == 40  # the checkout's commit
     p = r.data.params
     assert p["model.discriminator.num_heads"] == "2" and p["objective.discriminator_weight"] == "50.0"

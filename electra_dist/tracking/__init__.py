@@ -13,6 +13,19 @@ __all__ = ["Tracker", "git_commit", "make_tracker", "package_versions", "plot_ru
            "resolve_tracking_uri", "run_params"]
 
 
+def default_run_name(cfg) -> str:
+    """flavor, what differs from the flavor's defaults (data, output and tracking aside), time:
+    `electra-small lr=0.001 tensor_parallel_size=2 20261124-183000`."""
+    from electra_dist.config import FLAVORS, flatten
+
+    differs = []
+    if cfg.flavor in FLAVORS:
+        base = dict(flatten(FLAVORS[cfg.flavor]().to_dict()))
+        differs = [f"{k.split('.')[-1]}={v}" for k, v in flatten(cfg.to_dict())
+                   if base.get(k) != v and not k.startswith(("data.", "tracking.", "output_dir", "model.vocab_size"))]
+    return " ".join([cfg.flavor, *differs[:6], time.strftime("%Y%m%d-%H%M%S")])
+
+
 def user_tags(spec: str) -> dict[str, str]:
     """tracking.tags="team=nlp,ablation=no-gdes" as a dict."""
     pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
@@ -34,7 +47,7 @@ def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = No
         return Tracker()
     from electra_dist.tracking.mlflow_tracker import MLflowTracker
 
-    name = cfg.tracking.run_name or f"{cfg.flavor}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.tracking.run_name or default_run_name(cfg)
     tags = {"flavor": cfg.flavor, "objective": cfg.objective.kind, "mlflow.note.content":
             f"electra_dist {cfg.flavor} ({cfg.objective.kind}), output {Path(cfg.output_dir).resolve()}"}
     commit = git_commit()
