@@ -1,5 +1,6 @@
 """The command line: every subcommand's --help works; bad configs give one clear error."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -66,3 +67,25 @@ def test_bench_train_with_hf_baseline_runs(capsys, one_rank_env):
     r = capsys.readouterr()
     assert rc == 0, r.err[-3000:]
     assert "electra_dist" in r.out and "hf " in r.out and "speed-up over HF" in r.out
+
+
+def test_every_option_with_a_default_shows_it(cli):
+    from electra_dist.commands.cli import build_parser
+
+    def walk(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from walk(child)
+
+    missing = []
+    for parser in walk(build_parser()):
+        text = " ".join(parser.format_help().split())  # wrapped lines joined
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                if "default" not in (action.help or "") and f"(default: {action.default})" not in text:
+                    missing.append(f"{parser.prog} {action.option_strings[0]}")
+    assert not missing, missing
+    r = cli("finetune", "--help")
+    assert "(default: 3)" in r.stdout and "Small 3e-4, Base 1e-4, Large 5e-5" in r.stdout

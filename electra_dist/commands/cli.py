@@ -27,6 +27,33 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 # ---- parser ------------------------------------------------------------------------------
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions with line breaks as written, others wrapped; every option's default shown, unless its
+    help already says it or it has none."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if not action.help and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # argparse prints nothing for an option without help
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="electra-dist",
@@ -153,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "training checkpoint) or an HF export; layer-wise LR decay (done right), warm-up, "
                                    "several seeds, the best on a dev split carved from --train kept; prints accuracy "
                                    "and macro-F1 mean ± std beside the majority baseline.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       )
     p.add_argument("--model", required=True, help="checkpoint or HF export directory")
     p.add_argument("--train", required=True, help="JSONL with a text and a label field")
     p.add_argument("--test", required=True, help="JSONL with a text and a label field")
@@ -245,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks also on CPU (train.compile=true; on GPU they are by default)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.set_defaults(func=h.cmd_bench_train)
+    _show_defaults(parser)
     return parser
 
 
