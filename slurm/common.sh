@@ -7,11 +7,12 @@
 # `requeue_if_preempted` then requeues the job, which resumes from the latest complete checkpoint.
 
 set -uo pipefail
-REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}  # the checkout on the host (shared storage): where these scripts are
 cd "$REPO" || exit 1
 if [ -n "${VENV:-}" ]; then . "$VENV/bin/activate"; fi
 PYTHON=${PYTHON:-python3}
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+. "$REPO/slurm/container.sh"
+export PYTHONPATH="$CONTAINER_WORKDIR${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export PYTHONUNBUFFERED=1
 # NCCL: sensible defaults, every one overridable from the environment
@@ -46,26 +47,27 @@ launch() {  # launch TRAIN_ARGS... : train.py on every node under torchrun, insi
     local cmd=("$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE"
                --rdzv_id="${SLURM_JOB_ID}" --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT"
                --max_restarts=0 electra_dist/train.py "$@")
-    local opts=(--ntasks-per-node=1 --kill-on-bad-exit=1)
-    if [ -n "${CONTAINER_IMAGE:-}" ]; then  # enroot/pyxis
-        opts+=(--container-image="$CONTAINER_IMAGE" --container-workdir="$REPO"
-               --container-mounts="${CONTAINER_MOUNTS:-$REPO:$REPO}")
-    fi
     log "nodes $SLURM_JOB_NODELIST ($NNODES × $NPROC_PER_NODE processes), rendezvous $MASTER_ADDR:$MASTER_PORT"
+    if [ -n "${CONTAINER_IMAGE:-}" ]; then
+        log "in container $CONTAINER_IMAGE (${CONTAINER_RUNTIME:-pyxis}), code $CONTAINER_WORKDIR, mounts $(container_mounts)"
+    fi
     log "train.py $*"
-    srun "${opts[@]}" bash -c 'trap "" USR1; exec "$@"' _ "${cmd[@]}"
+    container_step --ntasks-per-node=1 --kill-on-bad-exit=1 -- bash -c 'trap "" USR1; exec "$@"' _ "${cmd[@]}"
 }
 
 train_and_requeue() {  # train.py with CONFIG, DS_CONFIG, DATA, TOKENIZER, OUTPUT_DIR, EXTRA_ARGS
+    require_on_host OUTPUT_DIR "$OUTPUT_DIR"
     # shellcheck disable=SC2086  # EXTRA_ARGS is a list of KEY=VALUE words
     launch --deepspeed "$DS_CONFIG" --config "$CONFIG" --data "$DATA" --tokenizer "$TOKENIZER" \
         --output-dir "$OUTPUT_DIR" --resume auto ${EXTRA_ARGS:-}
     requeue_if_preempted "$OUTPUT_DIR" $?
 }
 
-requeue_if_preempted() {  # requeue_if_preempted OUTPUT_DIR RC
-    if [ -f "$1/PREEMPTED" ]; then
-        log "pre-empted at $(cat "$1/PREEMPTED"); requeueing"
+requeue_if_preempted() {  # requeue_if_preempted OUTPUT_DIR RC  (OUTPUT_DIR as the container sees it)
+    local marker
+    marker="$(host_path "$1")/PREEMPTED"
+    if [ -f "$marker" ]; then
+        log "pre-empted at $(cat "$marker"); requeueing"
         scontrol requeue "$SLURM_JOB_ID"
         exit 0
     fi

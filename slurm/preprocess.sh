@@ -9,7 +9,8 @@
 # Knobs (environment): INPUT="corpus/*.jsonl.gz" (globs and directories, space separated),
 # TOKENIZER=data/tokenizer, DATA=data/shards, VOCAB_SIZE=30522, SEQ_LEN=512, LOWERCASE=1,
 # MODEL_TYPE=unigram, SAMPLES_PER_SHARD=10000, SEED=0, CHUNK_MB=1, PACKING=full (or official), WORKERS (default: the task's CPUs),
-# VENV, PYTHON. The parts of an array build hold exactly the sequences a single-process build
+# VENV, PYTHON, REPO (the checkout; default the submit dir), CONTAINER_IMAGE / CONTAINER_RUNTIME /
+# CONTAINER_MOUNTS / CONTAINER_WORKDIR (see slurm/container.sh; paths are then the container's). The parts of an array build hold exactly the sequences a single-process build
 # would (each chunk of documents is packed with its own seed), in shard-PART-INDEX.tar files.
 #
 #SBATCH --job-name=electra-preprocess
@@ -20,16 +21,20 @@
 
 set -uo pipefail
 STAGE=${1:?usage: preprocess.sh tokenizer|shards|merge}
-REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}  # the checkout on the host
 cd "$REPO" || exit 1
 if [ -n "${VENV:-}" ]; then . "$VENV/bin/activate"; fi
 PYTHON=${PYTHON:-python3}
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+. "$REPO/slurm/container.sh"  # CONTAINER_IMAGE, CONTAINER_RUNTIME, CONTAINER_MOUNTS, CONTAINER_WORKDIR
+export PYTHONPATH="$CONTAINER_WORKDIR${PYTHONPATH:+:$PYTHONPATH}"
 INPUT=${INPUT:?set INPUT to the raw text files (globs allowed)}
 TOKENIZER=${TOKENIZER:-data/tokenizer}
 DATA=${DATA:-data/shards}
 WORKERS=${WORKERS:-${SLURM_CPUS_PER_TASK:-1}}
-cli() { "$PYTHON" -m electra_dist "$@"; }
+cli() {  # in the container (as a job step) when CONTAINER_IMAGE is set
+    if [ -n "${CONTAINER_IMAGE:-}" ]; then container_step --ntasks=1 -- "$PYTHON" -m electra_dist "$@"
+    else "$PYTHON" -m electra_dist "$@"; fi
+}
 
 case "$STAGE" in
   tokenizer)
@@ -45,7 +50,7 @@ case "$STAGE" in
         --chunk-mb "${CHUNK_MB:-1}" --packing "${PACKING:-full}" \
         --part "$part" --num-parts "$parts" --overwrite --quiet ;;
   merge)
-    if ls "$DATA"/manifest.part-*.json >/dev/null 2>&1; then cli shards merge "$DATA"
+    if ls "$(host_path "$DATA")"/manifest.part-*.json >/dev/null 2>&1; then cli shards merge "$DATA"
     else echo "no parts to merge in $DATA (a single-part build writes manifest.json itself)"; fi ;;
   *) echo "unknown stage $STAGE: tokenizer|shards|merge" >&2; exit 2 ;;
 esac

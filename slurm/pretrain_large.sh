@@ -11,8 +11,12 @@
 #   OUTPUT_DIR=runs/electra-large       checkpoints, metrics.jsonl, final model; a requeued job resumes here
 #   EXTRA_ARGS="train.max_steps=1000 tracking.experiment=large"   dotted config overrides (no spaces inside)
 #   NPROC_PER_NODE=8                    processes per node (default: the GPUs SLURM gives each node)
-#   CONTAINER_IMAGE=nvcr.io#...         run inside this image with enroot/pyxis (srun --container-image)
-#   CONTAINER_MOUNTS=/data:/data,...    pyxis mounts (default: the repository at the same path)
+#   REPO=$SLURM_SUBMIT_DIR              the checkout on the host (submit from it, or set this)
+#   CONTAINER_IMAGE=/shared/e.sqsh      run the job steps in this image (see slurm/container.sh)
+#   CONTAINER_RUNTIME=pyxis             pyxis (srun --container-image) or apptainer/singularity
+#   CONTAINER_MOUNTS=/shared/runs:/runs,...   added to the checkout (always mounted at its own path);
+#                                       OUTPUT_DIR etc. are then container paths, OUTPUT_DIR on a mount
+#   CONTAINER_WORKDIR=/opt/electra_dist the image's code (default: the checkout, your working copy)
 #   VENV=/path/to/venv  PYTHON=python3  environment to activate / interpreter to use
 #   MLFLOW_TRACKING_URI=http://...      your team's tracking server (default: ./mlflow.db)
 #   NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_DEBUG, ...   passed through to NCCL

@@ -155,6 +155,64 @@ def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, 
     assert client.get_run(rid).info.status == "FINISHED"
 
 
+def _wait_for_requeue_and_end(tmp_path: Path, job: str, name: str = "electra-large") -> str:
+    deadline = time.time() + 300
+    while "requeueing" not in job_log(tmp_path, name, job):
+        assert time.time() < deadline, job_log(tmp_path, name, job)[-3000:]
+        time.sleep(0.5)
+    pending_since = None
+    while True:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        if state == "PENDING":
+            pending_since = pending_since or time.time()
+            if time.time() - pending_since > 2:  # see test_preemption_checkpoints_requeues_and_resumes_exactly
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        if state == "" and final_state(job):
+            return job_log(tmp_path, name, job)
+        assert time.time() < deadline + 300, state
+        time.sleep(1)
+
+
+def test_in_a_container_with_container_paths_preemption_still_requeues(cluster, tmp_path, data):
+    """The job steps run in a container (an apptainer-style runtime: a stub that applies real bind
+    mounts); DATA, TOKENIZER and OUTPUT_DIR are paths only the container sees. The batch script on the
+    host still finds the PREEMPTED marker through the mounts, requeues, and the run completes."""
+    shards, tok = data
+    inside = Path(f"/electra-ctr-{os.getpid()}")  # exists only as a mount point inside the container
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    image = tmp_path / "electra-dist.sif"
+    image.write_text("stand-in image")
+    container = dict(CONTAINER_IMAGE=str(image), CONTAINER_RUNTIME=str(ROOT / "tests" / "assets" /
+                                                                       "stub-container-runtime"),
+                     CONTAINER_MOUNTS=f"{shards.parent}:{inside}/data,{runs}:{inside}/runs")
+    env = {**train_env(tmp_path, data, Path(f"{inside}/runs/out"), "train.max_steps=12 train.save_interval=1000",
+                       **container), "DATA": f"{inside}/data/{shards.name}", "TOKENIZER": f"{inside}/data/{tok.name}"}
+    try:
+        rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=env, cwd=tmp_path,
+                         wait=False)
+        assert rc == 0 and job
+        mf = runs / "out" / "metrics.jsonl"
+        deadline = time.time() + 300
+        while not (mf.is_file() and len(mf.read_text().splitlines()) >= 4):
+            assert time.time() < deadline, job_log(tmp_path, "electra-large", job)[-3000:]
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--signal=USR1", job], check=True)
+        log = _wait_for_requeue_and_end(tmp_path, job)
+        assert final_state(job) == "COMPLETED", log[-4000:]
+        assert f"in container {image} (" in log and "stub-container-runtime: image" in log
+        assert "requeueing" in log and "resumed from" in log
+        assert [m["step"] for m in metrics(runs / "out")] == list(range(1, 13))
+        assert not list(inside.glob("runs/out/*"))  # on the host, the container path is an empty mount point
+
+        # an output dir that no mount covers could never be requeued: refused up front, saying why
+        bad = {**env, "OUTPUT_DIR": "/nowhere-on-the-host/out"}
+        rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=bad, cwd=tmp_path)
+        assert rc != 0 and "lies only inside the container" in job_log(tmp_path, "electra-large", job)
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+
+
 def test_two_nodes_rendezvous_world_size_four(cluster, tmp_path, data):
     out = tmp_path / "run"
     rc, job = sbatch("pretrain_large.sh", "--nodes=2", "--gpus-per-node=2", *CPU_FLAGS,
