@@ -281,3 +281,53 @@ def test_default_submission_launches_with_the_documented_defaults(tmp_path):
         for w in want:
             assert w in launch, (w, launch)
         assert "bash -c trap \"\" USR1" in launch and "--resume auto" in launch
+
+
+def test_pyxis_launch_line_keeps_the_checkout_mount_and_workdir(tmp_path):
+    """CONTAINER_MOUNTS adds to the checkout's mount (it used to replace it); CONTAINER_WORKDIR picks the
+    image's code. srun/scontrol stubbed to print, as above."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "srun").write_text('#!/bin/bash\necho "srun $*"\n')
+    (stub / "scontrol").write_text("#!/bin/bash\necho gpu-node-1\n")
+    for f in stub.iterdir():
+        f.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("EXTRA_ARGS", "CONFIG", "DS_CONFIG", "DATA",
+                                                            "TOKENIZER", "OUTPUT_DIR", "MASTER_PORT")}
+    env.update(PATH=f"{stub}:{env['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="gpu-node-1", SLURM_NNODES="1",
+               SLURM_GPUS_ON_NODE="8", REPO=str(ROOT), CONTAINER_IMAGE="/shared/e.sqsh",
+               CONTAINER_MOUNTS="/shared/runs:/runs", OUTPUT_DIR="/runs/large", CONTAINER_WORKDIR="/opt/electra_dist")
+    r = subprocess.run(["bash", str(ROOT / "slurm" / "pretrain_large.sh")], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    launch = next(line for line in r.stdout.splitlines() if line.startswith("srun "))
+    assert f"--container-mounts={ROOT}:{ROOT},/shared/runs:/runs" in launch
+    assert "--container-image=/shared/e.sqsh" in launch and "--container-workdir=/opt/electra_dist" in launch
+    r = subprocess.run(["bash", str(ROOT / "slurm" / "pretrain_large.sh")], capture_output=True, text=True,
+                       env={**env, "OUTPUT_DIR": "/elsewhere/large"}, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "OUTPUT_DIR=/elsewhere/large lies only inside the container" in r.stderr
+
+
+def test_preprocess_runs_in_the_container_with_container_paths(cluster, tmp_path):
+    from electra_dist.data.shards import read_manifest
+
+    inside = Path(f"/electra-ctr-pre-{os.getpid()}")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(SAMPLE, work / SAMPLE.name)
+    image = tmp_path / "electra-dist.sif"
+    image.write_text("stand-in image")
+    env = job_env(INPUT=f"{inside}/{SAMPLE.name}", TOKENIZER=f"{inside}/tok", DATA=f"{inside}/shards",
+                  VOCAB_SIZE="2000", SEQ_LEN="64", SAMPLES_PER_SHARD="300", WORKERS="1", CONTAINER_IMAGE=str(image),
+                  CONTAINER_RUNTIME=str(ROOT / "tests" / "assets" / "stub-container-runtime"),
+                  CONTAINER_MOUNTS=f"{work}:{inside}")
+    flags = ["--cpus-per-task=1", "--time=00:10:00"]
+    try:
+        for stage in ("tokenizer", "shards", "merge"):
+            rc, job = sbatch("preprocess.sh", *flags, env=env, cwd=tmp_path, args=(stage,))
+            log = "\n".join(p.read_text() for p in tmp_path.glob("*.out"))
+            assert rc == 0 and final_state(job) == "COMPLETED", log[-4000:]
+        assert "stub-container-runtime: image" in log
+        assert (work / "tok" / "spm.model").is_file() and read_manifest(work / "shards")["samples"] > 1000
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
