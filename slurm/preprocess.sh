@@ -8,7 +8,8 @@
 #
 # Knobs (environment): INPUT="corpus/*.jsonl.gz" (globs and directories, space separated),
 # TOKENIZER=data/tokenizer, DATA=data/shards, VOCAB_SIZE=30522, SEQ_LEN=512, LOWERCASE=1,
-# MODEL_TYPE=unigram, SAMPLES_PER_SHARD=10000, SEED=0, CHUNK_MB=1, PACKING=full (or official), WORKERS (default: the task's CPUs),
+# MODEL_TYPE=unigram, SAMPLES_PER_SHARD=10000, SEED=0, CHUNK_MB=1, PACKING=full (or official), EVAL_FRACTION=0.01,
+# WORKERS (default: the task's CPUs),
 # VENV, PYTHON, REPO (the checkout; default the submit dir), CONTAINER_IMAGE / CONTAINER_RUNTIME /
 # CONTAINER_MOUNTS / CONTAINER_WORKDIR (see slurm/container.sh; paths are then the container's). The parts of an array build hold exactly the sequences a single-process build
 # would (each chunk of documents is packed with its own seed), in shard-PART-INDEX.tar files.
@@ -47,7 +48,7 @@ case "$STAGE" in
     # shellcheck disable=SC2086
     cli shards build --input $INPUT --tokenizer "$TOKENIZER" --seq-len "${SEQ_LEN:-512}" --out "$DATA" \
         --samples-per-shard "${SAMPLES_PER_SHARD:-10000}" --workers "$WORKERS" --seed "${SEED:-0}" \
-        --chunk-mb "${CHUNK_MB:-1}" --packing "${PACKING:-full}" \
+        --chunk-mb "${CHUNK_MB:-1}" --packing "${PACKING:-full}" --eval-fraction "${EVAL_FRACTION:-0.01}" \
         --part "$part" --num-parts "$parts" --overwrite --quiet ;;
   merge)
     if ls "$(host_path "$DATA")"/manifest.part-*.json >/dev/null 2>&1; then cli shards merge "$DATA"

@@ -270,9 +270,9 @@ def test_multiple_epochs_reshuffle(tmp_path, tok_dir):
 
 
 def test_globs_brace_lists_pipe_and_http(shard_dir):
-    names = sorted(p.name for p in shard_dir.glob("*.tar"))
+    names = sorted(p.name for p in shard_dir.glob("shard-*.tar"))  # eval-*.tar: the held-out split
     brace = str(shard_dir / f"shard-000-{{000000..{len(names) - 1:06d}}}.tar")
-    for spec in (str(shard_dir / "*.tar"), brace):
+    for spec in (str(shard_dir / "shard-*.tar"), brace):
         urls, manifest = resolve_shards(spec)
         assert [Path(u).name for u in urls] == names and manifest is not None
     expected = [k for k, _ in iter_shard(str(shard_dir / names[0]))]
@@ -390,3 +390,20 @@ def test_a_zero_filled_shard_is_caught_by_the_manifest_count(tmp_path, shard_dir
         _take(loader, 10_000)
     loader = PretrainLoader(str(tmp_path), _settings(on_corrupt="skip", shuffle_buffer=1), num_workers=0)
     assert len(_take(loader, 200)) == 200
+
+
+def test_shards_hold_out_an_eval_split_by_document_the_same_whatever_the_workers(tmp_path, tok_dir):
+    a = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "a", samples_per_shard=500, workers=1, progress=False,
+                     eval_fraction=0.05, chunk_chars=50_000).manifest
+    b = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "b", samples_per_shard=500, workers=2, progress=False,
+                     eval_fraction=0.05, chunk_chars=50_000).manifest
+    assert a["eval_samples"] > 20 and [s["name"] for s in a["eval_shards"]] == ["eval-000-000000.tar"]
+    for s in a["shards"] + a["eval_shards"]:  # byte-identical, whatever the workers
+        assert (tmp_path / "a" / s["name"]).read_bytes() == (tmp_path / "b" / s["name"]).read_bytes()
+    assert a["samples"] == b["samples"]
+    train_rows = {tuple(r.tolist()) for u in resolve_shards(str(tmp_path / "a"))[0] for _, r in iter_shard(u)}
+    eval_rows = [tuple(r.tolist()) for _, r in iter_shard(str(tmp_path / "a" / "eval-000-000000.tar"))]
+    assert len(eval_rows) == a["eval_samples"] and not train_rows & set(eval_rows)  # held out, not copied
+    assert a["tokens"] + sum(s["tokens"] for s in a["eval_shards"]) > 0.98 * a["text_tokens"]  # nothing lost
+    none = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "c", progress=False, eval_fraction=0.0).manifest
+    assert none["eval_shards"] == [] and none["samples"] > a["samples"]

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--chunk-mb", type=float, default=1.0,
                    help="MB of text per work unit (default 1); units are dealt to workers and --num-parts, and "
                         "the output depends on it, not on --workers or --num-parts")
+    b.add_argument("--eval-fraction", type=float, default=0.01,
+                   help="of the documents of the first 64 work units, held out as the eval split (eval-*.tar, at "
+                        "most 2000 sequences per part; the trainer evaluates on it); 0: none (default 0.01)")
     b.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=h.cmd_shards_build)

@@ -73,12 +73,13 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
     r = build_shards(args.input, args.tokenizer, args.seq_len, args.out, samples_per_shard=args.samples_per_shard,
                      workers=args.workers, seed=args.seed, text_field=args.text_field, part=args.part,
                      num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet, packing=args.packing,
-                     chunk_chars=int(args.chunk_mb * (1 << 20)))
+                     chunk_chars=int(args.chunk_mb * (1 << 20)), eval_fraction=args.eval_fraction)
     _report_text(r.stats)
     m = r.manifest
     print(f"wrote {len(m['shards'])} shard(s), {m['samples']:,} sequences, {m['tokens']:,} tokens "
           f"({m['tokens'] / max(1, m['text_tokens']):.1%} of the text's {m['text_tokens']:,}) to {args.out} "
-          f"in {r.seconds:.1f}s: {r.tokens_per_second / 1e3:,.0f}k tokens/s with {args.workers} worker(s)")
+          f"in {r.seconds:.1f}s: {r.tokens_per_second / 1e3:,.0f}k tokens/s with {args.workers} worker(s); "
+          f"held out for evaluation: {m['eval_samples']:,} sequences in {len(m['eval_shards'])} eval shard(s)")
     if m["tokens"] < 0.9 * m["text_tokens"]:
         print(f"warning: the shards hold only {m['tokens'] / max(1, m['text_tokens']):.1%} of the text's tokens "
               f"(--packing {m.get('packing', 'official')}: --packing official truncates what overflows each "

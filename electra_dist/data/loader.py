@@ -48,7 +48,7 @@ def resolve_shards(spec: str) -> tuple[list[str], dict | None]:
         if (path / MANIFEST).is_file():
             manifest = read_manifest(path)
             return [str(path / s["name"]) for s in manifest["shards"]], manifest
-        urls = sorted(glob.glob(str(path / "*.tar")))
+        urls = sorted(u for u in glob.glob(str(path / "*.tar")) if not Path(u).name.startswith("eval-"))
         if not urls:
             raise FileNotFoundError(f"shard directory {spec} holds no {MANIFEST} and no *.tar")
         return urls, None

@@ -19,121 +19,59 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import random
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
-from electra_dist.data.text import TextStats, expand_inputs, iter_documents, split_sentences
+from electra_dist.data.packing import ExampleBuilder, _init_worker, _pack_chunk  # noqa: F401  (ExampleBuilder: API)
+from electra_dist.data.text import TextStats, expand_inputs, iter_documents
 from electra_dist.data.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = "electra-dist-shards/1"
 SHARD_NAME = "shard-{part:03d}-{index:06d}.tar"
+EVAL_NAME = "eval-{part:03d}-{index:06d}.tar"
+EVAL_MAX_SEQUENCES = 2000  # per part: evaluation reads a fixed few hundred of them
 
 
 PACKINGS = ("full", "official")
-LONG_SENTENCE_TOKENS = 4096  # no sentence runs this long: a document without sentence ends, reported
-
-
-class ExampleBuilder:
-    """The official ELECTRA example builder, fed token-id sentences; a document end flushes.
-    `full=True`: no short targets, no flush at document ends: every example is max_length long."""
-
-    def __init__(self, cls_id: int, sep_id: int, max_length: int, rng: random.Random, full: bool = False):
-        self.cls, self.sep, self.max_length, self.rng, self.full = cls_id, sep_id, max_length, rng, full
-        self.sentences: list[list[int]] = []
-        self.length = 0
-        self.target_length = max_length
-
-    def add_sentence(self, ids: list[int]) -> list[int] | None:
-        if not ids:
-            return None
-        self.sentences.append(ids)
-        self.length += len(ids)
-        return self._create() if self.length >= self.target_length else None
-
-    def end_document(self) -> list[int] | None:
-        return self._create() if self.length and not self.full else None
-
-    def _create(self) -> list[int]:
-        rng = self.rng
-        # small chance to have only one segment, as in classification tasks
-        first_target = 100000 if rng.random() < 0.1 else (self.target_length - 3) // 2
-        first: list[int] = []
-        second: list[int] = []
-        for sentence in self.sentences:
-            # to the first segment if it is empty, if the sentence fits, or 50 % of the time
-            # when it overflows (while the second segment is still empty)
-            if (not first or len(first) + len(sentence) < first_target
-                    or (not second and len(first) < first_target and rng.random() < 0.5)):
-                first += sentence
-            else:
-                second += sentence
-        leftover: list[int] = []
-        if self.full:  # fill to the brim; what does not fit starts the next example instead of being cut
-            room = self.max_length - 3 - min(len(first), self.max_length - 3)
-            if second and room > 0:
-                first, second, leftover = first[: self.max_length - 3], second[:room], second[room:]
-            else:  # one segment after all
-                both = first + second
-                first, second, leftover = both[: self.max_length - 2], [], both[self.max_length - 2:]
-        else:
-            first = first[: self.max_length - 2]
-            second = second[: max(0, self.max_length - len(first) - 3)]
-        self.sentences, self.length = ([leftover], len(leftover)) if leftover else ([], 0)
-        self.target_length = self.max_length
-        if not self.full and rng.random() < 0.05:
-            self.target_length = rng.randint(5, self.max_length)
-        ids = [self.cls] + first + [self.sep]
-        if second:
-            ids += second + [self.sep]
-        return ids
-
-
-# ---- worker side --------------------------------------------------------------------------
-
-_TOKENIZER: Tokenizer | None = None
-
-
-def _init_worker(tokenizer_dir: str) -> None:
-    global _TOKENIZER
-    _TOKENIZER = Tokenizer(tokenizer_dir)
-
-
-def _pack_chunk(job: tuple[int, list[str], int, int, str]) -> tuple[int, list[np.ndarray], int, int]:
-    """Pack one chunk of documents; its RNG depends only on (seed, chunk index). With full packing
-    the chunk's last, partial example is dropped (about one in 500 at seq 512). A sentence longer
-    than one example (a line without sentence ends) is cut into example-sized pieces first, so
-    none of it is dropped; returns how many ran past LONG_SENTENCE_TOKENS."""
-    index, docs, seq_len, seed, packing = job
-    tok = _TOKENIZER
-    assert tok is not None
-    dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    builder = ExampleBuilder(tok.special.cls, tok.special.sep, seq_len, random.Random(seed * 1_000_003 + index),
-                             full=packing == "full")
-    out: list[np.ndarray] = []
-    tokens = long = 0
-    piece = seq_len - 3
-    for doc in docs:
-        for ids in tok.encode_batch(split_sentences(doc)):
-            tokens += len(ids)
-            long += len(ids) > LONG_SENTENCE_TOKENS
-            for start in range(0, max(1, len(ids)), piece):
-                ex = builder.add_sentence(ids[start:start + piece])
-                if ex is not None:
-                    out.append(np.asarray(ex, dtype=dtype))
-        ex = builder.end_document()
-        if ex is not None:
-            out.append(np.asarray(ex, dtype=dtype))
-    return index, out, tokens, long
 
 
 # ---- main side ------------------------------------------------------------------------------
+
+class _TarSet:
+    """Numbered tar shards of one split, a new one every `per_shard` samples; `shards` for the manifest."""
+
+    def __init__(self, out: Path, pattern: str, part: int, per_shard: int, ext: str):
+        self.out, self.pattern, self.part, self.per_shard, self.ext = out, pattern, part, per_shard, ext
+        self.shards: list[dict] = []
+        self.writer = None
+
+    def write(self, ids) -> None:
+        import webdataset as wds
+
+        if self.writer is None or self.shards[-1]["samples"] >= self.per_shard:
+            self.close()
+            name = self.pattern.format(part=self.part, index=len(self.shards))
+            self.writer = wds.TarWriter(str(self.out / name), mtime=0.0)  # reproducible bytes
+            self.shards.append({"name": name, "samples": 0, "tokens": 0})
+        prefix = "e" if self.pattern == EVAL_NAME else ""
+        self.writer.write({"__key__": f"{prefix}{self.part:03d}-{len(self.shards) - 1:06d}-{self.shards[-1]['samples']:07d}",
+                           self.ext: ids.astype("<" + ids.dtype.str[1:]).tobytes()})
+        self.shards[-1]["samples"] += 1
+        self.shards[-1]["tokens"] += int(ids.size)
+
+    @property
+    def samples(self) -> int:
+        return sum(s["samples"] for s in self.shards)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 @dataclass
 class BuildResult:
@@ -176,15 +114,18 @@ def build_shards(
     overwrite: bool = False,
     progress: bool = True,
     packing: str = "full",
+    eval_fraction: float = 0.01,
 ) -> BuildResult:
-    """Tokenize and pack `inputs` into tar shards under `out`.
+    """Tokenize and pack `inputs` into tar shards under `out`; `eval_fraction` of the documents of the
+    first EVAL_CHUNKS chunks (at most EVAL_MAX_SEQUENCES sequences) go to the held-out eval split.
 
     With num_parts > 1 this builds only part `part` (a SLURM array task each) and writes
     `manifest.part-K.json`; `merge_manifests` joins the parts into `manifest.json`.
     """
-    import webdataset as wds
     from tqdm import tqdm
 
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"--eval-fraction: {eval_fraction} must lie in [0, 1)")
     if seq_len < 8:
         raise ValueError(f"--seq-len: {seq_len} is too short (need at least 8)")
     if packing not in PACKINGS:
@@ -194,7 +135,7 @@ def build_shards(
     files = expand_inputs(inputs)
     tok = Tokenizer(tokenizer_dir)
     out = Path(out)
-    old = sorted(out.glob(f"shard-{part:03d}-*.tar")) if out.is_dir() else []
+    old = sorted([*out.glob(f"shard-{part:03d}-*.tar"), *out.glob(f"eval-{part:03d}-*.tar")]) if out.is_dir() else []
     if (old or (out / MANIFEST).exists()) and num_parts == 1 and not overwrite:
         raise FileExistsError(f"{out} already holds shards; pass --overwrite to replace them")
     for f in old:
@@ -203,18 +144,11 @@ def build_shards(
 
     stats = TextStats()
     start = time.perf_counter()
-    shards: list[dict] = []
-    writer = None
-    text_tokens = 0
     ext = "ids.u16" if tok.vocab_size <= 65536 else "ids.i32"
-
-    def close() -> None:
-        nonlocal writer
-        if writer is not None:
-            writer.close()
-            writer = None
-
-    jobs = ((i, docs, seq_len, seed, packing)
+    train_set = _TarSet(out, SHARD_NAME, part, samples_per_shard, ext)
+    eval_set = _TarSet(out, EVAL_NAME, part, samples_per_shard, ext)
+    text_tokens = 0
+    jobs = ((i, docs, seq_len, seed, packing, eval_fraction)
             for i, docs in _chunks(files, stats, text_field, chunk_chars, part, num_parts))
     pool = mp.get_context("fork").Pool(workers, _init_worker, (str(tokenizer_dir),)) if workers > 1 else None
     if pool is None:
@@ -222,26 +156,22 @@ def build_shards(
     results = pool.imap(_pack_chunk, jobs) if pool else map(_pack_chunk, jobs)
     bar = tqdm(unit="tok", unit_scale=True, desc=f"shards → {out}", disable=not progress, smoothing=0.1)
     try:
-        for _, samples, n_tokens, n_long in results:
+        for _, samples, n_tokens, n_long, held in results:
             text_tokens += n_tokens
             stats.long_sentences += n_long
             for ids in samples:
-                if writer is None or shards[-1]["samples"] >= samples_per_shard:
-                    close()
-                    name = SHARD_NAME.format(part=part, index=len(shards))
-                    writer = wds.TarWriter(str(out / name), mtime=0.0)  # reproducible bytes
-                    shards.append({"name": name, "samples": 0, "tokens": 0})
-                writer.write({"__key__": f"{part:03d}-{len(shards) - 1:06d}-{shards[-1]['samples']:07d}",
-                              ext: ids.astype("<" + ids.dtype.str[1:]).tobytes()})
-                shards[-1]["samples"] += 1
-                shards[-1]["tokens"] += int(ids.size)
+                train_set.write(ids)
+            for ids in held[: max(0, EVAL_MAX_SEQUENCES - eval_set.samples)]:
+                eval_set.write(ids)
             bar.update(n_tokens)
-        close()
+        train_set.close()
+        eval_set.close()
     finally:
         bar.close()
         if pool:
             pool.close()
             pool.join()
+    shards = train_set.shards
     seconds = time.perf_counter() - start
     if not shards and num_parts == 1:
         raise ValueError(f"no samples were produced from {', '.join(map(str, files))}: "
@@ -257,6 +187,9 @@ def build_shards(
         "inputs": [{"path": str(f), "bytes": f.stat().st_size} for f in files],
         "shards": shards,
         "samples": sum(s["samples"] for s in shards),
+        "eval_shards": eval_set.shards,
+        "eval_samples": eval_set.samples,
+        "eval_fraction": eval_fraction,
         "tokens": sum(s["tokens"] for s in shards),
         "text_tokens": text_tokens,
         "text": stats.to_dict(),
@@ -284,11 +217,12 @@ def merge_manifests(out: str | Path) -> dict:
         for key in ("seq_len", "packing", "dtype", "seed", "tokenizer"):
             if m.get(key) != first.get(key):
                 raise ValueError(f"{out}: part {m['part']} differs from part {first['part']} in {key}")
-    merged = {**first, "shards": [s for m in loaded for s in m["shards"]], "part": None}
+    merged = {**first, "shards": [s for m in loaded for s in m["shards"]], "part": None,
+              "eval_shards": [s for m in loaded for s in m.get("eval_shards", [])]}
     if not merged["shards"]:
         raise ValueError(f"{out}: no part produced any samples")
-    for key in ("samples", "tokens", "text_tokens"):
-        merged[key] = sum(m[key] for m in loaded)
+    for key in ("samples", "tokens", "text_tokens", "eval_samples"):
+        merged[key] = sum(m.get(key, 0) for m in loaded)
     merged["text"] = {k: sum(m["text"][k] for m in loaded) for k in first["text"]}
     merged["text"]["files"] = first["text"]["files"]
     _write_json(out / MANIFEST, merged)
@@ -309,7 +243,7 @@ def read_manifest(directory: str | Path) -> dict:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
     # a manifest names files beside it, nothing else: never a `pipe:` command, a URL or another path
-    bad = [s.get("name") for s in manifest.get("shards", [])
+    bad = [s.get("name") for s in manifest.get("shards", []) + manifest.get("eval_shards", [])
            if not isinstance(s.get("name"), str) or not re.fullmatch(r"[\w.-]+\.tar", s["name"])]
     if bad:
         raise ValueError(f"{path}: shard names must be plain .tar file names in that directory; refusing "
