@@ -27,9 +27,12 @@ def train(run, ckpts, state, until: int | None = None) -> str:
     from electra_dist import parallel
     from electra_dist.training.metrics import MetricsLogger
     from electra_dist.training.signals import StopSignals
+    from electra_dist.training.evaluate import Evaluator, eval_urls
     from electra_dist.training.step import train_step
 
     t = run.cfg.train
+    urls = eval_urls(run.cfg) if t.eval_interval else []
+    evaluator = Evaluator(run, urls, t.eval_samples) if urls else None
     metrics = MetricsLogger(run, state)  # metrics.jsonl + MLflow (rank 0) + console
     signals = StopSignals(run.cfg.parallel.stop_timeout, who=f"rank {run.layout.rank}")
     batches = iter(run.loader)
@@ -48,8 +51,10 @@ def train(run, ckpts, state, until: int | None = None) -> str:
                 break
             state.advance(result.tokens, run.flops_per_token)
             metrics.add(result, state.step)
-            if state.step % t.log_interval == 0 or state.step == t.max_steps:
-                metrics.log(state)  # the host reads the device here, and only here (finiteness included)
+            evaluate = evaluator is not None and (state.step % t.eval_interval == 0 or state.step == t.max_steps)
+            if evaluate or state.step % t.log_interval == 0 or state.step == t.max_steps:
+                # the host reads the device here, and only here (finiteness included)
+                metrics.log(state, evaluator.evaluate() if evaluate else None)
             if state.step % t.save_interval == 0 and state.step < t.max_steps:
                 metrics.check_finite()  # never a checkpoint of a poisoned state
                 with signals.busy():

@@ -185,3 +185,18 @@ def test_resume_on_tp_1_then_2_then_1_follows_the_uninterrupted_curve(tmp_path, 
     assert "written by TP 2 × DP 1, ZeRO-0: re-sharded onto TP 1 × DP 1, ZeRO-0" in logs[2]
     got = losses(tmp_path)
     assert max(abs(a - b) for a, b in zip(uninterrupted, got)) <= 1e-5, (uninterrupted, got)
+
+
+def test_held_out_evaluation_is_the_same_on_two_ranks_as_on_one(tmp_path, data):
+    from conftest import train_here
+
+    shards, _ = data
+    args = ["--max-steps", "6", *EXACT, "train.eval_interval=3", "train.eval_samples=100", f"data.eval_shards={shards}"]
+    train_here(tmp_path / "one", data, *args)
+    train(tmp_path / "two", data, *args, "train.micro_batch_size=8", nproc=2)  # 100 sequences: 50 per rank
+    one, two = ({m["step"]: m for m in metrics(tmp_path / d) if "eval/loss" in m} for d in ("one", "two"))
+    assert sorted(one) == sorted(two) == [3, 6]
+    for step in one:
+        for key in one[step]:
+            if key.startswith("eval/"):
+                assert abs(one[step][key] - two[step][key]) <= 1e-5 * max(1.0, abs(one[step][key])), (step, key)

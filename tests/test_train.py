@@ -328,3 +328,19 @@ def test_a_longer_max_steps_on_resume_continues_the_lr_down_instead_of_jumping_u
     assert abs(lr[26] - peak * (1 - 25 / 30) * (40 - 26) / (40 - 25)) < 1e-9 and lr[40] == 0.0
     r = train_here(tmp_path, data, "--max-steps", "50", check=False)
     assert r.returncode == 2 and "finished its LR schedule at step 40" in r.stderr
+
+
+def test_held_out_evaluation_is_logged_with_the_official_metrics(tmp_path, data):
+    shards, _ = data
+    r = train_here(tmp_path, data, "--max-steps", "5", "train.eval_interval=2", "train.eval_samples=64",
+                   f"data.eval_shards={shards}")
+    m = {rec["step"]: rec for rec in metrics(tmp_path)}
+    for step in (2, 4, 5):  # every eval_interval steps and at the end
+        assert {"eval/loss", "eval/generator_loss", "eval/generator_accuracy", "eval/sampled_accuracy",
+                "eval/discriminator_loss", "eval/discriminator_accuracy", "eval/discriminator_precision",
+                "eval/discriminator_recall"} <= set(m[step]), m[step]
+    assert "eval/loss" not in m[3] and "| eval loss" in r.stdout
+    e = m[5]
+    assert abs(e["eval/loss"] - (e["eval/generator_loss"] + 50 * e["eval/discriminator_loss"])) < 1e-6
+    assert 0 <= e["eval/sampled_accuracy"] < 1 and 0 <= e["eval/discriminator_recall"] <= 1
+    assert e["eval/generator_accuracy"] > 0 and 0 < e["eval/discriminator_accuracy"] < 1

@@ -92,6 +92,8 @@ class TrainConfig:
     log_interval: int = _f(100, "steps between metric records")
     save_interval: int = _f(5000, "steps between checkpoints")
     keep_last: int = _f(3, "complete checkpoints kept")
+    eval_interval: int = _f(1000, "steps between held-out evaluations (and at the last step); 0: never")
+    eval_samples: int = _f(1024, "held-out sequences each evaluation reads (the same ones, the same corruption)")
     seed: int = _f(1234, "seed for weights, data order, masking and sampling")
     precision: str = _f("bf16", "compute precision", ("fp32", "bf16", "fp16"))
     compile: str = _f("auto", "torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm): auto = on "
@@ -118,6 +120,8 @@ class DataConfig:
     num_workers: int = _f(2, "loader worker processes per rank")
     shuffle_buffer: int = _f(1000, "samples held for shuffling")
     on_corrupt: str = _f("error", "what a corrupt shard does", ("error", "skip"))
+    eval_shards: str = _f("", "held-out shards: empty = the eval split `shards build` wrote beside data.shards "
+                          "(if any); a directory/glob/list; 'none': no evaluation")
     dp_split: str = _f("batch", "how data-parallel ranks share the data: 'batch' (all read one stream of global "
                        "batches and collate only their rows: the same data, order and dropout for any DP size, so a "
                        "run resumes on more or fewer GPUs with the same curve; each rank reads every sample's bytes) "

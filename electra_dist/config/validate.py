@@ -30,7 +30,8 @@ def validate(cfg: Config) -> Config:
     p += [f"{key}: {flat[key]!r} must be a positive integer" for key in bad_ints]
     nonfinite = [key for key, typ, _ in cfg.fields() if typ is float and not math.isfinite(flat[key])]
     p += [f"{key}: {flat[key]!r} must be a finite number" for key in nonfinite]
-    for key in ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps"):
+    for key in ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps", "train.eval_interval",
+                "train.eval_samples"):
         if flat[key] < 0:
             p.append(f"{key}: {flat[key]} must be >= 0")
     for key in ("collective_timeout", "stop_timeout"):

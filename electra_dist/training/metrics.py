@@ -73,9 +73,9 @@ class MetricsLogger:
         print(f"electra-dist: error: {msg}", file=sys.stderr, flush=True)
         raise NonFiniteError(msg)
 
-    def log(self, state: TrainState) -> dict[str, float]:
-        """Check finiteness, read the window back (one DP all-reduce), write the record everywhere,
-        start a new window."""
+    def log(self, state: TrainState, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """Check finiteness, read the window back (one DP all-reduce), write the record (with `extra`,
+        the held-out evaluation when there was one) everywhere, start a new window."""
         self.check_finite()
         run, seconds = self.run, time.perf_counter() - self.t0
         keys = sorted(self.window)
@@ -107,6 +107,7 @@ class MetricsLogger:
         if run.cfg.objective.kind == "mlm":  # one encoder, no discriminator: no fake zero curves
             m = {k: v for k, v in m.items() if "discriminator" not in k}
         m.update(_memory(run.layout.device))
+        m.update(extra or {})
         if run.layout.is_main:
             with open(self.file, "a") as f:
                 f.write(json.dumps({"step": state.step, "time": time.time(), **m}) + "\n")
@@ -167,9 +168,10 @@ def _console_line(step: int, max_steps: int, seconds_per_step: float, m: dict[st
     eta = _duration((max_steps - step) * seconds_per_step)
     mfu = f"mfu {m['throughput/mfu']:.1%}" if "throughput/mfu" in m else "mfu —"
     disc = (f" disc {m['loss/discriminator']:.4f}", f" disc {m['acc/discriminator']:.3f}") if "loss/discriminator" in m else ("", "")
+    held_out = f" | eval loss {m['eval/loss']:.4f}" if "eval/loss" in m else ""
     return (f"step {step:>7}/{max_steps} ({step / max_steps:4.0%}, ETA {eta}) | loss {m['loss/total']:.4f} gen "
             f"{m['loss/generator']:.4f}{disc[0]} | acc gen {m['acc/generator']:.3f}{disc[1]} | lr {m['optim/lr']:.2e} | "
-            f"{m['throughput/tokens_per_s']:,.0f} tok/s {mfu}")
+            f"{m['throughput/tokens_per_s']:,.0f} tok/s {mfu}{held_out}")
 
 
 def _duration(seconds: float) -> str:

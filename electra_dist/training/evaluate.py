@@ -1,0 +1,102 @@
+"""Held-out evaluation during pre-training, as the official ELECTRA reports it.
+
+A fixed set of held-out sequences (the first `train.eval_samples` of the eval shards, in order) with
+fixed corruption: masking and Gumbel sampling are counter-based functions of the sample, so every
+evaluation sees the same masked positions and the same replacements, and no dropout. Sequence i goes
+to data-parallel rank i mod DP; every quantity is a sum, all-reduced over DP and divided by global
+counts, so the numbers do not depend on the DP (or TP) size.
+
+    eval/loss                  generator_weight × MLM loss + λ × discriminator loss, per token as in training
+    eval/generator_loss        masked-LM cross-entropy per masked token
+    eval/generator_accuracy    masked-LM accuracy (argmax)
+    eval/sampled_accuracy      fraction of masked tokens whose SAMPLED replacement is the original
+    eval/discriminator_loss    replaced-token detection BCE per token
+    eval/discriminator_accuracy, eval/discriminator_precision, eval/discriminator_recall
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from electra_dist import parallel
+from electra_dist.training.build import Run
+
+
+def eval_urls(cfg) -> list[str]:
+    """The held-out shards: data.eval_shards, else the eval split `shards build` wrote beside the training
+    shards (listed in their manifest), else none; data.eval_shards=none turns evaluation off."""
+    from pathlib import Path
+
+    from electra_dist.data.loader import resolve_shards
+    from electra_dist.data.shards import MANIFEST, read_manifest
+
+    spec = cfg.data.eval_shards
+    if spec == "none":
+        return []
+    if spec:
+        return resolve_shards(spec)[0]
+    d = Path(cfg.data.shards)
+    if d.is_dir() and (d / MANIFEST).is_file():
+        return [str(d / s["name"]) for s in read_manifest(d).get("eval_shards", [])]
+    return []
+
+
+class Evaluator:
+    def __init__(self, run: Run, urls: list[str], samples: int):
+        from electra_dist.data.loader import ShardStream, iter_shard
+
+        self.run = run
+        loader = run.loader
+        rows: list[tuple[int, str, Any]] = []
+        for url in urls:
+            for key, ids in iter_shard(url):
+                rows.append((0, key, ids))
+                if len(rows) >= samples:
+                    break
+            if len(rows) >= samples:
+                break
+        if not rows:
+            raise ValueError(f"the eval shards ({', '.join(urls[:3])}) hold no samples")
+        self.samples = len(rows)
+        mine = rows[run.layout.dp_rank::run.layout.dp_size]
+        stream = ShardStream(urls, loader.settings)
+        B = run.cfg.train.micro_batch_size
+        self.batches = [stream.collate(mine[i:i + B]) for i in range(0, len(mine), B)]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        run = self.run
+        model, device = run.model, run.layout.device
+        was_training = model.training
+        model.eval()
+        one = torch.ones((), device=device)
+        keys = ("gen_sum", "disc_sum", "masked", "generator_correct", "tokens", "replaced", "discriminator_correct",
+                "true_positive", "predicted_positive")
+        total = torch.zeros(len(keys), dtype=torch.float64, device=device)
+        try:
+            for b in self.batches:
+                data = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()
+                        if k not in ("keys", "epoch", "dropout_seed")}
+                out = model(**data, masked_normalizer=one, token_normalizer=one)  # losses come back as sums
+                s = {**out.stats, "gen_sum": out.generator_loss, "disc_sum": out.discriminator_loss}
+                total += torch.stack([torch.as_tensor(s[k], device=device).double() for k in keys])
+        finally:
+            model.train(was_training)
+        t = dict(zip(keys, parallel.data_parallel_sum(total).tolist()))
+        obj = run.cfg.objective
+        gen_loss = t["gen_sum"] / max(1.0, t["masked"])
+        m = {"eval/generator_loss": gen_loss,
+             "eval/generator_accuracy": t["generator_correct"] / max(1.0, t["masked"])}
+        if obj.kind == "electra":
+            disc_loss = t["disc_sum"] / max(1.0, t["tokens"])
+            m.update({"eval/loss": obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss,
+                      "eval/sampled_accuracy": 1.0 - t["replaced"] / max(1.0, t["masked"]),
+                      "eval/discriminator_loss": disc_loss,
+                      "eval/discriminator_accuracy": t["discriminator_correct"] / max(1.0, t["tokens"]),
+                      "eval/discriminator_precision": t["true_positive"] / max(1.0, t["predicted_positive"]),
+                      "eval/discriminator_recall": t["true_positive"] / max(1.0, t["replaced"])})
+        else:
+            m["eval/loss"] = obj.generator_weight * gen_loss
+        return m
