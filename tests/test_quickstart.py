@@ -20,14 +20,17 @@ def test_quickstart_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "tokenizer" / "spm.model").is_file()
     assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["samples"] > 1000
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [20]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in records] == [5, 10, 15, 20]  # the held-out evaluations add records
+    assert all("eval/loss" in m and "eval/discriminator_recall" in m for m in records)
+    assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["eval_samples"] > 50
     assert "ZeRO-2" in r.stdout
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(json.loads((tmp_path / "run" / "tracking.json").read_text())["run_id"])
     assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "eval/loss")) == [5, 10, 15, 20]
     for side in ("discriminator", "generator"):
         assert (tmp_path / "hf" / side / "model.safetensors").is_file()
         assert (tmp_path / "hf" / side / "spm.model").is_file()

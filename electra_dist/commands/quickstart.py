@@ -29,10 +29,12 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
         ("tokenizer", me + ["tokenizer", "train", "--input", str(SAMPLE), "--vocab-size", str(vocab_size),
                             "--lowercase", "--out", str(tok)]),
         ("shards", me + ["shards", "build", "--input", str(SAMPLE), "--tokenizer", str(tok), "--seq-len",
-                         str(seq_len), "--out", str(shards), "--samples-per-shard", "500", "--overwrite"]),
+                         str(seq_len), "--out", str(shards), "--samples-per-shard", "500", "--overwrite",
+                         "--eval-fraction", "0.05"]),  # the sample is small: hold out a few of its documents
         ("train", launcher + ["--deepspeed", str(ds_json), "--config", "debug", "--data", str(shards), "--tokenizer", str(tok),
                               "--output-dir", str(run_dir), "--max-steps", str(steps), "--resume", "never",
                               f"train.micro_batch_size={micro}", "train.log_interval=20",
+                              f"train.eval_interval={max(1, steps // 4)}", "train.eval_samples=256",
                               f"train.save_interval={max(1, steps // 2)}", f"tracking.uri={uri}",
                               "tracking.experiment=quickstart", "data.num_workers=1"]),
         ("export", me + ["export", "--checkpoint", str(run_dir / "final"), "--out", str(hf)]),
