@@ -338,9 +338,25 @@ def test_held_out_evaluation_is_logged_with_the_official_metrics(tmp_path, data)
     for step in (2, 4, 5):  # every eval_interval steps and at the end
         assert {"eval/loss", "eval/generator_loss", "eval/generator_accuracy", "eval/sampled_accuracy",
                 "eval/discriminator_loss", "eval/discriminator_accuracy", "eval/discriminator_precision",
-                "eval/discriminator_recall"} <= set(m[step]), m[step]
+                "eval/discriminator_recall", "eval/discriminator_auc"} <= set(m[step]), m[step]
     assert "eval/loss" not in m[3] and "| eval loss" in r.stdout
     e = m[5]
     assert abs(e["eval/loss"] - (e["eval/generator_loss"] + 50 * e["eval/discriminator_loss"])) < 1e-6
     assert 0 <= e["eval/sampled_accuracy"] < 1 and 0 <= e["eval/discriminator_recall"] <= 1
     assert e["eval/generator_accuracy"] > 0 and 0 < e["eval/discriminator_accuracy"] < 1
+    assert 0 < e["eval/discriminator_auc"] < 1
+
+
+def test_the_histogram_auc_is_the_exact_auc_to_one_bin():
+    import torch
+
+    from electra_dist.training.evaluate import auc
+
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.rand(3000, generator=g) ** 0.5, torch.rand(5000, generator=g)
+    exact = (pos[:, None] > neg[None, :]).float().mean().item()
+
+    def hist(x):
+        return torch.zeros(1000).scatter_add_(0, (x * 1000).long().clamp(max=999), torch.ones(len(x)))
+
+    assert abs(auc(hist(pos), hist(neg)) - exact) < 1e-4 and abs(exact - 2 / 3) < 0.01

@@ -117,6 +117,9 @@ class ElectraDiscriminator(_Tower):
         return head.dense_prediction(F.gelu(head.dense(h))).squeeze(-1)  # (B, S)
 
 
+AUC_BINS = 1000  # discriminator-score histogram bins of the held-out AUC (error < 1/AUC_BINS)
+
+
 @dataclass
 class PretrainOutput:
     loss: torch.Tensor  # generator_weight · generator_loss + λ · discriminator_loss
@@ -124,6 +127,7 @@ class PretrainOutput:
     discriminator_loss: torch.Tensor
     replaced: torch.Tensor  # (B, S) bool: the discriminator's labels
     stats: dict[str, torch.Tensor]  # detached counts for metrics (summed, not averaged)
+    score_histograms: torch.Tensor | None = None  # eval mode: (2, AUC_BINS) replaced / original score counts
 
 
 class ElectraPretrainer(nn.Module):
@@ -226,7 +230,12 @@ class ElectraPretrainer(nn.Module):
                 "true_positive": (pred & rep).sum(),
                 "predicted_positive": pred.sum(),
             }
-        return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats)
+            hists = None
+            if not self.training:  # held-out evaluation: score histograms, for an AUC summed over ranks
+                bins = (torch.sigmoid(disc_logits.float()) * AUC_BINS).long().clamp(max=AUC_BINS - 1).flatten()
+                hists = torch.stack([torch.zeros(AUC_BINS, device=bins.device).scatter_add_(0, bins, c.flatten().float())
+                                     for c in (rep, nonpad & ~replaced)])
+        return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats, hists)
 
     def _generator_stats(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> dict:
         filled = weights > 0

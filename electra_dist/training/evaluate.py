@@ -12,6 +12,7 @@ counts, so the numbers do not depend on the DP (or TP) size.
     eval/sampled_accuracy      fraction of masked tokens whose SAMPLED replacement is the original
     eval/discriminator_loss    replaced-token detection BCE per token
     eval/discriminator_accuracy, eval/discriminator_precision, eval/discriminator_recall
+    eval/discriminator_auc     ROC AUC of the discriminator's scores, from 1000-bin histograms summed over ranks
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from typing import Any
 import torch
 
 from electra_dist import parallel
+from electra_dist.model.electra import AUC_BINS
 from electra_dist.training.build import Run
+
+
+def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """ROC AUC from score histograms (same bins): P(positive scores above negative), ties counted half."""
+    below = torch.cumsum(negative, 0) - negative  # negatives in lower bins
+    pairs = float(positive.sum() * negative.sum())
+    return float((positive * (below + 0.5 * negative)).sum()) / pairs if pairs else float("nan")
 
 
 def eval_urls(cfg) -> list[str]:
@@ -75,6 +84,7 @@ class Evaluator:
         keys = ("gen_sum", "disc_sum", "masked", "generator_correct", "tokens", "replaced", "discriminator_correct",
                 "true_positive", "predicted_positive")
         total = torch.zeros(len(keys), dtype=torch.float64, device=device)
+        hist = torch.zeros(2, AUC_BINS, dtype=torch.float64, device=device)  # replaced, original
         try:
             for b in self.batches:
                 data = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()
@@ -82,9 +92,13 @@ class Evaluator:
                 out = model(**data, masked_normalizer=one, token_normalizer=one)  # losses come back as sums
                 s = {**out.stats, "gen_sum": out.generator_loss, "disc_sum": out.discriminator_loss}
                 total += torch.stack([torch.as_tensor(s[k], device=device).double() for k in keys])
+                if out.score_histograms is not None:
+                    hist += out.score_histograms.double()
         finally:
             model.train(was_training)
-        t = dict(zip(keys, parallel.data_parallel_sum(total).tolist()))
+        summed = parallel.data_parallel_sum(torch.cat([total, hist.flatten()])).cpu()
+        t = dict(zip(keys, summed[:len(keys)].tolist()))
+        replaced_hist, original_hist = summed[len(keys):].view(2, AUC_BINS)
         obj = run.cfg.objective
         gen_loss = t["gen_sum"] / max(1.0, t["masked"])
         m = {"eval/generator_loss": gen_loss,
@@ -96,7 +110,8 @@ class Evaluator:
                       "eval/discriminator_loss": disc_loss,
                       "eval/discriminator_accuracy": t["discriminator_correct"] / max(1.0, t["tokens"]),
                       "eval/discriminator_precision": t["true_positive"] / max(1.0, t["predicted_positive"]),
-                      "eval/discriminator_recall": t["true_positive"] / max(1.0, t["replaced"])})
+                      "eval/discriminator_recall": t["true_positive"] / max(1.0, t["replaced"]),
+                      "eval/discriminator_auc": auc(replaced_hist, original_hist)})
         else:
             m["eval/loss"] = obj.generator_weight * gen_loss
         return m
