@@ -53,7 +53,9 @@ def train(run, ckpts, state, until: int | None = None) -> str:
             metrics.add(result, state.step)
             evaluate = evaluator is not None and (state.step % t.eval_interval == 0 or state.step == t.max_steps)
             if evaluate or state.step % t.log_interval == 0 or state.step == t.max_steps:
-                # the host reads the device here, and only here (finiteness included)
+                # the host reads the device here, and only here (finiteness included, before any evaluation)
+                if evaluate:
+                    metrics.check_finite()
                 metrics.log(state, evaluator.evaluate() if evaluate else None)
             if state.step % t.save_interval == 0 and state.step < t.max_steps:
                 metrics.check_finite()  # never a checkpoint of a poisoned state

@@ -232,7 +232,8 @@ class ElectraPretrainer(nn.Module):
             }
             hists = None
             if not self.training:  # held-out evaluation: score histograms, for an AUC summed over ranks
-                bins = (torch.sigmoid(disc_logits.float()) * AUC_BINS).long().clamp(max=AUC_BINS - 1).flatten()
+                scores = torch.nan_to_num(torch.sigmoid(disc_logits.float()), nan=0.0)  # NaN: the loss says so
+                bins = (scores * AUC_BINS).long().clamp(0, AUC_BINS - 1).flatten()
                 hists = torch.stack([torch.zeros(AUC_BINS, device=bins.device).scatter_add_(0, bins, c.flatten().float())
                                      for c in (rep, nonpad & ~replaced)])
         return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats, hists)
