@@ -118,31 +118,7 @@ def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, 
     rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
                      env=train_env(tmp_path, data, out, args), cwd=tmp_path, wait=False)
     assert rc == 0 and job
-    mf = out / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (mf.is_file() and len(mf.read_text().splitlines()) >= 6):
-        assert time.time() < deadline, job_log(tmp_path, "electra-large", job)[-3000:]
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
-    # the job checkpoints, requeues itself; make it eligible at once (SLURM waits ~2 min otherwise)
-    deadline = time.time() + 300
-    while "requeueing" not in job_log(tmp_path, "electra-large", job):
-        assert time.time() < deadline, job_log(tmp_path, "electra-large", job)[-3000:]
-        time.sleep(0.5)
-    pending_since = None
-    while True:
-        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-        if state == "PENDING":
-            pending_since = pending_since or time.time()
-            # not within the second of the requeue: slurmd compares the new job credential's time with
-            # the revocation of the old one at one-second resolution ("Job credential revoked")
-            if time.time() - pending_since > 2:
-                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
-        if state == "" and final_state(job):
-            break
-        assert time.time() < deadline + 300, state
-        time.sleep(1)
-    log = job_log(tmp_path, "electra-large", job)
+    log = _preempt_and_wait_for_the_end(tmp_path, job, out / "metrics.jsonl", lines=6)
     assert final_state(job) == "COMPLETED", log[-4000:]
     assert "signal received" in log and "restart 1" in log and "resumed from" in log
     assert [m["step"] for m in metrics(out)] == list(range(1, 25))
@@ -155,7 +131,15 @@ def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, 
     assert client.get_run(rid).info.status == "FINISHED"
 
 
-def _wait_for_requeue_and_end(tmp_path: Path, job: str, name: str = "electra-large") -> str:
+def _preempt_and_wait_for_the_end(tmp_path: Path, job: str, metrics_file: Path, lines: int,
+                                  name: str = "electra-large") -> str:
+    """Once `metrics_file` has `lines` records, USR1 the job; wait until it has requeued itself and ended
+    (making it eligible at once: SLURM waits ~2 min otherwise); return its log."""
+    deadline = time.time() + 300
+    while not (metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= lines):
+        assert time.time() < deadline, job_log(tmp_path, name, job)[-3000:]
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
     deadline = time.time() + 300
     while "requeueing" not in job_log(tmp_path, name, job):
         assert time.time() < deadline, job_log(tmp_path, name, job)[-3000:]
@@ -165,7 +149,9 @@ def _wait_for_requeue_and_end(tmp_path: Path, job: str, name: str = "electra-lar
         state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
         if state == "PENDING":
             pending_since = pending_since or time.time()
-            if time.time() - pending_since > 2:  # see test_preemption_checkpoints_requeues_and_resumes_exactly
+            # not within the second of the requeue: slurmd compares the new job credential's time with
+            # the revocation of the old one at one-second resolution ("Job credential revoked")
+            if time.time() - pending_since > 2:
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         if state == "" and final_state(job):
             return job_log(tmp_path, name, job)
@@ -192,13 +178,7 @@ def test_in_a_container_with_container_paths_preemption_still_requeues(cluster, 
         rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=env, cwd=tmp_path,
                          wait=False)
         assert rc == 0 and job
-        mf = runs / "out" / "metrics.jsonl"
-        deadline = time.time() + 300
-        while not (mf.is_file() and len(mf.read_text().splitlines()) >= 4):
-            assert time.time() < deadline, job_log(tmp_path, "electra-large", job)[-3000:]
-            time.sleep(0.2)
-        subprocess.run(["scancel", "--signal=USR1", job], check=True)
-        log = _wait_for_requeue_and_end(tmp_path, job)
+        log = _preempt_and_wait_for_the_end(tmp_path, job, runs / "out" / "metrics.jsonl", lines=4)
         assert final_state(job) == "COMPLETED", log[-4000:]
         assert f"in container {image} (" in log and "stub-container-runtime: image" in log
         assert "requeueing" in log and "resumed from" in log
@@ -256,9 +236,9 @@ def test_preprocess_array_builds_the_same_shards(cluster, tmp_path):
     assert rows(shards) == rows(single) and len(rows(single)) == read_manifest(single)["samples"]
 
 
-def test_default_submission_launches_with_the_documented_defaults(tmp_path):
-    """`sbatch slurm/pretrain_large.sh` with nothing set: srun/scontrol are stubbed to print, so
-    this checks the script's own logic (defaults, rendezvous, no unset-variable errors) anywhere."""
+def _printing_slurm_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """An environment whose srun/scontrol only print, so a batch script's own logic runs anywhere; none
+    of the scripts' knobs set but `extra`."""
     stub = tmp_path / "bin"
     stub.mkdir()
     (stub / "srun").write_text('#!/bin/bash\necho "srun $*"\n')
@@ -267,8 +247,14 @@ def test_default_submission_launches_with_the_documented_defaults(tmp_path):
         f.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("EXTRA_ARGS", "CONFIG", "DS_CONFIG", "DATA",
                                                             "TOKENIZER", "OUTPUT_DIR", "MASTER_PORT")}
-    env.update(PATH=f"{stub}:{env['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="gpu-node-[1-8]",
-               SLURM_NNODES="8", SLURM_GPUS_ON_NODE="8", REPO=str(ROOT))
+    env.update(PATH=f"{stub}:{env['PATH']}", SLURM_JOB_ID="4242", SLURM_GPUS_ON_NODE="8", REPO=str(ROOT), **extra)
+    return env
+
+
+def test_default_submission_launches_with_the_documented_defaults(tmp_path):
+    """`sbatch slurm/pretrain_large.sh` with nothing set: srun/scontrol are stubbed to print, so
+    this checks the script's own logic (defaults, rendezvous, no unset-variable errors) anywhere."""
+    env = _printing_slurm_env(tmp_path, SLURM_JOB_NODELIST="gpu-node-[1-8]", SLURM_NNODES="8")
     for script, want in (("pretrain_large.sh", ["--nnodes=8", "--nproc_per_node=8", "configs/zero2.json",
                                                 "configs/electra_large.yaml", "runs/electra-large"]),
                          ("pretrain_small.sh", ["configs/zero0.json", "configs/electra_small.yaml",
@@ -286,17 +272,9 @@ def test_default_submission_launches_with_the_documented_defaults(tmp_path):
 def test_pyxis_launch_line_keeps_the_checkout_mount_and_workdir(tmp_path):
     """CONTAINER_MOUNTS adds to the checkout's mount (it used to replace it); CONTAINER_WORKDIR picks the
     image's code. srun/scontrol stubbed to print, as above."""
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    (stub / "srun").write_text('#!/bin/bash\necho "srun $*"\n')
-    (stub / "scontrol").write_text("#!/bin/bash\necho gpu-node-1\n")
-    for f in stub.iterdir():
-        f.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("EXTRA_ARGS", "CONFIG", "DS_CONFIG", "DATA",
-                                                            "TOKENIZER", "OUTPUT_DIR", "MASTER_PORT")}
-    env.update(PATH=f"{stub}:{env['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="gpu-node-1", SLURM_NNODES="1",
-               SLURM_GPUS_ON_NODE="8", REPO=str(ROOT), CONTAINER_IMAGE="/shared/e.sqsh",
-               CONTAINER_MOUNTS="/shared/runs:/runs", OUTPUT_DIR="/runs/large", CONTAINER_WORKDIR="/opt/electra_dist")
+    env = _printing_slurm_env(tmp_path, SLURM_JOB_NODELIST="gpu-node-1", SLURM_NNODES="1",
+                              CONTAINER_IMAGE="/shared/e.sqsh", CONTAINER_MOUNTS="/shared/runs:/runs",
+                              OUTPUT_DIR="/runs/large", CONTAINER_WORKDIR="/opt/electra_dist")
     r = subprocess.run(["bash", str(ROOT / "slurm" / "pretrain_large.sh")], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
