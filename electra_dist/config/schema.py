@@ -141,3 +141,10 @@ class TrackingConfig:
     flush_timeout: float = _f(30.0, "seconds to keep trying to reach MLflow at the end before giving up (and "
                               "saying what was not sent)")
     log_hf_export: bool = _f(False, "at the end, export the model to Hugging Face format and log it as artifacts")
+
+    def tag_dict(self) -> dict[str, str]:
+        """`tags` ("team=nlp,ablation=no-gdes") as a dict; ValueError naming the key if it is not that."""
+        pairs = [item.split("=", 1) for item in self.tags.split(",") if item.strip()]
+        if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+            raise ValueError(f"tracking.tags: {self.tags!r} is not a list of key=value separated by commas")
+        return {k.strip(): v.strip() for k, v in pairs}

@@ -87,15 +87,15 @@ class Config:
             raise ConfigError([f"not valid YAML: {e}"], source=str(path)) from None
         if not isinstance(data, dict):
             raise ConfigError([f"top level must be a mapping, got {type(data).__name__}"], source=str(path))
-        flavor = str(data.get("flavor", "custom"))
-        if flavor.replace("_", "-") in FLAVORS:
-            cfg = FLAVORS[flavor.replace("_", "-")]()
-        elif flavor in UNNAMED_FLAVORS:
-            cfg = cls(flavor=flavor)
-        else:  # a typo would otherwise silently start from the base defaults
-            return cls(flavor=flavor), [f"flavor: {flavor!r} is unknown; choose one of {sorted(FLAVORS)} or "
-                                        f"{sorted(UNNAMED_FLAVORS)} (the base defaults)"]
-        return cfg, cfg._set_all(dict(flatten(data)))
+        return _from_mapping(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "Config":
+        """A nested mapping as `to_dict()` writes it (a checkpoint's config): `flavor` the base, the rest overrides."""
+        cfg, problems = _from_mapping(data)
+        if problems:
+            raise ConfigError(problems, source=source)
+        return cfg
 
     # ---- overrides ----------------------------------------------------------------------
     def apply_overrides(self, overrides: dict[str, Any] | list[str], source: str | None = None) -> "Config":
@@ -195,6 +195,19 @@ def _hints(cls: type) -> dict[str, type]:
 def suggest_key(name: str) -> str:
     """" (did you mean section.key?)" for a flag or key the config does not have, or ""."""
     return _did_you_mean(name.lstrip("-").replace("-", "_"), {k: t for k, t, _ in Config().fields()})
+
+
+def _from_mapping(data: dict[str, Any]) -> tuple[Config, list[str]]:
+    """A nested mapping (YAML, a checkpoint's config): its `flavor` the base, every other key an override."""
+    flavor = str(data.get("flavor", "custom"))
+    if flavor.replace("_", "-") in FLAVORS:
+        cfg = FLAVORS[flavor.replace("_", "-")]()
+    elif flavor in UNNAMED_FLAVORS:
+        cfg = Config(flavor=flavor)
+    else:  # a typo would otherwise silently start from the base defaults
+        return Config(flavor=flavor), [f"flavor: {flavor!r} is unknown; choose one of {sorted(FLAVORS)} or "
+                                    f"{sorted(UNNAMED_FLAVORS)} (the base defaults)"]
+    return cfg, cfg._set_all(dict(flatten(data)))
 
 
 def _did_you_mean(key: str, known: dict[str, Any]) -> str:

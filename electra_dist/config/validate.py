@@ -37,9 +37,10 @@ def validate(cfg: Config) -> Config:
     for key in ("collective_timeout", "stop_timeout"):
         if not getattr(cfg.parallel, key) > 0:
             p.append(f"parallel.{key}: {getattr(cfg.parallel, key)} must be > 0 seconds")
-    if any(len(item.split("=", 1)) != 2 or not item.split("=", 1)[0].strip()
-           for item in cfg.tracking.tags.split(",") if item.strip()):
-        p.append(f"tracking.tags: {cfg.tracking.tags!r} is not a list of key=value separated by commas")
+    try:
+        cfg.tracking.tag_dict()
+    except ValueError as e:
+        p.append(str(e))
     if cfg.tracking.flush_timeout < 0:
         p.append(f"tracking.flush_timeout: {cfg.tracking.flush_timeout} must be >= 0")
     if not bad_ints:  # the arithmetic below needs sane sizes; everything else is checked regardless

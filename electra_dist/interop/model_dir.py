@@ -40,10 +40,6 @@ def _training_checkpoint(path: Path) -> Path | None:
 
 
 def _load_training_checkpoint(path: Path) -> tuple[ElectraPretrainer, Config]:
-    import tempfile
-
-    import yaml
-
     from electra_dist import parallel
 
     if not (path / "COMPLETE").is_file():
@@ -52,9 +48,7 @@ def _load_training_checkpoint(path: Path) -> tuple[ElectraPretrainer, Config]:
     config_dict = parallel.load_checkpoint_file(first, map_location="cpu").get("config")
     if not config_dict:
         raise FileNotFoundError(f"{first} holds no config: not written by electra_dist")
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / CONFIG_FILE).write_text(yaml.safe_dump(config_dict, sort_keys=False))
-        config = Config.from_yaml(Path(tmp) / CONFIG_FILE)
+    config = Config.from_dict(config_dict, source=str(first))
     model = ElectraPretrainer(config.model, config.objective)
     weights, _ = parallel.checkpoint_weights(path, {n: p.shape for n, p in model.named_parameters()})
     missing = [n for n, _ in model.named_parameters() if n not in weights]

@@ -26,15 +26,6 @@ def default_run_name(cfg) -> str:
     return " ".join([cfg.flavor, *differs[:6], time.strftime("%Y%m%d-%H%M%S")])
 
 
-def user_tags(spec: str) -> dict[str, str]:
-    """tracking.tags="team=nlp,ablation=no-gdes" as a dict."""
-    pairs = [item.split("=", 1) for item in spec.split(",") if item.strip()]
-    bad = [item for item in pairs if len(item) != 2 or not item[0].strip()]
-    if bad:
-        raise ValueError(f"tracking.tags: {spec!r} is not a list of key=value separated by commas")
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
 def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = None, log=print) -> Tracker:
     """MLflow on global rank 0 when tracking is on (and mlflow importable); a no-op tracker elsewhere."""
     if not is_main or not cfg.tracking.enabled:
@@ -53,6 +44,6 @@ def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = No
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    tags.update(user_tags(cfg.tracking.tags))
+    tags.update(cfg.tracking.tag_dict())
     return MLflowTracker(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, name, metrics_file,
                          run_id=run_id, tags=tags, log=log, flush_timeout=cfg.tracking.flush_timeout)
