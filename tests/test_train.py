@@ -345,6 +345,7 @@ def test_held_out_evaluation_is_logged_with_the_official_metrics(tmp_path, data)
     assert 0 <= e["eval/sampled_accuracy"] < 1 and 0 <= e["eval/discriminator_recall"] <= 1
     assert e["eval/generator_accuracy"] > 0 and 0 < e["eval/discriminator_accuracy"] < 1
     assert 0 < e["eval/discriminator_auc"] < 1
+    assert 0 < e["eval/seconds"] < 60
 
 
 def test_the_histogram_auc_is_the_exact_auc_to_one_bin():

@@ -208,20 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("experiment", help="ELECTRA vs MLM at equal pre-training FLOPs, fine-tuned, to RESULTS.md",
                        description="Pre-train ELECTRA and an MLM baseline (same encoder) for the same training "
-                                   "FLOPs on --corpus, fine-tune both on --train/--test over seeds, append the "
-                                   "table to --results.")
+                                   "FLOPs on --corpus, evaluate both on the held-out split, fine-tune both and a "
+                                   "random-init control on every --train/--test set over seeds, append the table "
+                                   "to --results. Rerun the same command after a kill to go on where it stopped. "
+                                   "Presets: cpu-small (~25 min on 2 cores), cpu-medium (<= 60 min on 2 cores: does "
+                                   "pre-training beat random weights?), gpu-h100 (ELECTRA-Small, >= 1e17 FLOPs "
+                                   "each, ~30 min on one H100).")
+    p.add_argument("--preset", default="cpu-small", choices=["cpu-small", "cpu-medium", "gpu-h100"],
+                   help="model size, steps, batch, precision and seeds; the flags below override it")
     p.add_argument("--corpus", nargs="+", required=True, help="raw text (e.g. english-mixed.jsonl.gz)")
-    p.add_argument("--train", required=True, help="labeled JSONL (text, label)")
-    p.add_argument("--test", required=True, help="labeled JSONL (text, label)")
-    p.add_argument("--out", default="experiments/electra-vs-mlm", help="working directory")
+    p.add_argument("--train", nargs="+", required=True, help="labeled JSONL files (text, label), one per set")
+    p.add_argument("--test", nargs="+", required=True, help="their test files, in the same order")
+    p.add_argument("--out", default="experiments/electra-vs-mlm", help="working directory (rerun to resume)")
     p.add_argument("--results", default="docs/RESULTS.md", help="Markdown file the table is appended to")
-    p.add_argument("--electra-steps", type=int, default=1000, help="ELECTRA's steps; MLM gets the same FLOPs")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--electra-steps", type=int, default=None, help="ELECTRA's steps; MLM gets the same FLOPs")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--nproc", type=int, default=1, help="training processes")
-    p.add_argument("--finetune-lr", type=float, default=3e-4, help="fine-tuning peak LR (default 3e-4, as "
-                                                                   "ELECTRA-Small)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak LR (default by size, as the "
+                                                                    "paper: 3e-4 up to hidden 256)")
     p.add_argument("--no-control", action="store_true", help="skip fine-tuning the random-init control")
     p.set_defaults(func=h.cmd_experiment)
 

@@ -154,9 +154,12 @@ def _finetune_tracker(args: argparse.Namespace):
 def cmd_experiment(args: argparse.Namespace) -> int:
     from electra_dist.commands import experiment
 
-    experiment.run(args.corpus, args.train, args.test, args.out, args.results, electra_steps=args.electra_steps,
-                   batch=args.batch, seq_len=args.seq_len, seeds=args.seeds, nproc=args.nproc,
-                   finetune_lr=args.finetune_lr, control=not args.no_control)
+    if len(args.train) != len(args.test):
+        raise ValueError(f"{len(args.train)} --train file(s) but {len(args.test)} --test file(s); give one test "
+                         "file per labeled set, in the same order")
+    experiment.run(args.corpus, list(zip(args.train, args.test)), args.out, args.results, preset=args.preset,
+                   nproc=args.nproc, control=not args.no_control, finetune_lr=args.finetune_lr,
+                   electra_steps=args.electra_steps, batch=args.batch, seq_len=args.seq_len, seeds=args.seeds)
     return 0
 
 

@@ -13,10 +13,12 @@ counts, so the numbers do not depend on the DP (or TP) size.
     eval/discriminator_loss    replaced-token detection BCE per token
     eval/discriminator_accuracy, eval/discriminator_precision, eval/discriminator_recall
     eval/discriminator_auc     ROC AUC of the discriminator's scores, from 1000-bin histograms summed over ranks
+    eval/seconds               what this evaluation cost (its share of training time: train.eval_interval)
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -78,6 +80,7 @@ class Evaluator:
     def evaluate(self) -> dict[str, float]:
         run = self.run
         model, device = run.model, run.layout.device
+        t0 = time.perf_counter()
         was_training = model.training
         model.eval()
         one = torch.ones((), device=device)
@@ -114,4 +117,5 @@ class Evaluator:
                       "eval/discriminator_auc": auc(replaced_hist, original_hist)})
         else:
             m["eval/loss"] = obj.generator_weight * gen_loss
+        m["eval/seconds"] = time.perf_counter() - t0  # the all-reduce above read the device: the work is done
         return m
