@@ -27,7 +27,12 @@ class ElectraEmbeddings(nn.Module):
 
     def __init__(self, cfg: ModelConfig, factory: LayerFactory, padded_vocab: int):
         super().__init__()
-        self.word_embeddings = factory.vocab_embedding(padded_vocab, cfg.embedding_size)
+        # the table's padding depends on the TP size (pad_vocab_multiple × TP): its draw comes from its own
+        # seed, so that every weight drawn after it is the same for any TP size
+        seed = int(torch.randint(0, 2**62, (), device="cpu"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.word_embeddings = factory.vocab_embedding(padded_vocab, cfg.embedding_size)
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.embedding_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.embedding_size)
         self.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
@@ -45,6 +50,29 @@ class ElectraEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(x))  # (B, S, E)
 
 
+class EmbeddingDelta(nn.Module):
+    """Gradient-disentangled embedding sharing (GDES; He et al., 2021, DeBERTa-v3): the discriminator embeds
+    with stop-gradient(shared) + Δ, one Δ per shared table (word, position, type, LayerNorm), Δ = 0 at the
+    start (so the start is the tied model). The generator's MLM loss alone moves the shared tables; RTD's
+    gradient reaches Δ only, so the two losses no longer pull the same embeddings apart ("tug-of-war")."""
+
+    def __init__(self, shared: ElectraEmbeddings):
+        super().__init__()
+        for name, p in shared.named_parameters():
+            delta = nn.Parameter(torch.zeros_like(p))
+            for attr in ("tensor_model_parallel", "partition_dim", "partition_stride"):  # a TP shard like p
+                if hasattr(p, attr):
+                    setattr(delta, attr, getattr(p, attr))
+            self.register_parameter(name.replace(".", "__"), delta)
+
+    def merged(self, shared: ElectraEmbeddings, detach: bool = True) -> dict[str, torch.Tensor]:
+        return {name: (p.detach() if detach else p) + getattr(self, name.replace(".", "__"))
+                for name, p in shared.named_parameters()}
+
+    def forward(self, shared: ElectraEmbeddings, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None):
+        return torch.func.functional_call(shared, self.merged(shared), (input_ids, token_type_ids))
+
+
 class _Tower(nn.Module):
     """Shared embeddings → own projection (when widths differ) → own encoder."""
 
@@ -59,7 +87,10 @@ class _Tower(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)
+        if hasattr(self, "embeddings_delta"):  # GDES (the discriminator only)
+            x = self.embeddings_delta(self.embeddings, input_ids, token_type_ids)
+        else:
+            x = self.embeddings(input_ids, token_type_ids)
         if hasattr(self, "embeddings_project"):
             x = self.embeddings_project(x)
         return self.encoder(x, attention_mask, padded)  # (B, S, H)
@@ -101,8 +132,10 @@ class ElectraGenerator(_Tower):
 class ElectraDiscriminator(_Tower):
     """The encoder we keep, with the replaced-token-detection head: dense → gelu → dense(1)."""
 
-    def __init__(self, cfg: ModelConfig, embeddings: ElectraEmbeddings, factory: LayerFactory):
+    def __init__(self, cfg: ModelConfig, embeddings: ElectraEmbeddings, factory: LayerFactory, gdes: bool = False):
         super().__init__(cfg, cfg.discriminator, embeddings, factory)
+        if gdes:
+            self.embeddings_delta = EmbeddingDelta(embeddings)
         h = cfg.discriminator.hidden_size
         self.discriminator_predictions = nn.Module()
         self.discriminator_predictions.dense = nn.Linear(h, h)
@@ -115,6 +148,15 @@ class ElectraDiscriminator(_Tower):
         h = self.encode(input_ids, attention_mask, token_type_ids, padded)
         head = self.discriminator_predictions
         return head.dense_prediction(F.gelu(head.dense(h))).squeeze(-1)  # (B, S)
+
+    def fold_embedding_delta(self) -> None:
+        """GDES → plain tables for the discriminator on its own (fine-tuning): the shared tables become
+        shared + Δ IN PLACE (the generator, sharing them, is not to be used after this) and Δ goes."""
+        if hasattr(self, "embeddings_delta"):
+            with torch.no_grad():
+                for name, p in self.embeddings.named_parameters():
+                    p.add_(getattr(self.embeddings_delta, name.replace(".", "__")))
+            del self.embeddings_delta
 
 
 AUC_BINS = 1000  # discriminator-score histogram bins of the held-out AUC (error < 1/AUC_BINS)
@@ -151,7 +193,8 @@ class ElectraPretrainer(nn.Module):
             self.discriminator = None
         else:
             self.generator = ElectraGenerator(cfg, embeddings, self.factory, self.padded_vocab)
-            self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory)
+            self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory,
+                                                      gdes=self.objective.embedding_sharing == "gdes")
         self._scores = kernels.fused_gumbel_scores(ElectraPretrainer.gumbel_scores) if fused else self.gumbel_scores
         if compile_blocks:
             kernels.compile_blocks(self)
@@ -280,6 +323,15 @@ def _init_linear(layer: nn.Linear, std: float) -> None:
     nn.init.normal_(layer.weight, std=std)
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
+
+
+def fit_vocab_rows(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A vocabulary-sized tensor (word embeddings, LM bias, their GDES residual) padded for one TP size, fitted
+    to another's padding (pad_vocab_multiple × TP): rows past the vocabulary are padding, never read;
+    trimmed, or zero-padded. Other tensors come back as they are."""
+    if t.shape == shape or t.shape[1:] != shape[1:]:
+        return t
+    return t[:shape[0]] if t.shape[0] >= shape[0] else torch.cat([t, t.new_zeros(shape[0] - t.shape[0], *t.shape[1:])])
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -26,6 +26,7 @@ import torch
 from electra_dist import parallel
 from electra_dist.config import ConfigError
 from electra_dist.model import ElectraPretrainer
+from electra_dist.model.electra import fit_vocab_rows
 from electra_dist.tracking import read_metrics
 from electra_dist.training.build import Run
 
@@ -187,7 +188,9 @@ class CheckpointManager:
         out = self.output_dir / FINAL
         if run.layout.is_main:
             plain = ElectraPretrainer(run.cfg.model, run.cfg.objective)
-            plain.load_state_dict({k: v.float() for k, v in full.items()}, strict=True)
+            shapes = {k: v.shape for k, v in plain.state_dict().items()}  # TP=1's vocabulary padding
+            plain.load_state_dict({k: fit_vocab_rows(v.float(), shapes[k]) if k in shapes else v.float()
+                                   for k, v in full.items()}, strict=True)
             save_model(out, plain, run.cfg)
             run.log(f"electra-dist: wrote the final model to {out} (export with `electra-dist export "
                     f"--checkpoint {out} --out DIR`)")
@@ -266,7 +269,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     one continuous history."""
     if not path.is_file():
         return
-    kept = [rec for rec in read_metrics(path) if rec.get("step", step + 1) <= step]
+    kept = [rec for rec in read_metrics(path, header=True) if rec.get("step", step + 1) <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
     tmp.replace(path)
