@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "WebDataset tar shards + manifest.json. Deterministic for the same inputs "
                                     "and seed, whatever --workers.")
     b.add_argument("--input", nargs="+", required=True, metavar="FILE", help="text files, globs or directories")
-    b.add_argument("--tokenizer", required=True, help="tokenizer directory (from `tokenizer train`)")
+    b.add_argument("--tokenizer", required=True, help="tokenizer directory: ours (from `tokenizer train`) or a "
+                   "published model's (Hugging Face vocab.txt or tokenizer.json, e.g. the --init-from model's "
+                   "directory); its special-token ids are recorded in the manifest")
     b.add_argument("--seq-len", type=int, required=True, help="tokens per sequence (128 Small, 512 Base/Large)")
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--packing", default="full", choices=["full", "official"],

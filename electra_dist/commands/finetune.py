@@ -85,13 +85,14 @@ def layer_lr_groups(model: Classifier, lr: float, decay: float, weight_decay: fl
 def load_encoder(model_dir: str | Path):
     """(tower, hidden size, tokenizer dir, ModelConfig) from our checkpoint (final/ or any training
     checkpoint) or an HF export."""
+    from electra_dist.data.hf_vocab import is_hf_tokenizer_dir
     from electra_dist.interop import import_hf, load_model
 
     path = Path(model_dir)
     if (path / "config.json").is_file() or (path / "discriminator").is_dir():
         model = import_hf(path)
         d = path / "discriminator" if (path / "discriminator").is_dir() else path
-        tok = d if (d / "spm.model").is_file() else None
+        tok = d if (d / "spm.model").is_file() or is_hf_tokenizer_dir(d) else None
     else:
         try:
             model, cfg = load_model(path)
@@ -99,6 +100,8 @@ def load_encoder(model_dir: str | Path):
             raise FileNotFoundError(f"--model: {path} is neither our checkpoint (final/ or a training checkpoint) "
                                     f"nor a Hugging Face ELECTRA export (config.json): {e}") from None
         tok = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    if model.discriminator is not None:
+        model.discriminator.fold_embedding_delta()  # GDES: the discriminator's own embeddings, as plain tables
     return model.encoder_tower, model.cfg.discriminator.hidden_size, tok, model.cfg
 
 
@@ -161,7 +164,7 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
              out: str | Path | None = None) -> FinetuneResult:
     from tqdm import tqdm
 
-    from electra_dist.data.tokenizer import Tokenizer
+    from electra_dist.data.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
     tower, hidden, tok_dir, model_cfg = load_encoder(model_dir)
@@ -173,7 +176,7 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
     tok_dir = tokenizer_dir or tok_dir
     if tok_dir is None:
         raise FileNotFoundError("--tokenizer: the model names no tokenizer; pass the directory it was trained with")
-    tokenizer = Tokenizer(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
     tr_text, tr_pair, tr_lab = read_labeled(train, text_field, label_field, pair_field)
     te_text, te_pair, te_lab = read_labeled(test, text_field, label_field, pair_field)
     names = sorted(set(tr_lab))

@@ -13,7 +13,7 @@ import random
 import numpy as np
 
 from electra_dist.data.text import split_sentences
-from electra_dist.data.tokenizer import Tokenizer
+from electra_dist.data.tokenizer import load_tokenizer
 
 LONG_SENTENCE_TOKENS = 4096  # no sentence runs this long: a document without sentence ends, reported
 EVAL_CHUNKS = 64  # the eval split is drawn from the first 64 chunks (64 MiB of text by default) only
@@ -76,12 +76,12 @@ class ExampleBuilder:
 
 # ---- worker side --------------------------------------------------------------------------
 
-_TOKENIZER: Tokenizer | None = None
+_TOKENIZER = None  # this worker's tokenizer (ours or a published model's)
 
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _TOKENIZER
-    _TOKENIZER = Tokenizer(tokenizer_dir)
+    _TOKENIZER = load_tokenizer(tokenizer_dir)
 
 
 def held_out(seed: int, chunk: int, position: int, fraction: float) -> bool:

@@ -28,7 +28,7 @@ from typing import Iterator
 
 from electra_dist.data.packing import ExampleBuilder, _init_worker, _pack_chunk  # noqa: F401  (ExampleBuilder: API)
 from electra_dist.data.text import TextStats, expand_inputs, iter_documents
-from electra_dist.data.tokenizer import Tokenizer
+from electra_dist.data.tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
 FORMAT = "electra-dist-shards/1"
@@ -133,7 +133,7 @@ def build_shards(
     if not 0 <= part < num_parts:
         raise ValueError(f"--part: {part} must lie in [0, --num-parts={num_parts})")
     files = expand_inputs(inputs)
-    tok = Tokenizer(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     out = Path(out)
     old = sorted([*out.glob(f"shard-{part:03d}-*.tar"), *out.glob(f"eval-{part:03d}-*.tar")]) if out.is_dir() else []
     if (old or (out / MANIFEST).exists()) and num_parts == 1 and not overwrite:
@@ -183,7 +183,7 @@ def build_shards(
         "dtype": ext.split(".")[1],
         "seed": seed,
         "tokenizer": {"sha256": tok.checksum, "vocab_size": tok.vocab_size, "special": tok.special.to_dict(),
-                      "path": str(Path(tokenizer_dir).resolve())},
+                      "kind": tok.kind, "path": str(Path(tokenizer_dir).resolve())},
         "inputs": [{"path": str(f), "bytes": f.stat().st_size} for f in files],
         "shards": shards,
         "samples": sum(s["samples"] for s in shards),
@@ -252,7 +252,7 @@ def read_manifest(directory: str | Path) -> dict:
     return manifest
 
 
-def check_compatible(manifest: dict, tokenizer: Tokenizer | None, seq_len: int, where: str = "shards") -> None:
+def check_compatible(manifest: dict, tokenizer, seq_len: int, where: str = "shards") -> None:
     """Raise one error naming every mismatch between shards, tokenizer and config."""
     problems = []
     if tokenizer is not None and manifest["tokenizer"]["sha256"] != tokenizer.checksum:
@@ -260,6 +260,10 @@ def check_compatible(manifest: dict, tokenizer: Tokenizer | None, seq_len: int, 
             f"{where} were built with tokenizer sha256 {manifest['tokenizer']['sha256'][:12]}… "
             f"({manifest['tokenizer'].get('path', '?')}), but data.tokenizer={tokenizer.directory} has "
             f"{tokenizer.checksum[:12]}…: rebuild the shards or point data.tokenizer at the tokenizer they used")
+    recorded = manifest["tokenizer"].get("special")
+    if tokenizer is not None and recorded and recorded != tokenizer.special.to_dict():
+        problems.append(f"{where} were built with special-token ids {recorded}, but data.tokenizer={tokenizer.directory} "
+                        f"has {tokenizer.special.to_dict()}: masking would hide the wrong tokens; rebuild the shards")
     if manifest["seq_len"] > seq_len:
         problems.append(f"{where} hold sequences of up to {manifest['seq_len']} tokens but train.seq_len={seq_len}: "
                         f"set train.seq_len={manifest['seq_len']} or rebuild the shards with --seq-len {seq_len}")

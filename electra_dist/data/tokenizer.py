@@ -34,8 +34,27 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def load_tokenizer(directory: str | Path):
+    """Ours (spm.model) or a published model's (vocab.txt / tokenizer.json, see hf_vocab): one interface
+    (special, checksum, vocab_size, encode, encode_batch, decode, id_to_piece)."""
+    from electra_dist.data.hf_vocab import HFTokenizer, is_hf_tokenizer_dir
+
+    return HFTokenizer(directory) if is_hf_tokenizer_dir(directory) else Tokenizer(directory)
+
+
+def tokenizer_files(directory: str | Path) -> list[Path]:
+    """The files that make the tokenizer in `directory` (a published model's directory also holds its
+    weights: those are not the tokenizer's to copy or log)."""
+    from electra_dist.data.hf_vocab import DEFINING, is_hf_tokenizer_dir
+
+    names = DEFINING if is_hf_tokenizer_dir(directory) else (MODEL, VOCAB, SPECIALS)
+    return [Path(directory) / n for n in names if (Path(directory) / n).is_file()]
+
+
 class Tokenizer:
     """A trained SentencePiece model plus the special-token ids the model and masking use."""
+
+    kind = "sentencepiece"
 
     def __init__(self, directory: str | Path):
         import sentencepiece as spm
@@ -44,7 +63,8 @@ class Tokenizer:
         model = self.directory / MODEL
         if not model.is_file():
             raise FileNotFoundError(f"tokenizer directory {self.directory} has no {MODEL} "
-                                    "(build one with `electra-dist tokenizer train`)")
+                                    "(build one with `electra-dist tokenizer train`), nor a Hugging Face vocab.txt or "
+                                    "tokenizer.json")
         self.sp = spm.SentencePieceProcessor(model_file=str(model))
         meta = json.loads((self.directory / SPECIALS).read_text()) if (self.directory / SPECIALS).is_file() else {}
         self.special = SpecialIds(**{k: self.sp.piece_to_id(p) for k, p in SPECIAL_PIECES.items()})

@@ -109,15 +109,16 @@ def tower_to_hf(state: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, 
 
 
 def tower_from_hf(hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
-    """HF ELECTRA weights (with or without the `electra.` prefix) → our `{tower}.*` names."""
+    """HF ELECTRA or BERT weights (with or without the `electra.`/`bert.` prefix) → our `{tower}.*` names.
+    BERT's heads (`cls.*`: its MLM and next-sentence heads) and pooler have no ELECTRA counterpart."""
     reverse = {v: k for k, v in _LAYER_NAMES.items()}
     H, nh = enc.hidden_size, enc.num_heads
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in hf.items():
-        name = key[len("electra."):] if key.startswith("electra.") else key
-        if name.startswith("embeddings.position_ids") or name.startswith("embeddings.token_type_ids"):
-            continue  # HF buffers
+        name = key.split(".", 1)[1] if key.startswith(("electra.", "bert.")) else key
+        if name.startswith(("embeddings.position_ids", "embeddings.token_type_ids")) or key.startswith("cls."):
+            continue  # HF buffers; BERT's pre-training heads
         if name == "embeddings.word_embeddings.weight":
             out[f"{tower}.{name}"] = _pad_rows(value, padded_vocab)
         elif name.startswith(("embeddings.", "embeddings_project.", "discriminator_predictions.", "generator_predictions.")):
@@ -151,9 +152,14 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(discriminator, generator) state dicts in transformers' ELECTRA names."""
+    """(discriminator, generator) state dicts in transformers' ELECTRA names. With GDES the discriminator's
+    embeddings are the sums it computes with (shared + Δ), the generator's the shared tables."""
     state = model.state_dict()
     cfg = model.cfg
+    if model.discriminator is not None and hasattr(model.discriminator, "embeddings_delta"):
+        merged = model.discriminator.embeddings_delta.merged(model.embeddings)
+        state = {k: v for k, v in state.items() if not k.startswith("discriminator.embeddings_delta.")}
+        state.update({f"discriminator.embeddings.{name}": t.detach() for name, t in merged.items()})
     if model.discriminator is None:  # MLM baseline: its one encoder has the discriminator's shape
         return {}, tower_to_hf(state, "generator", cfg.discriminator, cfg.vocab_size)
     return (tower_to_hf(state, "discriminator", cfg.discriminator, cfg.vocab_size),
@@ -201,26 +207,44 @@ def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Pa
         (d / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer_dir:
-            for f in Path(tokenizer_dir).iterdir():
-                if f.is_file():
-                    shutil.copy2(f, d / f.name)
-            from electra_dist.interop.hf_tokenizer import save_hf_tokenizer
+            from electra_dist.data.hf_vocab import is_hf_tokenizer_dir
+            from electra_dist.data.tokenizer import tokenizer_files
 
-            save_hf_tokenizer(tokenizer_dir, d, cfg.max_position_embeddings)  # what AutoTokenizer loads
+            for f in tokenizer_files(tokenizer_dir):
+                shutil.copy2(f, d / f.name)
+            if not is_hf_tokenizer_dir(tokenizer_dir):  # a published model's files already are what it loads
+                from electra_dist.interop.hf_tokenizer import save_hf_tokenizer
+
+                save_hf_tokenizer(tokenizer_dir, d, cfg.max_position_embeddings)  # what AutoTokenizer loads
     return out
 
 
-def import_hf(path: str | Path) -> ElectraPretrainer:
-    """Our pretrainer from an HF export: `path/discriminator` (+ `path/generator`), or one model dir."""
+def hf_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], bool]:
+    """What an HF directory (`path/discriminator` (+ `path/generator`), or one ELECTRA/BERT model dir) holds,
+    in our names: (its shape, the weights it PROVIDES — a BERT has no RTD head —, whether it has a generator)."""
     path = Path(path)
     disc_dir = path / "discriminator" if (path / "discriminator").is_dir() else path
     gen_dir = path / "generator" if (path / "generator").is_dir() else None
     disc_cfg = json.loads((disc_dir / "config.json").read_text())
     gen_cfg = json.loads((gen_dir / "config.json").read_text()) if gen_dir else None
     cfg = model_config_from_hf(disc_cfg, gen_cfg)
+    padded = cfg.padded_vocab_size(1)
+    state = tower_from_hf(_read_weights(disc_dir), "discriminator", cfg.discriminator, padded)
+    if gen_dir is not None:  # the generator's embeddings are the shared ones
+        gen = tower_from_hf(_read_weights(gen_dir), "generator", cfg.generator, padded)
+        state.update({k: v for k, v in gen.items() if not k.startswith("generator.embeddings.")})
+    for k in [k for k in state if k.startswith("discriminator.embeddings.")]:
+        state["generator" + k[len("discriminator"):]] = state[k]
+    return cfg, state, gen_dir is not None
+
+
+def import_hf(path: str | Path) -> ElectraPretrainer:
+    """Our pretrainer from an HF export: `path/discriminator` (+ `path/generator`), or one model dir."""
+    cfg, state, has_generator = hf_state(path)
     model = ElectraPretrainer(cfg)
-    load_hf_weights(model, _read_weights(disc_dir), _read_weights(gen_dir) if gen_dir else None,
-                    strict=gen_dir is not None)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (has_generator and missing):
+        raise KeyError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return model
 
 
