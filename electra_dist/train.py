@@ -103,6 +103,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="sets train.max_steps")
     p.add_argument("--until-step", type=int, default=None, metavar="N", help="stop at step N with a checkpoint "
                    "(the LR schedule stays that of train.max_steps); resume later, on this or another layout")
+    p.add_argument("--init-from", default=None, metavar="PATH", help="start from these weights: our checkpoint/final "
+                   "or a Hugging Face ELECTRA/BERT directory (sets train.init_from; fresh optimizer and schedule; "
+                   "build the shards with its tokenizer: shards build --tokenizer PATH)")
     p.add_argument("--resume", default="auto", help="auto (latest complete checkpoint in the output dir, if any), "
                                                     "never, or a checkpoint PATH")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -124,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = list(args.overrides)
     for flag, key in ((args.data, "data.shards"), (args.tokenizer, "data.tokenizer"),
-                      (args.output_dir, "output_dir"), (args.max_steps, "train.max_steps")):
+                      (args.output_dir, "output_dir"), (args.max_steps, "train.max_steps"),
+                      (args.init_from, "train.init_from")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     rank0 = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
     try:
         cfg = Config.build(args.config, overrides)
         run = build_run(cfg, parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed
-                        else parallel.DEFAULT_DEEPSPEED)
+                        else parallel.DEFAULT_DEEPSPEED, explicit={o.split("=", 1)[0] for o in args.overrides})
         ckpts = CheckpointManager(run)
         state = ckpts.resume(args.resume)
     except (ConfigError, FileNotFoundError, parallel.UntrustedCheckpointError) as e:

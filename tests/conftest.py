@@ -211,7 +211,10 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """The metric records of a run (its header left out)."""
+    from electra_dist.tracking import read_metrics
+
+    return read_metrics(out / "metrics.jsonl")
 
 
 def losses(out: Path) -> list[float]:

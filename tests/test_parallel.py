@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from electra_dist.tracking import read_metrics
 import torch
 
 from conftest import EXACT, ROOT, child_env, losses, metrics, start_training, train, wait_for
@@ -85,7 +87,7 @@ def test_resume_with_two_ranks_after_sigusr1_is_exact(tmp_path, data):
     part = tmp_path / "part"
     proc = start_training(part, data, *args, nproc=2)
     metrics_file = part / "metrics.jsonl"
-    wait_for(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 4, proc)
+    wait_for(lambda: len(read_metrics(metrics_file)) >= 4, proc)
     for child in psutil.Process(proc.pid).children(recursive=True):
         child.send_signal(signal.SIGUSR1)
     out, err = proc.communicate(timeout=120)
@@ -109,7 +111,7 @@ def test_a_hung_rank_ends_the_run_with_a_message_within_the_timeouts(tmp_path, d
     proc = start_training(tmp_path, data, "--max-steps", "100000", "train.micro_batch_size=8", "train.save_interval=2",
                           "parallel.collective_timeout=12", "parallel.stop_timeout=2", nproc=2)
     metrics_file = tmp_path / "metrics.jsonl"
-    wait_for(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 3, proc)
+    wait_for(lambda: len(read_metrics(metrics_file)) >= 3, proc)
     ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()
              if "RANK" in p.environ()}
     ranks[1].send_signal(signal.SIGSTOP)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from electra_dist.tracking import read_metrics
+
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "tokenizer" / "spm.model").is_file()
     assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["samples"] > 1000
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in records] == [5, 10, 15, 20]  # the held-out evaluations add records
     assert all("eval/loss" in m and "eval/discriminator_recall" in m for m in records)
     assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["eval_samples"] > 50

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from electra_dist.tracking import read_metrics
+
 from conftest import ROOT, SAMPLE, losses, metrics
 
 pytestmark = pytest.mark.system
@@ -136,7 +138,7 @@ def _preempt_and_wait_for_the_end(tmp_path: Path, job: str, metrics_file: Path, 
     """Once `metrics_file` has `lines` records, USR1 the job; wait until it has requeued itself and ended
     (making it eligible at once: SLURM waits ~2 min otherwise); return its log."""
     deadline = time.time() + 300
-    while not (metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= lines):
+    while not (len(read_metrics(metrics_file)) >= lines):
         assert time.time() < deadline, job_log(tmp_path, name, job)[-3000:]
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from electra_dist.tracking import read_metrics
+
 from conftest import TINY, child_env, free_port, launcher, metrics, train_here, wait_for
 
 mlflow = pytest.importorskip("mlflow")
@@ -166,7 +168,7 @@ def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
                             start_new_session=True)
     mf = out / "metrics.jsonl"
-    wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 13, proc)
+    wait_for(lambda: len(read_metrics(mf)) >= 13, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # after the step-10 checkpoint, with steps 11.. already sent
     proc.wait()
     first = run_id(out)
@@ -197,7 +199,7 @@ def test_server_down_mid_run_never_stops_training(tmp_path, data):
                             start_new_session=True)
     try:
         mf = out / "metrics.jsonl"
-        wait_for(lambda: mf.is_file() and len(mf.read_text().splitlines()) >= 5, proc)
+        wait_for(lambda: len(read_metrics(mf)) >= 5, proc)
         server.stop()
         stdout, stderr = proc.communicate(timeout=300)
     finally:

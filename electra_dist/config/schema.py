@@ -66,6 +66,10 @@ class ObjectiveConfig:
     generator_weight: float = _f(1.0, "weight of the generator MLM loss")
     discriminator_weight: float = _f(50.0, "λ: weight of the discriminator loss")
     temperature: float = _f(1.0, "Gumbel sampling temperature")
+    embedding_sharing: str = _f("tied", "how the two models share embeddings: 'tied' (one table, both losses move "
+                                "it: the paper's) or 'gdes' (DeBERTa-v3: the discriminator reads stop-gradient("
+                                "shared) + its own residual, so RTD never pulls on the generator's embeddings)",
+                                ("tied", "gdes"))
 
 
 @dataclass
@@ -95,6 +99,8 @@ class TrainConfig:
     eval_interval: int = _f(1000, "steps between held-out evaluations (and at the last step); 0: never")
     eval_samples: int = _f(1024, "held-out sequences each evaluation reads (the same ones, the same corruption)")
     seed: int = _f(1234, "seed for weights, data order, masking and sampling")
+    init_from: str = _f("", "start from these weights (our checkpoint or final/, or a Hugging Face ELECTRA/BERT "
+                        "directory): the model's shape is theirs; optimizer and schedule start fresh; a resume wins")
     precision: str = _f("bf16", "compute precision", ("fp32", "bf16", "fp16"))
     compile: str = _f("auto", "torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm): auto = on "
                               "GPU, off on CPU where it does not pay", ("auto", "true", "false"))

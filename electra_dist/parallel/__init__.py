@@ -44,11 +44,11 @@ from electra_dist.parallel.launch import (
     use_cuda,
 )
 from electra_dist.parallel.reshard import SavedLayout, checkpoint_weights, current_layout, resume_on_new_layout
-from electra_dist.parallel.tensor import TPLayerFactory, gather_state_dict, layer_factory
+from electra_dist.parallel.tensor import TPLayerFactory, full_shape, gather_state_dict, layer_factory, load_full_weights
 
 __all__ = [
     "CollectiveTimeout", "DEFAULT_DEEPSPEED", "MPU", "SavedLayout", "checkpoint_weights", "current_layout", "resume_on_new_layout", "UntrustedCheckpointError", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
     "data_parallel_sum", "destroy", "detect_env", "free_port", "full_state_dict", "fused_adam",
-    "gather_state_dict", "global_counts", "grad_norm", "init_distributed", "init_model_parallel", "is_collective_timeout", "layer_factory",
+    "full_shape", "gather_state_dict", "load_full_weights", "global_counts", "grad_norm", "init_distributed", "init_model_parallel", "is_collective_timeout", "layer_factory",
     "load_checkpoint_file", "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",
 ]

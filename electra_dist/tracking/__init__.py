@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from electra_dist.tracking.base import Tracker, resolve_tracking_uri
-from electra_dist.tracking.record import git_commit, package_versions, plot_run, read_metrics, run_params
+from electra_dist.tracking.record import git_commit, package_versions, plot_run, read_header, read_metrics, run_params
 
-__all__ = ["Tracker", "git_commit", "make_tracker", "package_versions", "plot_run", "read_metrics",
+__all__ = ["Tracker", "git_commit", "make_tracker", "package_versions", "plot_run", "read_header", "read_metrics",
            "resolve_tracking_uri", "run_params"]
 
 
@@ -21,8 +21,12 @@ def default_run_name(cfg) -> str:
     differs = []
     if cfg.flavor in FLAVORS:
         base = dict(flatten(FLAVORS[cfg.flavor]().to_dict()))
-        differs = [f"{k.split('.')[-1]}={v}" for k, v in flatten(cfg.to_dict())
-                   if base.get(k) != v and not k.startswith(("data.", "tracking.", "output_dir", "model.vocab_size"))]
+        # a run from published weights is named by them, not by the shape it took from them
+        skip = ("data.", "tracking.", "output_dir", "model.vocab_size") + (("model.", "train.init_from")
+                                                                          if cfg.train.init_from else ())
+        differs = [f"{k.split('.')[-1]}={v}" for k, v in flatten(cfg.to_dict()) if base.get(k) != v and not k.startswith(skip)]
+        if cfg.train.init_from:
+            differs.insert(0, f"from={Path(cfg.train.init_from).name}")
     return " ".join([cfg.flavor, *differs[:6], time.strftime("%Y%m%d-%H%M%S")])
 
 
@@ -39,7 +43,8 @@ def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = No
     from electra_dist.tracking.mlflow_tracker import MLflowTracker
 
     name = cfg.tracking.run_name or default_run_name(cfg)
-    tags = {"flavor": cfg.flavor, "objective": cfg.objective.kind, "mlflow.note.content":
+    tags = {"flavor": cfg.flavor, "objective": cfg.objective.kind, "init_from": cfg.train.init_from,
+            "mlflow.note.content":
             f"electra_dist {cfg.flavor} ({cfg.objective.kind}), output {Path(cfg.output_dir).resolve()}"}
     commit = git_commit()
     if commit:

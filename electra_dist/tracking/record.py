@@ -49,19 +49,30 @@ def git_commit() -> str | None:
         return None
 
 
-def read_metrics(metrics_file: str | Path) -> list[dict[str, Any]]:
+HEADER = "run_start"  # the first record of a run started from step 0: where it started from
+
+
+def read_metrics(metrics_file: str | Path, header: bool = False) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl, in order; an empty or torn line (a crash, or the trainer
-    still writing it) is left out. Nothing when the file does not exist."""
+    still writing it) is left out, and so is the header record unless `header`. Nothing when the file
+    does not exist."""
     path = Path(metrics_file)
     if not path.is_file():
         return []
     records = []
     for line in path.read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except ValueError:
             continue
+        if header or HEADER not in rec:
+            records.append(rec)
     return records
+
+
+def read_header(metrics_file: str | Path) -> dict[str, Any]:
+    """The run's header (init_from, objective, …), {} if it has none."""
+    return next((r[HEADER] for r in read_metrics(metrics_file, header=True) if HEADER in r), {})
 
 
 def plot_run(metrics_file: Path, out: Path) -> Path | None:

@@ -59,13 +59,22 @@ def rank0_printer(layout: parallel.Layout) -> Callable[[str], None]:
     return (lambda msg: print(msg, flush=True)) if layout.is_main else (lambda msg: None)
 
 
-def build_run(cfg: Config, ds_json: dict[str, Any]) -> Run:
+def build_run(cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozenset()) -> Run:
+    """`explicit`: the config keys the user set on the command line (train.init_from's shape check)."""
     cfg.validate()
     layout = parallel.setup(cfg.parallel.tensor_parallel_size, cfg.parallel.collective_timeout)
     log = rank0_printer(layout)
     ds_config = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
+    source = None
+    if cfg.train.init_from:
+        from electra_dist.training.init_from import apply_shape, read_source
+
+        source = read_source(cfg.train.init_from)
+        for change in apply_shape(cfg, source, explicit):
+            log(f"electra-dist: {change} (the shape of {cfg.train.init_from})")
+        cfg.validate()  # the new shape against the rest (heads divide widths, TP divides heads)
     special = check_data(cfg, log)
-    engine, scheduler = build_engine(cfg, ds_config, layout, log)
+    engine, scheduler = build_engine(cfg, ds_config, layout, log, source)
     run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout), log)
     n_params = sum(p.numel() for p in run.model.parameters())
     t = cfg.train
@@ -76,12 +85,17 @@ def build_run(cfg: Config, ds_json: dict[str, Any]) -> Run:
 
 
 def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout,
-                 log: Callable[[str], None] = print):
-    """Model, optimizer, schedule and the DeepSpeed engine over them: (engine, scheduler)."""
+                 log: Callable[[str], None] = print, source=None):
+    """Model (from `source`'s weights: train.init_from), optimizer, schedule and the DeepSpeed engine over
+    them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
     model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True,
                               compile_blocks=compiles_blocks(cfg, layout.device))
+    if source is not None:
+        from electra_dist.training.init_from import initial_weights
+
+        parallel.load_full_weights(model, initial_weights(model, source, log))
     # dropout differs between data-parallel ranks, agrees within a tensor-parallel group (with
     # data.dp_split=batch each micro-batch reseeds it from its place in the global batch)
     torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)
@@ -114,13 +128,13 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
     the tokenizer); every problem in one ConfigError. Returns the special-token ids."""
     from electra_dist.data.loader import resolve_shards
     from electra_dist.data.shards import check_compatible
-    from electra_dist.data.tokenizer import Tokenizer
+    from electra_dist.data.tokenizer import load_tokenizer
 
     d, problems = cfg.data, []
     tokenizer = manifest = None
     if d.tokenizer:
         try:
-            tokenizer = Tokenizer(d.tokenizer)
+            tokenizer = load_tokenizer(d.tokenizer)
         except FileNotFoundError as e:
             problems.append(f"data.tokenizer: {e}")
     if not d.shards:
@@ -136,7 +150,11 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
         except ValueError as e:
             problems.extend(str(e).splitlines())
     vocab = tokenizer.vocab_size if tokenizer else manifest["tokenizer"]["vocab_size"] if manifest else None
-    if vocab is not None and vocab != cfg.model.vocab_size:
+    if vocab is not None and vocab != cfg.model.vocab_size and cfg.train.init_from:
+        problems.append(f"data.tokenizer: {vocab} tokens, but the weights of train.init_from={cfg.train.init_from} have "
+                        f"a {cfg.model.vocab_size}-token vocabulary: build the shards with the model's own tokenizer "
+                        f"(`electra-dist shards build --tokenizer {cfg.train.init_from} ...`)")
+    elif vocab is not None and vocab != cfg.model.vocab_size:
         log(f"electra-dist: model.vocab_size {cfg.model.vocab_size} → {vocab} (the tokenizer's)")
         cfg.model.vocab_size = vocab
     if problems:

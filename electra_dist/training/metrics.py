@@ -18,6 +18,7 @@ from electra_dist.training.build import Run
 from electra_dist.training.checkpoints import FINAL, METRICS, TrainState
 from electra_dist.training.step import NonFiniteError, StepResult
 from electra_dist.tracking import Tracker, make_tracker, plot_run, run_params
+from electra_dist.tracking.record import HEADER
 
 
 class MetricsLogger:
@@ -122,13 +123,22 @@ class MetricsLogger:
         cfg.save(self.output_dir / "config.yaml")
         (self.output_dir / "deepspeed.json").write_text(json.dumps(run.ds_config, indent=2))
         if state.resumed_from is None:
+            header = {"init_from": cfg.train.init_from or None, "objective": cfg.objective.kind,
+                      "embedding_sharing": cfg.objective.embedding_sharing, "max_steps": cfg.train.max_steps,
+                      "world": run.layout.world, "started": time.time()}
+            with open(self.file, "w") as f:  # a run from step 0 starts its record
+                f.write(json.dumps({"step": 0, HEADER: header}) + "\n")
             self.tracker.log_params(run_params(cfg, run.ds_config, run.layout.world, run.layout.tp_size,
                                                run.layout.dp_size))
             self.tracker.log_artifact(self.output_dir / "config.yaml")
             self.tracker.log_artifact(self.output_dir / "deepspeed.json")
             if cfg.data.tokenizer:
-                self.tracker.log_artifact(cfg.data.tokenizer, "tokenizer")
+                from electra_dist.data.tokenizer import tokenizer_files
+
+                for f in tokenizer_files(cfg.data.tokenizer):
+                    self.tracker.log_artifact(f, "tokenizer")
         self.tracker.set_tags({"status": "running", "resumed_from": state.resumed_from or "",
+                               "init_from": cfg.train.init_from,
                                **{f"resumed_with.{k}": v for k, v in state.changed.items()}})
         if not run.peak_tflops:
             run.log(f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
