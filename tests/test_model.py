@@ -189,3 +189,52 @@ def test_sample_ids_make_the_loss_independent_of_batch_composition(tiny):
     parts = [m(h.input_ids, h.original_ids, h.masked_positions, h.attention_mask, sample_ids=sid[i:i + 2])
              for h, i in zip(halves, (0, 2))]
     assert torch.equal(out.replaced, torch.cat([p.replaced for p in parts]))
+
+
+def test_gdes_starts_as_the_tied_model_and_keeps_rtd_gradients_off_the_shared_embeddings():
+    """DeBERTa-v3's gradient-disentangled embedding sharing: the discriminator reads sg(shared) + Δ."""
+    tied_cfg, gdes_cfg = tiny_config(), tiny_config(**{"objective.embedding_sharing": "gdes"})
+    torch.manual_seed(0)
+    gdes = ElectraPretrainer(gdes_cfg.model, gdes_cfg.objective)
+    tied = ElectraPretrainer(tied_cfg.model, tied_cfg.objective)
+    tied.load_state_dict({k: v for k, v in gdes.state_dict().items() if ".embeddings_delta." not in k})
+    b = _batch(tied_cfg)
+    torch.manual_seed(1)
+    a = _run(gdes, b)
+    torch.manual_seed(1)
+    assert torch.equal(a.loss, _run(tied, b).loss)  # Δ = 0: the same model at the start
+
+    a.discriminator_loss.backward()  # RTD: Δ and the discriminator move, never the shared tables
+    delta = gdes.discriminator.embeddings_delta
+    assert all(p.grad is None for p in gdes.embeddings.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in delta.parameters())
+    gdes.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    _run(gdes, b).generator_loss.backward()  # MLM: the shared tables, never Δ
+    assert gdes.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in delta.parameters())
+
+
+def test_gdes_discriminator_exports_and_folds_as_its_summed_embeddings():
+    from electra_dist.interop.hf import to_hf
+
+    cfg = tiny_config(**{"objective.embedding_sharing": "gdes"})
+    torch.manual_seed(0)
+    m = ElectraPretrainer(cfg.model, cfg.objective).eval()
+    with torch.no_grad():
+        for p in m.discriminator.embeddings_delta.parameters():
+            p.normal_(std=0.05)  # as after training
+    b = _batch(cfg)
+    with torch.no_grad():
+        before = m.discriminator(b.original_ids, b.attention_mask)
+    disc, gen = to_hf(m)
+    V = cfg.model.vocab_size
+    shared = m.embeddings.word_embeddings.weight[:V]
+    assert torch.allclose(disc["electra.embeddings.word_embeddings.weight"],
+                          shared + m.discriminator.embeddings_delta.word_embeddings__weight[:V])
+    assert torch.equal(gen["electra.embeddings.word_embeddings.weight"], shared)  # the generator's own
+    assert not any("delta" in k for k in [*disc, *gen])
+    m.discriminator.fold_embedding_delta()  # fine-tuning's plain tables
+    assert not hasattr(m.discriminator, "embeddings_delta")
+    with torch.no_grad():
+        assert torch.allclose(m.discriminator(b.original_ids, b.attention_mask), before, atol=1e-6)
