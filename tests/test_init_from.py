@@ -164,6 +164,26 @@ def test_init_from_continues_under_tensor_parallelism_and_exports_with_its_own_v
         ours = model.discriminator(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
         theirs = hf(**enc).logits
     assert torch.allclose(ours, theirs, atol=1e-4)  # GDES exported as the summed embeddings
+    # and back in: the export (discriminator/ + generator/) and our own final/ both start a run with their
+    # generator; a GDES source into a tied run starts from the discriminator's sums
+    from electra_dist.config import Config
+    from electra_dist.model import ElectraPretrainer
+    from electra_dist.training.init_from import apply_shape, initial_weights, read_source
+
+    for source in (tmp_path / "hf", tmp_path / "tp1" / "final"):
+        src = read_source(source)
+        assert src.has_generator and src.kind == ("huggingface" if source.name == "hf" else "checkpoint")
+        cfg = Config.build("debug", ["model.dropout=0", "model.attention_dropout=0"])
+        apply_shape(cfg, src, set())
+        assert cfg.model.generator.num_heads == 2 and cfg.model.discriminator.num_layers == 6
+        fresh = ElectraPretrainer(cfg.model, cfg.objective).eval()
+        logs = []
+        fresh.load_state_dict(initial_weights(fresh, src, logs.append), strict=False)
+        assert "fresh:" not in logs[-1]  # every weight came from the source
+        with torch.no_grad():
+            again = fresh.discriminator(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        assert torch.allclose(again, ours, atol=1e-4)
+
     train = tmp_path / "ft.jsonl"
     rows = [{"text": f"{w} is a word I {v}", "label": v} for w in ("apple", "river", "cloud", "stone", "night")
             for v in ("like", "hate")] * 4

@@ -122,7 +122,7 @@ def run(corpus: list[str], tasks: list[tuple[str, str]], out: str | Path, result
             try:
                 sh(*launcher, "--config", p.flavor, "--data", str(shards), "--tokenizer", str(tok), "--output-dir",
                    str(run_dir), "--max-steps", str(steps), *common, f"optim.warmup_steps={steps // 10}",
-                   f"train.save_interval={max(1, steps // 10)}", f"train.eval_interval={max(1, steps // 4)}",
+                   f"train.save_interval={max(1, steps // 10)}", f"train.eval_interval={max(1, steps // 4)}", "train.eval_samples=1024",
                    f"train.log_interval={max(1, min(100, steps // 40))}", f"tracking.run_name={name}", *extra)
             finally:
                 spent = time.perf_counter() - t0 + (json.loads(clock.read_text()) if clock.is_file() else 0.0)

@@ -34,7 +34,7 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
         ("train", launcher + ["--deepspeed", str(ds_json), "--config", "debug", "--data", str(shards), "--tokenizer", str(tok),
                               "--output-dir", str(run_dir), "--max-steps", str(steps), "--resume", "never",
                               f"train.micro_batch_size={micro}", "train.log_interval=20",
-                              f"train.eval_interval={max(1, steps // 4)}", "train.eval_samples=256",
+                              f"train.eval_interval={max(1, steps // 4)}", "train.eval_samples=64",
                               f"train.save_interval={max(1, steps // 2)}", f"tracking.uri={uri}",
                               "tracking.experiment=quickstart", "data.num_workers=1"]),
         ("export", me + ["export", "--checkpoint", str(run_dir / "final"), "--out", str(hf)]),

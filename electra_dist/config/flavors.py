@@ -12,7 +12,7 @@ def _debug() -> Config:
                           discriminator=EncoderConfig(2, 64, 2, 256),
                           generator=EncoderConfig(2, 32, 1, 128))
     c.train = TrainConfig(seq_len=128, global_batch_size=16, micro_batch_size=16, max_steps=200,
-                          log_interval=10, save_interval=100, precision="fp32")
+                          log_interval=10, save_interval=100, eval_interval=100, eval_samples=64, precision="fp32")
     c.optim = OptimConfig(lr=1e-3, warmup_steps=20)
     c.tracking.experiment = "electra-debug"
     return c
