@@ -16,6 +16,7 @@ import torch
 
 from electra_dist.config import ConfigError, EncoderConfig, ModelConfig
 from electra_dist.model import ElectraPretrainer
+from electra_dist.model.electra import fit_vocab_rows
 
 # our per-layer name → HF's, inside `encoder.layer.{i}.`
 _LAYER_NAMES = {
@@ -120,11 +121,11 @@ def tower_from_hf(hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, p
         if name.startswith(("embeddings.position_ids", "embeddings.token_type_ids")) or key.startswith("cls."):
             continue  # HF buffers; BERT's pre-training heads
         if name == "embeddings.word_embeddings.weight":
-            out[f"{tower}.{name}"] = _pad_rows(value, padded_vocab)
+            out[f"{tower}.{name}"] = fit_vocab_rows(value, (padded_vocab, *value.shape[1:]))
         elif name.startswith(("embeddings.", "embeddings_project.", "discriminator_predictions.", "generator_predictions.")):
             out[f"{tower}.{name}"] = value
         elif name == "generator_lm_head.bias":
-            out[f"{tower}.generator_lm_head_bias"] = _pad_rows(value, padded_vocab)
+            out[f"{tower}.generator_lm_head_bias"] = fit_vocab_rows(value, (padded_vocab, *value.shape[1:]))
         elif name == "generator_lm_head.weight":
             continue  # tied to the word embeddings
         elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", name):
@@ -145,12 +146,6 @@ def tower_from_hf(hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, p
     return out
 
 
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    if t.shape[0] >= rows:
-        return t[:rows]
-    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
-
-
 def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(discriminator, generator) state dicts in transformers' ELECTRA names. With GDES the discriminator's
     embeddings are the sums it computes with (shared + Δ), the generator's the shared tables."""
@@ -166,21 +161,29 @@ def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, 
             tower_to_hf(state, "generator", cfg.generator, cfg.vocab_size))
 
 
-def load_hf_weights(model: ElectraPretrainer, discriminator: dict[str, torch.Tensor],
-                    generator: dict[str, torch.Tensor] | None = None, strict: bool = True) -> None:
-    """Load HF ELECTRA weights into our model. The generator's embeddings are the shared ones."""
-    cfg = model.cfg
-    state = tower_from_hf(discriminator, "discriminator", cfg.discriminator, model.padded_vocab)
+def _our_state(cfg: ModelConfig, discriminator: dict[str, torch.Tensor], generator: dict[str, torch.Tensor] | None,
+               padded_vocab: int) -> dict[str, torch.Tensor]:
+    """HF weights → our names; the generator's embeddings are the shared ones (the discriminator's), which
+    appear under both towers in our state dict."""
+    state = tower_from_hf(discriminator, "discriminator", cfg.discriminator, padded_vocab)
     if generator is not None:
-        gen = tower_from_hf(generator, "generator", cfg.generator, model.padded_vocab)
+        gen = tower_from_hf(generator, "generator", cfg.generator, padded_vocab)
         state.update({k: v for k, v in gen.items() if not k.startswith("generator.embeddings.")})
-    # shared modules appear under both towers in the state dict
-    for k in list(state):
-        if k.startswith("discriminator.embeddings."):
-            state["generator" + k[len("discriminator"):]] = state[k]
+    for k in [k for k in state if k.startswith("discriminator.embeddings.")]:
+        state["generator" + k[len("discriminator"):]] = state[k]
+    return state
+
+
+def _load(model: ElectraPretrainer, state: dict[str, torch.Tensor], strict: bool) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or (strict and missing):
         raise KeyError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def load_hf_weights(model: ElectraPretrainer, discriminator: dict[str, torch.Tensor],
+                    generator: dict[str, torch.Tensor] | None = None, strict: bool = True) -> None:
+    """Load HF ELECTRA weights into our model. The generator's embeddings are the shared ones."""
+    _load(model, _our_state(model.cfg, discriminator, generator, model.padded_vocab), strict)
 
 
 # ---- export / import directories --------------------------------------------------------
@@ -228,13 +231,8 @@ def hf_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], bo
     disc_cfg = json.loads((disc_dir / "config.json").read_text())
     gen_cfg = json.loads((gen_dir / "config.json").read_text()) if gen_dir else None
     cfg = model_config_from_hf(disc_cfg, gen_cfg)
-    padded = cfg.padded_vocab_size(1)
-    state = tower_from_hf(_read_weights(disc_dir), "discriminator", cfg.discriminator, padded)
-    if gen_dir is not None:  # the generator's embeddings are the shared ones
-        gen = tower_from_hf(_read_weights(gen_dir), "generator", cfg.generator, padded)
-        state.update({k: v for k, v in gen.items() if not k.startswith("generator.embeddings.")})
-    for k in [k for k in state if k.startswith("discriminator.embeddings.")]:
-        state["generator" + k[len("discriminator"):]] = state[k]
+    state = _our_state(cfg, _read_weights(disc_dir), _read_weights(gen_dir) if gen_dir else None,
+                       cfg.padded_vocab_size(1))
     return cfg, state, gen_dir is not None
 
 
@@ -242,9 +240,7 @@ def import_hf(path: str | Path) -> ElectraPretrainer:
     """Our pretrainer from an HF export: `path/discriminator` (+ `path/generator`), or one model dir."""
     cfg, state, has_generator = hf_state(path)
     model = ElectraPretrainer(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or (has_generator and missing):
-        raise KeyError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    _load(model, state, strict=has_generator)
     return model
 
 

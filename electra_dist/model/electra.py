@@ -154,8 +154,9 @@ class ElectraDiscriminator(_Tower):
         shared + Δ IN PLACE (the generator, sharing them, is not to be used after this) and Δ goes."""
         if hasattr(self, "embeddings_delta"):
             with torch.no_grad():
-                for name, p in self.embeddings.named_parameters():
-                    p.add_(getattr(self.embeddings_delta, name.replace(".", "__")))
+                shared = dict(self.embeddings.named_parameters())
+                for name, total in self.embeddings_delta.merged(self.embeddings).items():
+                    shared[name].copy_(total)
             del self.embeddings_delta
 
 

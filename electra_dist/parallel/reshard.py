@@ -21,7 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from electra_dist.model.electra import fit_vocab_rows
 from electra_dist.parallel.engine import load_checkpoint_file, zero_stage
+from electra_dist.parallel.tensor import _partition_dim, full_shape, local_slice
 
 _MODEL = "mp_rank_{tp:02d}_model_states.pt"
 _OPTIM = "zero_pp_rank_{dp}_mp_rank_{tp:02d}_optim_states.pt"
@@ -72,14 +74,7 @@ def current_layout(engine) -> SavedLayout:
 
 def full_shapes(model: nn.Module, tp: int) -> dict[str, tuple[torch.Size, int | None]]:
     """name → (full TP=1 shape, split dim on this layout or None)."""
-    out = {}
-    for name, p in model.named_parameters():
-        dim = p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
-        shape = list(p.shape)
-        if dim is not None:
-            shape[dim] *= tp
-        out[name] = (torch.Size(shape), dim)
-    return out
+    return {name: (full_shape(p, tp), _partition_dim(p)) for name, p in model.named_parameters()}
 
 
 def load_full_state(path: Path, saved: SavedLayout, shapes: dict[str, tuple[torch.Size, int | None]],
@@ -130,9 +125,7 @@ def _join(parts: list[torch.Tensor], shape: torch.Size, name: str) -> torch.Tens
     joined = torch.cat(parts) if len(parts) > 1 and parts[0].shape[1:] == shape[1:] else parts[0]
     if joined.shape[1:] != shape[1:]:
         raise ValueError(f"{name}: checkpoint shards {tuple(parts[0].shape)} × {len(parts)} do not make {tuple(shape)}")
-    rows = shape[0]
-    return joined[:rows] if joined.shape[0] >= rows else torch.cat([joined, joined.new_zeros(rows - joined.shape[0],
-                                                                                             *shape[1:])])
+    return fit_vocab_rows(joined, shape)
 
 
 def _zero0_moments(optimizer_state: dict[str, Any], group_names: list[list[str]]):
@@ -164,10 +157,6 @@ def _zero12_moments(path: Path, saved: SavedLayout, t: int, param_shapes: list[d
     return m, v, step
 
 
-def _local(x: torch.Tensor, dim: int | None, tp: int, tp_rank: int) -> torch.Tensor:
-    return x if dim is None else x.chunk(tp, dim=dim)[tp_rank]
-
-
 def install(engine, full: FullState, shapes: dict[str, tuple[torch.Size, int | None]]) -> dict[str, Any]:
     """Put `full` into this rank's engine (weights, optimizer partition/state, schedule, counters); returns the
     checkpoint's client state."""
@@ -177,7 +166,7 @@ def install(engine, full: FullState, shapes: dict[str, tuple[torch.Size, int | N
     tp, tp_rank = mpu.get_model_parallel_world_size(), mpu.get_model_parallel_rank()
     model = engine.module
     names = {id(p): n for n, p in model.named_parameters()}
-    local = {n: tuple(_local(t[n], shapes[n][1], tp, tp_rank) for t in (full.weights, full.exp_avg, full.exp_avg_sq))
+    local = {n: tuple(local_slice(t[n], shapes[n][1], tp, tp_rank) for t in (full.weights, full.exp_avg, full.exp_avg_sq))
              for n in shapes}
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -143,17 +143,10 @@ def gather_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _tp_rank_size() -> tuple[int, int]:
-    from megatron.core import parallel_state as ps
 
-    if not ps.model_parallel_is_initialized():
-        return 0, 1
-    return ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
-
-
-def full_shape(p: torch.Tensor) -> torch.Size:
-    """The TP=1 shape of this rank's (possibly TP-sharded) parameter."""
-    dim, (_, tp) = _partition_dim(p), _tp_rank_size()
+def full_shape(p: torch.Tensor, tp: int) -> torch.Size:
+    """The TP=1 shape of this rank's (possibly TP-sharded) parameter, `tp` ranks splitting it."""
+    dim = _partition_dim(p)
     if dim is None or tp == 1:
         return p.shape
     shape = list(p.shape)
@@ -161,17 +154,19 @@ def full_shape(p: torch.Tensor) -> torch.Size:
     return torch.Size(shape)
 
 
+def local_slice(x: torch.Tensor, dim: int | None, tp: int, tp_rank: int) -> torch.Tensor:
+    """This TP rank's part of a full tensor split along `dim` (None: not split)."""
+    return x if dim is None else x.chunk(tp, dim=dim)[tp_rank]
+
+
 @torch.no_grad()
-def load_full_weights(model: nn.Module, full: dict[str, torch.Tensor]) -> None:
+def load_full_weights(model: nn.Module, full: dict[str, torch.Tensor], tp: int, tp_rank: int) -> None:
     """Copy full (TP=1) tensors into this rank's parameters of the same names, each TP rank its slice
     (the inverse of gather_state_dict)."""
-    rank, tp = _tp_rank_size()
     params = dict(model.named_parameters(remove_duplicate=False))
     for name, t in full.items():
         p = params[name]
-        dim = _partition_dim(p)
-        if dim is not None and tp > 1:
-            t = t.chunk(tp, dim)[rank]
+        t = local_slice(t, _partition_dim(p), tp, tp_rank)
         if t.shape != p.shape:
             raise ValueError(f"{name}: a {tuple(t.shape)} slice for a {tuple(p.shape)} parameter")
         p.copy_(t.to(device=p.device, dtype=p.dtype))

@@ -95,7 +95,7 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
-        parallel.load_full_weights(model, initial_weights(model, source, log))
+        parallel.load_full_weights(model, initial_weights(model, source, log), layout.tp_size, layout.tp_rank)
     # dropout differs between data-parallel ranks, agrees within a tensor-parallel group (with
     # data.dp_split=batch each micro-batch reseeds it from its place in the global batch)
     torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)

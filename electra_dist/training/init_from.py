@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from electra_dist import parallel
 from electra_dist.config import Config, ConfigError, ModelConfig
 
 SHAPE_KEYS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
@@ -99,7 +100,7 @@ def initial_weights(model, src: InitSource, log: Callable[[str], None]) -> dict[
                 continue
             name = "generator." + name[len("discriminator."):]
         if name in targets:
-            out[name] = _fit_rows(t, targets[name], name)
+            out[name] = _fit_rows(t, parallel.full_shape(targets[name], model.factory.tp_size), name)
     if not mlm and not src.has_generator:  # a fresh generator over the discriminator's embeddings
         for name in [n for n in out if n.startswith("discriminator.embeddings.")]:
             out["generator" + name[len("discriminator"):]] = out[name]
@@ -109,11 +110,9 @@ def initial_weights(model, src: InitSource, log: Callable[[str], None]) -> dict[
     return out
 
 
-def _fit_rows(t: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
-    from electra_dist import parallel
+def _fit_rows(t: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
     from electra_dist.model.electra import fit_vocab_rows
 
-    shape = parallel.full_shape(target)
     t = fit_vocab_rows(t, shape) if "word_embeddings" in name or "lm_head_bias" in name else t
     if t.shape != shape:
         raise ConfigError([f"train.init_from: weight {name} has shape {tuple(t.shape)}, the model {tuple(shape)}"])

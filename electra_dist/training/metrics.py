@@ -138,7 +138,6 @@ class MetricsLogger:
                 for f in tokenizer_files(cfg.data.tokenizer):
                     self.tracker.log_artifact(f, "tokenizer")
         self.tracker.set_tags({"status": "running", "resumed_from": state.resumed_from or "",
-                               "init_from": cfg.train.init_from,
                                **{f"resumed_with.{k}": v for k, v in state.changed.items()}})
         if not run.peak_tflops:
             run.log(f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
