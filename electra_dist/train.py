@@ -21,32 +21,36 @@ if __package__ in (None, ""):  # run as a script (the deepspeed/torchrun way): m
 from electra_dist.config import Config, ConfigError, keys_help, suggest_key  # noqa: E402
 
 
-def train(run, ckpts, state, until: int | None = None) -> str:
+def train(run, ckpts, state, until: int | None = None, signals=None) -> str:
     """Run to train.max_steps (or step `until`, then checkpoint and stop: the schedule stays that of
-    max_steps); returns "finished", "stopped" (at `until`), or "preempted" after SIGUSR1/SIGTERM."""
+    max_steps); returns "finished", "stopped" (at `until`), or "preempted" after SIGUSR1/SIGTERM.
+    `signals`: the StopSignals main() installed before start-up (a signal then is acted on here)."""
     from electra_dist import parallel
     from electra_dist.training.metrics import MetricsLogger
     from electra_dist.training.signals import StopSignals
     from electra_dist.training.evaluate import Evaluator, eval_urls
-    from electra_dist.training.step import train_step
+    from electra_dist.training.step import Stopped, train_step
 
     t = run.cfg.train
     urls = eval_urls(run.cfg) if t.eval_interval else []
     evaluator = Evaluator(run, urls, t.eval_samples) if urls else None
     metrics = MetricsLogger(run, state)  # metrics.jsonl + MLflow (rank 0) + console
-    signals = StopSignals(run.cfg.parallel.stop_timeout, who=f"rank {run.layout.rank}")
+    signals = signals or StopSignals()
+    signals.arm(run.cfg.parallel.stop_timeout, who=f"rank {run.layout.rank}")
     batches = iter(run.loader)
     status, last_saved, stopped = "failed", state.step, False
     end = min(t.max_steps, until or t.max_steps)
     try:
         while state.step < end:
-            result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=bool(signals.received),
+            result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=lambda: bool(signals.received),
                                 check_grad_norm=t.precision != "fp16",  # fp16: the loss scaler skips overflows
                                 own_grad_norm=run.zero_stage == 0 and t.precision == "fp32")
-            if result is None:  # a rank was signalled: every rank stops before this step
+            if isinstance(result, Stopped):  # a rank was signalled: every rank stops before this step
                 signals.agreed()
-                run.loader.rewind(run.grad_accum)  # the batches just fetched were not trained on
-                run.log(f"electra-dist: signal received: checkpointing at step {state.step} and exiting")
+                run.loader.rewind(result.fetched)  # the batches just fetched were not trained on
+                run.log(f"electra-dist: signal received ({signals.describe() if signals.received else 'by another rank'}): "
+                        f"{'checkpointing' if state.step != last_saved else 'nothing trained since the checkpoint'} "
+                        f"at step {state.step} and exiting")
                 stopped = True
                 break
             state.advance(result.tokens, run.flops_per_token)
@@ -121,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(unknown) + "".join(
             f"\n  {f.split('=')[0]} is not a flag; set config keys as KEY=VALUE{suggest_key(f.split('=')[0])}"
             for f in flags))
+    from electra_dist.training.signals import StopSignals
+
+    signals = StopSignals()  # from the first line: a signal during the slow start-up is kept, not fatal
+    try:
+        return _main(args, signals)
+    finally:
+        signals.restore()
+
+
+def _main(args: argparse.Namespace, signals) -> int:
     from electra_dist import parallel
     from electra_dist.training.build import build_run
     from electra_dist.training.checkpoints import CheckpointManager
@@ -144,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
     try:
-        train(run, ckpts, state, args.until_step)
+        train(run, ckpts, state, args.until_step, signals)
     except parallel.CollectiveTimeout as e:
         print(f"electra-dist: {e}", file=sys.stderr, flush=True)
         return 1

@@ -1,10 +1,14 @@
 # slurm/common.sh — sourced by slurm/pretrain_*.sh: environment, rendezvous, launch and requeue.
 #
 # One torchrun agent per node (srun --ntasks-per-node=1), c10d rendezvous at the first node of
-# the allocation on a free port derived from the job id (never 29500). The agent ignores SIGUSR1
-# (slurmstepd signals every process of the step, and torchrun's agent has no handler and would
-# die); the training processes catch it, checkpoint, write OUTPUT_DIR/PREEMPTED and exit 0, and
-# `requeue_if_preempted` then requeues the job, which resumes from the latest complete checkpoint.
+# the allocation on a free port derived from the job id (never 29500). slurmstepd signals EVERY
+# process of a step (USR1 from --signal=USR1@300; TERM on scancel, the time limit and pre-emption):
+# the agent ignores USR1 and TERM (torchrun would otherwise kill the ranks 30 s into their
+# checkpoint), the ranks' loader workers ignore them, and the ranks catch them, checkpoint, write
+# OUTPUT_DIR/PREEMPTED and exit 0; `requeue_if_preempted` then requeues the job, which resumes from
+# the latest complete checkpoint. A rank whose agent dies (kill -9) gets SIGTERM from the kernel and
+# stops the same way. (A TERM to the batch step itself — scancel --full — makes srun SIGKILL its step:
+# srun's own rule; send pre-emption notices to the steps, as --signal=USR1@300 and scancel --signal do.)
 
 set -uo pipefail
 REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}  # the checkout on the host (shared storage): where these scripts are
@@ -19,6 +23,9 @@ export PYTHONUNBUFFERED=1
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 # e.g. NCCL_SOCKET_IFNAME=ib0 NCCL_IB_HCA=mlx5 NCCL_IB_GID_INDEX=3: exported as you set them
+
+# TERM to this shell (scancel --batch): wait for the step to stop, then requeue
+trap 'log "got SIGTERM: waiting for the ranks to checkpoint"' TERM
 
 log() { echo "[$(date +%T) ${SLURM_JOB_NAME:-job}-${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}] $*"; }
 
@@ -52,7 +59,9 @@ launch() {  # launch TRAIN_ARGS... : train.py on every node under torchrun, insi
         log "in container $CONTAINER_IMAGE (${CONTAINER_RUNTIME:-pyxis}), code $CONTAINER_WORKDIR, mounts $(container_mounts)"
     fi
     log "train.py $*"
-    container_step --ntasks-per-node=1 --kill-on-bad-exit=1 -- bash -c 'trap "" USR1; exec "$@"' _ "${cmd[@]}"
+    # the agent leaves TERM to the ranks (PET_SIGNALS_TO_HANDLE is torchrun's --signals-to-handle)
+    export PET_SIGNALS_TO_HANDLE=SIGINT,SIGHUP,SIGQUIT
+    container_step --ntasks-per-node=1 --kill-on-bad-exit=1 -- bash -c 'trap "" USR1 TERM; exec "$@"' _ "${cmd[@]}"
 }
 
 train_and_requeue() {  # train.py with CONFIG, DS_CONFIG, DATA, TOKENIZER, OUTPUT_DIR, EXTRA_ARGS

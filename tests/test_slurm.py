@@ -133,15 +133,38 @@ def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, 
     assert client.get_run(rid).info.status == "FINISHED"
 
 
+def test_sigterm_to_every_process_of_the_steps_requeues_and_resumes_exactly(cluster, tmp_path, data):
+    """What scancel --signal=TERM, a pre-emption's grace period and the kill at the time limit do: SIGTERM
+    to every process of the job's steps at once — torchrun's agent, the ranks, their two loader workers
+    each. The workers leave stopping to their rank, the agent leaves it to the ranks: checkpoint,
+    PREEMPTED, requeue, and the resumed job's curve is the uninterrupted one."""
+    args = "train.max_steps=16 train.save_interval=1000 model.dropout=0.1 data.num_workers=2 tracking.enabled=false"
+    ref = tmp_path / "ref"
+    rc, ref_job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
+                         env=train_env(tmp_path, data, ref, args), cwd=tmp_path)
+    assert rc == 0, job_log(tmp_path, "electra-large", ref_job)[-3000:]
+    out = tmp_path / "run"
+    rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
+                     env=train_env(tmp_path, data, out, args), cwd=tmp_path, wait=False)
+    assert rc == 0 and job
+    log = _preempt_and_wait_for_the_end(tmp_path, job, out / "metrics.jsonl", lines=5, signal="TERM")
+    assert final_state(job) == "COMPLETED", log[-4000:]
+    assert "signal received (SIGTERM)" in log and "restart 1" in log, log[-4000:]
+    assert "DataLoader worker" not in log and "Traceback" not in log, log[-4000:]
+    assert [m["step"] for m in metrics(out)] == list(range(1, 17))
+    assert losses(out) == losses(ref)
+
+
 def _preempt_and_wait_for_the_end(tmp_path: Path, job: str, metrics_file: Path, lines: int,
-                                  name: str = "electra-large") -> str:
-    """Once `metrics_file` has `lines` records, USR1 the job; wait until it has requeued itself and ended
-    (making it eligible at once: SLURM waits ~2 min otherwise); return its log."""
+                                  name: str = "electra-large", signal: str = "USR1") -> str:
+    """Once `metrics_file` has `lines` records, send `signal` to every process of the job's steps (USR1 as
+    --signal=USR1@300 does); wait until it has requeued itself and ended (making it eligible at once:
+    SLURM waits ~2 min otherwise); return its log."""
     deadline = time.time() + 300
     while not (len(read_metrics(metrics_file)) >= lines):
         assert time.time() < deadline, job_log(tmp_path, name, job)[-3000:]
         time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    subprocess.run(["scancel", f"--signal={signal}", job], check=True)
     deadline = time.time() + 300
     while "requeueing" not in job_log(tmp_path, name, job):
         assert time.time() < deadline, job_log(tmp_path, name, job)[-3000:]

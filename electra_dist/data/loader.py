@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from electra_dist import rng
+from electra_dist import procs, rng
 from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max_predictions
 from electra_dist.data.shards import MANIFEST, read_manifest
 
@@ -287,11 +287,11 @@ class PretrainLoader:
         if self.num_workers == 0:
             source: Any = iter(stream)
         else:
-            # its own generator: creating the workers must not draw from the global RNG
-            source = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                prefetch_factor=self.prefetch_factor, persistent_workers=False,
-                                multiprocessing_context="fork", pin_memory=self.pin_memory,
-                                generator=torch.Generator().manual_seed(self.settings.seed))
+            # own generator: making workers must not draw from the global RNG; this process stops them
+            source = DataLoader(stream, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
+                                persistent_workers=False, multiprocessing_context="fork", pin_memory=self.pin_memory,
+                                generator=torch.Generator().manual_seed(self.settings.seed),
+                                worker_init_fn=procs.ignore_stop_signals)
         if keep_rows is not None:
             yield from source
             return

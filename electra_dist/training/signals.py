@@ -1,9 +1,12 @@
-"""SLURM pre-emption (SIGUSR1), termination (SIGTERM) and Ctrl-C: remembered, acted on before the next step.
+"""SLURM pre-emption (SIGUSR1), termination (SIGTERM), Ctrl-C and a dead launcher: remembered from the
+first line of main(), acted on before the next step.
 
-Python runs a signal handler only between bytecodes, so a rank blocked inside a collective on a
-hung peer would never see it. The C-level handler also writes the signal number to a wakeup
-socket, which a watchdog thread reads at once: if the ranks have not agreed to stop within
-`stop_timeout` seconds (and no checkpoint is being written), this rank is stuck and exits, saying so.
+A signal during start-up (engine build, resume) is kept and acted on at the first step boundary:
+the run stops there, with PREEMPTED, before training anything. Python runs a signal handler only
+between bytecodes, so a rank blocked inside a collective on a hung peer would never see it. Once
+the loop runs (`arm`), the C-level handler also writes the signal number to a wakeup socket that a
+watchdog thread reads at once: if the ranks have not agreed to stop within `stop_timeout` seconds
+(and no checkpoint is being written), this rank is stuck and exits, saying so.
 """
 
 from __future__ import annotations
@@ -16,33 +19,48 @@ import threading
 import time
 from typing import Any, Iterator
 
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # Ctrl-C checkpoints too; a second one stops at once
+from electra_dist.procs import STOP_SIGNALS, die_with_launcher
+
+SIGNALS = STOP_SIGNALS  # Ctrl-C checkpoints too; a second one stops at once
 
 
 class StopSignals:
-    """While installed, USR1/TERM set `received` (the signal number) instead of killing the process;
-    the loop checkpoints and exits cleanly before its next step. `stop_timeout`: seconds the ranks
-    have to agree to stop (`agreed()`) before a blocked rank exits with `who` in its message."""
+    """While installed, USR1/TERM/INT set `received` (the signal number) instead of killing the
+    process; the loop checkpoints and exits cleanly before its next step."""
 
-    def __init__(self, stop_timeout: float | None = None, who: str = "this rank"):
+    def __init__(self, watch_launcher: bool = True):
         self.received = 0
-        self.stop_timeout, self.who = stop_timeout, who
-        self._agreed, self._busy = threading.Event(), 0
+        self.stop_timeout: float | None = None
+        self.who = "this rank"
+        self._agreed, self._armed, self._busy = threading.Event(), threading.Event(), 0
         self._previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
         for sig in SIGNALS:
             signal.signal(sig, self._on_signal)
         self._wakeup: socket.socket | None = None
-        if stop_timeout:
+        self.launcher = die_with_launcher() if watch_launcher else None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: no checkpoint
+        self.received = self.received or signum
+
+    @property
+    def launcher_gone(self) -> bool:
+        return self.launcher is not None and os.getppid() != self.launcher
+
+    def describe(self) -> str:
+        name = signal.Signals(self.received).name if self.received else "no signal"
+        return f"{name}: the launcher (pid {self.launcher}) is gone" if self.launcher_gone else name
+
+    def arm(self, stop_timeout: float | None, who: str) -> None:
+        """The loop is about to run: from now on a rank that cannot agree to stop exits by itself."""
+        self.stop_timeout, self.who = stop_timeout, who
+        if stop_timeout and self._wakeup is None:
             self._wakeup, writer = socket.socketpair()
             writer.setblocking(False)
             self._writer = writer
             signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
             threading.Thread(target=self._watch, name="stop-signal-watchdog", daemon=True).start()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.received == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: no checkpoint
-        self.received = signum
 
     def agreed(self) -> None:
         """Every rank stops before the same step: what is left (the checkpoint) is bounded work."""
@@ -57,23 +75,30 @@ class StopSignals:
         finally:
             self._busy -= 1
 
-    def _watch(self) -> None:
-        assert self._wakeup is not None and self.stop_timeout
-        while True:
+    def _wait_for_a_signal(self) -> int | None:
+        assert self._wakeup is not None
+        self._wakeup.settimeout(0.2)
+        while not self.received:
             try:
                 data = self._wakeup.recv(1)
+            except socket.timeout:
+                continue
             except OSError:
-                return
+                return None
             if not data:
-                return  # restored
-            if data[0] in SIGNALS:
-                break
-        signum, deadline = data[0], time.monotonic() + self.stop_timeout
+                return None  # restored
+        return self.received
+
+    def _watch(self) -> None:
+        signum = self._wait_for_a_signal()
+        if signum is None or self.stop_timeout is None:
+            return
+        deadline = time.monotonic() + self.stop_timeout
         while not self._agreed.wait(0.2):
             if self._busy:
                 deadline = time.monotonic() + self.stop_timeout
             elif time.monotonic() > deadline:
-                os.write(2, (f"electra-dist: {self.who}: got {signal.Signals(signum).name} but the ranks did not "
+                os.write(2, (f"electra-dist: {self.who}: got {self.describe()} but the ranks did not "
                              f"agree to stop within parallel.stop_timeout={self.stop_timeout:g}s: this rank is "
                              "blocked waiting for another that is hung, stopped or gone. Exiting without a "
                              "checkpoint; the newest complete one is kept for the resume.\n").encode())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -24,6 +24,18 @@ from electra_dist import parallel
 
 class NonFiniteError(RuntimeError):
     pass
+
+
+class LoaderWorkerDied(RuntimeError):
+    """A data-loader worker process ended while training, not as part of a stop."""
+
+
+@dataclass
+class Stopped:
+    """No step was trained: a rank was asked to stop. `fetched`: micro-batches taken from the loader
+    (to hand out again after the resume)."""
+
+    fetched: int
 
 
 @dataclass
@@ -57,15 +69,36 @@ def next_batch(batches: Iterator[dict[str, Any]]) -> Batch:
     return Batch(b, keys, float(b["attention_mask"].sum()), float(b["masked_positions"].sum()), seed)
 
 
+def fetch(batches: Iterator[dict[str, Any]], n: int, stop: Callable[[], bool]) -> tuple[list[Batch], bool]:
+    """Up to `n` micro-batches; (what was fetched, False) when a loader worker died during a stop request
+    (SIGTERM to the whole job step: part of the stop, not a crash)."""
+    micro: list[Batch] = []
+    try:
+        for _ in range(n):
+            micro.append(next_batch(batches))
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        if not stop():
+            raise LoaderWorkerDied(f"a data-loader worker died: {str(e).splitlines()[0]}. The newest complete "
+                                   "checkpoint is kept; resume with the same command (if it was killed for memory, "
+                                   "lower data.num_workers or data.shuffle_buffer)") from None
+        return micro, False
+    return micro, True
+
+
 def train_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, device: torch.device,
-               stop: bool = False, check_grad_norm: bool = True, own_grad_norm: bool = False) -> StepResult | None:
-    """All micro-batches of one optimizer step; None (nothing trained) when any rank was asked to stop.
+               stop: Callable[[], bool] | bool = False, check_grad_norm: bool = True,
+               own_grad_norm: bool = False) -> StepResult | Stopped:
+    """All micro-batches of one optimizer step; `Stopped` (nothing trained) when any rank was asked to stop.
     `own_grad_norm`: measure the gradient norm here (after the last backward, before the step) where
     DeepSpeed keeps none (ZeRO-0, torch optimizer, fp32)."""
-    micro = [next_batch(batches) for _ in range(grad_accum)]
-    tokens, masked, stopping = parallel.global_counts(sum(b.tokens for b in micro), sum(b.masked for b in micro), stop)
+    asked = stop if callable(stop) else (lambda: bool(stop))
+    micro, whole = fetch(batches, grad_accum, asked)
+    tokens, masked, stopping = parallel.global_counts(sum(b.tokens for b in micro), sum(b.masked for b in micro),
+                                                      not whole or asked())
     if stopping:
-        return None
+        return Stopped(len(micro))
     n = parallel.MPU().get_data_parallel_world_size() * grad_accum
     # tensors, not floats: a float would be a constant of a compiled graph, recompiled every step
     host = torch.tensor([masked / n, tokens / n], dtype=torch.float32)
