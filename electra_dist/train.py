@@ -18,7 +18,8 @@ import sys
 if __package__ in (None, ""):  # run as a script (the deepspeed/torchrun way): make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from electra_dist.config import Config, ConfigError, keys_help, suggest_key  # noqa: E402
+from electra_dist.config import Config, keys_help, suggest_key  # noqa: E402
+from electra_dist.errors import take_debug_flag  # noqa: E402
 
 
 def train(run, ckpts, state, until: int | None = None, signals=None) -> str:
@@ -112,6 +113,10 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
                    "build the shards with its tokenizer: shards build --tokenizer PATH)")
     p.add_argument("--resume", default="auto", help="auto (latest complete checkpoint in the output dir, if any), "
                                                     "never, or a checkpoint PATH")
+    p.add_argument("--allow-data-change", action="store_true", help="resume although the tokenizer or the shards "
+                   "differ from the checkpoint's (their checksum, seq len, packing or count); default: refuse, naming both")
+    p.add_argument("--debug", action="store_true", help="print the traceback beside the one-line error "
+                   "(also: ELECTRA_DIST_DEBUG=1)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return p
@@ -119,7 +124,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("electra-dist train" if argv is not None else "train.py")
-    args, unknown = parser.parse_known_intermixed_args(argv)
+    args, unknown = parser.parse_known_intermixed_args(take_debug_flag(list(sys.argv[1:] if argv is None else argv)))
     flags = [u for u in unknown if u.startswith("--")]
     if unknown:  # `--lr 1e-3`: config keys are set as KEY=VALUE, say which
         parser.error("unrecognized arguments: " + " ".join(unknown) + "".join(
@@ -135,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, signals) -> int:
-    from electra_dist import parallel
-    from electra_dist.training.build import build_run
-    from electra_dist.training.checkpoints import CheckpointManager
+    from electra_dist.training.guard import prepare_output_dir
 
     overrides = list(args.overrides)
     for flag, key in ((args.data, "data.shards"), (args.tokenizer, "data.tokenizer"),
@@ -146,23 +149,42 @@ def _main(args: argparse.Namespace, signals) -> int:
         if flag is not None:
             overrides.append(f"{key}={flag}")
     rank0 = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+    lock = None
     try:
         cfg = Config.build(args.config, overrides)
+        lock = prepare_output_dir(cfg.validate(), rank0)  # seconds in, before DeepSpeed's imports
+        from electra_dist import parallel
+        from electra_dist.training.build import build_run
+        from electra_dist.training.checkpoints import CheckpointManager
+
         run = build_run(cfg, parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed
                         else parallel.DEFAULT_DEEPSPEED, explicit={o.split("=", 1)[0] for o in args.overrides})
         ckpts = CheckpointManager(run)
-        state = ckpts.resume(args.resume)
-    except (ConfigError, FileNotFoundError, parallel.UntrustedCheckpointError) as e:
-        if rank0:
-            print(f"electra-dist: {e}", file=sys.stderr, flush=True)
-        return 2
-    run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
-    try:
+        state = ckpts.resume(args.resume, allow_data_change=args.allow_data_change)
+        run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
         train(run, ckpts, state, args.until_step, signals)
-    except parallel.CollectiveTimeout as e:
-        print(f"electra-dist: {e}", file=sys.stderr, flush=True)
-        return 1
+    except Exception as e:
+        started = "state" in locals()
+        return _failed(e, 1 if started else 2, rank0 or started)
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def _failed(e: Exception, code: int, speak: bool) -> int:
+    """One line (see electra_dist.errors); a bug keeps its traceback. Ranks other than 0 repeat a
+    start-up mistake only where it is theirs (a path only they write)."""
+    from electra_dist import errors, parallel
+    from electra_dist.data.loader import CorruptShardError
+    from electra_dist.training.step import LoaderWorkerDied
+
+    if isinstance(e, (parallel.CollectiveTimeout, parallel.UntrustedCheckpointError, LoaderWorkerDied,
+                      CorruptShardError)):
+        e = errors.UserError(str(e))
+    if not speak and errors.one_line(e) is not None and not isinstance(e, OSError):
+        return code
+    return errors.report(e, code)
 
 
 if __name__ == "__main__":

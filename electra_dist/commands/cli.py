@@ -12,8 +12,9 @@ import sys
 import textwrap
 from typing import Callable, Sequence
 
+from electra_dist import errors
 from electra_dist.commands import handlers as h
-from electra_dist.config import FLAVORS, ConfigError, keys_help
+from electra_dist.config import FLAVORS, keys_help
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
               electra-dist export --checkpoint runs/small/final --out hf/
             """),
     )
+    parser.add_argument("--debug", action="store_true", help="print the traceback beside the one-line error "
+                        "(anywhere on the line; also: ELECTRA_DIST_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
 
@@ -289,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] != ["train"]:
+        argv = errors.take_debug_flag(argv)
     if argv[:1] == ["train"]:  # every flag, --help included, belongs to train.py's own parser
         from electra_dist import train
 
@@ -301,12 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return func(args)
-    except ConfigError as e:
-        print(f"electra-dist: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"electra-dist: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # one line naming the path (a bug keeps its traceback): see electra_dist.errors
+        return errors.report(e)
 
 
 if __name__ == "__main__":

@@ -54,20 +54,29 @@ HEADER = "run_start"  # the first record of a run started from step 0: where it 
 
 def read_metrics(metrics_file: str | Path, header: bool = False) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl, in order; an empty or torn line (a crash, or the trainer
-    still writing it) is left out, and so is the header record unless `header`. Nothing when the file
-    does not exist."""
+    still writing it) is left out (`scan_metrics` says which), and so is the header record unless
+    `header`. Nothing when the file does not exist."""
+    return scan_metrics(metrics_file, header)[0]
+
+
+def scan_metrics(metrics_file: str | Path, header: bool = False) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """(records, bad lines as (line number, text)) of a metrics.jsonl."""
     path = Path(metrics_file)
     if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
+        return [], []
+    records, bad = [], []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
             rec = json.loads(line)
         except ValueError:
+            if line.strip():
+                bad.append((n, line))
             continue
-        if header or HEADER not in rec:
+        if not isinstance(rec, dict):
+            bad.append((n, line))
+        elif header or HEADER not in rec:
             records.append(rec)
-    return records
+    return records, bad
 
 
 def read_header(metrics_file: str | Path) -> dict[str, Any]:

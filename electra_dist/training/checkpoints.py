@@ -27,8 +27,10 @@ from electra_dist import parallel
 from electra_dist.config import ConfigError
 from electra_dist.model import ElectraPretrainer
 from electra_dist.model.electra import fit_vocab_rows
-from electra_dist.tracking import read_metrics
+from electra_dist.errors import writing
+from electra_dist.tracking.record import scan_metrics
 from electra_dist.training.build import Run
+from electra_dist.training.guard import data_changes, data_identity
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -70,31 +72,35 @@ class CheckpointManager:
         complete checkpoint is never written again."""
         run, tag = self.run, f"step{state.step:08d}"
         final, tmp = self.dir / tag, self.dir / (tag + ".tmp")
-        if (final / COMPLETE).is_file():
+        if (final / COMPLETE).is_file() and parallel.broadcast_from_main(
+                verify(final) if run.layout.is_main else None) is None:
             run.log(f"electra-dist: {final} is already complete; not written again")
             return final
         if run.layout.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # what a crash mid-save left behind
+            if (final / COMPLETE).is_file():  # complete once, damaged since: kept aside, written anew
+                final.rename(final.with_name(f"{tag}.damaged-{int(time.time())}"))
         parallel.barrier()
-        run.engine.save_checkpoint(str(self.dir), tag=tmp.name, client_state=self._client_state(state),
-                                   save_latest=False)
-        cuda = run.layout.device.type == "cuda"
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
-        torch.save(rng, tmp / f"rng_rank{run.layout.rank:05d}.pt")
+        with writing(tmp):
+            run.engine.save_checkpoint(str(self.dir), tag=tmp.name, client_state=self._client_state(state),
+                                       save_latest=False)
+            rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda(run) else None}
+            torch.save(rng, tmp / f"rng_rank{run.layout.rank:05d}.pt")
         parallel.barrier()
         if run.layout.is_main:
             files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
             layout = parallel.current_layout(run.engine)
-            (tmp / COMPLETE).write_text(json.dumps({"step": state.step, "time": time.time(),
-                                                    "world_size": run.layout.world, "files": files,
-                                                    "layout": {"tp": layout.tp, "dp": layout.dp, "zero": layout.zero}}))
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete one of an earlier attempt
-            tmp.replace(final)
+            marker = {"step": state.step, "time": time.time(), "world_size": run.layout.world, "files": files,
+                      "layout": {"tp": layout.tp, "dp": layout.dp, "zero": layout.zero}, "data": data_identity(run.cfg)}
             latest = self.dir / (LATEST + ".tmp")
-            latest.write_text(tag)
-            latest.replace(self.dir / LATEST)
+            with writing(tmp / COMPLETE):
+                (tmp / COMPLETE).write_text(json.dumps(marker))
+                shutil.rmtree(final, ignore_errors=True)  # an incomplete one of an earlier attempt
+                tmp.replace(final)
+                latest.write_text(tag)
+                latest.replace(self.dir / LATEST)
             for old in complete_checkpoints(self.dir)[: -run.cfg.train.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
             run.log(f"electra-dist: saved checkpoint {final}")
@@ -109,30 +115,26 @@ class CheckpointManager:
                 "world_size": self.run.layout.world, "skipped_steps": state.skipped_steps,
                 "schedule": self.run.scheduler.lr_lambdas[0].state()}
 
-    def resume(self, spec: str = "auto") -> TrainState:
-        """`auto`: the newest complete checkpoint in OUTPUT/checkpoints, if any; `never`; or a path."""
+    def resume(self, spec: str = "auto", allow_data_change: bool = False) -> TrainState:
+        """`auto`: the newest complete checkpoint in OUTPUT/checkpoints, if any; `never`; or a path.
+        The tokenizer and shards must be the checkpoint's unless `allow_data_change`."""
         if spec == "never":
             return TrainState()
         path = self._choose(spec)
         if path is None:
             return TrainState()
         run = self.run
-        recorded = json.loads((path / COMPLETE).read_text()).get("layout")
-        resharded = parallel.resume_on_new_layout(run.engine, path, self._group_names(),
-                                                  parallel.SavedLayout(**recorded) if recorded else None)
-        if resharded is None:
-            load_path, saved = run.engine.load_checkpoint(str(path.parent), tag=path.name)
-            if load_path is None:
-                raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
-        else:
-            saved, was = resharded
-            run.log(f"electra-dist: {path} was written by {was}: re-sharded onto "
-                    f"{parallel.current_layout(run.engine)}")
+        marker = json.loads((path / COMPLETE).read_text())
+        changes = _data_changes(run, path, marker, allow_data_change)
+        saved = _load_engine_state(run, path, marker.get("layout"), self._group_names())
         state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
                            int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
+        if changes:
+            state.changed["data"] = "; ".join(changes)
         continue_schedule(run, state, saved, path)
         if saved.get("loader") is not None and hasattr(run.loader, "load_state_dict"):
-            run.loader.load_state_dict(saved["loader"])
+            # on other data (allowed) the position is kept in batches; the shard count is today's
+            run.loader.load_state_dict({**saved["loader"], **({"num_shards": len(run.loader.urls)} if changes else {})})
         rng_file = path / f"rng_rank{run.layout.rank:05d}.pt"
         if rng_file.is_file() and saved.get("world_size") == run.layout.world:
             rng = parallel.load_checkpoint_file(rng_file)
@@ -140,7 +142,7 @@ class CheckpointManager:
             if rng.get("cuda") is not None and run.layout.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])
         if run.layout.is_main:
-            truncate_metrics(self.output_dir / METRICS, state.step)
+            truncate_metrics(self.output_dir / METRICS, state.step, run.log)
         run.log(f"electra-dist: resumed from {path} at step {state.step}")
         return state
 
@@ -208,6 +210,45 @@ class CheckpointManager:
             marker.unlink(missing_ok=True)
 
 
+def cuda(run: Run) -> bool:
+    return run.layout.device.type == "cuda"
+
+
+def _data_changes(run: Run, path: Path, marker: dict[str, Any], allowed: bool) -> list[str]:
+    """How today's tokenizer and shards differ from the checkpoint's; refused unless `allowed`."""
+    changes = data_changes(marker.get("data"), data_identity(run.cfg))
+    if changes and not allowed:
+        raise ConfigError([f"--resume: {path} was trained on other data; " + "; ".join(changes) + ". Resume with "
+                           "the tokenizer and shards it used, start another --output-dir, or pass "
+                           "--allow-data-change to continue on these"])
+    if changes:
+        run.log("electra-dist: warning: resuming on other data (--allow-data-change): " + "; ".join(changes))
+    return changes
+
+
+def _load_engine_state(run: Run, path: Path, recorded: dict | None, group_names: list[list[str]]) -> dict[str, Any]:
+    """The engine's weights and optimizer from `path` (re-sharded from another layout when needed); the
+    client state. A model of another shape is one error naming the first differing tensor."""
+    try:
+        resharded = parallel.resume_on_new_layout(run.engine, path, group_names,
+                                                  parallel.SavedLayout(**recorded) if recorded else None)
+        if resharded is not None:
+            saved, was = resharded
+            run.log(f"electra-dist: {path} was written by {was}: re-sharded onto {parallel.current_layout(run.engine)}")
+            return saved
+        load_path, saved = run.engine.load_checkpoint(str(path.parent), tag=path.name)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise ConfigError([f"--resume: {path} holds a model of another shape ("
+                           + next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+                           + "): resume with the config it was written with, or use another --output-dir "
+                           "(or --resume never)"]) from None
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+    return saved
+
+
 def continue_schedule(run: Run, state: TrainState, saved: dict[str, Any], where: Path) -> None:
     """The checkpoint's LR schedule, continued to this run's train.max_steps (see optim.Schedule)."""
     from electra_dist.training.optim import Schedule
@@ -239,13 +280,15 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def verify(path: Path) -> str | None:
-    """None if every file the COMPLETE marker lists has its recorded size and SHA-256, else why not.
-    (Checkpoints written before sizes and checksums were recorded are taken as they are.)"""
+    """None if every file the COMPLETE marker lists has its recorded size and SHA-256, else why not
+    (a marker listing no files verifies nothing: refused)."""
     try:
         files = json.loads((path / COMPLETE).read_text()).get("files")
     except (OSError, ValueError) as e:
         return f"its {COMPLETE} marker is unreadable ({e})"
-    for rel, meta in sorted((files or {}).items()):
+    if not files:
+        return f"its {COMPLETE} marker lists no files to verify"
+    for rel, meta in sorted(files.items()):
         f = path / rel
         if not f.is_file():
             return f"{rel} is missing"
@@ -264,12 +307,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after `step` (logged after the checkpoint we resume from) and any torn line:
-    one continuous history."""
+def truncate_metrics(path: Path, step: int, log=print) -> None:
+    """Drop records after `step` (logged after the checkpoint we resume from): one continuous history.
+    A line that is not a record (torn by a crash, or damaged) is never dropped silently: it is kept
+    in metrics.jsonl.bad with its line number, and said."""
     if not path.is_file():
         return
-    kept = [rec for rec in read_metrics(path, header=True) if rec.get("step", step + 1) <= step]
+    records, bad = scan_metrics(path, header=True)
+    kept = [rec for rec in records if rec.get("step", step + 1) <= step]
+    if bad:
+        aside = path.with_name(path.name + ".bad")
+        with writing(aside), open(aside, "a") as f:
+            f.writelines(f"{path}:{n}: {line}\n" for n, line in bad)
+        log(f"electra-dist: warning: {path}: {len(bad)} line(s) that are not records (line "
+            f"{', '.join(str(n) for n, _ in bad[:5])}{' …' if len(bad) > 5 else ''}) kept in {aside}")
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
+    with writing(tmp):
+        tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
     tmp.replace(path)

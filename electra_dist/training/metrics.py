@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from electra_dist import parallel
+from electra_dist.errors import writing
 from electra_dist.training.build import Run
 from electra_dist.training.checkpoints import FINAL, METRICS, TrainState
 from electra_dist.training.step import NonFiniteError, StepResult
@@ -110,7 +111,7 @@ class MetricsLogger:
         m.update(_memory(run.layout.device))
         m.update(extra or {})
         if run.layout.is_main:
-            with open(self.file, "a") as f:
+            with writing(self.file), open(self.file, "a") as f:
                 f.write(json.dumps({"step": state.step, "time": time.time(), **m}) + "\n")
             self.tracker.log_metrics(m, state.step)
             state.run_id = self.tracker.run_id
@@ -120,13 +121,14 @@ class MetricsLogger:
 
     def _start(self, state: TrainState) -> None:
         cfg, run = self.run.cfg, self.run
-        cfg.save(self.output_dir / "config.yaml")
-        (self.output_dir / "deepspeed.json").write_text(json.dumps(run.ds_config, indent=2))
+        with writing(self.output_dir):
+            cfg.save(self.output_dir / "config.yaml")
+            (self.output_dir / "deepspeed.json").write_text(json.dumps(run.ds_config, indent=2))
         if state.resumed_from is None:
             header = {"init_from": cfg.train.init_from or None, "objective": cfg.objective.kind,
                       "embedding_sharing": cfg.objective.embedding_sharing, "max_steps": cfg.train.max_steps,
                       "world": run.layout.world, "started": time.time()}
-            with open(self.file, "w") as f:  # a run from step 0 starts its record
+            with writing(self.file), open(self.file, "w") as f:  # a run from step 0 starts its record
                 f.write(json.dumps({"step": 0, HEADER: header}) + "\n")
             self.tracker.log_params(run_params(cfg, run.ds_config, run.layout.world, run.layout.tp_size,
                                                run.layout.dp_size))
