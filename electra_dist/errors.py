@@ -115,3 +115,26 @@ def check_writable(directory: str | Path, need_bytes: int = 0, what: str = "outp
         raise UserError(f"{what}={d}: {free / 2**30:.2f} GiB free, but one checkpoint needs about "
                         f"{need_bytes / 2**30:.2f} GiB (weights, fp32 masters and Adam moments): free space or "
                         f"choose another {what}")
+
+
+OUTPUT_MARKER = ".electra-dist-output"
+
+
+def claim_output_dir(out: str | Path, command: str, force: bool = False) -> None:
+    """`--out` of a command that writes a directory: new, empty, an earlier output of the same command, or
+    `force`d — never silently over a user's other files. Marks the directory as this command's."""
+    import json
+
+    d = Path(out)
+    marker = d / OUTPUT_MARKER
+    if d.exists() and not d.is_dir():
+        raise UserError(f"--out {d} is a file, not a directory")
+    entries = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+    ours = marker.is_file() and json.loads(marker.read_text() or "{}").get("command") == command
+    if entries and not ours and not force:
+        raise UserError(f"--out {d} already holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} "
+                        f"({', '.join(entries[:3])}{', …' if len(entries) > 3 else ''}) and is not an earlier output "
+                        f"of `electra-dist {command}`: choose a new directory, or pass --force to write into it")
+    with writing(marker):
+        d.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"command": command}) + "\n")

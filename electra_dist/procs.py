@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
@@ -19,13 +20,22 @@ _PR_SET_PDEATHSIG = 1
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """A data-loader worker's init: the rank that owns it stops it (torch's own worker SIGTERM handler
-    would kill it first, and the rank would see a crash where it should see a stop)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    would kill it first, and the rank would see a crash where it should see a stop). The stop signals
+    are blocked; a thread takes each SIGTERM and ends the worker only when its rank sent it (the
+    rank's shutdown, multiprocessing's terminate() at exit), so a worker can never outlive its rank."""
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         signal.set_wakeup_fd(-1)  # the rank's wakeup socket, inherited through fork: not ours to write
     except ValueError:
         pass
+    threading.Thread(target=_end_when_the_rank_says, args=(parent,), name="rank-sigterm", daemon=True).start()
+
+
+def _end_when_the_rank_says(rank: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == rank:
+            os._exit(128 + signal.SIGTERM)
 
 
 def launched_by_a_launcher() -> bool:

@@ -177,8 +177,10 @@ def _failed(e: Exception, code: int, speak: bool) -> int:
     start-up mistake only where it is theirs (a path only they write)."""
     from electra_dist import errors, parallel
     from electra_dist.data.loader import CorruptShardError
-    from electra_dist.training.step import LoaderWorkerDied
+    from electra_dist.training.step import LoaderWorkerDied, loader_worker_died
 
+    if isinstance(e, RuntimeError) and str(e).startswith("DataLoader worker (pid"):  # torch's SIGCHLD handler
+        e = LoaderWorkerDied(loader_worker_died(e))
     if isinstance(e, (parallel.CollectiveTimeout, parallel.UntrustedCheckpointError, LoaderWorkerDied,
                       CorruptShardError)):
         e = errors.UserError(str(e))

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run's final/ (config.yaml + model.pt), any complete "
                    "training checkpoint (RUN/checkpoints/stepN: ZeRO 0-3, any TP size), RUN/checkpoints (its "
                    "latest) or RUN itself")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory: new, empty, or an earlier export")
+    p.add_argument("--force", action="store_true", help="write into --out although it holds other files")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory to copy beside the weights "
                                                      "(default: the one named in the checkpoint's config)")
     p.set_defaults(func=h.cmd_export)
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "+ tokenizer, for transformers' Auto classes")
     p.add_argument("--experiment", default=None, help="log to this MLflow experiment")
     p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--force", action="store_true", help="write --out although it holds other files (default: "
+                   "refuse a non-empty directory that is not an earlier finetune --out)")
     p.set_defaults(func=h.cmd_finetune)
 
     p = sub.add_parser("experiment", help="ELECTRA vs MLM at equal pre-training FLOPs, fine-tuned, to RESULTS.md",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from electra_dist.config import Config
+from electra_dist.errors import claim_output_dir
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -39,6 +40,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from electra_dist.interop import export_hf, load_model
 
+    claim_output_dir(args.out, "export", args.force)
     model, cfg = load_model(args.checkpoint)
     tokenizer = args.tokenizer or cfg.data.tokenizer or None
     out = export_hf(model, args.out, tokenizer)
@@ -113,6 +115,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from electra_dist.commands.finetune import finetune
 
+    if args.out:
+        claim_output_dir(args.out, "finetune", args.force)
     tracker = _finetune_tracker(args)
     status = "failed"
     try:
@@ -236,6 +240,9 @@ def _report_text(stats) -> None:
           f"{d['bad_lines']} bad JSON lines, {d['replaced_bytes']} non-UTF-8 bytes replaced")
     for p in stats.problems[:5]:
         print(f"  {p}")
+    if d.get("truncated_files"):
+        print(f"warning: {d['truncated_files']} gzip file(s) were cut short or damaged; what was read before the "
+              "damage is kept (see above)", file=sys.stderr)
     if d["long_sentences"]:
         print(f"warning: {d['long_sentences']:,} sentence(s) had no sentence end for longer than one piece "
               "(one-line documents?) and were cut into pieces; check the text splits into lines or "

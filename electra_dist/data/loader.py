@@ -178,8 +178,8 @@ class ShardStream(IterableDataset):
             for key, ids in buffer:
                 yield epoch, key, ids
             if not index:
-                raise CorruptShardError(f"consumer {consumer}/{consumers} got no samples in epoch {epoch} "
-                                        f"from {len(mine)} shard(s)")
+                raise CorruptShardError(f"consumer {consumer}/{consumers} got no samples in epoch {epoch} from "
+                                        f"{len(mine)} shard(s): {', '.join(self.urls[i] for i in mine[:5])}")
             epoch += 1
 
     def batches(self, consumer: int, consumers: int) -> Iterator[tuple[int, list]]:

@@ -72,6 +72,7 @@ class _TarSet:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            self.shards[-1]["bytes"] = (self.out / self.shards[-1]["name"]).stat().st_size
 
 @dataclass
 class BuildResult:
@@ -197,6 +198,7 @@ def build_shards(
         "num_parts": num_parts,
     }
     name = MANIFEST if num_parts == 1 else f"manifest.part-{part:03d}.json"
+    check_shard_files([str(out / s["name"]) for s in shards + eval_set.shards], manifest)  # what it lists, as listed
     _write_json(out / name, manifest)
     return BuildResult(manifest, stats, seconds)
 
@@ -239,9 +241,14 @@ def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {MANIFEST} (build shards with `electra-dist shards build`)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as e:  # 0 bytes, torn, not JSON
+        raise ValueError(f"{path}: not a readable manifest ({e}; {path.stat().st_size} bytes): rebuild the shards "
+                         "with `electra-dist shards build`") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format') if isinstance(manifest, dict) else manifest!r} "
+                         f"is not {FORMAT!r}")
     # a manifest names files beside it, nothing else: never a `pipe:` command, a URL or another path
     bad = [s.get("name") for s in manifest.get("shards", []) + manifest.get("eval_shards", [])
            if not isinstance(s.get("name"), str) or not re.fullmatch(r"[\w.-]+\.tar", s["name"])]
@@ -250,6 +257,36 @@ def read_manifest(directory: str | Path) -> dict:
                          f"{', '.join(map(repr, bad[:3]))} (`pipe:` commands are accepted only from data.shards "
                          f"as you type it, never from a file)")
     return manifest
+
+
+def check_shard_files(urls: list[str], manifest: dict | None = None) -> None:
+    """Every local shard exists, has the size its manifest lists, and starts with a tar header (a file
+    zero-filled, truncated to nothing or of another kind is named here, not found mid-run)."""
+    import tarfile
+
+    sizes = {s["name"]: s.get("bytes") for s in (manifest or {}).get("shards", []) + (manifest or {}).get("eval_shards", [])}
+    problems = []
+    for url in urls:
+        if "://" in url or url.startswith("pipe:"):
+            continue
+        path = Path(url)
+        if not path.is_file():
+            problems.append(f"{path}: listed but missing")
+            continue
+        size, want = path.stat().st_size, sizes.get(path.name)
+        if want is not None and size != want:
+            problems.append(f"{path}: {size} bytes where the manifest lists {want}")
+            continue
+        with open(path, "rb") as f:
+            head = f.read(512)
+        try:
+            tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as e:
+            problems.append(f"{path}: not a tar shard ({e or 'empty header'}: zero-filled, truncated or another kind "
+                            "of file)")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError("; ".join(problems[:5]) + more + ": rebuild the shards (`electra-dist shards build`)")
 
 
 def check_compatible(manifest: dict, tokenizer, seq_len: int, where: str = "shards") -> None:

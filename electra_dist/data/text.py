@@ -31,6 +31,7 @@ class TextStats:
     bad_lines: int = 0  # JSON lines that did not parse or had no text field
     replaced_bytes: int = 0  # undecodable bytes replaced by U+FFFD
     long_sentences: int = 0  # "sentences" too long for one piece (no punctuation/newlines), cut into pieces
+    truncated_files: int = 0  # gzip files cut short or damaged: what was read before is kept
     problems: list[str] = field(default_factory=list)  # first few, with file and line
 
     def note(self, problem: str) -> None:
@@ -38,14 +39,15 @@ class TextStats:
             self.problems.append(problem)
 
     def merge(self, other: "TextStats") -> None:
-        for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes", "long_sentences"):
+        for k in self.to_dict():
             setattr(self, k, getattr(self, k) + getattr(other, k))
         for p in other.problems:
             self.note(p)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k)
-                for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes", "long_sentences")}
+                for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes", "long_sentences",
+                          "truncated_files")}
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
@@ -75,18 +77,45 @@ def _is_text(p: Path) -> bool:
     return name.endswith((".txt", ".jsonl", ".json", ".text"))
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+         (b"\xfe\xff", "UTF-16"))
+
+
+def check_encoding(path: Path, head: bytes) -> None:
+    """UTF-16/32 (with a byte-order mark, or NUL-heavy without one) is refused by name: decoded as
+    UTF-8 it would become a tokenizer of NULs and replacement characters."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            raise ValueError(f"{path}: this file is {name} (it starts with a {name} byte-order mark); convert it to "
+                             f"UTF-8 first, e.g. iconv -f {name} -t UTF-8 {path} > {path.stem}.utf8{path.suffix}")
+    nul = head.count(0)
+    if len(head) >= 64 and nul > len(head) // 10:
+        raise ValueError(f"{path}: {100 * nul // len(head)} % of its first {len(head)} bytes are NUL: UTF-16/32 "
+                         "without a byte-order mark, or not text at all; convert it to UTF-8 (iconv)")
+
+
 def _open_lines(path: Path, stats: TextStats) -> Iterator[tuple[int, str]]:
+    import zlib
+
     raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    lineno = 0
     with raw:
-        for lineno, line in enumerate(io.BufferedReader(raw), 1):
-            try:
-                yield lineno, line.decode("utf-8")
-            except UnicodeDecodeError:
-                text = line.decode("utf-8", errors="replace")
-                n = text.count("\ufffd")
-                stats.replaced_bytes += n
-                stats.note(f"{path}:{lineno}: {n} byte(s) not UTF-8, replaced")
-                yield lineno, text
+        reader = io.BufferedReader(raw)
+        try:
+            check_encoding(path, reader.peek(4096)[:4096])
+            for lineno, line in enumerate(reader, 1):
+                try:
+                    yield lineno, line.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = line.decode("utf-8", errors="replace")
+                    n = text.count("\ufffd")
+                    stats.replaced_bytes += n
+                    stats.note(f"{path}:{lineno}: {n} byte(s) not UTF-8, replaced")
+                    yield lineno, text
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a copy cut short, a damaged block
+            stats.truncated_files += 1
+            stats.note(f"{path}: damaged or truncated gzip after line {lineno} ({e}); the {lineno} line(s) read "
+                       "before are kept")
 
 
 def read_documents(path: Path, stats: TextStats, text_field: str = "text") -> Iterator[str]:

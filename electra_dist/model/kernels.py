@@ -42,6 +42,8 @@ class FusedGumbelScores:
             try:
                 return self.compiled(logits, keys, lo, hi, temperature)
             except Exception as e:  # no C++/Triton toolchain, an unsupported backend, ...
+                if "DataLoader worker" in str(e):  # torch's SIGCHLD handler raised here: not the kernel's
+                    raise
                 self.fused = False
                 self.log(f"electra-dist: fused Gumbel kernel unavailable ({type(e).__name__}: {str(e)[:200]}); "
                          "using the plain path")

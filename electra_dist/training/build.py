@@ -127,7 +127,7 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
     """Tokenizer and shards exist and agree with each other and the config (vocab size taken from
     the tokenizer); every problem in one ConfigError. Returns the special-token ids."""
     from electra_dist.data.loader import resolve_shards
-    from electra_dist.data.shards import check_compatible
+    from electra_dist.data.shards import check_compatible, check_shard_files
     from electra_dist.data.tokenizer import load_tokenizer
 
     d, problems = cfg.data, []
@@ -141,7 +141,8 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
         problems.append("data.shards: empty; pass --data DIR (build shards with `electra-dist shards build`)")
     else:
         try:
-            _, manifest = resolve_shards(d.shards)
+            urls, manifest = resolve_shards(d.shards)
+            check_shard_files(urls + (eval_urls(cfg) if cfg.train.eval_interval else []), manifest)
         except (FileNotFoundError, ValueError) as e:
             problems.append(f"data.shards: {e}")
     if manifest is not None:
@@ -164,3 +165,22 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
     if manifest is not None:
         return SpecialIds(**manifest["tokenizer"]["special"])
     return SpecialIds()
+
+
+def eval_urls(cfg) -> list[str]:
+    """The held-out shards: data.eval_shards, else the eval split `shards build` wrote beside the training
+    shards (listed in their manifest), else none; data.eval_shards=none turns evaluation off."""
+    from pathlib import Path
+
+    from electra_dist.data.loader import resolve_shards
+    from electra_dist.data.shards import MANIFEST, read_manifest
+
+    spec = cfg.data.eval_shards
+    if spec == "none":
+        return []
+    if spec:
+        return resolve_shards(spec)[0]
+    d = Path(cfg.data.shards)
+    if d.is_dir() and (d / MANIFEST).is_file():
+        return [str(d / s["name"]) for s in read_manifest(d).get("eval_shards", [])]
+    return []

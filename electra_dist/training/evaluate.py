@@ -25,7 +25,7 @@ import torch
 
 from electra_dist import parallel
 from electra_dist.model.electra import AUC_BINS
-from electra_dist.training.build import Run
+from electra_dist.training.build import Run, eval_urls  # noqa: F401  (eval_urls: for the loop)
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -33,25 +33,6 @@ def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     below = torch.cumsum(negative, 0) - negative  # negatives in lower bins
     pairs = float(positive.sum() * negative.sum())
     return float((positive * (below + 0.5 * negative)).sum()) / pairs if pairs else float("nan")
-
-
-def eval_urls(cfg) -> list[str]:
-    """The held-out shards: data.eval_shards, else the eval split `shards build` wrote beside the training
-    shards (listed in their manifest), else none; data.eval_shards=none turns evaluation off."""
-    from pathlib import Path
-
-    from electra_dist.data.loader import resolve_shards
-    from electra_dist.data.shards import MANIFEST, read_manifest
-
-    spec = cfg.data.eval_shards
-    if spec == "none":
-        return []
-    if spec:
-        return resolve_shards(spec)[0]
-    d = Path(cfg.data.shards)
-    if d.is_dir() and (d / MANIFEST).is_file():
-        return [str(d / s["name"]) for s in read_manifest(d).get("eval_shards", [])]
-    return []
 
 
 class Evaluator:

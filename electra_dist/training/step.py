@@ -69,6 +69,11 @@ def next_batch(batches: Iterator[dict[str, Any]]) -> Batch:
     return Batch(b, keys, float(b["attention_mask"].sum()), float(b["masked_positions"].sum()), seed)
 
 
+def loader_worker_died(e: Exception) -> str:
+    return (f"a data-loader worker died: {str(e).splitlines()[0].strip()} The newest complete checkpoint is kept; "
+            "resume with the same command (if it was killed for memory, lower data.num_workers or data.shuffle_buffer)")
+
+
 def fetch(batches: Iterator[dict[str, Any]], n: int, stop: Callable[[], bool]) -> tuple[list[Batch], bool]:
     """Up to `n` micro-batches; (what was fetched, False) when a loader worker died during a stop request
     (SIGTERM to the whole job step: part of the stop, not a crash)."""
@@ -80,9 +85,7 @@ def fetch(batches: Iterator[dict[str, Any]], n: int, stop: Callable[[], bool]) -
         if "DataLoader worker" not in str(e):
             raise
         if not stop():
-            raise LoaderWorkerDied(f"a data-loader worker died: {str(e).splitlines()[0]}. The newest complete "
-                                   "checkpoint is kept; resume with the same command (if it was killed for memory, "
-                                   "lower data.num_workers or data.shuffle_buffer)") from None
+            raise LoaderWorkerDied(loader_worker_died(e)) from None
         return micro, False
     return micro, True
 
