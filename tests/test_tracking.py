@@ -222,6 +222,57 @@ def test_server_down_mid_run_never_stops_training(tmp_path, data):
         server.stop()
 
 
+@pytest.mark.system
+def test_a_server_that_comes_back_mid_run_gets_every_point_live_and_the_final_status(tmp_path, data):
+    """Down at step 5, back some seconds later while training goes on: the sender's retries reach it within
+    its backoff (at most tracking's 10 s), every step arrives before the run ends, and the run is marked
+    as it ended — without `sync`."""
+    server = Server(tmp_path / "server").start()
+    env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
+    out = tmp_path / "run"
+    shards, tok = data
+    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
+                         "--max-steps", "100000", "train.save_interval=100000", "tracking.enabled=true",
+                         "tracking.experiment=comeback", "train.log_interval=5", "tracking.flush_timeout=3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        mf = out / "metrics.jsonl"
+        wait_for(lambda: len(read_metrics(mf)) >= 1, proc)
+        server.stop()
+        down_at = read_metrics(mf)[-1]["step"]
+        time.sleep(8)  # the sender's backoff has grown past the flush timeout
+        server = Server(tmp_path / "server", port=server.port).start()
+        client = MlflowClient(server.url)
+        back_at = read_metrics(mf)[-1]["step"]
+        wait_for(lambda: max(steps(client, run_id(out)) or [0]) > back_at, proc, timeout=25)  # live again, ≤ 10 s
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "is unreachable" in stdout and "did not receive" not in stdout, stdout[-3000:]
+        logged = [m["step"] for m in metrics(out)]
+        assert down_at < back_at and steps(client, run_id(out)) == logged  # the outage's steps too
+        assert client.get_run(run_id(out)).info.status == "KILLED"  # pre-empted, not left RUNNING
+    finally:
+        server.stop()
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_misspelled_tracking_scheme_is_a_config_error_and_compare_says_a_server_is_down(tmp_path, data, cli):
+    r = train_here(tmp_path, data, "--max-steps", "2", "tracking.enabled=true", "tracking.uri=htp://127.0.0.1:5000",
+                   check=False)
+    assert r.returncode == 2 and "tracking.uri: 'htp://127.0.0.1:5000' has the scheme 'htp'" in r.stderr, r.stderr
+    t0 = time.time()
+    r = cli("compare", "--experiment", "x", "--tracking-uri", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and "does not answer" in r.stderr and time.time() - t0 < 15, r.stderr
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    r = cli("sync", "--output-dir", tmp_path / "run", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+            "--experiment", "x")
+    assert r.returncode == 2 and "does not answer" in r.stderr and time.time() - t0 < 30, r.stderr
+
+
 def test_a_step_backfilled_and_queued_live_is_sent_once(tmp_path):
     """The back-fill (read from the JSONL when the tracker connects) and the live queue can hold the
     same step, and the JSONL's last line may be half written when the back-fill reads it: every

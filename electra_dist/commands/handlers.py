@@ -172,12 +172,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from electra_dist.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri or "")
+    _reachable(uri)
     curves = compare.load_runs(uri, args.experiment, args.runs, args.metric, args.x)
     print(compare.table(curves, args.metric))
     if args.out:
         out = compare.plot(curves, args.metric, args.x, Path(args.out), f"{args.experiment}: {args.metric}")
         print(f"wrote {out}")
     return 0
+
+
+def _reachable(uri: str) -> None:
+    """A URI MLflow knows, and (http) a server that answers within seconds, not after MLflow's minutes."""
+    from electra_dist.errors import UserError
+    from electra_dist.tracking.base import check_server, uri_problem
+    from electra_dist.tracking.mlflow_tracker import _quiet_http
+
+    if (problem := uri_problem(uri)) is not None:
+        raise UserError(f"--tracking-uri: {problem}")
+    _quiet_http()
+    check_server(uri)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -195,6 +208,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not uri or not experiment:
         raise FileNotFoundError(f"{info_file} does not exist (a run from before it was written): pass "
                                 "--tracking-uri and --experiment to create an MLflow run for it")
+    _reachable(uri)
     pending = [tuple(item) for item in json.loads(pending_file.read_text())] if pending_file.is_file() else []
     status = next((p for kind, p in pending if kind == "end"), None)
     status = status or ("finished" if (out / "final").is_dir() else "preempted")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING
 
 from electra_dist.config.schema import ConfigError, EncoderConfig
@@ -41,6 +42,12 @@ def validate(cfg: Config) -> Config:
         cfg.tracking.tag_dict()
     except ValueError as e:
         p.append(str(e))
+    from electra_dist.tracking.base import uri_problem
+
+    if cfg.tracking.uri and (problem := uri_problem(cfg.tracking.uri)):
+        p.append(f"tracking.uri: {problem}")
+    elif cfg.tracking.enabled and not cfg.tracking.uri and (problem := uri_problem(os.environ.get("MLFLOW_TRACKING_URI", ""))):
+        p.append(f"tracking.uri: $MLFLOW_TRACKING_URI={problem}")
     if cfg.tracking.flush_timeout < 0:
         p.append(f"tracking.flush_timeout: {cfg.tracking.flush_timeout} must be >= 0")
     if not bad_ints:  # the arithmetic below needs sane sizes; everything else is checked regardless

@@ -58,7 +58,7 @@ class MLflowTracker(Tracker):
 
     def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path | None, run_id: str | None = None,
                  tags: dict[str, str] | None = None, system_metrics: bool = True, log=print,
-                 retry_max_seconds: float = 60.0, flush_timeout: float = 30.0):
+                 retry_max_seconds: float = 10.0, flush_timeout: float = 30.0):
         _quiet_http()
         self.uri = uri
         self.metrics_file = Path(metrics_file) if metrics_file else None  # None: nothing to back-fill from
@@ -135,7 +135,7 @@ class _Sender:
         self.logged_steps: set[int] = set()  # steps the run already has
         self.connected = self.warned = False
         self.monitor = None
-        self.stop = threading.Event()
+        self.stop, self.wake, self.flushing = threading.Event(), threading.Event(), False
         try:
             self.connect()
         except Exception as e:  # the server may be down at start: keep going, retry in the thread
@@ -149,11 +149,14 @@ class _Sender:
     def finish(self, timeout: float) -> list[tuple[str, Any]]:
         """Wait up to `timeout` s for the queue to drain, stop the thread; return what is left."""
         deadline = time.time() + timeout
+        self.flushing = True  # retry now and every second, not after the backoff: the run is ending
+        self.wake.set()
         while self.thread.is_alive() and time.time() < deadline:
             self.thread.join(0.2)
             if self.queue.empty() and not self.pending:
                 break
         self.stop.set()
+        self.wake.set()
         self.thread.join(5)
         if self.monitor is not None:
             try:
@@ -180,7 +183,8 @@ class _Sender:
                 backoff = 1.0
             except Exception as e:
                 self.warn(e)
-                self.stop.wait(backoff)
+                self.wake.wait(min(backoff, 1.0) if self.flushing else backoff)
+                self.wake.clear()
                 backoff = min(self.retry_max, backoff * 2)
 
     def warn(self, e: Exception) -> None:
