@@ -281,3 +281,18 @@ def test_export_and_finetune_never_write_over_other_files(tmp_path, data, cli):
     assert cli("export", "--checkpoint", final, "--out", fresh).returncode == 0  # again: an earlier export
     r = cli("finetune", "--model", fresh / "discriminator", "--train", "x.jsonl", "--test", "y.jsonl", "--out", fresh)
     assert r.returncode == 2 and "is not an earlier output of `electra-dist finetune`" in r.stderr, r.stderr
+
+
+def test_a_tokenizer_whose_files_disagree_is_one_line(tmp_path, data):
+    import shutil
+
+    shards, tok = data
+    mixed = tmp_path / "tok"
+    shutil.copytree(tok, mixed)
+    specials = json.loads((mixed / "special_tokens.json").read_text())
+    (mixed / "special_tokens.json").write_text(json.dumps({**specials, "sha256": "0" * 64}))
+    r = train_here(tmp_path / "run", (shards, mixed), "--max-steps", "2", check=False)
+    assert r.returncode == 2 and "special_tokens.json was written for another spm.model" in r.stderr, r.stderr
+    (mixed / "spm.model").write_bytes(b"not a model")
+    r = train_here(tmp_path / "run", (shards, mixed), "--max-steps", "2", check=False)
+    assert r.returncode == 2 and "spm.model: not a SentencePiece model" in r.stderr and "Traceback" not in r.stderr

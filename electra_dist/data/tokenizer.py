@@ -65,13 +65,21 @@ class Tokenizer:
             raise FileNotFoundError(f"tokenizer directory {self.directory} has no {MODEL} "
                                     "(build one with `electra-dist tokenizer train`), nor a Hugging Face vocab.txt or "
                                     "tokenizer.json")
-        self.sp = spm.SentencePieceProcessor(model_file=str(model))
-        meta = json.loads((self.directory / SPECIALS).read_text()) if (self.directory / SPECIALS).is_file() else {}
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        except (RuntimeError, OSError) as e:
+            raise ValueError(f"{model}: not a SentencePiece model ({str(e).splitlines()[0][:120]}): retrain it with "
+                             "`electra-dist tokenizer train`") from None
+        try:
+            meta = json.loads((self.directory / SPECIALS).read_text()) if (self.directory / SPECIALS).is_file() else {}
+        except ValueError as e:
+            raise ValueError(f"{self.directory / SPECIALS}: not readable JSON ({e})") from None
         self.special = SpecialIds(**{k: self.sp.piece_to_id(p) for k, p in SPECIAL_PIECES.items()})
         self.checksum = sha256_file(model)
         if meta.get("sha256") and meta["sha256"] != self.checksum:
             raise ValueError(f"{self.directory / SPECIALS} was written for another {MODEL} "
-                             f"(sha256 {meta['sha256'][:12]}… ≠ {self.checksum[:12]}…)")
+                             f"(sha256 {meta['sha256'][:12]}… ≠ {self.checksum[:12]}…): keep the two files of one "
+                             "`electra-dist tokenizer train` together, or train the tokenizer again")
 
     @property
     def vocab_size(self) -> int:

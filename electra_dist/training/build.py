@@ -135,7 +135,7 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
     if d.tokenizer:
         try:
             tokenizer = load_tokenizer(d.tokenizer)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             problems.append(f"data.tokenizer: {e}")
     if not d.shards:
         problems.append("data.shards: empty; pass --data DIR (build shards with `electra-dist shards build`)")
