@@ -235,7 +235,7 @@ class _Sender:
             if kind == "params":
                 items = [Param(k, str(v)[:6000]) for k, v in payload.items()]
                 for i in range(0, len(items), 100):
-                    self.send_params(items[i:i + 100])
+                    _send_params(self.client, self.run_id, items[i:i + 100])
             elif kind == "tags":
                 self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()])
             elif kind == "artifact":
@@ -267,15 +267,6 @@ class _Sender:
         self.logged_steps.update(step for step, _, _ in chunk)
         del self.pending[:n]
 
-    def send_params(self, items) -> None:
-        """A resumed run whose config changed keeps the first values and notes the new ones as tags."""
-        try:
-            self.client.log_batch(self.run_id, params=items)
-        except Exception as e:
-            if "INVALID_PARAMETER_VALUE" not in str(e) and "Changing param values" not in str(e):
-                raise
-            _log_changed_params(self.client, self.run_id, items)
-
 
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -291,6 +282,16 @@ def _records(metrics_file: Path) -> list[tuple[int, dict[str, float], int]]:
         step = rec.pop("step")
         out.append((step, rec, int(rec.pop("time", time.time()) * 1000)))
     return out
+
+
+def _send_params(client, run_id: str, items) -> None:
+    """A resumed run whose config changed keeps the first values and notes the new ones as tags."""
+    try:
+        client.log_batch(run_id, params=items)
+    except Exception as e:
+        if "INVALID_PARAMETER_VALUE" not in str(e) and "Changing param values" not in str(e):
+            raise
+        _log_changed_params(client, run_id, items)
 
 
 def _log_changed_params(client, run_id: str, items) -> None:
