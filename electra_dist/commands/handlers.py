@@ -184,7 +184,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _reachable(uri: str) -> None:
     """A URI MLflow knows, and (http) a server that answers within seconds, not after MLflow's minutes."""
     from electra_dist.errors import UserError
-    from electra_dist.tracking.base import check_server, uri_problem
+    from electra_dist.config.validate import uri_problem
+    from electra_dist.tracking.base import check_server
     from electra_dist.tracking.mlflow_tracker import _quiet_http
 
     if (problem := uri_problem(uri)) is not None:

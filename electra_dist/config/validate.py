@@ -42,8 +42,6 @@ def validate(cfg: Config) -> Config:
         cfg.tracking.tag_dict()
     except ValueError as e:
         p.append(str(e))
-    from electra_dist.tracking.base import uri_problem
-
     if cfg.tracking.uri and (problem := uri_problem(cfg.tracking.uri)):
         p.append(f"tracking.uri: {problem}")
     elif cfg.tracking.enabled and not cfg.tracking.uri and (problem := uri_problem(os.environ.get("MLFLOW_TRACKING_URI", ""))):
@@ -104,3 +102,18 @@ def _check_values(cfg: Config, p: list[str]) -> None:
         p.append(f"optim.beta1/beta2: ({op.beta1}, {op.beta2}) must lie in [0, 1)")
     if not op.grad_clip >= 0:
         p.append(f"optim.grad_clip: {op.grad_clip} must be >= 0")
+
+
+# what MLflow's tracking stores accept (a plain path is a file store)
+URI_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why `uri` cannot be a tracking URI (a misspelled scheme is not an outage), else None."""
+    if "://" not in uri and not uri.startswith("databricks"):
+        return None  # a path
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in URI_SCHEMES:
+        return (f"{uri!r} has the scheme {scheme!r}, which MLflow does not know (one of: {', '.join(URI_SCHEMES)}; "
+                "or a path)")
+    return None

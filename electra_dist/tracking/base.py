@@ -35,21 +35,6 @@ def resolve_tracking_uri(configured: str = "") -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-# what MLflow's tracking stores accept (a plain path is a file store)
-URI_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
-
-
-def uri_problem(uri: str) -> str | None:
-    """Why `uri` cannot be a tracking URI (a misspelled scheme is not an outage), else None."""
-    if "://" not in uri and not uri.startswith("databricks"):
-        return None  # a path
-    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
-    if scheme not in URI_SCHEMES:
-        return (f"{uri!r} has the scheme {scheme!r}, which MLflow does not know (one of: {', '.join(URI_SCHEMES)}; "
-                "or a path)")
-    return None
-
-
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """For http(s) URIs: the server answers /health within `timeout` s, else one clear error (MLflow's own
     client would retry for minutes in silence)."""
