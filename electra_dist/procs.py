@@ -60,3 +60,27 @@ def die_with_launcher(sig: int = signal.SIGTERM) -> int | None:
     if parent == 1:  # it died before we asked: act as if told
         os.kill(os.getpid(), sig)
     return parent
+
+
+def own_extensions_dir(say=print) -> Path:
+    """torch's JIT-built ops (DeepSpeed's CPU communication op on a first start) in a directory of this
+    Python environment's own: two virtualenvs no longer rebuild one directory in turn, each waiting on the
+    other's lock. Says so when the build is still ahead (a minute or more, once)."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "torch_extensions" / f"electra-dist-{tag}")
+    where = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    if not any(where.glob("*/deepspeed_shm_comm*")) and not any(where.glob("deepspeed_shm_comm*")):
+        say(f"electra-dist: the first start in this environment builds DeepSpeed's CPU communication op into "
+            f"{where} (a minute or more, once)")
+    return where
+
+
+def cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, signals) -> int:
+    from electra_dist.procs import cuda_visible, own_extensions_dir
     from electra_dist.training.guard import prepare_output_dir
 
     overrides = list(args.overrides)
@@ -153,6 +154,8 @@ def _main(args: argparse.Namespace, signals) -> int:
     try:
         cfg = Config.build(args.config, overrides)
         lock = prepare_output_dir(cfg.validate(), rank0)  # seconds in, before DeepSpeed's imports
+        if not cuda_visible():
+            own_extensions_dir(print if rank0 else (lambda _: None))
         from electra_dist import parallel
         from electra_dist.training.build import build_run
         from electra_dist.training.checkpoints import CheckpointManager

@@ -5,6 +5,7 @@
 #   CONTAINER_RUNTIME   pyxis (default: srun --container-image ...) or an apptainer-style CLI (apptainer,
 #                       singularity, or a path): srun RUNTIME exec --bind MOUNTS --pwd WORKDIR IMAGE CMD...
 #   CONTAINER_MOUNTS    src:dst[,src:dst...], added to the checkout, which is always mounted at its own path
+#   CONTAINER_GPU_FLAG  apptainer-style runtimes: how the GPUs get in (default --nv; e.g. --nvccli, or empty)
 #   CONTAINER_WORKDIR   the code inside the container: default the checkout ($REPO, your working copy);
 #                       /opt/electra_dist for the copy baked into the image
 # OUTPUT_DIR, DATA, TOKENIZER are paths as the container sees them; the host finds the PREEMPTED marker
@@ -24,8 +25,9 @@ container_step() {  # container_step SRUN_OPTION... -- COMMAND...
         srun "${opts[@]}" --container-image="$CONTAINER_IMAGE" --container-workdir="$CONTAINER_WORKDIR" \
             --container-mounts="$(container_mounts)" "$@"
     else
-        srun "${opts[@]}" "$CONTAINER_RUNTIME" exec --bind "$(container_mounts)" --pwd "$CONTAINER_WORKDIR" \
-            "$CONTAINER_IMAGE" "$@"
+        # apptainer/singularity show the container no GPU without --nv (pyxis passes them by itself)
+        srun "${opts[@]}" "$CONTAINER_RUNTIME" exec ${CONTAINER_GPU_FLAG---nv} --bind "$(container_mounts)" \
+            --pwd "$CONTAINER_WORKDIR" "$CONTAINER_IMAGE" "$@"
     fi
 }
 

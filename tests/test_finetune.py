@@ -198,3 +198,5 @@ def test_finetune_defaults_by_size_pairs_and_the_one_class_warning(tmp_path, tok
     assert r.labels == ["x", "y", "z"] and abs(r.majority - 1 / 3) < 0.02
     assert "lr 0.0003, layer decay 0.8 (the paper's for this size)" in lines[0]
     assert any("predicts only 'x'" in line for line in lines)
+    # no terminal here (as in a SLURM log): plain progress lines instead of a silent bar
+    assert any(line.startswith("finetune seed 0: step ") and ", loss " in line for line in lines), lines

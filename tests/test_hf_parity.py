@@ -134,3 +134,17 @@ def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(t
 
     r = cli("export", "--checkpoint", tmp_path / "nope", "--out", tmp_path / "x")
     assert r.returncode == 2 and "nope" in r.stderr and "does not exist" in r.stderr
+    # the class every transformers since 4.40 knows (5.x writes "TokenizersBackend", which 4.x refuses)
+    config = json.loads((tmp_path / "hf" / "discriminator" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_export_without_transformers_is_one_line_and_writes_nothing(tmp_path, cli, tok_dir, monkeypatch):
+    import sys
+
+    cfg = tiny_config(**{"model.vocab_size": 2000})
+    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as after `pip install -e .` without [dev]
+    r = cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok_dir)
+    assert r.returncode == 2 and "pip install 'electra-dist[dev]'" in r.stderr, r.stderr
+    assert not (tmp_path / "hf").exists()

@@ -51,7 +51,8 @@ def cluster():
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "REPO": str(ROOT), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # the emulated nodes' GPUs are files: training on CPU where GPUs were allocated is allowed explicitly
+    env = {**os.environ, "REPO": str(ROOT), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ELECTRA_DIST_ALLOW_CPU": "1"}
     env.update(extra)
     return env
 
@@ -205,7 +206,7 @@ def test_in_a_container_with_container_paths_preemption_still_requeues(cluster, 
         assert rc == 0 and job
         log = _preempt_and_wait_for_the_end(tmp_path, job, runs / "out" / "metrics.jsonl", lines=4)
         assert final_state(job) == "COMPLETED", log[-4000:]
-        assert f"in container {image} (" in log and "stub-container-runtime: image" in log
+        assert f"in container {image} (" in log and "stub-container-runtime: image" in log and "--nv yes" in log
         assert "requeueing" in log and "resumed from" in log
         assert [m["step"] for m in metrics(runs / "out")] == list(range(1, 13))
         assert not list(inside.glob("runs/out/*"))  # on the host, the container path is an empty mount point
@@ -216,6 +217,32 @@ def test_in_a_container_with_container_paths_preemption_still_requeues(cluster, 
         assert rc != 0 and "lies only inside the container" in job_log(tmp_path, "electra-large", job)
     finally:
         shutil.rmtree(inside, ignore_errors=True)
+
+
+def test_the_documented_cpu_try_of_the_batch_scripts_passes(cluster, tmp_path, data):
+    """README's way to try sbatch on a CPU box: slurm/local/try_cpu.sh runs slurm/pretrain_small.sh as
+    written, with only what a CPU node needs overridden (no GPUs, 2 CPUs, debug in fp32)."""
+    shards, tok = data
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "DS_CONFIG", "EXTRA_ARGS", "OUTPUT_DIR")}
+    env.update(DATA=str(shards), TOKENIZER=str(tok), PYTHONPATH=str(ROOT),
+               EXTRA_ARGS="train.max_steps=4 train.precision=fp32 data.num_workers=1 train.seq_len=64 "
+                          "model.max_position_embeddings=64 model.discriminator.num_heads=2 model.generator.num_heads=2 "
+                          "tracking.enabled=false")
+    r = subprocess.run(["bash", str(LOCAL / "try_cpu.sh")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "exited 0" in r.stdout and [m["step"] for m in metrics(tmp_path / "runs" / "try-cpu")] == [1, 2, 3, 4]
+
+
+def test_gpus_allocated_but_invisible_are_refused_naming_both(cluster, tmp_path, data):
+    """A job given GPUs whose processes see none (a container without --nv, a CPU build of torch) must not
+    quietly train on CPU."""
+    out = tmp_path / "run"
+    env = {**train_env(tmp_path, data, out, "train.max_steps=2 tracking.enabled=false"), "ELECTRA_DIST_ALLOW_CPU": "0"}
+    rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=env, cwd=tmp_path)
+    log = job_log(tmp_path, "electra-large", job)
+    assert rc != 0 and "the scheduler allocated GPUs to this process (SLURM_" in log, log[-3000:]
+    assert "torch sees none" in log and "ELECTRA_DIST_ALLOW_CPU=1" in log and not metrics(out)
 
 
 def test_two_nodes_rendezvous_world_size_four(cluster, tmp_path, data):

@@ -203,7 +203,7 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
         steps = epochs * math.ceil(len(fit) / batch_size)
         sched = lr_schedule(opt, max(1, int(warmup * steps)), steps)
         g = torch.Generator().manual_seed(seed)
-        bar = tqdm(total=steps, desc=f"finetune seed {seed}", unit="step", leave=False, disable=None)
+        bar, done = tqdm(total=steps, desc=f"finetune seed {seed}", unit="step", leave=False, disable=None), 0
         for epoch in range(epochs):
             model.train()
             perm = fit[torch.randperm(len(fit), generator=g)]
@@ -218,6 +218,9 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
                 sched.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                done += 1
+                if bar.disable and done % max(1, steps // 10) == 0:  # no terminal (a SLURM log): a plain line
+                    log(f"finetune seed {seed}: step {done}/{steps}, loss {loss.item():.3f}")
         bar.close()
         dev_acc = _accuracy(predict(model, xtr[dev], mtr[dev], ttr[dev], device, batch_size * 4), ytr[dev]) if n_dev else 0.0
         pred = predict(model, xte, mte, tte, device, batch_size * 4)
@@ -237,8 +240,9 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
         if best is None or dev_acc > best[0]:
             best, result.best_seed = (dev_acc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}), seed
     result.seconds = time.perf_counter() - t0
-    log(f"finetune: accuracy {result.mean:.4f} ± {result.std:.4f}, macro-F1 {statistics.mean(result.macro_f1):.4f} "
-        f"over {seeds} seeds (majority baseline {majority:.4f}; {result.seconds:.0f}s)")
+    spread = f" ± {result.std:.4f}" if seeds > 1 else ""
+    log(f"finetune: accuracy {result.mean:.4f}{spread}, macro-F1 {statistics.mean(result.macro_f1):.4f} "
+        f"over {seeds} seed{'s' if seeds > 1 else ''} (majority baseline {majority:.4f}; {result.seconds:.0f}s)")
     if tracker is not None:
         tracker.log_metrics({"finetune/accuracy_mean": result.mean, "finetune/accuracy_std": result.std,
                              "finetune/macro_f1_mean": statistics.mean(result.macro_f1),

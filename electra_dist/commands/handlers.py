@@ -40,12 +40,23 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from electra_dist.interop import export_hf, load_model
 
-    claim_output_dir(args.out, "export", args.force)
     model, cfg = load_model(args.checkpoint)
     tokenizer = args.tokenizer or cfg.data.tokenizer or None
+    _requires("transformers", "export writes Hugging Face models and their tokenizer with transformers")
+    claim_output_dir(args.out, "export", args.force)
     out = export_hf(model, args.out, tokenizer)
     print(f"wrote {out / 'discriminator'} (ElectraForPreTraining) and {out / 'generator'} (ElectraForMaskedLM)")
     return 0
+
+
+def _requires(module: str, why: str) -> None:
+    """Before anything is written: a missing optional dependency is one line naming the extra."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        from electra_dist.errors import UserError
+
+        raise UserError(f"{why}, which is not installed: pip install 'electra-dist[dev]' (or {module}>=4.40)")
 
 
 def cmd_import_hf(args: argparse.Namespace) -> int:

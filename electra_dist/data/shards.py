@@ -289,7 +289,8 @@ def check_shard_files(urls: list[str], manifest: dict | None = None) -> None:
         raise ValueError("; ".join(problems[:5]) + more + ": rebuild the shards (`electra-dist shards build`)")
 
 
-def check_compatible(manifest: dict, tokenizer, seq_len: int, where: str = "shards") -> None:
+def check_compatible(manifest: dict, tokenizer, seq_len: int, where: str = "shards",
+                     max_positions: int | None = None) -> None:
     """Raise one error naming every mismatch between shards, tokenizer and config."""
     problems = []
     if tokenizer is not None and manifest["tokenizer"]["sha256"] != tokenizer.checksum:
@@ -302,8 +303,10 @@ def check_compatible(manifest: dict, tokenizer, seq_len: int, where: str = "shar
         problems.append(f"{where} were built with special-token ids {recorded}, but data.tokenizer={tokenizer.directory} "
                         f"has {tokenizer.special.to_dict()}: masking would hide the wrong tokens; rebuild the shards")
     if manifest["seq_len"] > seq_len:
+        also = (f" model.max_position_embeddings={manifest['seq_len']}"
+                if max_positions is not None and max_positions < manifest["seq_len"] else "")
         problems.append(f"{where} hold sequences of up to {manifest['seq_len']} tokens but train.seq_len={seq_len}: "
-                        f"set train.seq_len={manifest['seq_len']} or rebuild the shards with --seq-len {seq_len}")
+                        f"set train.seq_len={manifest['seq_len']}{also} or rebuild the shards with --seq-len {seq_len}")
     elif manifest["seq_len"] < seq_len:
         problems.append(f"{where} were packed to {manifest['seq_len']} tokens but train.seq_len={seq_len}: "
                         f"set train.seq_len={manifest['seq_len']} (padding every sequence would waste compute)")

@@ -45,6 +45,15 @@ def hf_tokenizer(tokenizer_dir: str | Path, model_max_length: int = 512):
 
 
 def save_hf_tokenizer(tokenizer_dir: str | Path, out: str | Path, model_max_length: int = 512) -> Path:
-    """tokenizer.json + tokenizer_config.json + special_tokens_map.json into `out`."""
+    """tokenizer.json + tokenizer_config.json + special_tokens_map.json into `out`. The config names
+    PreTrainedTokenizerFast, the class every transformers from 4.40 on loads (5.x writes its own
+    "TokenizersBackend", which 4.x does not know)."""
+    import json
+
     hf_tokenizer(tokenizer_dir, model_max_length).save_pretrained(str(out))
+    config = Path(out) / "tokenizer_config.json"
+    if config.is_file():
+        c = json.loads(config.read_text())
+        c["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config.write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n")
     return Path(out)

@@ -71,11 +71,29 @@ def use_cuda() -> bool:
     return torch.cuda.is_available() and os.environ.get("ELECTRA_DIST_FORCE_CPU") != "1"
 
 
+def gpus_allocated() -> str | None:
+    """The scheduler's word that this process was given GPUs (the variable and its value), or None."""
+    for var in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"):
+        value = os.environ.get(var, "")
+        if value and value not in ("0", "-1", "NoDevFiles", "none"):
+            return f"{var}={value}"
+    return None
+
+
 def init_distributed(timeout_s: float = 600.0) -> tuple[DistEnv, torch.device]:
     """Start torch.distributed (nccl on GPU, gloo on CPU) through DeepSpeed's helper; every collective
-    waits at most `timeout_s` for the other ranks."""
+    waits at most `timeout_s` for the other ranks. GPUs allocated but invisible stop here, saying so."""
     env = detect_env()
     if not use_cuda():
+        allocated = gpus_allocated()
+        if allocated and os.environ.get("ELECTRA_DIST_ALLOW_CPU", "0") == "0" and \
+                os.environ.get("ELECTRA_DIST_FORCE_CPU") != "1":
+            from electra_dist.config import ConfigError
+
+            raise ConfigError([f"the scheduler allocated GPUs to this process ({allocated}) but torch sees none "
+                               f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): in an apptainer "
+                               "container pass them in (--nv; slurm/container.sh does), or install torch's CUDA "
+                               "build; ELECTRA_DIST_ALLOW_CPU=1 trains on the CPU anyway"])
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 

@@ -22,7 +22,8 @@ def default_run_name(cfg) -> str:
     if cfg.flavor in FLAVORS:
         base = dict(flatten(FLAVORS[cfg.flavor]().to_dict()))
         # a run from published weights is named by them, not by the shape it took from them
-        skip = ("data.", "tracking.", "output_dir", "model.vocab_size") + (("model.", "train.init_from")
+        skip = ("data.", "tracking.", "output_dir", "model.vocab_size", "train.save_interval", "train.log_interval",
+                "train.keep_last", "parallel.collective_timeout", "parallel.stop_timeout") + (("model.", "train.init_from")
                                                                           if cfg.train.init_from else ())
         differs = [f"{k.split('.')[-1]}={v}" for k, v in flatten(cfg.to_dict()) if base.get(k) != v and not k.startswith(skip)]
         if cfg.train.init_from:

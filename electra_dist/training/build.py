@@ -147,7 +147,8 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
             problems.append(f"data.shards: {e}")
     if manifest is not None:
         try:
-            check_compatible(manifest, tokenizer, cfg.train.seq_len, where=f"shards in {d.shards}")
+            check_compatible(manifest, tokenizer, cfg.train.seq_len, where=f"shards in {d.shards}",
+                             max_positions=cfg.model.max_position_embeddings)
         except ValueError as e:
             problems.extend(str(e).splitlines())
     vocab = tokenizer.vocab_size if tokenizer else manifest["tokenizer"]["vocab_size"] if manifest else None
