@@ -80,11 +80,12 @@ def train(run, ckpts, state, until: int | None = None, signals=None) -> str:
             status = "preempted" if stopped else "finished"
     except RuntimeError as e:
         if parallel.is_collective_timeout(e):  # a peer is hung, stopped or gone
+            why = ("another rank is gone (its connection closed: it stopped or crashed first)"
+                   if "Connection closed" in str(e) else "the other ranks did not answer within parallel."
+                   f"collective_timeout={run.cfg.parallel.collective_timeout:g}s: one is hung, stopped or gone")
             raise parallel.CollectiveTimeout(
-                f"rank {run.layout.rank}: at step {state.step + 1}, the other ranks did not answer within "
-                f"parallel.collective_timeout={run.cfg.parallel.collective_timeout:g}s: one is hung, stopped or "
-                f"gone. The newest complete checkpoint is kept; resume with the same command. "
-                f"({str(e).splitlines()[0][:200]})") from None
+                f"rank {run.layout.rank}: at step {state.step + 1}, {why}. The newest complete checkpoint is kept; "
+                f"resume with the same command. ({str(e).splitlines()[0][:200]})") from None
         raise
     finally:
         signals.restore()
