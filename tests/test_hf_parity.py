@@ -134,7 +134,7 @@ def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(t
 
     r = cli("export", "--checkpoint", tmp_path / "nope", "--out", tmp_path / "x")
     assert r.returncode == 2 and "nope" in r.stderr and "does not exist" in r.stderr
-    # the class every transformers since 4.40 knows (5.x writes "TokenizersBackend", which 4.x refuses)
+    # the class every transformers since 4.57 (the floor) knows (5.x writes "TokenizersBackend", which 4.x refuses)
     config = json.loads((tmp_path / "hf" / "discriminator" / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
 
@@ -148,3 +148,35 @@ def test_export_without_transformers_is_one_line_and_writes_nothing(tmp_path, cl
     r = cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok_dir)
     assert r.returncode == 2 and "pip install 'electra-dist[dev]'" in r.stderr, r.stderr
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.system
+def test_the_export_loads_in_the_lowest_transformers_pyproject_allows(tmp_path, cli, tok_dir, real_documents):
+    """pyproject's floor (transformers 4.57, with the tokenizers and huggingface-hub it needs) installed
+    beside this environment: the export's tokenizer and discriminator load there, with our ids."""
+    import subprocess
+    import sys
+
+    from electra_dist.data.text import split_sentences
+    from electra_dist.data.tokenizer import Tokenizer
+
+    floor = tmp_path / "floor"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(floor),
+                        "transformers==4.57.1", "tokenizers==0.22.1", "huggingface-hub==0.36.0"],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        pytest.skip(f"cannot install the floor transformers here: {r.stderr.strip()[-300:]}")
+    cfg = tiny_config(**{"model.vocab_size": 2000})
+    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
+    assert cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok_dir).returncode == 0
+    sentences = [s for doc in real_documents[:5] for s in split_sentences(doc)][:50]
+    (tmp_path / "s.json").write_text(json.dumps(sentences))
+    code = ("import json, sys, transformers as t; d = sys.argv[1]; "
+            "tok = t.AutoTokenizer.from_pretrained(d); t.ElectraForPreTraining.from_pretrained(d); "
+            "print(t.__version__, json.dumps(tok(json.load(open(sys.argv[2])), add_special_tokens=False)['input_ids']))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf" / "discriminator"), str(tmp_path / "s.json")],
+                       capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(floor)},
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    version, ids = r.stdout.split(" ", 1)
+    assert version == "4.57.1" and json.loads(ids) == Tokenizer(tok_dir).encode_batch(sentences)

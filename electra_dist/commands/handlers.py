@@ -56,7 +56,7 @@ def _requires(module: str, why: str) -> None:
     if importlib.util.find_spec(module) is None:
         from electra_dist.errors import UserError
 
-        raise UserError(f"{why}, which is not installed: pip install 'electra-dist[dev]' (or {module}>=4.40)")
+        raise UserError(f"{why}, which is not installed: pip install 'electra-dist[dev]' (or {module}>=4.57)")
 
 
 def cmd_import_hf(args: argparse.Namespace) -> int:

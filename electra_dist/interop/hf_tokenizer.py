@@ -46,7 +46,7 @@ def hf_tokenizer(tokenizer_dir: str | Path, model_max_length: int = 512):
 
 def save_hf_tokenizer(tokenizer_dir: str | Path, out: str | Path, model_max_length: int = 512) -> Path:
     """tokenizer.json + tokenizer_config.json + special_tokens_map.json into `out`. The config names
-    PreTrainedTokenizerFast, the class every transformers from 4.40 on loads (5.x writes its own
+    PreTrainedTokenizerFast, the class every transformers from the floor (4.57) on loads (5.x writes its own
     "TokenizersBackend", which 4.x does not know)."""
     import json
 
