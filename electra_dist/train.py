@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, signals) -> int:
     from electra_dist.procs import cuda_visible, own_extensions_dir
+    from electra_dist.training.datacheck import check_data
     from electra_dist.training.guard import prepare_output_dir
 
     overrides = list(args.overrides)
@@ -155,6 +156,8 @@ def _main(args: argparse.Namespace, signals) -> int:
     try:
         cfg = Config.build(args.config, overrides)
         lock = prepare_output_dir(cfg.validate(), rank0)  # seconds in, before DeepSpeed's imports
+        if not cfg.train.init_from:  # (with init_from the shape, vocabulary included, comes from the weights first)
+            check_data(cfg, print if rank0 else (lambda _: None))
         if not cuda_visible():
             own_extensions_dir(print if rank0 else (lambda _: None))
         from electra_dist import parallel

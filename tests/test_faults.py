@@ -309,3 +309,15 @@ def test_a_tokenizer_whose_files_disagree_is_one_line(tmp_path, data):
     (mixed / "spm.model").write_bytes(b"not a model")
     r = train_here(tmp_path / "run", (shards, mixed), "--max-steps", "2", check=False)
     assert r.returncode == 2 and "spm.model: not a SentencePiece model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_wrong_shard_path_is_refused_within_seconds(tmp_path, data):
+    """A new process, as a user starts it: the mistake is found before DeepSpeed's imports (it took
+    over two minutes once), and said in one line."""
+    shards, tok = data
+    t0 = time.time()
+    r = train(tmp_path, (tmp_path / "no-such-shards", tok), "--max-steps", "2", check=False)
+    took = time.time() - t0
+    assert r.returncode == 2 and "data.shards" in r.stderr and "no-such-shards" in r.stderr, r.stderr[-2000:]
+    assert took < 15, took

@@ -25,7 +25,8 @@ import torch
 
 from electra_dist import parallel
 from electra_dist.model.electra import AUC_BINS
-from electra_dist.training.build import Run, eval_urls  # noqa: F401  (eval_urls: for the loop)
+from electra_dist.training.build import Run
+from electra_dist.training.datacheck import eval_urls  # noqa: F401  (for the loop)
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
