@@ -313,3 +313,25 @@ def test_server_unreachable_from_the_start_then_sync_creates_the_whole_run(tmp_p
         assert client.get_experiment(got.info.experiment_id).name == "never-reached"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("x", ["step", "flops"])
+def test_the_compare_figure_keeps_its_legend_outside_the_curves_and_its_ticks_apart(x):
+    """Long run names, several runs: the legend sits beside the axes (not over the curves or the y label)
+    and no two x tick labels overlap on the log FLOPs axis."""
+    from electra_dist.commands.compare import RunCurve, figure
+
+    n = 60
+    curves = [RunCurve(f"run{i:08d}", f"electra-small lr={lr} micro_batch_size=64 20261206-0{i}0000", "FINISHED", {},
+                       {}, [float(s * 1e13 if x == "flops" else s) for s in range(1, n + 1)],
+                       [10.0 - s / (10 + i) for s in range(1, n + 1)]) for i, lr in enumerate((1e-4, 3e-4, 1e-3, 3e-3))]
+    fig = figure(curves, "loss/total", x, "electra: loss/total")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend, box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 >= box.x1 and not legend.overlaps(ax.yaxis.label.get_window_extent(renderer))
+    labels = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+    labels = [b for b in labels if box.x0 - 1 <= (b.x0 + b.x1) / 2 <= box.x1 + 1]
+    assert len(labels) >= 2 and not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1:])
+    assert fig.get_size_inches()[0] * fig.dpi >= legend.x1 - 1  # the legend is on the canvas, not cut off

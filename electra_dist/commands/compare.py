@@ -8,7 +8,8 @@ from pathlib import Path
 
 X_KEYS = {"step": None, "tokens": "progress/tokens", "flops": "progress/flops"}
 FINAL_KEYS = ["loss/total", "loss/generator", "loss/discriminator", "acc/generator", "acc/discriminator",
-              "throughput/tokens_per_s", "throughput/mfu"]
+              "eval/loss", "eval/generator_accuracy", "eval/discriminator_auc", "throughput/tokens_per_s",
+              "throughput/mfu"]
 NOISY_PARAMS = ("version.", "git.", "slurm.", "tracking.run_name", "output_dir")
 
 
@@ -92,12 +93,24 @@ def table(curves: list[RunCurve], metric: str) -> str:
 
 
 def plot(curves: list[RunCurve], metric: str, x: str, out: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = figure(curves, metric, x, title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def figure(curves: list[RunCurve], metric: str, x: str, title: str):
+    """The comparison as a matplotlib figure: the legend beside the axes, decade ticks on log axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for c in curves:
         if c.x:
             ax.plot(c.x, c.y, label=f"{c.name} ({c.run_id[:8]})", marker="." if len(c.x) < 30 else None)
@@ -105,12 +118,11 @@ def plot(curves: list[RunCurve], metric: str, x: str, out: Path, title: str) -> 
                    "flops": "training FLOPs"}[x])
     if x != "step":
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))  # decades only: labels never overlap
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    # beside the plot, never over the curves or the y label
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
