@@ -131,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(unknown) + "".join(
             f"\n  {f.split('=')[0]} is not a flag; set config keys as KEY=VALUE{suggest_key(f.split('=')[0])}"
             for f in flags))
+    import logging
+    import warnings
+
     from electra_dist.training.signals import StopSignals
 
+    # megatron-core says this once per module and rank; we use neither (the fused paths are ours)
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     signals = StopSignals()  # from the first line: a signal during the slow start-up is kept, not fatal
     try:
         return _main(args, signals)

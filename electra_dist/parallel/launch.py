@@ -96,6 +96,9 @@ def init_distributed(timeout_s: float = 600.0) -> tuple[DistEnv, torch.device]:
                                "build; ELECTRA_DIST_ALLOW_CPU=1 trains on the CPU anyway"])
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(os.environ.get("ELECTRA_DIST_DEEPSPEED_LOG", "WARNING"))  # its INFO lines, per rank, drown ours
 
     if use_cuda():
         torch.cuda.set_device(env.local_rank)

@@ -30,6 +30,7 @@ class MetricsLogger:
         run_id = state.run_id or (self._run_id_on_disk() if state.resumed_from else None)
         self.tracker = tracker or make_tracker(run.cfg, run.layout.is_main, self.file, run_id=run_id, log=run.log)
         state.run_id = self.tracker.run_id
+        self.pace: list[float] = []  # seconds per step of each window, evaluation left out: the ETA's
         self._reset()
         if run.layout.is_main:
             self._start(state)
@@ -51,6 +52,13 @@ class MetricsLogger:
         self.flags.append(result.nonfinite)
         self.step_keys.append((step, result.keys))
         self.grad_norm = result.grad_norm  # the window's last step's (read at the log step)
+
+    def _pace(self, seconds: float) -> float:
+        """Seconds per step for the ETA: the median of the last windows after the first (compilation and
+        warm-up), so one slow window (a checkpoint, a busy node) does not swing it."""
+        self.pace.append(seconds / max(1, self.steps))
+        recent = sorted(self.pace[1:][-9:] or self.pace)
+        return recent[len(recent) // 2]
 
     def check_finite(self) -> None:
         """Raise NonFiniteError on every rank if any rank had a non-finite loss or gradient norm in
@@ -115,7 +123,7 @@ class MetricsLogger:
                 f.write(json.dumps({"step": state.step, "time": time.time(), **m}) + "\n")
             self.tracker.log_metrics(m, state.step)
             state.run_id = self.tracker.run_id
-            run.log(_console_line(state.step, run.cfg.train.max_steps, seconds / max(1, self.steps), m))
+            run.log(_console_line(state.step, run.cfg.train.max_steps, self._pace(seconds - m.get("eval/seconds", 0.0)), m))
         self._reset()
         return m
 
