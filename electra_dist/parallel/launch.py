@@ -72,8 +72,9 @@ def use_cuda() -> bool:
 
 
 def gpus_allocated() -> str | None:
-    """The scheduler's word that this process was given GPUs (the variable and its value), or None."""
-    for var in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"):
+    """The scheduler's word that this process was given GPUs (the variable and its value), or None.
+    (Not CUDA_VISIBLE_DEVICES: the deepspeed launcher sets it on CPU machines too.)"""
+    for var in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
         value = os.environ.get(var, "")
         if value and value not in ("0", "-1", "NoDevFiles", "none"):
             return f"{var}={value}"
