@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import threading
+from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
@@ -45,21 +46,74 @@ def launched_by_a_launcher() -> bool:
                                            and "RANK" in env)
 
 
+_GONE: list[str] = []  # which launcher process ended, once one has
+
+
+def _proc(pid: int) -> tuple[int, str, str] | None:
+    """(parent pid, start time, command line) of a live process, from /proc; None when it is gone (or a
+    zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # ended, not yet reaped by its parent: gone all the same
+        return None
+    return int(fields[1]), fields[19], cmd
+
+
+def launcher_chain() -> list[tuple[int, str, str]]:
+    """This rank's launcher processes, nearest first: the parent, and above it every process that is
+    part of the launch (the deepspeed runner above its launch.py), as (pid, start time, command)."""
+    chain, pid = [], os.getppid()
+    while pid > 1 and (info := _proc(pid)) is not None:
+        parent, started, cmd = info
+        if chain and not any(m in cmd for m in ("deepspeed", "torch.distributed.run", "torchrun")):
+            break
+        name = ("deepspeed's launch.py" if "deepspeed.launcher.launch" in cmd else "the deepspeed runner"
+                if "deepspeed" in cmd else "torchrun" if "torch.distributed.run" in cmd or "torchrun" in cmd
+                else Path(cmd.split(" ")[0]).name)
+        chain.append((pid, started, name))
+        pid = parent
+    return chain
+
+
 def die_with_launcher(sig: int = signal.SIGTERM) -> int | None:
-    """Ask Linux to send `sig` to this process when its parent (the launcher) exits; returns the
-    launcher's pid, or None where this is not Linux or no launcher started us."""
+    """Ask Linux to send `sig` to this process when its parent (the launcher) exits, and watch the
+    launch processes above it (the deepspeed runner: killing it used to orphan the ranks) the same
+    way; returns the parent's pid, or None where no launcher started us."""
     if not launched_by_a_launcher():
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-            return None
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
-        return None
-    parent = os.getppid()
-    if parent == 1:  # it died before we asked: act as if told
+        pass
+    chain = launcher_chain()
+    if not chain:  # it died before we asked: act as if told
+        _GONE.append(f"the launcher (pid {os.getppid()}) is gone")
         os.kill(os.getpid(), sig)
-    return parent
+        return None
+    threading.Thread(target=_watch_chain, args=(chain, sig), name="launcher-watch", daemon=True).start()
+    return chain[0][0]
+
+
+def _watch_chain(chain: list[tuple[int, str, str]], sig: int) -> None:
+    import time
+
+    while True:
+        for pid, started, cmd in chain:
+            info = _proc(pid)
+            if info is None or info[1] != started:
+                _GONE.append(f"the launcher ({cmd}, pid {pid}) is gone")  # cmd: its short name
+                os.kill(os.getpid(), sig)
+                return
+        time.sleep(1.0)
+
+
+def launcher_gone() -> str | None:
+    return _GONE[0] if _GONE else None
 
 
 def own_extensions_dir(say=print) -> Path:
@@ -68,7 +122,6 @@ def own_extensions_dir(say=print) -> Path:
     other's lock. Says so when the build is still ahead (a minute or more, once)."""
     import hashlib
     import sys
-    from pathlib import Path
 
     if "TORCH_EXTENSIONS_DIR" not in os.environ:
         tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]

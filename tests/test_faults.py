@@ -79,7 +79,7 @@ def test_killing_the_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data):
         for p in ranks:
             with contextlib.suppress(psutil.Error):
                 p.kill()
-    assert "the launcher (pid" in out + err, err[-3000:]
+    assert "the launcher (" in out + err and ") is gone" in out + err, err[-3000:]
     step = json.loads((tmp_path / "PREEMPTED").read_text())["step"]
     assert 4 <= step < 400 and (tmp_path / "checkpoints" / "latest").read_text() == f"step{step:08d}"
     r = train(tmp_path, data, "--max-steps", str(step + 2), "train.micro_batch_size=8", nproc=2)
@@ -321,3 +321,39 @@ def test_a_wrong_shard_path_is_refused_within_seconds(tmp_path, data):
     took = time.time() - t0
     assert r.returncode == 2 and "data.shards" in r.stderr and "no-such-shards" in r.stderr, r.stderr[-2000:]
     assert took < 15, took
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["Ctrl-C", "kill <launcher pid>"])
+def test_the_deepspeed_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data, how):
+    """Ctrl-C (SIGINT to the terminal's whole process group) and `kill` of the deepspeed runner alone (which
+    left launch.py and the ranks running): every rank checkpoints, PREEMPTED is written, nobody is left."""
+    from conftest import TINY, child_env, launcher
+
+    shards, tok = data
+    cmd = launcher(2, "deepspeed") + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(tmp_path),
+                                      *TINY, "--max-steps", "2000", "train.micro_batch_size=8", "data.num_workers=2",
+                                      "train.save_interval=1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+                            start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        wait_for(lambda: len(metrics(tmp_path)) >= 3, proc, timeout=180)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        if how == "Ctrl-C":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.terminate()
+        out, err = proc.communicate(timeout=120)
+        gone, alive = psutil.wait_procs(tree, timeout=60)
+        assert not alive, [p.cmdline()[:3] for p in alive]
+    finally:
+        for p in tree:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    step = json.loads((tmp_path / "PREEMPTED").read_text())["step"]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == f"step{step:08d}", out[-2000:] + err[-2000:]
+    assert "DataLoader worker" not in out + err, [l for l in (out + err).splitlines() if "DataLoader" in l or "Error" in l]
+    assert "signal received (SIG" in out + err
+    if how != "Ctrl-C":
+        assert "the deepspeed runner, pid" in out + err

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from electra_dist.procs import STOP_SIGNALS, die_with_launcher
+from electra_dist.procs import STOP_SIGNALS, die_with_launcher, launcher_gone
 
 SIGNALS = STOP_SIGNALS  # Ctrl-C checkpoints too; a second one stops at once
 
@@ -44,13 +44,12 @@ class StopSignals:
             raise KeyboardInterrupt  # asked twice: no checkpoint
         self.received = self.received or signum
 
-    @property
-    def launcher_gone(self) -> bool:
-        return self.launcher is not None and os.getppid() != self.launcher
-
-    def describe(self) -> str:
-        name = signal.Signals(self.received).name if self.received else "no signal"
-        return f"{name}: the launcher (pid {self.launcher}) is gone" if self.launcher_gone else name
+    def describe(self, signum: int = 0) -> str:
+        signum = signum or self.received
+        name = signal.Signals(signum).name if signum else "no signal"
+        gone = launcher_gone() or (f"the launcher (pid {self.launcher}) is gone"
+                                   if self.launcher is not None and os.getppid() != self.launcher else None)
+        return f"{name}: {gone}" if gone else name
 
     def arm(self, stop_timeout: float | None, who: str) -> None:
         """The loop is about to run: from now on a rank that cannot agree to stop exits by itself."""
@@ -76,6 +75,8 @@ class StopSignals:
             self._busy -= 1
 
     def _wait_for_a_signal(self) -> int | None:
+        """The signal's number as soon as the C-level handler wrote it (the main thread may be blocked in
+        a collective, where Python's handler cannot run), or one that came before `arm`."""
         assert self._wakeup is not None
         self._wakeup.settimeout(0.2)
         while not self.received:
@@ -87,6 +88,8 @@ class StopSignals:
                 return None
             if not data:
                 return None  # restored
+            if data[0] in SIGNALS:
+                return data[0]
         return self.received
 
     def _watch(self) -> None:
@@ -98,7 +101,7 @@ class StopSignals:
             if self._busy:
                 deadline = time.monotonic() + self.stop_timeout
             elif time.monotonic() > deadline:
-                os.write(2, (f"electra-dist: {self.who}: got {self.describe()} but the ranks did not "
+                os.write(2, (f"electra-dist: {self.who}: got {self.describe(signum)} but the ranks did not "
                              f"agree to stop within parallel.stop_timeout={self.stop_timeout:g}s: this rank is "
                              "blocked waiting for another that is hung, stopped or gone. Exiting without a "
                              "checkpoint; the newest complete one is kept for the resume.\n").encode())
