@@ -49,6 +49,7 @@ export MASTER_ADDR MASTER_PORT
 NNODES=${SLURM_NNODES:-1}
 gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}
 NPROC_PER_NODE=${NPROC_PER_NODE:-${gpus##*:}}
+[ "${NPROC_PER_NODE:-0}" -gt 0 ] 2>/dev/null || NPROC_PER_NODE=1  # no GPUs asked for (a CPU node): one process
 
 launch() {  # launch TRAIN_ARGS... : train.py on every node under torchrun, inside srun
     local cmd=("$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --nproc_per_node="$NPROC_PER_NODE"
