@@ -95,21 +95,38 @@ def die_with_launcher(sig: int = signal.SIGTERM) -> int | None:
         _GONE.append(f"the launcher (pid {os.getppid()}) is gone")
         os.kill(os.getpid(), sig)
         return None
+    _WATCHING.set()
     threading.Thread(target=_watch_chain, args=(chain, sig), name="launcher-watch", daemon=True).start()
     return chain[0][0]
+
+
+_WATCHING = threading.Event()
 
 
 def _watch_chain(chain: list[tuple[int, str, str]], sig: int) -> None:
     import time
 
-    while True:
+    while _WATCHING.is_set():
         for pid, started, cmd in chain:
             info = _proc(pid)
             if info is None or info[1] != started:
+                if not _WATCHING.is_set():
+                    return
                 _GONE.append(f"the launcher ({cmd}, pid {pid}) is gone")  # cmd: its short name
+                os.write(2, f"electra-dist: rank {os.environ.get('RANK', '?')}: {_GONE[0]}: stopping at the next "
+                            "step with a checkpoint\n".encode())
                 os.kill(os.getpid(), sig)
                 return
         time.sleep(1.0)
+
+
+def stop_watching_launcher() -> None:
+    """The run is over: a launcher that ends now must not kill this process on its way out."""
+    _WATCHING.clear()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def launcher_gone() -> str | None:

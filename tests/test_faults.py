@@ -354,6 +354,6 @@ def test_the_deepspeed_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data
     step = json.loads((tmp_path / "PREEMPTED").read_text())["step"]
     assert (tmp_path / "checkpoints" / "latest").read_text() == f"step{step:08d}", out[-2000:] + err[-2000:]
     assert "DataLoader worker" not in out + err, [l for l in (out + err).splitlines() if "DataLoader" in l or "Error" in l]
-    assert "signal received (SIG" in out + err
+    assert "signal received (" in out + err and "return code = -" not in out + err  # none died by the signal
     if how != "Ctrl-C":
-        assert "the deepspeed runner, pid" in out + err
+        assert "the launcher (the deepspeed runner, pid" in out + err

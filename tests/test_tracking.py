@@ -186,17 +186,22 @@ def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
     assert run_info.data.tags["resumed_from"].endswith("step00000010")
 
 
+def _start_tracked(out: Path, data, env: dict, *args: str) -> subprocess.Popen:
+    """One training process with MLflow on, in the background (its own session), run from out's parent."""
+    shards, tok = data
+    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
+                         "tracking.enabled=true", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent,
+                            start_new_session=True)
+
+
 @pytest.mark.system
 def test_server_down_mid_run_never_stops_training(tmp_path, data):
     server = Server(tmp_path / "server").start()
     env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
     out = tmp_path / "run"
-    shards, tok = data
-    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
-                     "--max-steps", "60", "train.save_interval=1000", "tracking.enabled=true",
-                     "tracking.experiment=outage", "tracking.flush_timeout=5"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True)
+    proc = _start_tracked(out, data, env, "--max-steps", "60", "train.save_interval=1000", "tracking.experiment=outage",
+                          "tracking.flush_timeout=5")
     try:
         mf = out / "metrics.jsonl"
         wait_for(lambda: len(read_metrics(mf)) >= 5, proc)
@@ -230,12 +235,8 @@ def test_a_server_that_comes_back_gets_every_point_and_the_final_status_without_
     server = Server(tmp_path / "server").start()
     env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
     out = tmp_path / "run"
-    shards, tok = data
-    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
-                         "--max-steps", "100000", "train.save_interval=100000", "tracking.enabled=true",
-                         "tracking.experiment=comeback", "train.log_interval=5", "tracking.flush_timeout=3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True)
+    proc = _start_tracked(out, data, env, "--max-steps", "100000", "train.save_interval=100000",
+                          "tracking.experiment=comeback", "train.log_interval=5", "tracking.flush_timeout=3")
     try:
         mf = out / "metrics.jsonl"
         wait_for(lambda: len(read_metrics(mf)) >= 1, proc)

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from electra_dist.procs import STOP_SIGNALS, die_with_launcher, launcher_gone
+from electra_dist.procs import STOP_SIGNALS, die_with_launcher, launcher_gone, stop_watching_launcher
 
 SIGNALS = STOP_SIGNALS  # Ctrl-C checkpoints too; a second one stops at once
 
@@ -108,6 +108,8 @@ class StopSignals:
                 os._exit(128 + signum)
 
     def restore(self) -> None:
+        if self.launcher is not None:
+            stop_watching_launcher()
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         if self._wakeup is not None:
