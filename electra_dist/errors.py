@@ -53,10 +53,8 @@ def one_line(e: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno in ADVICE:
         path = e.filename if e.filename is not None else "(no path given)"
         return f"{path}: {ADVICE[e.errno]}"
-    from electra_dist.config import ConfigError
-
-    if isinstance(e, (UserError, ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                      IsADirectoryError, ValueError)):
+    if isinstance(e, (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                      IsADirectoryError)):  # ValueError: ConfigError and our data errors
         return str(e)
     return None
 

@@ -162,8 +162,8 @@ def _main(args: argparse.Namespace, signals) -> int:
     try:
         cfg = Config.build(args.config, overrides)
         lock = prepare_output_dir(cfg.validate(), rank0)  # seconds in, before DeepSpeed's imports
-        if not cfg.train.init_from:  # (with init_from the shape, vocabulary included, comes from the weights first)
-            check_data(cfg, print if rank0 else (lambda _: None))
+        # (with init_from the shape, vocabulary included, comes from the weights first: build_run checks then)
+        special = None if cfg.train.init_from else check_data(cfg, print if rank0 else (lambda _: None))
         if not cuda_visible():
             own_extensions_dir(print if rank0 else (lambda _: None))
         from electra_dist import parallel
@@ -171,7 +171,8 @@ def _main(args: argparse.Namespace, signals) -> int:
         from electra_dist.training.checkpoints import CheckpointManager
 
         run = build_run(cfg, parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed
-                        else parallel.DEFAULT_DEEPSPEED, explicit={o.split("=", 1)[0] for o in args.overrides})
+                        else parallel.DEFAULT_DEEPSPEED, explicit={o.split("=", 1)[0] for o in args.overrides},
+                        special=special)
         ckpts = CheckpointManager(run)
         state = ckpts.resume(args.resume, allow_data_change=args.allow_data_change)
         run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from electra_dist.config import Config
-from electra_dist.errors import claim_output_dir
+from electra_dist.errors import UserError, claim_output_dir
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -54,8 +54,6 @@ def _requires(module: str, why: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        from electra_dist.errors import UserError
-
         raise UserError(f"{why}, which is not installed: pip install 'electra-dist[dev]' (or {module}>=4.57)")
 
 
@@ -194,7 +192,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _reachable(uri: str) -> None:
     """A URI MLflow knows, and (http) a server that answers within seconds, not after MLflow's minutes."""
-    from electra_dist.errors import UserError
     from electra_dist.config.validate import uri_problem
     from electra_dist.tracking.base import check_server
     from electra_dist.tracking.mlflow_tracker import _quiet_http

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from electra_dist.errors import UserError
+
 
 class Tracker:
     """Does nothing. Real trackers subclass it; every method is safe to call on any rank."""
@@ -47,8 +49,5 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
             pass
     except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        from electra_dist.errors import UserError
-
-        raise UserError(f"MLflow at {uri} does not answer ({reason}): start the server (slurm/local/"
-                              "start_mlflow.sh starts one), or pass another --tracking-uri") from None
+        raise UserError(f"MLflow at {uri} does not answer ({getattr(e, 'reason', e)}): start the server "
+                        "(slurm/local/start_mlflow.sh starts one), or pass another --tracking-uri") from None

@@ -60,8 +60,10 @@ def rank0_printer(layout: parallel.Layout) -> Callable[[str], None]:
     return (lambda msg: print(msg, flush=True)) if layout.is_main else (lambda msg: None)
 
 
-def build_run(cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozenset()) -> Run:
-    """`explicit`: the config keys the user set on the command line (train.init_from's shape check)."""
+def build_run(cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozenset(),
+              special: SpecialIds | None = None) -> Run:
+    """`explicit`: the config keys the user set on the command line (train.init_from's shape check);
+    `special`: what `check_data` returned when the caller already ran it (it reads every shard's header)."""
     cfg.validate()
     layout = parallel.setup(cfg.parallel.tensor_parallel_size, cfg.parallel.collective_timeout)
     log = rank0_printer(layout)
@@ -74,7 +76,8 @@ def build_run(cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozens
         for change in apply_shape(cfg, source, explicit):
             log(f"electra-dist: {change} (the shape of {cfg.train.init_from})")
         cfg.validate()  # the new shape against the rest (heads divide widths, TP divides heads)
-    special = check_data(cfg, log)
+    if special is None:
+        special = check_data(cfg, log)
     engine, scheduler = build_engine(cfg, ds_config, layout, log, source)
     run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout), log)
     n_params = sum(p.numel() for p in run.model.parameters())

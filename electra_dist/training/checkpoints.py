@@ -63,6 +63,7 @@ class CheckpointManager:
         self.run = run
         self.output_dir = Path(run.cfg.output_dir)
         self.dir = self.output_dir / CHECKPOINTS
+        self.data = data_identity(run.cfg)  # the same for the whole run: recorded in every checkpoint
         if run.layout.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -72,8 +73,7 @@ class CheckpointManager:
         complete checkpoint is never written again."""
         run, tag = self.run, f"step{state.step:08d}"
         final, tmp = self.dir / tag, self.dir / (tag + ".tmp")
-        if (final / COMPLETE).is_file() and parallel.broadcast_from_main(
-                verify(final) if run.layout.is_main else None) is None:
+        if _sound(final, run):
             run.log(f"electra-dist: {final} is already complete; not written again")
             return final
         if run.layout.is_main:
@@ -93,7 +93,7 @@ class CheckpointManager:
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
             layout = parallel.current_layout(run.engine)
             marker = {"step": state.step, "time": time.time(), "world_size": run.layout.world, "files": files,
-                      "layout": {"tp": layout.tp, "dp": layout.dp, "zero": layout.zero}, "data": data_identity(run.cfg)}
+                      "layout": {"tp": layout.tp, "dp": layout.dp, "zero": layout.zero}, "data": self.data}
             latest = self.dir / (LATEST + ".tmp")
             with writing(tmp / COMPLETE):
                 (tmp / COMPLETE).write_text(json.dumps(marker))
@@ -125,7 +125,7 @@ class CheckpointManager:
             return TrainState()
         run = self.run
         marker = json.loads((path / COMPLETE).read_text())
-        changes = _data_changes(run, path, marker, allow_data_change)
+        changes = _data_changes(run, path, marker.get("data"), self.data, allow_data_change)
         saved = _load_engine_state(run, path, marker.get("layout"), self._group_names())
         state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
                            int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
@@ -210,13 +210,20 @@ class CheckpointManager:
             marker.unlink(missing_ok=True)
 
 
+def _sound(ckpt: Path, run: Run) -> bool:
+    """On every rank (one collective, whatever each rank's view of the disk): rank 0 found `ckpt` complete
+    and verifying (a damaged one is written anew)."""
+    return bool(parallel.broadcast_from_main((ckpt / COMPLETE).is_file() and verify(ckpt) is None
+                                             if run.layout.is_main else None))
+
+
 def cuda(run: Run) -> bool:
     return run.layout.device.type == "cuda"
 
 
-def _data_changes(run: Run, path: Path, marker: dict[str, Any], allowed: bool) -> list[str]:
+def _data_changes(run: Run, path: Path, saved: dict | None, now: dict, allowed: bool) -> list[str]:
     """How today's tokenizer and shards differ from the checkpoint's; refused unless `allowed`."""
-    changes = data_changes(marker.get("data"), data_identity(run.cfg))
+    changes = data_changes(saved, now)
     if changes and not allowed:
         raise ConfigError([f"--resume: {path} was trained on other data; " + "; ".join(changes) + ". Resume with "
                            "the tokenizer and shards it used, start another --output-dir, or pass "
