@@ -193,10 +193,35 @@ def test_finetune_defaults_by_size_pairs_and_the_one_class_warning(tmp_path, tok
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(ft, "predict", lambda model, x, *a: torch.zeros(len(x), dtype=torch.long))
     lines = []
-    r = ft.finetune(str(tmp_path / "ckpt"), str(data), str(data), text_field="a", pair_field="b", label_field="y",
-                    seeds=1, epochs=1, batch_size=16, log=lines.append)
+    threads = torch.get_num_threads()
+    try:
+        r = ft.finetune(str(tmp_path / "ckpt"), str(data), str(data), text_field="a", pair_field="b", label_field="y",
+                        seeds=1, epochs=1, batch_size=16, log=lines.append, threads=1)
+        assert torch.get_num_threads() == 1 and "finetune: 1 CPU thread (--threads)" in lines
+    finally:
+        torch.set_num_threads(threads)
     assert r.labels == ["x", "y", "z"] and abs(r.majority - 1 / 3) < 0.02
     assert "lr 0.0003, layer decay 0.8 (the paper's for this size)" in lines[0]
     assert any("predicts only 'x'" in line for line in lines)
     # no terminal here (as in a SLURM log): plain progress lines instead of a silent bar
     assert any(line.startswith("finetune seed 0: step ") and ", loss " in line for line in lines), lines
+
+
+def test_cpu_threads_follow_the_job_not_the_machine(monkeypatch):
+    """Fine-tuning's default threads: OMP_NUM_THREADS, else the job's CPUs less the busy ones."""
+    import os
+
+    from electra_dist import procs
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert procs.cpu_threads() == (3, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert procs.cpu_threads() == (8, "8 CPUs usable")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    assert procs.cpu_threads() == (2, "SLURM_CPUS_PER_TASK=2")
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.6, 0.0, 0.0))  # another job keeps 7 of 8 busy
+    assert procs.cpu_threads() == (1, "8 CPUs usable, load average 7: 1 free")

@@ -46,7 +46,14 @@ def cluster():
            "SLURM_CI_GPUS": "2"}
     r = subprocess.run(["bash", str(LOCAL / "start_slurm.sh")], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    yield STATE
+    # the cluster's config is its own (not /etc/slurm): every sbatch/squeue/scancel here finds it so
+    conf = STATE / "etc" / "slurm.conf"
+    assert f"export SLURM_CONF={conf}" in r.stdout, r.stdout[-2000:]
+    system = Path("/etc/slurm/slurm.conf")
+    assert not (system.is_file() and "start_slurm.sh" in system.read_text()), "start_slurm.sh wrote /etc/slurm"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(conf))
+        yield STATE
     subprocess.run(["bash", str(LOCAL / "stop_slurm.sh")], capture_output=True, text=True, env=env, timeout=300)
 
 

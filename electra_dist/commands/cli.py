@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--dev-fraction", type=float, default=0.1, help="of --train, held out to choose the best seed")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (on CPU); default: OMP_NUM_THREADS, else the "
+                   "CPUs this job may use (SLURM_CPUS_PER_TASK, affinity) less those the load average says are busy")
     p.add_argument("--out", default=None, help="write the best seed's model here: ElectraForSequenceClassification "
                                                "+ tokenizer, for transformers' Auto classes")
     p.add_argument("--experiment", default=None, help="log to this MLflow experiment")

@@ -161,8 +161,10 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
              label_field: str = "label", seeds: int = 3, epochs: int = 3, lr: float | None = None,
              layer_decay: float | None = None, batch_size: int = 32, max_len: int = 128, weight_decay: float = 0.01,
              warmup: float = 0.1, log=print, tracker=None, pair_field: str | None = None, dev_fraction: float = 0.1,
-             out: str | Path | None = None) -> FinetuneResult:
+             out: str | Path | None = None, threads: int | None = None) -> FinetuneResult:
     from tqdm import tqdm
+
+    from electra_dist.procs import cpu_threads
 
     from electra_dist.data.tokenizer import load_tokenizer
 
@@ -193,6 +195,10 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
     dev, fit = order[:n_dev], order[n_dev:]
     majority = float((yte == torch.bincount(ytr[fit]).argmax()).float().mean())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        n, why = (threads, "--threads") if threads else cpu_threads()
+        torch.set_num_threads(n)
+        log(f"finetune: {n} CPU thread{'s' if n > 1 else ''} ({why})")
     result = FinetuneResult([], 0.0, names, majority=majority, lr=lr, layer_decay=layer_decay)
     best = None
     for seed in range(seeds):

@@ -124,6 +124,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from electra_dist.commands.finetune import finetune
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: at least 1")
     if args.out:
         claim_output_dir(args.out, "finetune", args.force)
     tracker = _finetune_tracker(args)
@@ -131,7 +133,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         r = finetune(args.model, args.train, args.test, args.tokenizer, args.text_field, args.label_field, args.seeds,
                      args.epochs, args.lr, args.layer_decay, args.batch_size, args.max_len, tracker=tracker,
-                     pair_field=args.text_pair_field, dev_fraction=args.dev_fraction, out=args.out)
+                     pair_field=args.text_pair_field, dev_fraction=args.dev_fraction, out=args.out,
+                     threads=args.threads)
         if tracker is not None:
             tracker.log_params({"chosen_lr": r.lr, "chosen_layer_decay": r.layer_decay, "best_seed": r.best_seed})
             if args.out:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # try_cpu.sh — the real batch scripts on a machine without GPUs, through a local SLURM
-# (bash slurm/local/start_slurm.sh first; root, Debian/Ubuntu):
+# (bash slurm/local/start_slurm.sh first; root, Debian/Ubuntu; its cluster is found through SLURM_CONF,
+# by default the one start_slurm.sh wrote under SLURM_CI_DIR):
 #
 #   electra-dist quickstart                     # ./quickstart/{tokenizer,shards}: small real data
 #   bash slurm/local/try_cpu.sh                 # sbatch slurm/pretrain_small.sh, 20 debug steps on CPU
@@ -16,6 +17,9 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 script=pretrain_small.sh
 if [ $# -gt 0 ] && [[ "$1" == *.sh ]]; then script=$1; shift; fi
 export REPO PYTHON=${PYTHON:-$(command -v python3)}
+if [ -z "${SLURM_CONF:-}" ] && [ -f "${SLURM_CI_DIR:-/tmp/electra-ci/slurm}/etc/slurm.conf" ]; then
+    export SLURM_CONF=${SLURM_CI_DIR:-/tmp/electra-ci/slurm}/etc/slurm.conf
+fi
 export CONFIG=${CONFIG:-debug} DS_CONFIG=${DS_CONFIG:-$REPO/configs/zero0.json}
 export DATA=${DATA:-$PWD/quickstart/shards} TOKENIZER=${TOKENIZER:-$PWD/quickstart/tokenizer}
 export OUTPUT_DIR=${OUTPUT_DIR:-$PWD/runs/try-cpu}
