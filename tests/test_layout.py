@@ -109,3 +109,13 @@ def test_one_flatten_and_one_free_port_helper():
             if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") in ("flatten", "free_port", "port"):
                 defined[node.name.lstrip("_")] += 1
     assert defined == Counter({"flatten": 1, "free_port": 1}), defined
+
+
+def test_ci_runs_exactly_the_readmes_second_command():
+    """CI tests what a user runs: .ci/run's command line is the README's second set-up command, verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(block) == 2 and block[0].endswith("electra-dist quickstart"), block
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pip install" in line]
+    assert ci == [block[1]], (ci, block[1])
+    assert block[0].rsplit("&&", 1)[0] == block[1].split("&& python3 -m pip install -q --no-deps")[0]
