@@ -1,12 +1,13 @@
 """Fused paths against their plain-torch fallbacks (CPU here; the CUDA-only ones skip without a GPU)."""
 
+import pytest
 import torch
 
 from electra_dist import rng
 from electra_dist.model.kernels import fused_gumbel_scores
 from electra_dist.model import ElectraPretrainer
 
-from conftest import requires_cuda, tiny_config
+from conftest import requires_cuda, tiny_config, train_here
 
 
 
@@ -87,3 +88,52 @@ def test_fused_model_samples_the_same(tiny):
     logits = torch.randn(200, plain.padded_vocab)
     keys = rng.row_keys(torch.arange(200), torch.zeros(200, dtype=torch.long), rng.GUMBEL)
     assert torch.equal(fused.gumbel_sample(logits, keys), plain.gumbel_sample(logits, keys))
+
+
+def test_block_compilation_falls_back_to_eager_once_with_one_line():
+    """A compiler that fails (no Triton, a compiler bug): the blocks run eager, same numbers, one line."""
+    def broken(gm, inputs):
+        raise RuntimeError("triton: no such compiler")
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    eager = ElectraPretrainer(cfg.model, cfg.objective).eval()
+    lines = []
+    model = ElectraPretrainer(cfg.model, cfg.objective, compile_blocks={"backend": broken}).eval()
+    model.compiled.log = lines.append
+    model.load_state_dict(eager.state_dict())
+    ids = torch.randint(5, 1000, (2, 16))
+    for _ in range(2):
+        torch.testing.assert_close(model.discriminator(ids, torch.ones_like(ids)), eager.discriminator(ids, torch.ones_like(ids)))
+    assert model.compiled.eager and len(lines) == 1, lines
+    assert "compiling the encoder blocks failed" in lines[0] and "no such compiler" in lines[0]
+    # the caller's own error is not a compiler failure: it surfaces, and compiling stays on
+    other = ElectraPretrainer(cfg.model, cfg.objective, compile_blocks={"backend": "eager"})
+    try:
+        other.discriminator(torch.randint(5, 1000, (2, 999)), torch.ones(2, 999, dtype=torch.long))
+    except (IndexError, RuntimeError):
+        pass
+    assert not other.compiled.eager
+
+
+@pytest.mark.slow
+def test_a_training_run_with_evaluation_compiles_a_counted_number_of_variants(tmp_path, data):
+    """The recompile limit covers what a run needs: 7 compiled variants of Block.forward for a training
+    run with evaluation (gen/disc × train/eval, + eval's last shorter batch shape-generic, + its padded
+    mask), all under the limit the model set, none dropped to eager (aot_eager: Inductor's kernels are
+    not the point here)."""
+    import torch._dynamo
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from electra_dist.model.kernels import CompiledBlocks
+    from electra_dist.model.layers import Block
+
+    torch._dynamo.reset()
+    before = CompiledBlocks.built_variants
+    r = train_here(tmp_path / "run", data, "train.compile=true", "train.compile_backend=aot_eager", "train.max_steps=4",
+                   "train.eval_interval=2", "train.eval_samples=20")
+    assert "eval loss" in r.stdout and "compiling the encoder blocks failed" not in r.stdout + r.stderr
+    compiled = len(_debug_get_cache_entry_list(Block.forward.__code__))
+    assert CompiledBlocks.built_variants - before == 8  # 2 towers × 2 masks × 2 grad modes
+    assert compiled == 7, compiled
+    assert compiled <= torch._dynamo.config.recompile_limit and torch._dynamo.config.recompile_limit >= 32

@@ -104,6 +104,8 @@ class TrainConfig:
     precision: str = _f("bf16", "compute precision", ("fp32", "bf16", "fp16"))
     compile: str = _f("auto", "torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm): auto = on "
                               "GPU, off on CPU where it does not pay", ("auto", "true", "false"))
+    compile_backend: str = _f("inductor", "torch.compile backend of the blocks: inductor (fused Triton/C++ kernels); "
+                              "aot_eager or eager to tell a compiler problem from a model one")
 
 
 @dataclass

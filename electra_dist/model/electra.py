@@ -177,9 +177,10 @@ class ElectraPretrainer(nn.Module):
     """Generator + discriminator over shared embeddings, trained jointly with one loss."""
 
     def __init__(self, cfg: ModelConfig, objective: ObjectiveConfig | None = None,
-                 factory: LayerFactory | None = None, fused: bool = False, compile_blocks: bool = False):
+                 factory: LayerFactory | None = None, fused: bool = False, compile_blocks: bool | dict = False):
         """`fused`: the Gumbel noise as one compiled kernel (same numbers); `compile_blocks`:
-        torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm). See kernels.py."""
+        torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm); a dict: torch.compile's
+        arguments (backend, mode). See kernels.py."""
         super().__init__()
         self.cfg = cfg
         self.objective = objective or ObjectiveConfig()
@@ -197,8 +198,10 @@ class ElectraPretrainer(nn.Module):
             self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory,
                                                       gdes=self.objective.embedding_sharing == "gdes")
         self._scores = kernels.fused_gumbel_scores(ElectraPretrainer.gumbel_scores) if fused else self.gumbel_scores
+        self.compiled = None
         if compile_blocks:
-            kernels.compile_blocks(self)
+            kwargs = compile_blocks if isinstance(compile_blocks, dict) else {}
+            self.compiled = kernels.compile_blocks(self, towers=1 if self.discriminator is None else 2, **kwargs)
 
     @property
     def embeddings(self) -> ElectraEmbeddings:

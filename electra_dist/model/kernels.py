@@ -8,7 +8,10 @@ What runs fused where:
 - generator head and its cross-entropy only at the masked positions (electra.py), vocab-parallel
   under TP (megatron-core's vocab_parallel_cross_entropy);
 - bias + GeLU, residual-add + LayerNorm: `torch.compile` of each encoder block
-  (`compile_blocks=True`; `train.compile=auto` turns it on on GPU, where it pays, off on CPU);
+  (`compile_blocks=True`; `train.compile=auto` turns it on on GPU, where it pays, off on CPU). The
+  first failure to compile (no Triton, a compiler bug) turns every block back to eager for the rest of
+  the process, with one line saying why; Dynamo's recompile limit is raised to what a run needs (see
+  `CompiledBlocks`), so no variant silently drops to eager;
 - Gumbel sampling: the counter-based noise + log + scale as one compiled kernel (`fused=True`,
   what the trainer and `bench train` build): on 2 CPU cores 37 ms instead of 680 ms for 614
   masked rows × 30 592 tokens. If torch.compile cannot build it here, the plain path runs, with
@@ -56,11 +59,63 @@ def fused_gumbel_scores(plain: ScoresFn) -> FusedGumbelScores:
     return FusedGumbelScores(plain)
 
 
-def compile_blocks(model: nn.Module, **kwargs) -> nn.Module:
-    """torch.compile every encoder block in place (parameter names are unchanged)."""
+class CompiledBlocks:
+    """Every encoder block's forward through one torch.compile, eager again for good after the first
+    failure to compile.
+
+    Variants: Dynamo compiles `Block.forward` once per tower width (generator, discriminator) × attention
+    mask (None when nothing is padded, a tensor when something is) × grad mode (training, evaluation) —
+    up to 8 for an ELECTRA run with evaluation — and again, shape-generic, when a batch shape first changes
+    (the last, shorter evaluation batch). A training run with evaluation on the test shards compiles 7
+    (tests/test_kernels.py counts them). Past `torch._dynamo.config.recompile_limit` (default 8) Dynamo
+    silently runs eager, so the limit is raised to 4 per variant of every model this process builds
+    (gpu-check builds Base, then Large)."""
+
+    built_variants = 0  # over every model compiled in this process
+
+    def __init__(self, towers: int, log: Callable[[str], None] = print, **kwargs):
+        self.variants = towers * 2 * 2
+        self.kwargs, self.log, self.eager = kwargs, log, False
+        CompiledBlocks.built_variants += self.variants
+        limit = 4 * CompiledBlocks.built_variants
+        if torch._dynamo.config.recompile_limit < limit:
+            torch._dynamo.config.recompile_limit = limit
+
+    def wrap(self, module: nn.Module) -> None:
+        compiled, eager = torch.compile(module._call_impl, **self.kwargs), module._call_impl
+
+        def call(*args, **kwargs):
+            if self.eager:
+                return eager(*args, **kwargs)
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as e:  # no Triton, a compiler bug, ... — or the caller's own error
+                if isinstance(e, torch.OutOfMemoryError) or "DataLoader worker" in str(e):
+                    raise
+                out = eager(*args, **kwargs)  # raises the caller's own error again: then it was not compiling
+                self.eager = True
+                self.log(f"electra-dist: compiling the encoder blocks failed ({_cause(e)}); they run eager from "
+                         "here (train.compile=false skips the attempt)")
+                return out
+
+        module._compiled_call_impl = call  # what nn.Module.__call__ runs; parameter names are unchanged
+
+
+def _cause(e: BaseException) -> str:
+    """`Outer: innermost cause's first line` (Dynamo wraps the compiler's own error)."""
+    root = e
+    while (inner := root.__cause__ or getattr(root, "inner_exception", None)) is not None and inner is not root:
+        root = inner
+    first = (str(root).strip().splitlines() or [""])[0][:200]
+    return type(e).__name__ + (f": {type(root).__name__}: {first}" if root is not e else f": {first}")
+
+
+def compile_blocks(model: nn.Module, towers: int = 2, log: Callable[[str], None] = print, **kwargs) -> CompiledBlocks:
+    """torch.compile every encoder block of `model` in place, with fallback (see CompiledBlocks)."""
     from electra_dist.model.layers import Block
 
+    blocks = CompiledBlocks(towers, log, **kwargs)
     for module in model.modules():
         if isinstance(module, Block):
-            module.compile(**kwargs)
-    return model
+            blocks.wrap(module)
+    return blocks

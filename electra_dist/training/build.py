@@ -94,8 +94,8 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
-    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True,
-                              compile_blocks=compiles_blocks(cfg, layout.device))
+    compiled = {"backend": cfg.train.compile_backend} if compiles_blocks(cfg, layout.device) else False
+    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled)
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
