@@ -49,6 +49,12 @@ def test_no_padding_means_no_mask():
 def test_fused_adam_matches_torch_adamw():
     from deepspeed.ops.adam import FusedAdam
 
+    from electra_dist import parallel
+
+    problem = parallel.fused_adam_problem()  # no CUDA toolkit to build it with, or its build failed here before
+    if problem:
+        pytest.skip(f"DeepSpeed FusedAdam: {problem}")
+
     torch.manual_seed(0)
     a = torch.nn.Linear(64, 64).cuda()
     b = torch.nn.Linear(64, 64).cuda()

@@ -13,7 +13,7 @@ from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max
 from electra_dist.model import ElectraPretrainer
 from electra_dist.training.flops import flops_per_sequence
 
-from conftest import tiny_config
+from conftest import ROOT, one_rank, tiny_config
 
 
 def _batch(cfg, seed: int, B: int = 4, pad_from: int | None = None) -> dict:
@@ -120,3 +120,30 @@ def test_flop_accounting_matches_torch_flop_counter(flavor):
     expected = B * flops_per_sequence(cfg.model, S, max_predictions(S, cfg.objective.mask_prob))
     counted = counter.get_total_flops()
     assert abs(counted - expected) / expected < 0.01, (counted, expected, counted / expected)
+
+
+def test_zero2_accumulates_bf16_gradients_in_fp32():
+    """configs/zero2.json under bf16: gradients of the micro-batches are summed in fp32 partitions (ELECTRA-
+    Large accumulates 64 micro-batches a step: in bf16 the late ones would round away), through DeepSpeed's
+    data_types.grad_accum_dtype; the step still trains."""
+    import json
+
+    from electra_dist import parallel
+    from electra_dist.training.build import build_engine
+    from electra_dist.training.step import train_step
+
+    cfg = tiny_config(**{"train.precision": "bf16", "train.micro_batch_size": 4, "train.global_batch_size": 8,
+                         "optim.warmup_steps": 0})
+    ds_json = json.loads((ROOT / "configs" / "zero2.json").read_text())
+    assert ds_json["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert json.loads((ROOT / "configs" / "zero3.json").read_text())["data_types"] == {"grad_accum_dtype": "fp32"}
+    with one_rank():
+        layout = parallel.setup(1)
+        ds = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
+        engine, _ = build_engine(cfg, ds, layout, log=lambda line: None)
+        assert next(engine.module.parameters()).dtype == torch.bfloat16
+        assert engine.optimizer.gradient_accumulation_dtype == torch.float32 and engine.optimizer.use_separate_grad_accum
+        before = engine.module.discriminator.encoder.layers[0].output.weight.detach().clone()
+        result = train_step(engine, iter([_batch(cfg, 1), _batch(cfg, 2)]), 2, layout.device)
+        assert float(result.nonfinite) == 0 and result.tokens > 0
+        assert not torch.equal(before, engine.module.discriminator.encoder.layers[0].output.weight)

@@ -83,6 +83,9 @@ class OptimConfig:
     eps: float = _f(1e-6, "Adam ε")
     warmup_steps: int = _f(10000, "linear warm-up steps")
     grad_clip: float = _f(1.0, "global gradient-norm clip (0: off)")
+    implementation: str = _f("torch", "torch: torch.optim.AdamW, fused=True on GPU (no build; ZeRO accepts it); "
+                             "deepspeed: DeepSpeed's FusedAdam (prebuilt, or built just in time by nvcc; torch's "
+                             "if it cannot be had, said once)", ("torch", "deepspeed"))
 
 
 @dataclass

@@ -99,11 +99,54 @@ def zero_stage(ds_config: dict[str, Any]) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
+FUSED_ADAM_FAILED = "fused_adam.failed"  # in TORCH_EXTENSIONS_DIR: the build failed here once; not tried again
+
+
+def fused_adam_problem() -> str | None:
+    """Why DeepSpeed's FusedAdam cannot be had in this environment, or None. Prebuilt (DS_BUILD_FUSED_ADAM=1,
+    as the Docker image does) is fine; otherwise it is built just in time by nvcc, which needs CUDA_HOME to be
+    the real toolkit — torch guesses it from `nvcc` on PATH, and a wrapper script outside the CUDA tree makes
+    that guess wrong (the build then fails after a minute). A build that failed once leaves a note so no
+    other process of this environment tries again."""
+    import os
+
+    from deepspeed.git_version_info import installed_ops
+
+    if installed_ops.get("fused_adam"):
+        return None
+    note = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions")) / FUSED_ADAM_FAILED
+    if note.is_file():
+        return f"its build failed here before ({note.read_text().strip()}; delete {note} to try again)"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    home = Path(CUDA_HOME) if CUDA_HOME else None
+    if home is None or not (home / "bin" / "nvcc").is_file() or not any(
+            (home / inc / "cuda_runtime.h").is_file() for inc in ("include", "targets/x86_64-linux/include",
+                                                                   "targets/sbsa-linux/include")):
+        return (f"not prebuilt, and CUDA_HOME={home} is not a CUDA toolkit (bin/nvcc and include/cuda_runtime.h) to "
+                "build it with: export CUDA_HOME=<the toolkit's directory> (bench/gpu_node.sh finds it from nvcc)")
+    return None
+
+
 def fused_adam(groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
-    """DeepSpeed's FusedAdam in AdamW mode (GPU); raises when its op cannot be built here."""
+    """DeepSpeed's FusedAdam in AdamW mode (GPU); raises RuntimeError saying why when it cannot be had here
+    (`fused_adam_problem`), and leaves the note of a failed build for the next process."""
+    import os
+
+    problem = fused_adam_problem()
+    if problem:
+        raise RuntimeError(problem)
     from deepspeed.ops.adam import FusedAdam
 
-    return FusedAdam(groups, adam_w_mode=True, **kw)
+    try:
+        return FusedAdam(groups, adam_w_mode=True, **kw)
+    except Exception as e:
+        note = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+        note.mkdir(parents=True, exist_ok=True)
+        (note / FUSED_ADAM_FAILED).write_text(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+        raise RuntimeError(f"its build failed ({type(e).__name__}: {e})") from e
 
 
 def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, ds_config: dict[str, Any]):

@@ -61,14 +61,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def build_optimizer(groups: list[dict[str, Any]], o: OptimConfig, device: torch.device,
                     log: Callable[[str], None] = print) -> torch.optim.Optimizer:
-    """AdamW over `groups`: DeepSpeed's FusedAdam on GPU, torch's fused AdamW if that op cannot
-    be built, torch's AdamW on CPU."""
+    """AdamW over `groups` (optim.implementation): torch's, fused on GPU; or DeepSpeed's FusedAdam on GPU,
+    torch's fused AdamW when that op cannot be had (said once per process)."""
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    if device.type == "cuda":
+    if device.type != "cuda":
+        return torch.optim.AdamW(groups, **kw)
+    if o.implementation == "deepspeed":
         try:
             return parallel.fused_adam(groups, **kw)
-        except Exception as e:  # no nvcc/ninja to build the op: torch's fused AdamW is next best
-            log(f"electra-dist: DeepSpeed FusedAdam unavailable ({type(e).__name__}: {e}); using torch "
-                "AdamW(fused=True)")
-            return torch.optim.AdamW(groups, fused=True, **kw)
-    return torch.optim.AdamW(groups, **kw)
+        except RuntimeError as e:
+            _say_once(log, f"electra-dist: DeepSpeed FusedAdam unavailable: {e}; using torch AdamW(fused=True)")
+    return torch.optim.AdamW(groups, fused=True, **kw)
+
+
+_said: set[str] = set()
+
+
+def _say_once(log: Callable[[str], None], line: str) -> None:
+    if line not in _said:
+        _said.add(line)
+        log(line)
