@@ -67,6 +67,7 @@ def test_bench_train_with_hf_baseline_runs(capsys, one_rank_env):
     r = capsys.readouterr()
     assert rc == 0, r.err[-3000:]
     assert "electra_dist" in r.out and "hf " in r.out and "speed-up over HF" in r.out
+    assert "our engine: ZeRO-2 from " + str(ROOT / "configs" / "zero2.json") in r.out  # what training builds
 
 
 def test_every_option_with_a_default_shows_it(cli):

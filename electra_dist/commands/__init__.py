@@ -15,7 +15,19 @@ SAMPLE = PACKAGE_DIR / "assets" / "sample.jsonl.gz"  # real public-domain Englis
 # the commands that must work from an installed package, which has no configs/
 ZERO2_AUTO = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
               "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-              "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}
+              "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": {"stage": 2},
+              "data_types": {"grad_accum_dtype": "fp32"}}
+
+
+def training_deepspeed_json() -> tuple[dict, str]:
+    """The DeepSpeed JSON training uses by default, and where it came from: the checkout's
+    configs/zero2.json, or ZERO2_AUTO from an installed package."""
+    import json
+
+    path = PACKAGE_DIR.parent / "configs" / "zero2.json"
+    if path.is_file():
+        return json.loads(path.read_text()), str(path)
+    return dict(ZERO2_AUTO), "ZeRO-2 (built in)"
 
 
 def train_launcher(nproc: int = 1) -> list[str]:

@@ -145,12 +145,15 @@ def _peak_memory(device) -> float:
 
 def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "fp32", steps: int = 10,
                 warmup: int = 3, baseline: str | None = None, compile: bool = False,
-                overrides: list[str] | None = None, shards: str | None = None, grad_accum: int = 1) -> list[TrainBench]:
+                overrides: list[str] | None = None, shards: str | None = None, grad_accum: int = 1,
+                deepspeed: dict | None = None, after=None) -> list[TrainBench]:
     """Full optimizer steps (forward, backward, clip, optimizer; `grad_accum` micro-batches each) on
-    real shards, padded as training sees them: the trainer's own DeepSpeed engine built and stepped by
-    the trainer's functions (DeepSpeed bf16 when --precision bf16), and optionally transformers'
-    ElectraForMaskedLM + ElectraForPreTraining as users compose them (SDPA, autocast, fused AdamW on
-    GPU) on the very same batches."""
+    real shards, padded as training sees them: the trainer's own DeepSpeed engine built from the JSON
+    training uses (`deepspeed`, default configs/zero2.json: ZeRO-2, bf16 with fp32 accumulation) and
+    stepped by the trainer's functions, and optionally transformers' ElectraForMaskedLM +
+    ElectraForPreTraining as users compose them (SDPA, autocast, fused AdamW on GPU) on the very same
+    batches. `after(step)`: called with our timed step function before it is freed (gpu-check profiles
+    the engine it already built)."""
     import torch
 
     from electra_dist import parallel
@@ -175,10 +178,16 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
     def result(label: str, seconds: float) -> TrainBench:
         return TrainBench(label, name, precision, micro_batch * grad_accum, seq_len, steps, seconds, timed_tokens, fpt,
                           peak, _peak_memory(device))
+    if deepspeed is None:
+        from electra_dist.commands import training_deepspeed_json
+
+        deepspeed = training_deepspeed_json()[0]
     try:
-        ours = _our_step(cfg, batches, grad_accum, layout)
+        ours = _our_step(cfg, batches, grad_accum, layout, deepspeed)
         results.append(result("electra_dist" + ("+compile" if compiles_blocks(cfg, device) else ""),
                               _time_steps(ours, steps, warmup, device)))
+        if after is not None:
+            after(ours)
         del ours  # frees our model and optimizer before the baseline is built
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -192,21 +201,24 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
     return results
 
 
-def _our_step(cfg, batches, grad_accum: int, layout):
+def _our_step(cfg, batches, grad_accum: int, layout, deepspeed: dict):
     """One optimizer step exactly as training runs it: the trainer's model, optimizer, schedule and
-    DeepSpeed engine (training.build.build_engine), stepped by training.step.train_step."""
+    DeepSpeed engine (training.build.build_engine) from training's JSON, stepped by train_step."""
     import itertools
 
     from electra_dist import parallel
     from electra_dist.training.build import build_engine
     from electra_dist.training.step import train_step
 
-    ds = parallel.resolve_deepspeed_config(cfg, parallel.DEFAULT_DEEPSPEED, layout.dp_size, "bench")
+    ds = parallel.resolve_deepspeed_config(cfg, deepspeed, layout.dp_size, "bench")
     engine, _ = build_engine(cfg, ds, layout)
     stream = itertools.cycle(batches)
 
-    def step():
-        train_step(engine, stream, grad_accum, layout.device)
+    precision, stage = cfg.train.precision, parallel.zero_stage(ds)
+
+    def step():  # the flags train.py passes
+        train_step(engine, stream, grad_accum, layout.device, check_grad_norm=precision != "fp16",
+                   own_grad_norm=stage == 0 and precision == "fp32")
 
     return step
 

@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--shards", default=None, help="shard directory at --seq-len (default: the built-in sample "
                                                  "text, tokenized and sharded once into the temp dir)")
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON of our engine (default: what training uses, "
+                   "configs/zero2.json: ZeRO-2, fp32 gradient accumulation)")
     t.add_argument("--compile", action="store_true", help="torch.compile the encoder blocks also on CPU (train.compile=true; on GPU they are by default)")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     t.set_defaults(func=h.cmd_bench_train)

@@ -236,14 +236,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
+    from electra_dist import parallel
+    from electra_dist.commands import training_deepspeed_json
     from electra_dist.commands.bench import bench_train
 
+    ds, source = (parallel.load_deepspeed_json(args.deepspeed), args.deepspeed) if args.deepspeed else \
+        training_deepspeed_json()
     results = bench_train(args.config, args.seq_len, args.micro_batch, args.precision, args.steps, args.warmup,
-                          args.baseline, args.compile, list(args.overrides), args.shards, args.grad_accum)
+                          args.baseline, args.compile, list(args.overrides), args.shards, args.grad_accum, ds)
     r0 = results[0]
     print(f"{args.config}: seq {args.seq_len}, micro batch {args.micro_batch} × {args.grad_accum} accumulation, "
           f"{args.precision}, device {r0.device}, real shards ({r0.tokens / (r0.batch * r0.seq_len * r0.steps):.1%} "
-          f"non-pad), {r0.flops_per_token / 1e9:.3f} GFLOP/token (generator head at masked positions)")
+          f"non-pad), {r0.flops_per_token / 1e9:.3f} GFLOP/token (generator head at masked positions); our engine: "
+          f"ZeRO-{parallel.zero_stage(ds)} from {source}")
     for r in results:
         print(r.line())
     if len(results) == 2:
