@@ -147,3 +147,51 @@ def test_zero2_accumulates_bf16_gradients_in_fp32():
         result = train_step(engine, iter([_batch(cfg, 1), _batch(cfg, 2)]), 2, layout.device)
         assert float(result.nonfinite) == 0 and result.tokens > 0
         assert not torch.equal(before, engine.module.discriminator.encoder.layers[0].output.weight)
+
+
+def _fake_model(cfg, mode, device: str):
+    """The model with every parameter and buffer a FakeTensor on `device` in bf16: shapes and dtypes only,
+    no memory (ELECTRA-Large's 335M parameters cost nothing), built on the meta device first."""
+    with torch.device("meta"):
+        model = ElectraPretrainer(cfg.model, cfg.objective)
+    memo: dict[int, torch.Tensor] = {}
+    with mode:
+        for module in model.modules():
+            for store, param in ((module._parameters, True), (module._buffers, False)):
+                for name, t in list(store.items()):
+                    if t is not None and id(t) not in memo:  # shared embeddings: one fake for one tensor
+                        e = torch.empty(t.shape, dtype=torch.bfloat16 if t.is_floating_point() else t.dtype, device=device)
+                        memo[id(t)] = torch.nn.Parameter(e, requires_grad=t.requires_grad) if param else e
+                    if t is not None:
+                        store[name] = memo[id(t)]
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavor", ["electra-base", "electra-large"])
+def test_forward_and_backward_read_nothing_back_to_the_host(flavor):
+    """Under FakeTensorMode every value is unknown: any read-back of a device value (.item(), bool(t),
+    nonzero, a data-dependent shape) raises. The step's forward and backward, padded and unpadded, at
+    Base and Large width in bf16, run through: nothing in them waits on the GPU. Device "cuda" where
+    torch is built with CUDA (a GPU node, a CUDA wheel), else fake CPU tensors (torch's CPU build has no
+    CUDA device to fake); the model's code takes no device branch in forward/backward. The fused Gumbel
+    kernel is its plain function compiled (same ops), so the plain path stands for it here."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+    device = "cuda" if torch.backends.cuda.is_built() else "cpu"
+    cfg = Config.build(flavor, ["train.seq_len=512"])
+    mode = FakeTensorMode()
+    model = _fake_model(cfg, mode, device)
+    for pad_from in (None, 300):
+        batch = {k: mode.from_tensor(v).to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in _batch(cfg, 1, B=2, pad_from=pad_from).items()}
+        with mode:
+            one = torch.ones((), device=device)
+            out = model(**batch, masked_normalizer=one, token_normalizer=one)
+            out.loss.backward()
+            assert out.loss.device.type == device and out.loss.shape == ()
+            grad = model.discriminator.encoder.layers[-1].output.weight.grad
+            assert grad is not None and grad.dtype == torch.bfloat16
+            model.zero_grad(set_to_none=True)
+    with mode, pytest.raises(DataDependentOutputException):  # the detector works: asking the device raises
+        model(**{**batch, "padded": None}, masked_normalizer=one, token_normalizer=one)

@@ -1,197 +1,328 @@
-"""`electra-dist gpu-check`: validate a GPU node in about ten minutes, with one report.
+"""`electra-dist gpu-check`: validate a GPU node inside one short allocation, with one report.
 
-    electra-dist gpu-check --out gpu-report/          # on one H100: writes report.md + report.json
+    electra-dist gpu-check --out gpu-report/                  # on one H100: report.md + report.json
+    electra-dist gpu-check --out gpu-report/ --budget 300     # a tighter slot
+    electra-dist gpu-check --out gpu-report/ --sections throughput,profile   # rerun only these
 
 1. sanity: CUDA, the device, bf16 (a bf16 matmul against fp32), NCCL (a one-rank all-reduce);
-2. the `gpu`-marked tests (FusedAdam against AdamW, a bf16 step against fp32), when the checkout
-   has tests/;
-3. a 50-step ZeRO-2 bf16 training run on real shards: every loss finite and the loss falling;
-4. tokens/s, TFLOP/s, MFU and peak memory of ELECTRA-Base and -Large at seq 512 (bf16, the
-   trainer's own engine) beside the HF baseline on the same batches;
-5. the profiler's top kernels of one Large step.
+2. gpu_tests: the `gpu`-marked kernel tests (tests/test_kernels.py), when the checkout has tests/;
+3. training_run: 20 ZeRO-2 bf16 steps of the trainer on real shards, no evaluation: every loss
+   finite and the loss falling;
+4. throughput: tokens/s, TFLOP/s, MFU and peak memory of ELECTRA-Base (beside the HF baseline on the
+   same batches) and ELECTRA-Large at seq 512, bf16, the trainer's own ZeRO-2 engine;
+5. profile: the profiler's top kernels of one step of the Large engine the throughput section built.
 
-Every section runs even if an earlier one failed; the report says which passed. `--quick --allow-cpu`
-runs the same sections at toy size on a CPU (how the command itself is tested).
+Made for a first contact that may be cut short: the report is written after EVERY section (a run
+killed at any point leaves every finished number, the interrupted section marked as such); the
+`--budget` (default 480 s) is divided over the sections by share, time a section leaves unused goes
+to the ones after it, and each section is stopped at its slice; every section runs even if an earlier
+one failed. Nothing is compiled just in time that the run does not need (the optimizer is torch's
+fused AdamW; DeepSpeed's FusedAdam test runs only where the op is prebuilt). Estimated on one
+H100/H200 from cold caches: ~4–5 minutes. `--quick --allow-cpu` runs every section at toy size on a
+CPU (how the command itself is tested).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from electra_dist.commands import PACKAGE_DIR, TRAIN_PY, ZERO2_AUTO, child_env
+from electra_dist.commands import PACKAGE_DIR, TRAIN_PY, child_env, training_deepspeed_json
+from electra_dist.errors import UserError
 
 REPO = PACKAGE_DIR.parent
+SHARES = {"sanity": 0.05, "gpu_tests": 0.15, "training_run": 0.25, "throughput": 0.50, "profile": 0.05}
 
 
-def run(out: str | Path, quick: bool = False, allow_cpu: bool = False, log=print) -> dict[str, Any]:
+class OutOfBudget(Exception):
+    pass
+
+
+class Interrupted(BaseException):  # not an Exception: a section's own handlers must not swallow it
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run(out: str | Path, quick: bool = False, allow_cpu: bool = False, budget: float = 480.0,
+        sections: list[str] | None = None, log=print) -> dict[str, Any]:
     import torch
 
+    chosen = list(SHARES) if not sections else sections
+    unknown = [s for s in chosen if s not in SHARES]
+    if unknown:
+        raise UserError(f"--sections: unknown {', '.join(unknown)} (choose from {', '.join(SHARES)})")
+    if budget <= 0:
+        raise UserError(f"--budget {budget:g}: must be > 0 seconds")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available() and not allow_cpu:
-        raise ValueError("gpu-check: no CUDA device here (pass --allow-cpu to run the checks on the CPU anyway)")
-    gpu = torch.cuda.is_available()
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _commit(),
-                              "host": platform.node(), "quick": quick, "sections": {}}
-    sections: list[tuple[str, Callable[[], dict]]] = [
-        ("sanity", lambda: _sanity(gpu)),
-        ("gpu_tests", lambda: _gpu_tests(out)),
-        ("training_run", lambda: _training_run(out, gpu, quick)),
-        ("throughput", lambda: _throughput(gpu, quick)),
-        ("profile", lambda: _profile(gpu, quick)),
-    ]
-    for name, section in sections:
-        log(f"=== gpu-check: {name}")
+        raise UserError("gpu-check: no CUDA device here (pass --allow-cpu to run the checks on the CPU anyway)")
+    check = Check(out, torch.cuda.is_available(), quick, budget, chosen, log)
+    return check.run()
+
+
+class Check:
+    """The sections, the budget and the report, written after every section."""
+
+    def __init__(self, out: Path, gpu: bool, quick: bool, budget: float, chosen: list[str], log):
+        self.out, self.gpu, self.quick, self.budget, self.log = out, gpu, quick, budget, log
+        self.chosen = chosen
+        self.profiled: dict | None = None  # the throughput section's profile of its last engine
+        self.report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _commit(), "host": platform.node(),
+            "quick": quick, "budget_s": budget, "complete": False, "ok": False,
+            "sections": {name: {"ok": None, "status": "pending"} for name in chosen}}
+
+    def run(self) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        previous = {s: signal.signal(s, self._interrupt) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+        self.write()
+        try:
+            for i, name in enumerate(self.chosen):
+                left = self.budget - (time.perf_counter() - t_start)
+                rest = sum(SHARES[n] for n in self.chosen[i:])
+                slice_s = max(1.0, left * SHARES[name] / rest)
+                self._section(name, slice_s)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.report["seconds"] = round(time.perf_counter() - t_start, 1)
+        self.write()
+        return self.report
+
+    def _section(self, name: str, slice_s: float) -> None:
+        self.log(f"=== gpu-check: {name} (budget {slice_s:.0f} s)")
+        result: dict[str, Any] = {"ok": None, "status": "running", "budget_s": round(slice_s, 1)}
+        self.report["sections"][name] = result
+        self.write()  # "running": a run killed without warning (SIGKILL) still says where it was
         t0 = time.perf_counter()
         try:
-            result = {"ok": True, **section()}
+            with _deadline(slice_s):
+                getattr(self, name)(result, slice_s)
+            result.update(ok=True, status="passed")
+        except Interrupted as e:
+            result.update(ok=False, status="stopped", error=f"stopped by {e} after {time.perf_counter() - t0:.0f} s")
+            self._finish(name, result, t0)
+            raise SystemExit(128 + e.signum) from None
+        except OutOfBudget:
+            result.update(ok=False, status="failed", error=f"not finished within its {slice_s:.0f} s of the budget")
         except Exception as e:  # the report says what failed; the next section still runs
-            result = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-3000:]}
+            result.update(ok=False, status="failed", error=f"{type(e).__name__}: {e}",
+                          trace=traceback.format_exc()[-3000:])
+        self._finish(name, result, t0)
+
+    def _finish(self, name: str, result: dict, t0: float) -> None:
         result["seconds"] = round(time.perf_counter() - t0, 1)
-        report["sections"][name] = result
-        log(f"=== gpu-check: {name} {'passed' if result['ok'] else 'FAILED: ' + result['error']} "
-            f"({result['seconds']} s)")
-    report["ok"] = all(s["ok"] for s in report["sections"].values())
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
-    return report
+        s = self.report["sections"]
+        self.report["complete"] = all(v["status"] in ("passed", "failed") for v in s.values())
+        self.report["ok"] = self.report["complete"] and all(v["ok"] for v in s.values())
+        self.write()
+        self.log(f"=== gpu-check: {name} {result['status'].upper()}"
+                 f"{': ' + result['error'] if result.get('error') else ''} ({result['seconds']} s)")
 
+    def _interrupt(self, signum, frame):
+        raise Interrupted(signum)
 
-def _sanity(gpu: bool) -> dict:
-    import torch
+    def write(self) -> None:
+        """report.json and report.md, each replaced whole (a reader never sees half a file)."""
+        for name, text in (("report.json", json.dumps(self.report, indent=2)), ("report.md", markdown(self.report))):
+            tmp = self.out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.out / name)
 
-    from electra_dist import parallel
+    # ---- the sections: each fills `result` as it goes (a section stopped midway keeps what it has) ----
 
-    info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": gpu}
-    if not gpu:
-        return {**info, "collective": parallel.collective_self_test("gloo")}
-    props = torch.cuda.get_device_properties(0)
-    a = torch.randn(2048, 2048, device="cuda")
-    ref = a @ a
-    err = ((a.bfloat16() @ a.bfloat16()).float() - ref).norm() / ref.norm()
-    info.update(device=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1),
-                bf16_supported=torch.cuda.is_bf16_supported(), bf16_matmul_rel_error=float(err),
-                collective=parallel.collective_self_test("nccl"))
-    if not info["bf16_supported"] or err > 1e-2 or not info["collective"]["all_reduce_ok"]:
-        raise RuntimeError(f"sanity failed: {info}")
-    return info
+    def sanity(self, result: dict, slice_s: float) -> None:
+        import torch
 
+        from electra_dist import parallel
 
-def _gpu_tests(out: Path) -> dict:
-    if not (REPO / "tests").is_dir():
-        return {"skipped": "no tests/ beside the package (an installed copy): run from a checkout"}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:cacheprovider"],
-                       capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=900)
-    (out / "gpu_tests.log").write_text(r.stdout + r.stderr)
-    summary = (r.stdout.strip().splitlines() or [""])[-1]
-    if r.returncode not in (0, 5):  # 5: none collected
-        raise RuntimeError(f"gpu tests failed: {summary} (see {out / 'gpu_tests.log'})")
-    return {"summary": summary}
+        result.update(torch=torch.__version__, cuda=torch.version.cuda, cuda_available=self.gpu)
+        if not self.gpu:
+            result["collective"] = parallel.collective_self_test("gloo")
+            return
+        props = torch.cuda.get_device_properties(0)
+        a = torch.randn(2048, 2048, device="cuda")
+        ref = a @ a
+        err = ((a.bfloat16() @ a.bfloat16()).float() - ref).norm() / ref.norm()
+        result.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                      memory_gib=round(props.total_memory / 2**30, 1), bf16_supported=torch.cuda.is_bf16_supported(),
+                      bf16_matmul_rel_error=float(err))
+        result["collective"] = parallel.collective_self_test("nccl")
+        if not result["bf16_supported"] or err > 1e-2 or not result["collective"]["all_reduce_ok"]:
+            raise RuntimeError(f"sanity failed: {result}")
 
+    def gpu_tests(self, result: dict, slice_s: float) -> None:
+        tests = REPO / "tests" / "test_kernels.py"
+        if not tests.is_file():
+            result["skipped"] = "no tests/ beside the package (an installed copy): run from a checkout"
+            return
+        r = _run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", str(tests), "-p", "no:cacheprovider"],
+                 self.out / "gpu_tests.log", slice_s, cwd=REPO)
+        lines = r.stdout.strip().splitlines()
+        result.update(summary=(lines or [""])[-1], skipped=[line for line in lines if line.startswith("SKIPPED")])
+        if r.returncode not in (0, 5):  # 5: none collected
+            raise RuntimeError(f"gpu tests failed: {result['summary']} (see {self.out / 'gpu_tests.log'})")
 
-def _training_run(out: Path, gpu: bool, quick: bool) -> dict:
-    from electra_dist.commands.bench import sample_shards
-    from electra_dist.tracking import read_metrics
+    def training_run(self, result: dict, slice_s: float) -> None:
+        from electra_dist.commands.bench import sample_shards
+        from electra_dist.tracking import read_metrics
 
-    steps = 12 if quick else 50
-    run_dir = out / "run"
-    ds_json = out / "zero2.json"
-    ds_json.write_text(json.dumps(ZERO2_AUTO))
-    shards = Path(sample_shards(128))
-    cmd = [sys.executable, str(TRAIN_PY), "--deepspeed", str(ds_json), "--config",
-           "debug" if quick else "electra-small", "--data", str(shards), "--tokenizer", str(shards.parent / "tokenizer"),
-           "--output-dir", str(run_dir), "--max-steps", str(steps), "--resume", "never", "train.log_interval=1",
-           "tracking.enabled=false", "data.num_workers=1", f"train.precision={'bf16' if gpu else 'fp32'}",
-           "optim.warmup_steps=5"]
-    if quick:
-        cmd += ["train.micro_batch_size=4", "train.global_batch_size=8"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=900)
-    (out / "training_run.log").write_text(r.stdout + r.stderr)
-    if r.returncode != 0:
-        raise RuntimeError(f"training exited {r.returncode} (see {out / 'training_run.log'})")
-    losses = [rec["loss/total"] for rec in read_metrics(run_dir / "metrics.jsonl")]
-    k = max(1, len(losses) // 5)
-    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    result = {"steps": len(losses), "loss_first": first, "loss_last": last,
-              "all_finite": all(x == x and abs(x) != float("inf") for x in losses)}
-    if not result["all_finite"] or not last < first:
-        raise RuntimeError(f"the loss is not finite and falling: {result}")
-    return result
+        steps = 12 if self.quick else 20
+        run_dir = self.out / "run"
+        shutil.rmtree(run_dir, ignore_errors=True)  # this check's own scratch run: a rerun starts afresh
+        ds_json = self.out / "zero2.json"
+        ds_json.write_text(json.dumps(training_deepspeed_json()[0]))
+        shards = Path(sample_shards(128))
+        cmd = [sys.executable, str(TRAIN_PY), "--deepspeed", str(ds_json), "--config",
+               "debug" if self.quick else "electra-small", "--data", str(shards), "--tokenizer",
+               str(shards.parent / "tokenizer"), "--output-dir", str(run_dir), "--max-steps", str(steps),
+               "--resume", "never", "train.log_interval=1", "tracking.enabled=false", "data.num_workers=1",
+               f"train.precision={'bf16' if self.gpu else 'fp32'}", "optim.warmup_steps=5", "train.eval_interval=0",
+               f"train.save_interval={10 * steps}"]
+        if self.quick:
+            cmd += ["train.micro_batch_size=4", "train.global_batch_size=8"]
+        r = _run(cmd, self.out / "training_run.log", slice_s)
+        if r.returncode != 0:
+            raise RuntimeError(f"training exited {r.returncode} (see {self.out / 'training_run.log'})")
+        losses = [rec["loss/total"] for rec in read_metrics(run_dir / "metrics.jsonl")]
+        k = max(1, len(losses) // 5)
+        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+        result.update(steps=len(losses), loss_first=first, loss_last=last,
+                      all_finite=all(x == x and abs(x) != float("inf") for x in losses))
+        if not result["all_finite"] or not last < first:
+            raise RuntimeError(f"the loss is not finite and falling: {result}")
 
+    def throughput(self, result: dict, slice_s: float) -> None:
+        from electra_dist.commands.bench import bench_train
 
-def _throughput(gpu: bool, quick: bool) -> dict:
-    from electra_dist.commands.bench import bench_train
+        # the HF baseline for Base only: Large's would double the section for a ratio Base already gives
+        cases = [("debug", 128, 4, 2, "hf")] if self.quick else [("electra-base", 512, 32, 10, "hf"),
+                                                                    ("electra-large", 512, 32, 10, None)]
+        result["rows"] = rows = []
+        for i, (flavor, seq, micro, steps, baseline) in enumerate(cases):
+            last = i == len(cases) - 1
+            after = (lambda step, f=flavor: self._profile_step(step, f)) if last and "profile" in self.chosen else None
+            for r in bench_train(flavor, seq, micro, "bf16" if self.gpu else "fp32", steps=steps,
+                                 warmup=3 if self.gpu else 1, baseline=baseline, after=after):
+                rows.append({"flavor": flavor, "seq_len": seq, "micro_batch": micro, "name": r.name,
+                             "tokens_per_s": r.tokens_per_second, "tflops": r.tflops, "mfu": r.mfu,
+                             "peak_memory_gib": r.peak_memory_gib})
+            self.write()  # Base's numbers survive a stop during Large
 
-    cases = [("debug", 128, 4, 2)] if quick else [("electra-base", 512, 32, 10), ("electra-large", 512, 32, 10)]
-    rows = []
-    for flavor, seq, micro, steps in cases:
-        for r in bench_train(flavor, seq, micro, "bf16" if gpu else "fp32", steps=steps, warmup=3 if gpu else 1,
-                             baseline="hf"):
-            rows.append({"flavor": flavor, "seq_len": seq, "micro_batch": micro, "name": r.name,
-                         "tokens_per_s": r.tokens_per_second, "tflops": r.tflops, "mfu": r.mfu,
-                         "peak_memory_gib": r.peak_memory_gib})
-    return {"rows": rows}
+    def profile(self, result: dict, slice_s: float) -> None:
+        if self.profiled is not None:
+            result.update(self.profiled, source="the throughput section's engine (already compiled and warm)")
+            return
+        from electra_dist import parallel
+        from electra_dist.commands.bench import _our_step, real_batches, sample_shards
+        from electra_dist.config import Config
 
+        flavor, seq, micro = ("debug", 128, 4) if self.quick else ("electra-large", 512, 32)
+        cfg = Config.build(flavor, [f"train.seq_len={seq}", f"train.micro_batch_size={micro}",
+                                    f"train.global_batch_size={micro}", f"train.precision={'bf16' if self.gpu else 'fp32'}"])
+        layout = parallel.setup(1)
+        try:
+            step = _our_step(cfg, real_batches(sample_shards(seq), seq, micro, cfg.objective.mask_prob, 4), 1, layout,
+                             training_deepspeed_json()[0])
+            for _ in range(2):
+                step()
+            self._profile_step(step, flavor)
+        finally:
+            parallel.destroy()
+        result.update(self.profiled, source="an engine built for it")
 
-def _profile(gpu: bool, quick: bool) -> dict:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
+    def _profile_step(self, step: Callable[[], None], flavor: str) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
 
-    from electra_dist import parallel
-    from electra_dist.commands.bench import _our_step, real_batches, sample_shards
-    from electra_dist.config import Config
-
-    flavor, seq, micro = ("debug", 128, 4) if quick else ("electra-large", 512, 32)
-    cfg = Config.build(flavor, [f"train.seq_len={seq}", f"train.micro_batch_size={micro}",
-                                f"train.global_batch_size={micro}", f"train.precision={'bf16' if gpu else 'fp32'}"])
-    layout = parallel.setup(1)
-    try:
-        step = _our_step(cfg, real_batches(sample_shards(seq), seq, micro, cfg.objective.mask_prob, 4), 1, layout)
-        for _ in range(2):
-            step()
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.gpu else [])
         with profile(activities=activities) as prof:
             step()
-            if gpu:
+            if self.gpu:
                 torch.cuda.synchronize()
+        attr = "self_device_time_total" if self.gpu else "self_cpu_time_total"
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
+        self.profiled = {"flavor": flavor, "top": [{"name": e.key[:90], "calls": e.count,
+                                                    "ms": round(getattr(e, attr, 0) / 1e3, 3)} for e in events]}
+
+
+@contextmanager
+def _deadline(seconds: float):
+    """OutOfBudget in this (the main) thread after `seconds`."""
+    def expire(signum, frame):
+        raise OutOfBudget()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
     finally:
-        parallel.destroy()
-    attr = "self_device_time_total" if gpu else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
-    return {"flavor": flavor, "top": [{"name": e.key[:90], "calls": e.count, "ms": round(getattr(e, attr, 0) / 1e3, 3)}
-                                      for e in events]}
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run(cmd: list[str], log_file: Path, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`cmd` in its own process group, its output in `log_file`; the whole group ends with this section
+    (its budget, or a signal to gpu-check): TERM, 10 s, KILL."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                            env=child_env(), start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except BaseException:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        raise
+    log_file.write_text(output)
+    return subprocess.CompletedProcess(cmd, proc.returncode, output, "")
 
 
 def markdown(report: dict) -> str:
     s = report["sections"]
+    state = "PASSED" if report["ok"] else ("FAILED" if report["complete"] else "INCOMPLETE")
     lines = [f"# GPU check — {report['date']}, commit {report['commit']}", "",
-             f"Result: **{'PASSED' if report['ok'] else 'FAILED'}**" + (" (quick, toy sizes)" if report["quick"] else ""),
-             ""]
-    san = s.get("sanity", {})
-    lines += ["## Sanity", "", f"device {san.get('device', 'cpu')}, torch {san.get('torch')}, CUDA {san.get('cuda')}, "
-              f"bf16 {san.get('bf16_supported')}, bf16 matmul rel. error {san.get('bf16_matmul_rel_error')}, "
-              f"collective {san.get('collective')}", ""]
+             f"Result: **{state}**" + (" (quick, toy sizes)" if report["quick"] else "") +
+             f"; budget {report['budget_s']:g} s", "",
+             "| section | status | seconds | budget s |", "|---|---|---|---|"]
+    lines += [f"| {n} | {v['status']} | {v.get('seconds', '—')} | {v.get('budget_s', '—')} |" for n, v in s.items()]
+    lines.append("")
+    if "sanity" in s:
+        san = s["sanity"]
+        lines += ["## Sanity", "", f"device {san.get('device', 'cpu')}, torch {san.get('torch')}, CUDA {san.get('cuda')}, "
+                  f"bf16 {san.get('bf16_supported')}, bf16 matmul rel. error {san.get('bf16_matmul_rel_error')}, "
+                  f"collective {san.get('collective')}", ""]
     for name in ("gpu_tests", "training_run"):
-        sec = s.get(name, {})
-        body = {k: v for k, v in sec.items() if k not in ("trace",)}
-        lines += [f"## {name.replace('_', ' ')}", "", f"`{json.dumps(body)}`", ""]
-    lines += ["## Throughput (the trainer's engine and HF on the same real batches)", "",
-              "| flavor | implementation | tokens/s | TFLOP/s | MFU | peak memory GiB |", "|---|---|---|---|---|---|"]
-    for r in s.get("throughput", {}).get("rows", []):
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] else "—"
-        lines.append(f"| {r['flavor']} | {r['name']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.3g} | {mfu} | "
-                     f"{r['peak_memory_gib']:.1f} |")
-    lines += ["", f"## Top kernels ({s.get('profile', {}).get('flavor', '?')} step)", "", "| kernel | calls | ms |",
-              "|---|---|---|"]
-    lines += [f"| `{t['name']}` | {t['calls']} | {t['ms']} |" for t in s.get("profile", {}).get("top", [])]
-    failed = [f"- {n}: {v['error']}" for n, v in s.items() if not v["ok"]]
+        if name in s:
+            body = {k: v for k, v in s[name].items() if k not in ("trace",)}
+            lines += [f"## {name.replace('_', ' ')}", "", f"`{json.dumps(body)}`", ""]
+    if "throughput" in s:
+        lines += ["## Throughput (the trainer's ZeRO-2 engine; HF on the same real batches)", "",
+                  "| flavor | implementation | tokens/s | TFLOP/s | MFU | peak memory GiB |", "|---|---|---|---|---|---|"]
+        for r in s["throughput"].get("rows", []):
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] else "—"
+            lines.append(f"| {r['flavor']} | {r['name']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.3g} | {mfu} | "
+                         f"{r['peak_memory_gib']:.1f} |")
+        lines.append("")
+    if "profile" in s:
+        lines += [f"## Top kernels ({s['profile'].get('flavor', '?')} step)", "", "| kernel | calls | ms |", "|---|---|---|"]
+        lines += [f"| `{t['name']}` | {t['calls']} | {t['ms']} |" for t in s["profile"].get("top", [])]
+    failed = [f"- {n}: {v['error']}" for n, v in s.items() if v.get("error")]
     return "\n".join(lines + ([""] + ["## Failures", ""] + failed if failed else []) + [""])
 
 

@@ -259,9 +259,10 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from electra_dist.commands import gpucheck
 
-    report = gpucheck.run(args.out, quick=args.quick, allow_cpu=args.allow_cpu)
-    print(f"gpu-check {'PASSED' if report['ok'] else 'FAILED'}: {Path(args.out) / 'report.md'}, "
-          f"{Path(args.out) / 'report.json'}")
+    report = gpucheck.run(args.out, quick=args.quick, allow_cpu=args.allow_cpu, budget=args.budget,
+                          sections=args.sections)
+    print(f"gpu-check {'PASSED' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s (budget "
+          f"{args.budget:.0f} s): {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}")
     return 0 if report["ok"] else 1
 
 
