@@ -151,14 +151,19 @@ def one_rank(env: dict | None = None):
 def train_here(out: Path, data, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """electra_dist/train.py's main() in THIS process (one rank, gloo), answered like `train`. Saves
     the ~6 s a new process spends importing torch, DeepSpeed and megatron-core."""
-    from electra_dist import train as train_py
-
     shards, tok = data
     # no loader worker processes: forking this test process, which holds the threads of earlier
     # in-process runs (OpenMP, compile workers), can crash the child; workers are tested where the
     # trainer runs in its own process (test_parallel, test_slurm) and in test_data
     argv = ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, "data.num_workers=0",
             *args]
+    return main_here(argv, check=check, env=env)
+
+
+def main_here(argv: list[str], check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """electra_dist/train.py's main(argv) in this process (one rank), answered like subprocess.run."""
+    from electra_dist import train as train_py
+
     stdout, stderr = io.StringIO(), io.StringIO()
     with one_rank(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         rc = train_py.main(argv)

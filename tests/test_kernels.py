@@ -143,3 +143,31 @@ def test_a_training_run_with_evaluation_compiles_a_counted_number_of_variants(tm
     assert CompiledBlocks.built_variants - before == 8  # 2 towers × 2 masks × 2 grad modes
     assert compiled == 7, compiled
     assert compiled <= torch._dynamo.config.recompile_limit and torch._dynamo.config.recompile_limit >= 32
+
+
+def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
+    """One compiled function for MLM loss, argmax and Gumbel sample (with its row keys) against the step-by-
+    step tail: the same samples and predictions, the same loss and gradients (TP=1, counter-based noise)."""
+    cfg = tiny_config(**{"model.vocab_size": 1000})
+    torch.manual_seed(0)
+    plain = ElectraPretrainer(cfg.model, cfg.objective, fused=True)
+    fused = ElectraPretrainer(cfg.model, cfg.objective, fused=True, fused_tail=True)
+    fused.load_state_dict(plain.state_dict())
+    from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max_predictions
+
+    ids = torch.randint(5, 1000, (4, 64), generator=torch.Generator().manual_seed(1))
+    b = mask_tokens(ids, SpecialIds(), 0.15, sample_ids=torch.arange(4) + 7)
+    index, weights = masked_slots(b.masked_positions, max_predictions(64, 0.15))
+    args = dict(input_ids=b.input_ids, original_ids=b.original_ids, masked_positions=b.masked_positions,
+                attention_mask=b.attention_mask, sample_ids=torch.arange(4) + 7, masked_index=index,
+                masked_weights=weights, padded=False)
+    a, f = plain(**args), fused(**args)
+    assert torch.equal(a.replaced, f.replaced)  # the very same replacements
+    assert a.stats["generator_correct"] == f.stats["generator_correct"] and a.stats["masked"] == f.stats["masked"]
+    torch.testing.assert_close(f.generator_loss, a.generator_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f.loss, a.loss, atol=1e-5, rtol=1e-5)
+    a.loss.backward()
+    f.loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert fused._tail.fused, "the compiled tail ran (no fallback)"

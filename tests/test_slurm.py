@@ -117,40 +117,44 @@ def test_pretrain_large_script_runs_to_completion(cluster, tmp_path, data):
     assert run.info.status == "FINISHED" and run.data.params["slurm.job_id"] == job
 
 
-def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, data):
-    args = "train.max_steps=24 train.save_interval=1000 model.dropout=0.1"
+# both interrupted jobs below run exactly this (tracking aside) and must reproduce one uninterrupted job
+REQUEUE_ARGS = "train.max_steps=16 train.save_interval=1000 model.dropout=0.1 data.num_workers=2"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_job(cluster, tmp_path_factory, data) -> list[float]:
+    tmp_path = tmp_path_factory.mktemp("slurm-ref")
     ref = tmp_path / "ref"
     rc, ref_job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
-                         env=train_env(tmp_path, data, ref, args + " tracking.enabled=false"), cwd=tmp_path)
+                         env=train_env(tmp_path, data, ref, REQUEUE_ARGS + " tracking.enabled=false"), cwd=tmp_path)
     assert rc == 0, job_log(tmp_path, "electra-large", ref_job)[-3000:]
+    return losses(ref)
 
+
+def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, data, uninterrupted_job):
     out = tmp_path / "run"
     rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
-                     env=train_env(tmp_path, data, out, args), cwd=tmp_path, wait=False)
+                     env=train_env(tmp_path, data, out, REQUEUE_ARGS), cwd=tmp_path, wait=False)
     assert rc == 0 and job
     log = _preempt_and_wait_for_the_end(tmp_path, job, out / "metrics.jsonl", lines=6)
     assert final_state(job) == "COMPLETED", log[-4000:]
     assert "signal received" in log and "restart 1" in log and "resumed from" in log
-    assert [m["step"] for m in metrics(out)] == list(range(1, 25))
-    assert losses(out) == losses(ref)  # bit-identical to the uninterrupted job
+    assert [m["step"] for m in metrics(out)] == list(range(1, 17))
+    assert losses(out) == uninterrupted_job  # bit-identical to the uninterrupted job
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     rid = json.loads((out / "tracking.json").read_text())["run_id"]
-    assert sorted(m.step for m in client.get_metric_history(rid, "loss/total")) == list(range(1, 25))
+    assert sorted(m.step for m in client.get_metric_history(rid, "loss/total")) == list(range(1, 17))
     assert client.get_run(rid).info.status == "FINISHED"
 
 
-def test_sigterm_to_every_process_of_the_steps_requeues_and_resumes_exactly(cluster, tmp_path, data):
+def test_sigterm_to_every_process_of_the_steps_requeues_and_resumes_exactly(cluster, tmp_path, data, uninterrupted_job):
     """What scancel --signal=TERM, a pre-emption's grace period and the kill at the time limit do: SIGTERM
     to every process of the job's steps at once — torchrun's agent, the ranks, their two loader workers
     each. The workers leave stopping to their rank, the agent leaves it to the ranks: checkpoint,
     PREEMPTED, requeue, and the resumed job's curve is the uninterrupted one."""
-    args = "train.max_steps=16 train.save_interval=1000 model.dropout=0.1 data.num_workers=2 tracking.enabled=false"
-    ref = tmp_path / "ref"
-    rc, ref_job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
-                         env=train_env(tmp_path, data, ref, args), cwd=tmp_path)
-    assert rc == 0, job_log(tmp_path, "electra-large", ref_job)[-3000:]
+    args = REQUEUE_ARGS + " tracking.enabled=false"
     out = tmp_path / "run"
     rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS,
                      env=train_env(tmp_path, data, out, args), cwd=tmp_path, wait=False)
@@ -160,7 +164,7 @@ def test_sigterm_to_every_process_of_the_steps_requeues_and_resumes_exactly(clus
     assert "signal received (SIGTERM)" in log and "restart 1" in log, log[-4000:]
     assert "DataLoader worker" not in log and "Traceback" not in log, log[-4000:]
     assert [m["step"] for m in metrics(out)] == list(range(1, 17))
-    assert losses(out) == losses(ref)
+    assert losses(out) == uninterrupted_job
 
 
 def _preempt_and_wait_for_the_end(tmp_path: Path, job: str, metrics_file: Path, lines: int,

@@ -109,7 +109,7 @@ class Check:
         t0 = time.perf_counter()
         try:
             with _deadline(slice_s):
-                getattr(self, name)(result, slice_s)
+                SECTIONS[name](self, result, slice_s)
             result.update(ok=True, status="passed")
         except Interrupted as e:
             result.update(ok=False, status="stopped", error=f"stopped by {e} after {time.perf_counter() - t0:.0f} s")
@@ -141,121 +141,127 @@ class Check:
             tmp.write_text(text)
             os.replace(tmp, self.out / name)
 
-    # ---- the sections: each fills `result` as it goes (a section stopped midway keeps what it has) ----
 
-    def sanity(self, result: dict, slice_s: float) -> None:
-        import torch
+# ---- the sections: each fills `result` as it goes (a section stopped midway keeps what it has) -----------
 
-        from electra_dist import parallel
+def sanity(check: Check, result: dict, slice_s: float) -> None:
+    import torch
 
-        result.update(torch=torch.__version__, cuda=torch.version.cuda, cuda_available=self.gpu)
-        if not self.gpu:
-            result["collective"] = parallel.collective_self_test("gloo")
-            return
-        props = torch.cuda.get_device_properties(0)
-        a = torch.randn(2048, 2048, device="cuda")
-        ref = a @ a
-        err = ((a.bfloat16() @ a.bfloat16()).float() - ref).norm() / ref.norm()
-        result.update(device=props.name, capability=f"{props.major}.{props.minor}",
-                      memory_gib=round(props.total_memory / 2**30, 1), bf16_supported=torch.cuda.is_bf16_supported(),
-                      bf16_matmul_rel_error=float(err))
-        result["collective"] = parallel.collective_self_test("nccl")
-        if not result["bf16_supported"] or err > 1e-2 or not result["collective"]["all_reduce_ok"]:
-            raise RuntimeError(f"sanity failed: {result}")
+    from electra_dist import parallel
 
-    def gpu_tests(self, result: dict, slice_s: float) -> None:
-        tests = REPO / "tests" / "test_kernels.py"
-        if not tests.is_file():
-            result["skipped"] = "no tests/ beside the package (an installed copy): run from a checkout"
-            return
-        r = _run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", str(tests), "-p", "no:cacheprovider"],
-                 self.out / "gpu_tests.log", slice_s, cwd=REPO)
-        lines = r.stdout.strip().splitlines()
-        result.update(summary=(lines or [""])[-1], skipped=[line for line in lines if line.startswith("SKIPPED")])
-        if r.returncode not in (0, 5):  # 5: none collected
-            raise RuntimeError(f"gpu tests failed: {result['summary']} (see {self.out / 'gpu_tests.log'})")
+    result.update(torch=torch.__version__, cuda=torch.version.cuda, cuda_available=check.gpu)
+    if not check.gpu:
+        result["collective"] = parallel.collective_self_test("gloo")
+        return
+    props = torch.cuda.get_device_properties(0)
+    a = torch.randn(2048, 2048, device="cuda")
+    ref = a @ a
+    err = ((a.bfloat16() @ a.bfloat16()).float() - ref).norm() / ref.norm()
+    result.update(device=props.name, capability=f"{props.major}.{props.minor}",
+                  memory_gib=round(props.total_memory / 2**30, 1), bf16_supported=torch.cuda.is_bf16_supported(),
+                  bf16_matmul_rel_error=float(err))
+    result["collective"] = parallel.collective_self_test("nccl")
+    if not result["bf16_supported"] or err > 1e-2 or not result["collective"]["all_reduce_ok"]:
+        raise RuntimeError(f"sanity failed: {result}")
 
-    def training_run(self, result: dict, slice_s: float) -> None:
-        from electra_dist.commands.bench import sample_shards
-        from electra_dist.tracking import read_metrics
+def gpu_tests(check: Check, result: dict, slice_s: float) -> None:
+    tests = REPO / "tests" / "test_kernels.py"
+    if not tests.is_file():
+        result["skipped"] = "no tests/ beside the package (an installed copy): run from a checkout"
+        return
+    r = _run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", str(tests), "-p", "no:cacheprovider"],
+             check.out / "gpu_tests.log", slice_s, cwd=REPO)
+    lines = r.stdout.strip().splitlines()
+    result.update(summary=(lines or [""])[-1], skipped=[line for line in lines if line.startswith("SKIPPED")])
+    if r.returncode not in (0, 5):  # 5: none collected
+        raise RuntimeError(f"gpu tests failed: {result['summary']} (see {check.out / 'gpu_tests.log'})")
 
-        steps = 12 if self.quick else 20
-        run_dir = self.out / "run"
-        shutil.rmtree(run_dir, ignore_errors=True)  # this check's own scratch run: a rerun starts afresh
-        ds_json = self.out / "zero2.json"
-        ds_json.write_text(json.dumps(training_deepspeed_json()[0]))
-        shards = Path(sample_shards(128))
-        cmd = [sys.executable, str(TRAIN_PY), "--deepspeed", str(ds_json), "--config",
-               "debug" if self.quick else "electra-small", "--data", str(shards), "--tokenizer",
-               str(shards.parent / "tokenizer"), "--output-dir", str(run_dir), "--max-steps", str(steps),
-               "--resume", "never", "train.log_interval=1", "tracking.enabled=false", "data.num_workers=1",
-               f"train.precision={'bf16' if self.gpu else 'fp32'}", "optim.warmup_steps=5", "train.eval_interval=0",
-               f"train.save_interval={10 * steps}"]
-        if self.quick:
-            cmd += ["train.micro_batch_size=4", "train.global_batch_size=8"]
-        r = _run(cmd, self.out / "training_run.log", slice_s)
-        if r.returncode != 0:
-            raise RuntimeError(f"training exited {r.returncode} (see {self.out / 'training_run.log'})")
-        losses = [rec["loss/total"] for rec in read_metrics(run_dir / "metrics.jsonl")]
-        k = max(1, len(losses) // 5)
-        first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-        result.update(steps=len(losses), loss_first=first, loss_last=last,
-                      all_finite=all(x == x and abs(x) != float("inf") for x in losses))
-        if not result["all_finite"] or not last < first:
-            raise RuntimeError(f"the loss is not finite and falling: {result}")
+def training_run(check: Check, result: dict, slice_s: float) -> None:
+    from electra_dist.commands.bench import sample_shards
+    from electra_dist.tracking import read_metrics
 
-    def throughput(self, result: dict, slice_s: float) -> None:
-        from electra_dist.commands.bench import bench_train
+    steps = 12 if check.quick else 20
+    run_dir = check.out / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # this check's own scratch run: a rerun starts afresh
+    ds_json = check.out / "zero2.json"
+    ds_json.write_text(json.dumps(training_deepspeed_json()[0]))
+    shards = Path(sample_shards(128))
+    cmd = [sys.executable, str(TRAIN_PY), "--deepspeed", str(ds_json), "--config",
+           "debug" if check.quick else "electra-small", "--data", str(shards), "--tokenizer",
+           str(shards.parent / "tokenizer"), "--output-dir", str(run_dir), "--max-steps", str(steps),
+           "--resume", "never", "train.log_interval=1", "tracking.enabled=false", "data.num_workers=1",
+           f"train.precision={'bf16' if check.gpu else 'fp32'}", "optim.warmup_steps=5", "train.eval_interval=0",
+           f"train.save_interval={10 * steps}"]
+    if check.quick:
+        cmd += ["train.micro_batch_size=4", "train.global_batch_size=8"]
+    r = _run(cmd, check.out / "training_run.log", slice_s)
+    if r.returncode != 0:
+        raise RuntimeError(f"training exited {r.returncode} (see {check.out / 'training_run.log'})")
+    losses = [rec["loss/total"] for rec in read_metrics(run_dir / "metrics.jsonl")]
+    k = max(1, len(losses) // 5)
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    result.update(steps=len(losses), loss_first=first, loss_last=last,
+                  all_finite=all(x == x and abs(x) != float("inf") for x in losses))
+    if not result["all_finite"] or not last < first:
+        raise RuntimeError(f"the loss is not finite and falling: {result}")
 
-        # the HF baseline for Base only: Large's would double the section for a ratio Base already gives
-        cases = [("debug", 128, 4, 2, "hf")] if self.quick else [("electra-base", 512, 32, 10, "hf"),
-                                                                    ("electra-large", 512, 32, 10, None)]
-        result["rows"] = rows = []
-        for i, (flavor, seq, micro, steps, baseline) in enumerate(cases):
-            last = i == len(cases) - 1
-            after = (lambda step, f=flavor: self._profile_step(step, f)) if last and "profile" in self.chosen else None
-            for r in bench_train(flavor, seq, micro, "bf16" if self.gpu else "fp32", steps=steps,
-                                 warmup=3 if self.gpu else 1, baseline=baseline, after=after):
-                rows.append({"flavor": flavor, "seq_len": seq, "micro_batch": micro, "name": r.name,
-                             "tokens_per_s": r.tokens_per_second, "tflops": r.tflops, "mfu": r.mfu,
-                             "peak_memory_gib": r.peak_memory_gib})
-            self.write()  # Base's numbers survive a stop during Large
+def throughput(check: Check, result: dict, slice_s: float) -> None:
+    from electra_dist.commands.bench import bench_train
 
-    def profile(self, result: dict, slice_s: float) -> None:
-        if self.profiled is not None:
-            result.update(self.profiled, source="the throughput section's engine (already compiled and warm)")
-            return
-        from electra_dist import parallel
-        from electra_dist.commands.bench import _our_step, real_batches, sample_shards
-        from electra_dist.config import Config
+    # the HF baseline for Base only: Large's would double the section for a ratio Base already gives
+    cases = [("debug", 128, 4, 2, "hf")] if check.quick else [("electra-base", 512, 32, 10, "hf"),
+                                                                ("electra-large", 512, 32, 10, None)]
+    result["rows"] = rows = []
+    for i, (flavor, seq, micro, steps, baseline) in enumerate(cases):
+        last = i == len(cases) - 1
+        after = (lambda step, f=flavor: _profile_step(check, step, f)) if last and "profile" in check.chosen else None
+        for r in bench_train(flavor, seq, micro, "bf16" if check.gpu else "fp32", steps=steps,
+                             warmup=3 if check.gpu else 1, baseline=baseline, after=after):
+            rows.append({"flavor": flavor, "seq_len": seq, "micro_batch": micro, "name": r.name,
+                         "tokens_per_s": r.tokens_per_second, "tflops": r.tflops, "mfu": r.mfu,
+                         "peak_memory_gib": r.peak_memory_gib})
+        check.write()  # Base's numbers survive a stop during Large
 
-        flavor, seq, micro = ("debug", 128, 4) if self.quick else ("electra-large", 512, 32)
-        cfg = Config.build(flavor, [f"train.seq_len={seq}", f"train.micro_batch_size={micro}",
-                                    f"train.global_batch_size={micro}", f"train.precision={'bf16' if self.gpu else 'fp32'}"])
-        layout = parallel.setup(1)
-        try:
-            step = _our_step(cfg, real_batches(sample_shards(seq), seq, micro, cfg.objective.mask_prob, 4), 1, layout,
-                             training_deepspeed_json()[0])
-            for _ in range(2):
-                step()
-            self._profile_step(step, flavor)
-        finally:
-            parallel.destroy()
-        result.update(self.profiled, source="an engine built for it")
+def profile(check: Check, result: dict, slice_s: float) -> None:
+    if check.profiled is not None:
+        result.update(check.profiled, source="the throughput section's engine (already compiled and warm)")
+        return
+    from electra_dist import parallel
+    from electra_dist.commands.bench import _our_step, real_batches, sample_shards
+    from electra_dist.config import Config
 
-    def _profile_step(self, step: Callable[[], None], flavor: str) -> None:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.gpu else [])
-        with profile(activities=activities) as prof:
+    flavor, seq, micro = ("debug", 128, 4) if check.quick else ("electra-large", 512, 32)
+    cfg = Config.build(flavor, [f"train.seq_len={seq}", f"train.micro_batch_size={micro}",
+                                f"train.global_batch_size={micro}", f"train.precision={'bf16' if check.gpu else 'fp32'}"])
+    layout = parallel.setup(1)
+    try:
+        step = _our_step(cfg, real_batches(sample_shards(seq), seq, micro, cfg.objective.mask_prob, 4), 1, layout,
+                         training_deepspeed_json()[0])
+        for _ in range(2):
             step()
-            if self.gpu:
-                torch.cuda.synchronize()
-        attr = "self_device_time_total" if self.gpu else "self_cpu_time_total"
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
-        self.profiled = {"flavor": flavor, "top": [{"name": e.key[:90], "calls": e.count,
-                                                    "ms": round(getattr(e, attr, 0) / 1e3, 3)} for e in events]}
+        _profile_step(check, step, flavor)
+    finally:
+        parallel.destroy()
+    result.update(check.profiled, source="an engine built for it")
+
+def _profile_step(check: Check, step: Callable[[], None], flavor: str) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if check.gpu else [])
+    with profile(activities=activities) as prof:
+        step()
+        if check.gpu:
+            torch.cuda.synchronize()
+    attr = "self_device_time_total" if check.gpu else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
+    check.profiled = {"flavor": flavor, "top": [{"name": e.key[:90], "calls": e.count,
+                                                "ms": round(getattr(e, attr, 0) / 1e3, 3)} for e in events]}
+
+
+SECTIONS: dict[str, Callable[[Check, dict, float], None]] = {
+    "sanity": sanity, "gpu_tests": gpu_tests, "training_run": training_run, "throughput": throughput,
+    "profile": profile}
 
 
 @contextmanager

@@ -107,6 +107,9 @@ class TrainConfig:
     precision: str = _f("bf16", "compute precision", ("fp32", "bf16", "fp16"))
     compile: str = _f("auto", "torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm): auto = on "
                               "GPU, off on CPU where it does not pay", ("auto", "true", "false"))
+    fused_vocab_tail: str = _f("auto", "the generator's vocabulary tail (MLM loss, argmax, Gumbel sample, the noise's "
+                               "keys) as one compiled function, no fp32 copy of its logits; TP=1 only: auto = where "
+                               "the blocks compile (GPU)", ("auto", "true", "false"))
     compile_backend: str = _f("inductor", "torch.compile backend of the blocks: inductor (fused Triton/C++ kernels); "
                               "aot_eager or eager to tell a compiler problem from a model one")
 

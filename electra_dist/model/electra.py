@@ -18,7 +18,7 @@ from torch import nn
 from electra_dist import rng
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
 from electra_dist.data.masking import masked_slots
-from electra_dist.model import kernels
+from electra_dist.model import kernels, tail
 from electra_dist.model.layers import Encoder, LayerFactory
 
 
@@ -177,10 +177,12 @@ class ElectraPretrainer(nn.Module):
     """Generator + discriminator over shared embeddings, trained jointly with one loss."""
 
     def __init__(self, cfg: ModelConfig, objective: ObjectiveConfig | None = None,
-                 factory: LayerFactory | None = None, fused: bool = False, compile_blocks: bool | dict = False):
+                 factory: LayerFactory | None = None, fused: bool = False, compile_blocks: bool | dict = False,
+                 fused_tail: bool = False):
         """`fused`: the Gumbel noise as one compiled kernel (same numbers); `compile_blocks`:
         torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm); a dict: torch.compile's
-        arguments (backend, mode). See kernels.py."""
+        arguments (backend, mode); `fused_tail`: the generator's vocabulary tail (loss, argmax, Gumbel
+        sample) as one compiled function at TP=1. See kernels.py."""
         super().__init__()
         self.cfg = cfg
         self.objective = objective or ObjectiveConfig()
@@ -198,6 +200,7 @@ class ElectraPretrainer(nn.Module):
             self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory,
                                                       gdes=self.objective.embedding_sharing == "gdes")
         self._scores = kernels.fused_gumbel_scores(ElectraPretrainer.gumbel_scores) if fused else self.gumbel_scores
+        self._tail = kernels.fused_vocab_tail() if fused_tail else None
         self.compiled = None
         if compile_blocks:
             kwargs = compile_blocks if isinstance(compile_blocks, dict) else {}
@@ -240,20 +243,13 @@ class ElectraPretrainer(nn.Module):
         gen_logits = self.generator(input_ids, attention_mask, token_type_ids, index=masked_index,
                                     padded=padded)  # (B·P, V_local)
         targets = original_ids.gather(1, masked_index).reshape(-1)  # (B·P,)
-        gen_sum = (self.factory.vocab_cross_entropy(gen_logits, targets) * weights).sum()
+        rows = sample_ids[:, None].expand(B, P).reshape(-1) if sample_ids is not None else None
+        # 2. (with it) Sample replacements: Gumbel-max in fp32, no gradient into the generator.
+        gen_sum, predicted, sampled = self._vocab_tail(gen_logits, targets, weights, rows, masked_index.reshape(-1))
         gen_loss = gen_sum / (masked_normalizer if masked_normalizer is not None else weights.sum().clamp(min=1))
         if self.discriminator is None:  # MLM baseline: that is the whole loss
-            return self._mlm_output(gen_logits, targets, weights, gen_loss, attention_mask)
-
-        # 2. Sample replacements: Gumbel-max in fp32, no gradient into the generator.
+            return self._mlm_output(predicted, targets, weights, gen_loss, attention_mask)
         with torch.no_grad():
-            if sample_ids is not None:  # counter-based noise: every slot, static shapes (the trainer's path)
-                keys = rng.row_keys(sample_ids[:, None].expand(B, P).reshape(-1), masked_index.reshape(-1), rng.GUMBEL)
-                sampled = torch.where(weights > 0, self.gumbel_sample(gen_logits, keys), targets)  # (B·P,)
-            else:  # torch's RNG, drawn for the filled slots only, in row order
-                filled = weights > 0
-                sampled = targets.clone()
-                sampled[filled] = self.gumbel_sample(gen_logits[filled])
             disc_input = original_ids.scatter(1, masked_index, sampled.view(B, P))  # empty slots rewrite the original
             replaced = disc_input != original_ids  # a sample equal to the original counts as original
 
@@ -270,7 +266,7 @@ class ElectraPretrainer(nn.Module):
             pred = (disc_logits > 0) & nonpad
             rep = replaced & nonpad
             stats = {
-                **self._generator_stats(gen_logits, targets, weights),
+                **self._generator_stats(predicted, targets, weights),
                 "tokens": n_tokens,
                 "replaced": rep.sum(),
                 "discriminator_correct": ((pred == rep) & nonpad).sum(),
@@ -285,16 +281,18 @@ class ElectraPretrainer(nn.Module):
                                      for c in (rep, nonpad & ~replaced)])
         return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats, hists)
 
-    def _generator_stats(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> dict:
-        filled = weights > 0
-        return {"masked": filled.sum(),
-                "generator_correct": ((self.factory.vocab_argmax(logits.float()) == targets) & filled).sum()}
+    _vocab_tail = tail.generator_tail  # (weighted MLM loss sum, argmax predictions, samples): see tail.py
 
-    def _mlm_output(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, loss: torch.Tensor,
+    @staticmethod
+    def _generator_stats(predicted: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> dict:
+        filled = weights > 0
+        return {"masked": filled.sum(), "generator_correct": ((predicted == targets) & filled).sum()}
+
+    def _mlm_output(self, predicted: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, loss: torch.Tensor,
                     attention_mask: torch.Tensor) -> PretrainOutput:
         with torch.no_grad():
             zero = targets.new_zeros(())
-            stats = {**self._generator_stats(logits, targets, weights), "tokens": attention_mask.sum(),
+            stats = {**self._generator_stats(predicted, targets, weights), "tokens": attention_mask.sum(),
                      "replaced": zero, "discriminator_correct": zero, "true_positive": zero,
                      "predicted_positive": zero}
         return PretrainOutput(self.objective.generator_weight * loss, loss, loss.new_zeros(()),
@@ -315,12 +313,7 @@ class ElectraPretrainer(nn.Module):
             scores = logits.float() / self.objective.temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
         return self.factory.vocab_argmax(scores)
 
-    @staticmethod
-    def gumbel_scores(logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: float) -> torch.Tensor:
-        """logits / T + counter-based Gumbel noise for vocab columns [lo, hi): the plain path of
-        the fused kernel (kernels.FusedGumbelScores), which gives the same numbers."""
-        u = rng.uniform(keys, torch.arange(lo, hi, device=logits.device))
-        return logits.float() / temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
+    gumbel_scores = staticmethod(tail.gumbel_scores)
 
 
 def _init_linear(layer: nn.Linear, std: float) -> None:

@@ -35,9 +35,9 @@ class FusedGumbelScores:
     """`plain`'s numbers from one generated kernel; falls back to `plain` (once, with a warning)
     when torch.compile cannot build it on this machine."""
 
-    def __init__(self, plain: ScoresFn, log: Callable[[str], None] = print):
+    def __init__(self, plain: ScoresFn, log: Callable[[str], None] = print, dynamic: bool | None = True):
         self.plain, self.log = plain, log
-        self.compiled = torch.compile(plain, dynamic=True)
+        self.compiled = torch.compile(plain, dynamic=dynamic)
         self.fused = True
 
     def __call__(self, logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: float) -> torch.Tensor:
@@ -51,6 +51,47 @@ class FusedGumbelScores:
                 self.log(f"electra-dist: fused Gumbel kernel unavailable ({type(e).__name__}: {str(e)[:200]}); "
                          "using the plain path")
         return self.plain(logits, keys, lo, hi, temperature)
+
+
+def vocab_tail(logits: torch.Tensor, targets: torch.Tensor, sample_ids: torch.Tensor, positions: torch.Tensor,
+               temperature: float, stream: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The generator's whole vocabulary tail at TP=1, from its (B·P, V) logits in the model's dtype: per-row
+    cross-entropy (fp32 math), the argmax prediction, and the Gumbel-max sample with counter-based noise
+    — whose row keys (`rng.row_keys` of sample and position) are computed here too. The plain-torch
+    meaning; compiled (`FusedVocabTail`), Inductor reads the logits once per reduction and never writes an
+    fp32 copy of them, nor of the Gumbel scores."""
+    from electra_dist import rng
+
+    x = logits.float()
+    ce = torch.logsumexp(x, dim=-1) - x.gather(1, targets[:, None]).squeeze(1)
+    with torch.no_grad():
+        keys = rng.row_keys(sample_ids, positions, stream)
+        u = rng.uniform(keys, torch.arange(x.shape[1], device=x.device))
+        sampled = (x.detach() / temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(dim=-1)
+        predicted = x.detach().argmax(dim=-1)
+    return ce, predicted, sampled
+
+
+class FusedVocabTail(FusedGumbelScores):
+    """`vocab_tail` as one compiled function (forward and backward), the plain one if it cannot be built."""
+
+    def __call__(self, *args):
+        if self.fused:
+            try:
+                return self.compiled(*args)
+            except Exception as e:
+                if "DataLoader worker" in str(e) or isinstance(e, torch.OutOfMemoryError):
+                    raise
+                self.fused = False
+                self.log(f"electra-dist: fused vocabulary tail unavailable ({_cause(e)}); using the plain path")
+        return self.plain(*args)
+
+
+@functools.cache
+def fused_vocab_tail() -> FusedVocabTail:
+    # static shapes first, shape-generic after a change (dynamic=True makes the temperature a symbolic
+    # float, and Inductor's C++ backend then emits an integer shift by a float: a g++ error on CPU)
+    return FusedVocabTail(vocab_tail, dynamic=None)
 
 
 @functools.cache

@@ -95,7 +95,9 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
     compiled = {"backend": cfg.train.compile_backend} if compiles_blocks(cfg, layout.device) else False
-    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled)
+    fused_tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and bool(compiled))
+    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled,
+                              fused_tail=fused_tail)
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
