@@ -171,3 +171,32 @@ def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
     assert fused._tail.fused, "the compiled tail ran (no fallback)"
+
+
+def test_an_attention_backend_order_gives_the_same_numbers_eager_and_compiled():
+    """train.attention_backends: SDPA kernels in order of preference (on GPU: cudnn,flash,efficient,math).
+    Here every order that can run on CPU — the math kernel, CPU flash attention, an order whose first
+    choices CPU lacks — against torch's own choice, padded and not, eager and under torch.compile."""
+    from electra_dist.model.layers import Encoder, LayerFactory
+
+    def encoder(order):
+        factory = LayerFactory()
+        factory.attention_backends = order
+        torch.manual_seed(0)
+        return Encoder(2, 32, 4, 64, 0.0, 0.0, 1e-12, factory).eval()
+
+    x = torch.randn(2, 16, 32)
+    am = torch.tensor([[1] * 16, [1] * 11 + [0] * 5])
+    ref = encoder(())
+    for order in [("math",), ("flash", "math"), ("cudnn", "flash", "efficient", "math")]:
+        enc = encoder(order)
+        assert enc.layers[0].attention.backends  # the order is taken
+        compiled = torch.compile(enc, backend="aot_eager", fullgraph=True)
+        for mask, padded in ((torch.ones_like(am), False), (am, True)):
+            want = ref(x, mask, padded)
+            torch.testing.assert_close(enc(x, mask, padded), want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(compiled(x, mask, padded), want, atol=1e-5, rtol=1e-5)
+    from electra_dist.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="train.attention_backends: 'flash,fast'"):
+        Config.build("debug", ["train.attention_backends=flash,fast"])

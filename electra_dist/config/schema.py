@@ -110,6 +110,8 @@ class TrainConfig:
     fused_vocab_tail: str = _f("auto", "the generator's vocabulary tail (MLM loss, argmax, Gumbel sample, the noise's "
                                "keys) as one compiled function, no fp32 copy of its logits; TP=1 only: auto = where "
                                "the blocks compile (GPU)", ("auto", "true", "false"))
+    attention_backends: str = _f("torch", "SDPA kernels in order of preference, e.g. cudnn,flash,efficient,math (the "
+                                 "first that supports the inputs runs); torch: torch's own choice")
     compile_backend: str = _f("inductor", "torch.compile backend of the blocks: inductor (fused Triton/C++ kernels); "
                               "aot_eager or eager to tell a compiler problem from a model one")
 

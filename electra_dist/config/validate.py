@@ -80,6 +80,11 @@ def _check_shapes(cfg: Config, p: list[str]) -> None:
     if t.global_batch_size % t.micro_batch_size:
         p.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                  f"train.micro_batch_size={t.micro_batch_size}")
+    kernels = {"cudnn", "flash", "efficient", "math"}  # model.layers.ATTENTION_BACKENDS
+    names = [n.strip() for n in t.attention_backends.split(",")]
+    if t.attention_backends != "torch" and (not all(names) or set(names) - kernels or len(set(names)) < len(names)):
+        p.append(f"train.attention_backends: {t.attention_backends!r} is not 'torch' or a comma-separated order of "
+                 f"distinct SDPA kernels from {', '.join(sorted(kernels))}")
 
 
 def _check_values(cfg: Config, p: list[str]) -> None:

@@ -12,6 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+ATTENTION_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                      "math": "MATH"}
+
+
+def attention_backends(names: tuple[str, ...] | list[str]) -> list:
+    """SDPA backends by our names (train.attention_backends), in order of preference; the first that
+    supports the inputs runs (torch.nn.attention.sdpa_kernel with set_priority)."""
+    from torch.nn.attention import SDPBackend
+
+    return [getattr(SDPBackend, ATTENTION_BACKENDS[n]) for n in names]
+
+
 class LayerFactory:
     """Plain-torch layers (tensor-parallel size 1). A TP factory overrides every method.
 
@@ -21,6 +33,7 @@ class LayerFactory:
 
     tp_size: int = 1
     tp_rank: int = 0
+    attention_backends: tuple[str, ...] = ()  # SDPA kernels in order of preference; () = torch's own choice
 
     def __init__(self, init_std: float = 0.02):
         self.init_std = init_std
@@ -88,6 +101,7 @@ class SelfAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.qkv = factory.column_linear(hidden, 3 * hidden)
         self.dense = factory.row_linear(hidden, hidden)
+        self.backends = attention_backends(factory.attention_backends)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, S, _ = x.shape
@@ -95,6 +109,10 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B, nh, S, hd)
         if self.training and self.attention_dropout > 0 and x.device.type == "cpu":
             out = self._attention_with_all_heads_dropout(q, k, v, mask)
+        elif self.backends:
+            with torch.nn.attention.sdpa_kernel(self.backends, set_priority=True):
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0

@@ -94,6 +94,8 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
+    if cfg.train.attention_backends != "torch":
+        factory.attention_backends = tuple(n.strip() for n in cfg.train.attention_backends.split(","))
     compiled = {"backend": cfg.train.compile_backend} if compiles_blocks(cfg, layout.device) else False
     fused_tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and bool(compiled))
     model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled,
