@@ -112,6 +112,9 @@ class TrainConfig:
                                "the blocks compile (GPU)", ("auto", "true", "false"))
     attention_backends: str = _f("torch", "SDPA kernels in order of preference, e.g. cudnn,flash,efficient,math (the "
                                  "first that supports the inputs runs); torch: torch's own choice")
+    compile_mode: str = _f("default", "torch.compile mode of the blocks: reduce-overhead = CUDA graphs of the compiled "
+                           "blocks (static shapes; off unless gpu-check measures it faster), max-autotune, ...",
+                           ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     compile_backend: str = _f("inductor", "torch.compile backend of the blocks: inductor (fused Triton/C++ kernels); "
                               "aot_eager or eager to tell a compiler problem from a model one")
 

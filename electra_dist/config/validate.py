@@ -80,6 +80,9 @@ def _check_shapes(cfg: Config, p: list[str]) -> None:
     if t.global_batch_size % t.micro_batch_size:
         p.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                  f"train.micro_batch_size={t.micro_batch_size}")
+    if t.compile_mode != "default" and t.compile_backend != "inductor":
+        p.append(f"train.compile_mode: {t.compile_mode!r} is an Inductor mode; train.compile_backend is "
+                 f"{t.compile_backend!r}")
     kernels = {"cudnn", "flash", "efficient", "math"}  # model.layers.ATTENTION_BACKENDS
     names = [n.strip() for n in t.attention_backends.split(",")]
     if t.attention_backends != "torch" and (not all(names) or set(names) - kernels or len(set(names)) < len(names)):

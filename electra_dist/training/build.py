@@ -96,7 +96,8 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
     if cfg.train.attention_backends != "torch":
         factory.attention_backends = tuple(n.strip() for n in cfg.train.attention_backends.split(","))
-    compiled = {"backend": cfg.train.compile_backend} if compiles_blocks(cfg, layout.device) else False
+    compiled = {"backend": cfg.train.compile_backend, **({"mode": cfg.train.compile_mode}
+                if cfg.train.compile_mode != "default" else {})} if compiles_blocks(cfg, layout.device) else False
     fused_tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and bool(compiled))
     model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled,
                               fused_tail=fused_tail)
