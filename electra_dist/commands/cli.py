@@ -93,8 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(show)
     show.set_defaults(func=h.cmd_config_show)
 
-    p = sub.add_parser("params", help="count parameters of a config (on the meta device: no memory)")
+    p = sub.add_parser("params", help="count parameters of a config (on the meta device: no memory); --memory: "
+                                      "per-GPU memory of a training step",
+                       description="Parameter counts; with --memory, the per-GPU memory of a bf16 ZeRO training step "
+                                   "at the config's micro batch (activations measured on fake tensors, no GPU needed) "
+                                   "and the largest power-of-two micro batch within --share of --gpu-memory.")
     add_config_args(p)
+    p.add_argument("--memory", action="store_true", help="estimate per-GPU memory (a few seconds)")
+    p.add_argument("--dp", type=int, default=8, help="data-parallel ranks sharing ZeRO's partitions (default 8)")
+    p.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2], help="default 2")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80: H100)")
+    p.add_argument("--share", type=float, default=0.6, help="of --gpu-memory to plan for (default 0.6: room for "
+                   "the allocator's fragmentation, NCCL buffers, the CUDA context)")
     p.set_defaults(func=h.cmd_params)
 
     p = sub.add_parser("export", help="write a checkpoint as Hugging Face ELECTRA models",

@@ -34,6 +34,17 @@ def cmd_params(args: argparse.Namespace) -> int:
     d, g, t = (count_parameters(m) for m in (model.discriminator, model.generator, model))
     print(f"flavor {cfg.flavor}: discriminator {d / 1e6:.2f}M, generator {g / 1e6:.2f}M "
           f"(shared embeddings counted in both), total {t / 1e6:.2f}M")
+    if args.memory:
+        from electra_dist.training.memory import estimate, largest_micro_batch
+
+        budget = args.share * args.gpu_memory
+        for m in (estimate(cfg, cfg.train.micro_batch_size, args.dp, args.zero_stage),
+                  largest_micro_batch(cfg, budget, args.dp, args.zero_stage)):
+            print(f"micro batch {m.micro_batch:>4} × seq {cfg.train.seq_len}, bf16, ZeRO-{args.zero_stage} over DP "
+                  f"{args.dp}: {m.total:.1f} GiB per GPU (weights {m.weights:.1f}, gradients {m.gradients:.1f}, "
+                  f"optimizer {m.optimizer:.1f}, activations {m.activations:.1f})")
+        print(f"the second line: the largest power-of-two micro batch within {args.share:.0%} of {args.gpu_memory:g} GiB"
+              f" ({budget:.0f} GiB); the global batch must still be a multiple of micro batch × DP")
     return 0
 
 

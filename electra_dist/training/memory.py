@@ -1,0 +1,121 @@
+"""GPU memory of a training step, per rank, without a GPU: the activations autograd saves are MEASURED
+(the model's real forward on fake tensors — shapes only, no memory — counting every tensor storage the
+backward will need), the rest is ZeRO's arithmetic.
+
+    weights      2 bytes × parameters (bf16 copy the step computes with)
+    gradients    2 × parameters (bf16, transient) + 4 × parameters / DP (the fp32 accumulation partition)
+    optimizer    12 × parameters / DP under ZeRO-1/2 (fp32 master + Adam's two moments), ×DP without ZeRO
+    activations  what autograd saves for backward at this micro batch (flash attention: no S² scores)
+
+`electra-dist params --memory` prints it, and the largest micro batch within a share of a GPU's memory:
+how configs/electra_{base,large}.yaml's micro batches were checked (README, Performance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from electra_dist.config import Config
+
+
+def fake_model(cfg: Config, mode, device: str = "cpu", dtype: torch.dtype = torch.bfloat16):
+    """The model with every parameter and buffer a FakeTensor of `dtype` on `device`, built on the meta
+    device first: ELECTRA-Large's weights cost nothing."""
+    from torch import nn
+
+    from electra_dist.model import ElectraPretrainer
+
+    with torch.device("meta"):
+        model = ElectraPretrainer(cfg.model, cfg.objective)
+    memo: dict[int, torch.Tensor] = {}
+    with mode:
+        for module in model.modules():
+            for store, param in ((module._parameters, True), (module._buffers, False)):
+                for name, t in list(store.items()):
+                    if t is None:
+                        continue
+                    if id(t) not in memo:  # shared embeddings: one fake for one tensor
+                        e = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
+                        memo[id(t)] = nn.Parameter(e, requires_grad=t.requires_grad) if param else e
+                    store[name] = memo[id(t)]
+    return model
+
+
+def fake_batch(cfg: Config, micro_batch: int, mode) -> dict:
+    """A loader-shaped batch (unpadded, masked slots) of fake tensors."""
+    from electra_dist.data.masking import max_predictions
+
+    S, P = cfg.train.seq_len, max_predictions(cfg.train.seq_len, cfg.objective.mask_prob)
+    with mode:
+        ids = torch.zeros(micro_batch, S, dtype=torch.long)
+        return {"input_ids": ids, "original_ids": ids, "masked_positions": torch.zeros(micro_batch, S, dtype=torch.bool),
+                "attention_mask": torch.ones(micro_batch, S, dtype=torch.long), "token_type_ids": ids,
+                "sample_ids": torch.zeros(micro_batch, dtype=torch.long),
+                "masked_index": torch.zeros(micro_batch, P, dtype=torch.long),
+                "masked_weights": torch.ones(micro_batch, P), "padded": False}
+
+
+def activation_bytes(cfg: Config, micro_batch: int) -> int:
+    """Bytes autograd saves in one training forward at `micro_batch` (bf16 weights, flash attention):
+    every distinct storage the backward will read, parameters excluded."""
+    import dataclasses
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    # attention dropout 0: the fused (flash) kernel then runs on the fake CPU tensors as on a GPU, saving
+    # O(S) per head; on CPU with dropout the model materializes the S×S scores instead
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention_dropout=0.0))
+    mode = FakeTensorMode()
+    model = fake_model(cfg, mode)
+    params = {id(p.untyped_storage()) for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if id(storage) not in params:
+            saved[id(storage)] = storage.nbytes()
+        return t
+
+    with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        one = torch.ones(())
+        model(**fake_batch(cfg, micro_batch, mode), masked_normalizer=one, token_normalizer=one)
+    return sum(saved.values())
+
+
+@dataclass
+class Memory:
+    micro_batch: int
+    weights: float  # GiB, each
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+
+def estimate(cfg: Config, micro_batch: int, dp: int = 1, zero_stage: int = 2) -> Memory:
+    """Per-rank memory of a bf16 training step (see the module docstring), in GiB."""
+    from electra_dist.model import ElectraPretrainer, count_parameters
+
+    with torch.device("meta"):
+        n = count_parameters(ElectraPretrainer(cfg.model, cfg.objective))
+    shards = dp if zero_stage >= 1 else 1
+    gib = 2**30
+    return Memory(micro_batch, 2 * n / gib, (2 * n + 4 * n / (dp if zero_stage >= 2 else 1)) / gib,
+                  12 * n / shards / gib, activation_bytes(cfg, micro_batch) / gib)
+
+
+def largest_micro_batch(cfg: Config, budget_gib: float, dp: int = 1, zero_stage: int = 2) -> Memory:
+    """The largest power-of-two micro batch whose estimate fits in `budget_gib` (activations are linear in the
+    micro batch: measured at 1 and 2, extrapolated, then measured again at the answer)."""
+    one, two = estimate(cfg, 1, dp, zero_stage), estimate(cfg, 2, dp, zero_stage)
+    per = two.activations - one.activations
+    fixed = one.total - one.activations
+    m = 1
+    while fixed + one.activations + per * (2 * m - 1) <= budget_gib and m < 4096:
+        m *= 2
+    return estimate(cfg, m, dp, zero_stage)
