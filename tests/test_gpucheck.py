@@ -28,7 +28,7 @@ def test_quick_run_on_cpu_writes_a_complete_report(tmp_path, cli, one_rank_env):
     report = json.loads((tmp_path / "report.json").read_text())
     assert r.returncode == 0 and report["ok"], {k: v.get("error") for k, v in report["sections"].items()}
     s = report["sections"]
-    assert list(s) == ["sanity", "gpu_tests", "training_run", "throughput", "profile"]
+    assert list(s) == ["sanity", "gpu_tests", "training_run", "throughput", "levers", "profile"]
     assert all(v["status"] == "passed" and v["seconds"] <= v["budget_s"] for v in s.values()), s
     assert report["complete"] and report["seconds"] < report["budget_s"] == 480
     assert s["sanity"]["collective"]["all_reduce_ok"]
@@ -37,6 +37,10 @@ def test_quick_run_on_cpu_writes_a_complete_report(tmp_path, cli, one_rank_env):
     assert all(row["tokens_per_s"] > 0 for row in s["throughput"]["rows"])
     assert len(s["profile"]["top"]) >= 5 and any("mm" in t["name"] for t in s["profile"]["top"])
     assert s["profile"]["source"].startswith("the throughput section's engine")  # not a second engine
+    lv = {r["override"]: r for r in s["levers"]["rows"]}
+    assert s["levers"]["default_tokens_per_s"] == s["throughput"]["rows"][0]["tokens_per_s"]
+    assert lv["train.fused_vocab_tail=false"]["tokens_per_s"] > 0 and lv["train.compile_mode=reduce-overhead"]["skipped"]
+    assert "error" not in lv["train.attention_backends=cudnn,flash,efficient,math"]  # CPU runs the math/flash kernels
     md = (tmp_path / "report.md").read_text()
     assert "Result: **PASSED**" in md and "| debug | hf |" in md and "## Top kernels" in md
 
@@ -83,7 +87,7 @@ def test_killed_midway_it_leaves_every_finished_section(tmp_path):
     s = _report(out)["sections"]
     assert s["sanity"]["status"] == s["gpu_tests"]["status"] == "passed" and s["sanity"]["collective"]["all_reduce_ok"]
     assert s["training_run"]["status"] == "stopped" and "stopped by SIGTERM" in s["training_run"]["error"]
-    assert s["throughput"]["status"] == s["profile"]["status"] == "pending"
+    assert s["throughput"]["status"] == s["levers"]["status"] == s["profile"]["status"] == "pending"
     md = (out / "report.md").read_text()
     assert "Result: **INCOMPLETE**" in md and "| training_run | stopped |" in md and "collective" in md
     assert not _trainers_of(out)
@@ -105,7 +109,7 @@ def test_a_section_is_stopped_at_its_share_of_the_budget(tmp_path, cli):
     assert 6 <= sec["seconds"] < 6 + 12 and took < 6 + 30, (sec, took)
     assert not _trainers_of(out)
     r = cli("gpu-check", "--quick", "--allow-cpu", "--out", tmp_path / "x", "--sections", "sanity,throughputs")
-    assert r.returncode == 2 and "--sections: unknown throughputs (choose from sanity, gpu_tests" in r.stderr
+    assert r.returncode == 2 and "--sections: unknown throughputs (choose from sanity, gpu_tests" in r.stderr, r.stderr
 
 
 @pytest.mark.slow

@@ -267,16 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
                                           "a bf16 run, MFU",
                        description="CUDA/NCCL/bf16 sanity, the gpu-marked kernel tests, a 20-step ZeRO-2 bf16 run on "
                                    "real shards (loss finite and falling), tokens/s and MFU of ELECTRA-Base (beside the "
-                                   "HF baseline) and -Large at seq 512, peak memory and the profiler's top kernels. "
+                                   "HF baseline) and -Large at seq 512, peak memory, each MFU option on/off (Base) and the profiler's top kernels. "
                                    "Writes OUT/report.md and OUT/report.json after every section (a run cut short "
                                    "keeps what finished); each section is stopped at its share of --budget. Exit 1 if "
                                    "any check failed or did not finish.")
     p.add_argument("--out", default="gpu-report", help="report directory (default ./gpu-report)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole check, divided over the sections "
-                   "(sanity 5 %%, gpu_tests 15 %%, training_run 25 %%, throughput 50 %%, profile 5 %%; what one leaves "
+                   "(sanity 4 %%, gpu_tests 12 %%, training_run 20 %%, throughput 40 %%, levers 20 %%, profile 4 %%; what one leaves "
                    "goes to the next); default 480, for a 10-minute slot with room for the node's start")
     p.add_argument("--sections", default=None, type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
-                   help="comma-separated subset to run, e.g. throughput,profile (default: all five)")
+                   help="comma-separated subset to run, e.g. throughput,profile (default: all six)")
     p.add_argument("--quick", action="store_true", help="toy sizes (seconds): to try the command itself")
     p.add_argument("--allow-cpu", action="store_true", help="run without CUDA (with --quick: how it is tested)")
     p.set_defaults(func=h.cmd_gpu_check)

@@ -10,7 +10,9 @@
    finite and the loss falling;
 4. throughput: tokens/s, TFLOP/s, MFU and peak memory of ELECTRA-Base (beside the HF baseline on the
    same batches) and ELECTRA-Large at seq 512, bf16, the trainer's own ZeRO-2 engine;
-5. profile: the profiler's top kernels of one step of the Large engine the throughput section built.
+5. levers: each MFU option toggled alone against the defaults on ELECTRA-Base (fused vocabulary tail,
+   SDPA kernel order, CUDA graphs): tokens/s and the ratio;
+6. profile: the profiler's top kernels of one step of the Large engine the throughput section built.
 
 Made for a first contact that may be cut short: the report is written after EVERY section (a run
 killed at any point leaves every finished number, the interrupted section marked as such); the
@@ -41,7 +43,11 @@ from electra_dist.commands import PACKAGE_DIR, TRAIN_PY, child_env, training_dee
 from electra_dist.errors import UserError
 
 REPO = PACKAGE_DIR.parent
-SHARES = {"sanity": 0.05, "gpu_tests": 0.15, "training_run": 0.25, "throughput": 0.50, "profile": 0.05}
+SHARES = {"sanity": 0.04, "gpu_tests": 0.12, "training_run": 0.20, "throughput": 0.40, "levers": 0.20, "profile": 0.04}
+# each lever toggled alone against the defaults (Base, seq 512); the CPU run (--quick) skips CUDA graphs
+LEVERS = [("fused vocabulary tail off", "train.fused_vocab_tail=false"),
+          ("attention: cudnn, flash, efficient, math", "train.attention_backends=cudnn,flash,efficient,math"),
+          ("CUDA graphs (compile reduce-overhead)", "train.compile_mode=reduce-overhead")]
 
 
 class OutOfBudget(Exception):
@@ -222,6 +228,32 @@ def throughput(check: Check, result: dict, slice_s: float) -> None:
                          "peak_memory_gib": r.peak_memory_gib})
         check.write()  # Base's numbers survive a stop during Large
 
+def levers(check: Check, result: dict, slice_s: float) -> None:
+    """Each MFU lever toggled alone against the defaults, ELECTRA-Base (the throughput section's row, or
+    measured here first): tokens/s and the ratio. A lever that fails is a row saying why, not a failure."""
+    from electra_dist.commands.bench import bench_train
+
+    flavor, seq, micro, steps = ("debug", 128, 4, 2) if check.quick else ("electra-base", 512, 32, 6)
+    precision, warmup = ("bf16", 3) if check.gpu else ("fp32", 1)
+    rows = check.report["sections"].get("throughput", {}).get("rows", [])
+    base = next((r["tokens_per_s"] for r in rows if r["flavor"] == flavor and r["name"].startswith("electra_dist")), None)
+    if base is None:
+        base = bench_train(flavor, seq, micro, precision, steps=steps, warmup=warmup)[0].tokens_per_second
+    result.update(flavor=flavor, default_tokens_per_s=base, rows=[])
+    for name, override in LEVERS:
+        row = {"lever": name, "override": override}
+        result["rows"].append(row)
+        if "compile_mode" in override and not check.gpu:
+            row["skipped"] = "no CUDA graphs on CPU"
+            continue
+        try:
+            r = bench_train(flavor, seq, micro, precision, steps=steps, warmup=warmup, overrides=[override])[0]
+            row.update(tokens_per_s=r.tokens_per_second, mfu=r.mfu, vs_default=r.tokens_per_second / base)
+        except Exception as e:  # noqa: BLE001 — a lever that cannot run here is a finding, not a failed check
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        check.write()
+
+
 def profile(check: Check, result: dict, slice_s: float) -> None:
     if check.profiled is not None:
         result.update(check.profiled, source="the throughput section's engine (already compiled and warm)")
@@ -261,7 +293,7 @@ def _profile_step(check: Check, step: Callable[[], None], flavor: str) -> None:
 
 SECTIONS: dict[str, Callable[[Check, dict, float], None]] = {
     "sanity": sanity, "gpu_tests": gpu_tests, "training_run": training_run, "throughput": throughput,
-    "profile": profile}
+    "levers": levers, "profile": profile}
 
 
 @contextmanager
@@ -324,6 +356,16 @@ def markdown(report: dict) -> str:
             mfu = f"{r['mfu']:.1%}" if r["mfu"] else "—"
             lines.append(f"| {r['flavor']} | {r['name']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.3g} | {mfu} | "
                          f"{r['peak_memory_gib']:.1f} |")
+        lines.append("")
+    if "levers" in s:
+        lv = s["levers"]
+        lines += [f"## MFU levers, each alone against the defaults ({lv.get('flavor', '?')}, "
+                  f"{lv.get('default_tokens_per_s', 0):,.0f} tokens/s)", "", "| lever | tokens/s | × default |",
+                  "|---|---|---|"]
+        for r in lv.get("rows", []):
+            got = (f"{r['tokens_per_s']:,.0f} | {r['vs_default']:.2f}" if "tokens_per_s" in r
+                   else f"— | {r.get('skipped') or r.get('error', 'not run')}")
+            lines.append(f"| {r['lever']} (`{r['override']}`) | {got} |")
         lines.append("")
     if "profile" in s:
         lines += [f"## Top kernels ({s['profile'].get('flavor', '?')} step)", "", "| kernel | calls | ms |", "|---|---|---|"]
