@@ -24,8 +24,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from electra_dist.commands import PACKAGE_DIR, child_env, train_launcher
+from electra_dist.commands import child_env, train_launcher
 from electra_dist.config import Config
+from electra_dist.io import git_commit, write_atomic
 from electra_dist.tracking import read_metrics
 from electra_dist.training.flops import flops_per_token
 
@@ -173,15 +174,12 @@ def _finetune_cached(cache: Path, model_dir: Path, task: tuple[str, str], tok: P
                   max_len=p.seq_len)
     r = {**asdict(ft), "mean": ft.mean, "std": ft.std}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(r, indent=2))
-    os.replace(tmp, cache)
+    write_atomic(cache, json.dumps(r, indent=2))
     return r
 
 
 def _write_results(path: Path, rows: dict, corpus, tasks, preset: str, p: Preset, nproc: int) -> None:
-    commit = subprocess.run(["git", "-C", str(PACKAGE_DIR), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+    commit = git_commit(short=True) or "?"
     try:
         import torch
 

@@ -40,7 +40,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from electra_dist.commands import PACKAGE_DIR, TRAIN_PY, child_env, training_deepspeed_json
+from electra_dist.commands.gpureport import markdown
 from electra_dist.errors import UserError
+from electra_dist.io import git_commit, write_atomic
 
 REPO = PACKAGE_DIR.parent
 SHARES = {"sanity": 0.04, "gpu_tests": 0.12, "training_run": 0.20, "throughput": 0.40, "levers": 0.20, "profile": 0.04}
@@ -86,7 +88,7 @@ class Check:
         self.chosen = chosen
         self.profiled: dict | None = None  # the throughput section's profile of its last engine
         self.report: dict[str, Any] = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": _commit(), "host": platform.node(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(short=True) or "?", "host": platform.node(),
             "quick": quick, "budget_s": budget, "complete": False, "ok": False,
             "sections": {name: {"ok": None, "status": "pending"} for name in chosen}}
 
@@ -142,10 +144,8 @@ class Check:
 
     def write(self) -> None:
         """report.json and report.md, each replaced whole (a reader never sees half a file)."""
-        for name, text in (("report.json", json.dumps(self.report, indent=2)), ("report.md", markdown(self.report))):
-            tmp = self.out / f".{name}.tmp"
-            tmp.write_text(text)
-            os.replace(tmp, self.out / name)
+        write_atomic(self.out / "report.json", json.dumps(self.report, indent=2))
+        write_atomic(self.out / "report.md", markdown(self.report))
 
 
 # ---- the sections: each fills `result` as it goes (a section stopped midway keeps what it has) -----------
@@ -329,51 +329,3 @@ def _run(cmd: list[str], log_file: Path, timeout: float, cwd: Path | None = None
         raise
     log_file.write_text(output)
     return subprocess.CompletedProcess(cmd, proc.returncode, output, "")
-
-
-def markdown(report: dict) -> str:
-    s = report["sections"]
-    state = "PASSED" if report["ok"] else ("FAILED" if report["complete"] else "INCOMPLETE")
-    lines = [f"# GPU check — {report['date']}, commit {report['commit']}", "",
-             f"Result: **{state}**" + (" (quick, toy sizes)" if report["quick"] else "") +
-             f"; budget {report['budget_s']:g} s", "",
-             "| section | status | seconds | budget s |", "|---|---|---|---|"]
-    lines += [f"| {n} | {v['status']} | {v.get('seconds', '—')} | {v.get('budget_s', '—')} |" for n, v in s.items()]
-    lines.append("")
-    if "sanity" in s:
-        san = s["sanity"]
-        lines += ["## Sanity", "", f"device {san.get('device', 'cpu')}, torch {san.get('torch')}, CUDA {san.get('cuda')}, "
-                  f"bf16 {san.get('bf16_supported')}, bf16 matmul rel. error {san.get('bf16_matmul_rel_error')}, "
-                  f"collective {san.get('collective')}", ""]
-    for name in ("gpu_tests", "training_run"):
-        if name in s:
-            body = {k: v for k, v in s[name].items() if k not in ("trace",)}
-            lines += [f"## {name.replace('_', ' ')}", "", f"`{json.dumps(body)}`", ""]
-    if "throughput" in s:
-        lines += ["## Throughput (the trainer's ZeRO-2 engine; HF on the same real batches)", "",
-                  "| flavor | implementation | tokens/s | TFLOP/s | MFU | peak memory GiB |", "|---|---|---|---|---|---|"]
-        for r in s["throughput"].get("rows", []):
-            mfu = f"{r['mfu']:.1%}" if r["mfu"] else "—"
-            lines.append(f"| {r['flavor']} | {r['name']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.3g} | {mfu} | "
-                         f"{r['peak_memory_gib']:.1f} |")
-        lines.append("")
-    if "levers" in s:
-        lv = s["levers"]
-        lines += [f"## MFU levers, each alone against the defaults ({lv.get('flavor', '?')}, "
-                  f"{lv.get('default_tokens_per_s', 0):,.0f} tokens/s)", "", "| lever | tokens/s | × default |",
-                  "|---|---|---|"]
-        for r in lv.get("rows", []):
-            got = (f"{r['tokens_per_s']:,.0f} | {r['vs_default']:.2f}" if "tokens_per_s" in r
-                   else f"— | {r.get('skipped') or r.get('error', 'not run')}")
-            lines.append(f"| {r['lever']} (`{r['override']}`) | {got} |")
-        lines.append("")
-    if "profile" in s:
-        lines += [f"## Top kernels ({s['profile'].get('flavor', '?')} step)", "", "| kernel | calls | ms |", "|---|---|---|"]
-        lines += [f"| `{t['name']}` | {t['calls']} | {t['ms']} |" for t in s["profile"].get("top", [])]
-    failed = [f"- {n}: {v['error']}" for n, v in s.items() if v.get("error")]
-    return "\n".join(lines + ([""] + ["## Failures", ""] + failed if failed else []) + [""])
-
-
-def _commit() -> str:
-    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() or "?"

@@ -29,6 +29,7 @@ from typing import Iterator
 from electra_dist.data.packing import ExampleBuilder, _init_worker, _pack_chunk  # noqa: F401  (ExampleBuilder: API)
 from electra_dist.data.text import TextStats, expand_inputs, iter_documents
 from electra_dist.data.tokenizer import load_tokenizer
+from electra_dist.io import write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "electra-dist-shards/1"
@@ -232,9 +233,7 @@ def merge_manifests(out: str | Path) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(obj, indent=2))
 
 
 def read_manifest(directory: str | Path) -> dict:

@@ -7,7 +7,6 @@ control symbols: text that spells "[MASK]" never becomes the mask id.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import random
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from electra_dist.data.masking import SpecialIds
+from electra_dist.io import sha256_file
 from electra_dist.data.text import TextStats, cut_long, expand_inputs, iter_documents, split_sentences
 
 MODEL = "spm.model"
@@ -24,14 +24,6 @@ SPECIALS = "special_tokens.json"
 MAX_SENTENCE_BYTES = 16384
 MAX_SENTENCE_CHARS = MAX_SENTENCE_BYTES // 4
 SPECIAL_PIECES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_tokenizer(directory: str | Path):

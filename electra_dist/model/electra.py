@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from electra_dist import rng
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
 from electra_dist.data.masking import masked_slots
 from electra_dist.model import kernels, tail

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from electra_dist.io import write_atomic
 from electra_dist.tracking.base import Tracker
 from electra_dist.tracking.record import read_metrics
 
@@ -269,9 +270,7 @@ class _Sender:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def _records(metrics_file: Path) -> list[tuple[int, dict[str, float], int]]:

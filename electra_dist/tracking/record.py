@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from electra_dist.config import flatten
+from electra_dist.io import git_commit
 
 
 def run_params(cfg, ds_config: dict, world: int, tp: int, dp: int) -> dict[str, Any]:
@@ -38,15 +38,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return r.stdout.strip() if r.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 HEADER = "run_start"  # the first record of a run started from step 0: where it started from

@@ -12,7 +12,6 @@ to the newest checkpoint that verifies, saying which were skipped and why. The l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -28,6 +27,7 @@ from electra_dist.config import ConfigError
 from electra_dist.model import ElectraPretrainer
 from electra_dist.model.electra import fit_vocab_rows
 from electra_dist.errors import writing
+from electra_dist.io import sha256_file, write_atomic
 from electra_dist.tracking.record import scan_metrics
 from electra_dist.training.build import Run
 from electra_dist.training.guard import data_changes, data_identity
@@ -89,7 +89,7 @@ class CheckpointManager:
             torch.save(rng, tmp / f"rng_rank{run.layout.rank:05d}.pt")
         parallel.barrier()
         if run.layout.is_main:
-            files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
                      for f in sorted(tmp.rglob("*")) if f.is_file()}
             layout = parallel.current_layout(run.engine)
             marker = {"step": state.step, "time": time.time(), "world_size": run.layout.world, "files": files,
@@ -301,17 +301,11 @@ def verify(path: Path) -> str | None:
             return f"{rel} is missing"
         if f.stat().st_size != meta["bytes"]:
             return f"{rel} holds {f.stat().st_size} bytes where {meta['bytes']} were written"
-        if _sha256(f) != meta["sha256"]:
+        if sha256_file(f) != meta["sha256"]:
             return f"{rel} does not match the SHA-256 recorded when it was written"
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def truncate_metrics(path: Path, step: int, log=print) -> None:
@@ -328,7 +322,5 @@ def truncate_metrics(path: Path, step: int, log=print) -> None:
             f.writelines(f"{path}:{n}: {line}\n" for n, line in bad)
         log(f"electra-dist: warning: {path}: {len(bad)} line(s) that are not records (line "
             f"{', '.join(str(n) for n, _ in bad[:5])}{' …' if len(bad) > 5 else ''}) kept in {aside}")
-    tmp = path.with_suffix(".tmp")
-    with writing(tmp):
-        tmp.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
-    tmp.replace(path)
+    with writing(path):
+        write_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))
