@@ -23,10 +23,13 @@ def test_refuses_without_cuda_unless_allowed(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_quick_run_on_cpu_writes_a_complete_report(tmp_path, cli, one_rank_env):
-    r = cli("gpu-check", "--out", tmp_path, "--quick", "--allow-cpu")
+def test_quick_run_on_cpu_writes_a_complete_report(tmp_path):
+    # its own process, as users run it: in the test process it left Inductor's later compiles 10-20x slower
+    proc = _gpu_check(tmp_path)
+    output = proc.communicate(timeout=600)[0]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert r.returncode == 0 and report["ok"], {k: v.get("error") for k, v in report["sections"].items()}
+    assert proc.returncode == 0 and report["ok"], ({k: v.get("error") for k, v in report["sections"].items()},
+                                                   output[-3000:])
     s = report["sections"]
     assert list(s) == ["sanity", "gpu_tests", "training_run", "throughput", "levers", "profile"]
     assert all(v["status"] == "passed" and v["seconds"] <= v["budget_s"] for v in s.values()), s
