@@ -31,26 +31,25 @@ from torch import nn
 ScoresFn = Callable[[torch.Tensor, torch.Tensor, int, int, float], torch.Tensor]
 
 
-class FusedGumbelScores:
-    """`plain`'s numbers from one generated kernel; falls back to `plain` (once, with a warning)
-    when torch.compile cannot build it on this machine."""
+class Fused:
+    """`plain`'s numbers from one compiled function; `plain` itself (for good, one line saying why) when
+    torch.compile cannot build it on this machine."""
 
-    def __init__(self, plain: ScoresFn, log: Callable[[str], None] = print, dynamic: bool | None = True):
-        self.plain, self.log = plain, log
+    def __init__(self, plain: Callable, name: str, log: Callable[[str], None] = print, dynamic: bool | None = True):
+        self.plain, self.name, self.log = plain, name, log
         self.compiled = torch.compile(plain, dynamic=dynamic)
         self.fused = True
 
-    def __call__(self, logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: float) -> torch.Tensor:
+    def __call__(self, *args):
         if self.fused:
             try:
-                return self.compiled(logits, keys, lo, hi, temperature)
+                return self.compiled(*args)
             except Exception as e:  # no C++/Triton toolchain, an unsupported backend, ...
-                if "DataLoader worker" in str(e):  # torch's SIGCHLD handler raised here: not the kernel's
+                if not _compiler_failure(e):
                     raise
                 self.fused = False
-                self.log(f"electra-dist: fused Gumbel kernel unavailable ({type(e).__name__}: {str(e)[:200]}); "
-                         "using the plain path")
-        return self.plain(logits, keys, lo, hi, temperature)
+                self.log(f"electra-dist: {self.name} unavailable ({_cause(e)}); using the plain path")
+        return self.plain(*args)
 
 
 def vocab_tail(logits: torch.Tensor, targets: torch.Tensor, sample_ids: torch.Tensor, positions: torch.Tensor,
@@ -58,7 +57,7 @@ def vocab_tail(logits: torch.Tensor, targets: torch.Tensor, sample_ids: torch.Te
     """The generator's whole vocabulary tail at TP=1, from its (B·P, V) logits in the model's dtype: per-row
     cross-entropy (fp32 math), the argmax prediction, and the Gumbel-max sample with counter-based noise
     — whose row keys (`rng.row_keys` of sample and position) are computed here too. The plain-torch
-    meaning; compiled (`FusedVocabTail`), Inductor reads the logits once per reduction and never writes an
+    meaning; compiled (`fused_vocab_tail`), Inductor reads the logits once per reduction and never writes an
     fp32 copy of them, nor of the Gumbel scores."""
     from electra_dist import rng
 
@@ -72,32 +71,18 @@ def vocab_tail(logits: torch.Tensor, targets: torch.Tensor, sample_ids: torch.Te
     return ce, predicted, sampled
 
 
-class FusedVocabTail(FusedGumbelScores):
-    """`vocab_tail` as one compiled function (forward and backward), the plain one if it cannot be built."""
-
-    def __call__(self, *args):
-        if self.fused:
-            try:
-                return self.compiled(*args)
-            except Exception as e:
-                if "DataLoader worker" in str(e) or isinstance(e, torch.OutOfMemoryError):
-                    raise
-                self.fused = False
-                self.log(f"electra-dist: fused vocabulary tail unavailable ({_cause(e)}); using the plain path")
-        return self.plain(*args)
+@functools.cache
+def fused_vocab_tail() -> Fused:
+    """`vocab_tail` as one compiled function (forward and backward). Static shapes first, shape-generic after
+    a change (dynamic=True makes the temperature a symbolic float, and Inductor's C++ backend then emits an
+    integer shift by a float: a g++ error on CPU)."""
+    return Fused(vocab_tail, "fused vocabulary tail", dynamic=None)
 
 
 @functools.cache
-def fused_vocab_tail() -> FusedVocabTail:
-    # static shapes first, shape-generic after a change (dynamic=True makes the temperature a symbolic
-    # float, and Inductor's C++ backend then emits an integer shift by a float: a g++ error on CPU)
-    return FusedVocabTail(vocab_tail, dynamic=None)
-
-
-@functools.cache
-def fused_gumbel_scores(plain: ScoresFn) -> FusedGumbelScores:
+def fused_gumbel_scores(plain: ScoresFn) -> Fused:
     """One compiled kernel per plain function, shared by every model built in this process."""
-    return FusedGumbelScores(plain)
+    return Fused(plain, "fused Gumbel kernel")
 
 
 class CompiledBlocks:
@@ -131,7 +116,7 @@ class CompiledBlocks:
             try:
                 return compiled(*args, **kwargs)
             except Exception as e:  # no Triton, a compiler bug, ... — or the caller's own error
-                if isinstance(e, torch.OutOfMemoryError) or "DataLoader worker" in str(e):
+                if not _compiler_failure(e):
                     raise
                 out = eager(*args, **kwargs)  # raises the caller's own error again: then it was not compiling
                 self.eager = True
@@ -140,6 +125,11 @@ class CompiledBlocks:
                 return out
 
         module._compiled_call_impl = call  # what nn.Module.__call__ runs; parameter names are unchanged
+
+
+def _compiler_failure(e: Exception) -> bool:
+    """Not out of memory, and not torch's SIGCHLD handler raising inside the call (a loader worker died)."""
+    return not isinstance(e, torch.OutOfMemoryError) and "DataLoader worker" not in str(e)
 
 
 def _cause(e: BaseException) -> str:

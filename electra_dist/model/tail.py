@@ -16,7 +16,7 @@ from electra_dist import rng
 
 def gumbel_scores(logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: float) -> torch.Tensor:
     """logits / T + counter-based Gumbel noise for vocab columns [lo, hi): the plain path of
-    the fused kernel (kernels.FusedGumbelScores), which gives the same numbers."""
+    the fused kernel (kernels.fused_gumbel_scores), which gives the same numbers."""
     u = rng.uniform(keys, torch.arange(lo, hi, device=logits.device))
     return logits.float() / temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
 

@@ -102,19 +102,24 @@ def zero_stage(ds_config: dict[str, Any]) -> int:
 FUSED_ADAM_FAILED = "fused_adam.failed"  # in TORCH_EXTENSIONS_DIR: the build failed here once; not tried again
 
 
+def _failed_build_note() -> Path:
+    """Where a failed FusedAdam build is noted: torch's extensions directory (procs.own_extensions_dir)."""
+    import os
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions")) / FUSED_ADAM_FAILED
+
+
 def fused_adam_problem() -> str | None:
     """Why DeepSpeed's FusedAdam cannot be had in this environment, or None. Prebuilt (DS_BUILD_FUSED_ADAM=1,
     as the Docker image does) is fine; otherwise it is built just in time by nvcc, which needs CUDA_HOME to be
     the real toolkit — torch guesses it from `nvcc` on PATH, and a wrapper script outside the CUDA tree makes
     that guess wrong (the build then fails after a minute). A build that failed once leaves a note so no
     other process of this environment tries again."""
-    import os
-
     from deepspeed.git_version_info import installed_ops
 
     if installed_ops.get("fused_adam"):
         return None
-    note = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions")) / FUSED_ADAM_FAILED
+    note = _failed_build_note()
     if note.is_file():
         return f"its build failed here before ({note.read_text().strip()}; delete {note} to try again)"
     from torch.utils.cpp_extension import CUDA_HOME
@@ -133,8 +138,6 @@ def fused_adam_problem() -> str | None:
 def fused_adam(groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
     """DeepSpeed's FusedAdam in AdamW mode (GPU); raises RuntimeError saying why when it cannot be had here
     (`fused_adam_problem`), and leaves the note of a failed build for the next process."""
-    import os
-
     problem = fused_adam_problem()
     if problem:
         raise RuntimeError(problem)
@@ -143,9 +146,9 @@ def fused_adam(groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer
     try:
         return FusedAdam(groups, adam_w_mode=True, **kw)
     except Exception as e:
-        note = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-        note.mkdir(parents=True, exist_ok=True)
-        (note / FUSED_ADAM_FAILED).write_text(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+        note = _failed_build_note()
+        note.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
         raise RuntimeError(f"its build failed ({type(e).__name__}: {e})") from e
 
 
