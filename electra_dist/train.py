@@ -30,7 +30,7 @@ def train(run, ckpts, state, until: int | None = None, signals=None) -> str:
     from electra_dist.training.metrics import MetricsLogger
     from electra_dist.training.signals import StopSignals
     from electra_dist.training.evaluate import Evaluator, eval_urls
-    from electra_dist.training.step import Stopped, train_step
+    from electra_dist.training.step import Stopped, grad_norm_flags, train_step
 
     t = run.cfg.train
     urls = eval_urls(run.cfg) if t.eval_interval else []
@@ -44,8 +44,7 @@ def train(run, ckpts, state, until: int | None = None, signals=None) -> str:
     try:
         while state.step < end:
             result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=lambda: bool(signals.received),
-                                check_grad_norm=t.precision != "fp16",  # fp16: the loss scaler skips overflows
-                                own_grad_norm=run.zero_stage == 0 and t.precision == "fp32")
+                                **grad_norm_flags(t.precision, run.zero_stage))
             if isinstance(result, Stopped):  # a rank was signalled: every rank stops before this step
                 signals.agreed()
                 run.loader.rewind(result.fetched)  # the batches just fetched were not trained on

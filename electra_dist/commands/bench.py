@@ -208,17 +208,16 @@ def _our_step(cfg, batches, grad_accum: int, layout, deepspeed: dict):
 
     from electra_dist import parallel
     from electra_dist.training.build import build_engine
-    from electra_dist.training.step import train_step
+    from electra_dist.training.step import grad_norm_flags, train_step
 
     ds = parallel.resolve_deepspeed_config(cfg, deepspeed, layout.dp_size, "bench")
     engine, _ = build_engine(cfg, ds, layout)
     stream = itertools.cycle(batches)
 
-    precision, stage = cfg.train.precision, parallel.zero_stage(ds)
+    flags = grad_norm_flags(cfg.train.precision, parallel.zero_stage(ds))  # as train.py steps it
 
-    def step():  # the flags train.py passes
-        train_step(engine, stream, grad_accum, layout.device, check_grad_norm=precision != "fp16",
-                   own_grad_norm=stage == 0 and precision == "fp32")
+    def step():
+        train_step(engine, stream, grad_accum, layout.device, **flags)
 
     return step
 

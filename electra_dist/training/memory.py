@@ -4,7 +4,8 @@ backward will need), the rest is ZeRO's arithmetic.
 
     weights      2 bytes × parameters (bf16 copy the step computes with)
     gradients    2 × parameters (bf16, transient) + 4 × parameters / DP (the fp32 accumulation partition)
-    optimizer    12 × parameters / DP under ZeRO-1/2 (fp32 master + Adam's two moments), ×DP without ZeRO
+    optimizer    12 × parameters / DP under ZeRO-1/2 (fp32 master + Adam's two moments), all 12 × on every
+                 rank without ZeRO
     activations  what autograd saves for backward at this micro batch (flash attention: no S² scores)
 
 `electra-dist params --memory` prints it, and the largest micro batch within a share of a GPU's memory:

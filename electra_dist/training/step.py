@@ -90,6 +90,12 @@ def fetch(batches: Iterator[dict[str, Any]], n: int, stop: Callable[[], bool]) -
     return micro, True
 
 
+def grad_norm_flags(precision: str, zero_stage: int) -> dict[str, bool]:
+    """train_step's grad-norm arguments for a run: fp16 lets the loss scaler skip overflows instead of checking;
+    ZeRO-0 in fp32 (a torch optimizer, no DeepSpeed norm) measures the norm itself."""
+    return {"check_grad_norm": precision != "fp16", "own_grad_norm": zero_stage == 0 and precision == "fp32"}
+
+
 def train_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, device: torch.device,
                stop: Callable[[], bool] | bool = False, check_grad_norm: bool = True,
                own_grad_norm: bool = False) -> StepResult | Stopped:
