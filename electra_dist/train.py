@@ -25,73 +25,50 @@ from electra_dist.errors import take_debug_flag  # noqa: E402
 def train(run, ckpts, state, until: int | None = None, signals=None) -> str:
     """Run to train.max_steps (or step `until`, then checkpoint and stop: the schedule stays that of
     max_steps); returns "finished", "stopped" (at `until`), or "preempted" after SIGUSR1/SIGTERM.
-    `signals`: the StopSignals main() installed before start-up (a signal then is acted on here)."""
+    `signals`: the StopSignals main() installed before start-up (a signal then is acted on here).
+    Each component keeps its own cadence: the logger its log steps, the evaluator its evaluation
+    steps, the checkpoint manager its save steps (each checks finiteness before it reads or saves)."""
     from electra_dist import parallel
+    from electra_dist.training.evaluate import make_evaluator
     from electra_dist.training.metrics import MetricsLogger
     from electra_dist.training.signals import StopSignals
-    from electra_dist.training.evaluate import Evaluator, eval_urls
-    from electra_dist.training.step import Stopped, grad_norm_flags, train_step
+    from electra_dist.training.step import Stopped, train_step
 
-    t = run.cfg.train
-    urls = eval_urls(run.cfg) if t.eval_interval else []
-    evaluator = Evaluator(run, urls, t.eval_samples) if urls else None
+    evaluator = make_evaluator(run)
     metrics = MetricsLogger(run, state)  # metrics.jsonl + MLflow (rank 0) + console
     signals = signals or StopSignals()
     signals.arm(run.cfg.parallel.stop_timeout, who=f"rank {run.layout.rank}")
+    ckpts.guard(before_save=metrics.check_finite, busy=signals.busy)
     batches = iter(run.loader)
-    status, last_saved, stopped = "failed", state.step, False
-    end = min(t.max_steps, until or t.max_steps)
+    end = min(run.cfg.train.max_steps, until or run.cfg.train.max_steps)
+    status, preempted = "failed", False
     try:
-        while state.step < end:
-            result = train_step(run.engine, batches, run.grad_accum, run.layout.device, stop=lambda: bool(signals.received),
-                                **grad_norm_flags(t.precision, run.zero_stage))
-            if isinstance(result, Stopped):  # a rank was signalled: every rank stops before this step
-                signals.agreed()
-                run.loader.rewind(result.fetched)  # the batches just fetched were not trained on
-                run.log(f"electra-dist: signal received ({signals.describe() if signals.received else 'by another rank'}): "
-                        f"{'checkpointing' if state.step != last_saved else 'nothing trained since the checkpoint'} "
-                        f"at step {state.step} and exiting")
-                stopped = True
-                break
-            state.advance(result.tokens, run.flops_per_token)
-            metrics.add(result, state.step)
-            evaluate = evaluator is not None and (state.step % t.eval_interval == 0 or state.step == t.max_steps)
-            if evaluate or state.step % t.log_interval == 0 or state.step == t.max_steps:
-                # the host reads the device here, and only here (finiteness included, before any evaluation)
-                if evaluate:
-                    metrics.check_finite()
-                metrics.log(state, evaluator.evaluate() if evaluate else None)
-            if state.step % t.save_interval == 0 and state.step < t.max_steps:
-                metrics.check_finite()  # never a checkpoint of a poisoned state
-                with signals.busy():
-                    ckpts.save(state)
-                last_saved = state.step
-        metrics.check_finite()
-        with signals.busy():
-            if state.step != last_saved:  # a signal right after a save must not write that step again
-                ckpts.save(state)
-            if not stopped and state.step == t.max_steps:
-                ckpts.save_final()
-        if not stopped and state.step < t.max_steps:  # --until-step
-            status = "stopped"
-        else:
-            ckpts.mark_preempted(state, stopped, signals.received)
-            status = "preempted" if stopped else "finished"
-    except RuntimeError as e:
-        if parallel.is_collective_timeout(e):  # a peer is hung, stopped or gone
-            why = ("another rank is gone (its connection closed: it stopped or crashed first)"
-                   if "Connection closed" in str(e) else "the other ranks did not answer within parallel."
-                   f"collective_timeout={run.cfg.parallel.collective_timeout:g}s: one is hung, stopped or gone")
-            raise parallel.CollectiveTimeout(
-                f"rank {run.layout.rank}: at step {state.step + 1}, {why}. The newest complete checkpoint is kept; "
-                f"resume with the same command. ({str(e).splitlines()[0][:200]})") from None
-        raise
+        with parallel.collective_timeouts(run.layout.rank, lambda: state.step + 1, run.cfg.parallel.collective_timeout):
+            while state.step < end:
+                result = train_step(run, batches, stop=signals.asked)
+                if isinstance(result, Stopped):  # a rank was signalled: every rank stops before this step
+                    _stop_here(run, signals, result, state.step != ckpts.last_saved, state.step)
+                    preempted = True
+                    break
+                state.advance(result.tokens, run.flops_per_token)
+                metrics.add(result, state.step)
+                metrics.maybe_log(state, evaluator.maybe_run(state.step, before=metrics.check_finite))
+                ckpts.maybe_save(state)
+            status = ckpts.finish(state, preempted=preempted, signal=signals.received)
     finally:
         signals.restore()
         batches.close()  # stops the loader's worker processes now, not whenever the iterator is collected
         metrics.close(status)
         parallel.destroy(wait=status != "failed")  # never wait on a peer that may be gone
     return status
+
+
+def _stop_here(run, signals, stopped, unsaved: bool, step: int) -> None:
+    """Every rank agreed to stop before this step: the batches it fetched go back to the loader."""
+    signals.agreed()
+    run.loader.rewind(stopped.fetched)  # the batches just fetched were not trained on
+    run.log(f"electra-dist: signal received ({signals.describe() if signals.received else 'by another rank'}): "
+            f"{'checkpointing' if unsaved else 'nothing trained since the checkpoint'} at step {step} and exiting")
 
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:

@@ -90,7 +90,7 @@ def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile
     torch._dynamo.reset()
     step = torch.compile(model, fullgraph=True, backend="aot_eager")
 
-    def run(batch, normalizers):  # tensors, as train_step passes them: a float would be a constant of the graph
+    def run(batch, normalizers):  # tensors, as engine_step passes them: a float would be a constant of the graph
         masked, tokens = torch.tensor(normalizers).unbind()
         out = step(**batch, masked_normalizer=masked, token_normalizer=tokens)
         out.loss.backward()
@@ -130,7 +130,7 @@ def test_zero2_accumulates_bf16_gradients_in_fp32():
 
     from electra_dist import parallel
     from electra_dist.training.build import build_engine
-    from electra_dist.training.step import train_step
+    from electra_dist.training.step import engine_step
 
     cfg = tiny_config(**{"train.precision": "bf16", "train.micro_batch_size": 4, "train.global_batch_size": 8,
                          "optim.warmup_steps": 0})
@@ -144,7 +144,7 @@ def test_zero2_accumulates_bf16_gradients_in_fp32():
         assert next(engine.module.parameters()).dtype == torch.bfloat16
         assert engine.optimizer.gradient_accumulation_dtype == torch.float32 and engine.optimizer.use_separate_grad_accum
         before = engine.module.discriminator.encoder.layers[0].output.weight.detach().clone()
-        result = train_step(engine, iter([_batch(cfg, 1), _batch(cfg, 2)]), 2, layout.device)
+        result = engine_step(engine, iter([_batch(cfg, 1), _batch(cfg, 2)]), 2, layout.device)
         assert float(result.nonfinite) == 0 and result.tokens > 0
         assert not torch.equal(before, engine.module.discriminator.encoder.layers[0].output.weight)
 

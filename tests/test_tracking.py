@@ -93,7 +93,7 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     train_here(out, data, "--max-steps", "6", "train.log_interval=2", "train.save_interval=100", "tracking.enabled=true",
-               "tracking.tags=team=nlp,ablation=none", env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
+               "tracking.tags=team=nlp,ablation=none", "tracking.log_hf_export=true", env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
     db = tmp_path / "mlflow.db"
     assert db.is_file(), "the default store is ./mlflow.db, as MLflow's own default"
     client = MlflowClient(f"sqlite:///{db}")
@@ -114,9 +114,11 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, cap
         assert steps(client, r.info.run_id, key) == [2, 4, 6]
     assert any(k.startswith("system/") for k in r.data.metrics), "MLflow system metrics"
     arts = {a.path for a in client.list_artifacts(r.info.run_id)}
-    assert {"config.yaml", "deepspeed.json", "metrics.jsonl", "curves.png", "tokenizer"} <= arts
+    assert {"config.yaml", "deepspeed.json", "metrics.jsonl", "curves.png", "tokenizer", "hf"} <= arts
     tok = {a.path for a in client.list_artifacts(r.info.run_id, "tokenizer")}
     assert "tokenizer/spm.model" in tok
+    hf = {a.path for a in client.list_artifacts(r.info.run_id, "hf/discriminator")}
+    assert {"hf/discriminator/config.json", "hf/discriminator/model.safetensors", "hf/discriminator/tokenizer.json"} <= hf
     from electra_dist.commands.cli import main
 
     capsys.readouterr()

@@ -203,12 +203,12 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
 
 def _our_step(cfg, batches, grad_accum: int, layout, deepspeed: dict):
     """One optimizer step exactly as training runs it: the trainer's model, optimizer, schedule and
-    DeepSpeed engine (training.build.build_engine) from training's JSON, stepped by train_step."""
+    DeepSpeed engine (training.build.build_engine) from training's JSON, stepped by engine_step."""
     import itertools
 
     from electra_dist import parallel
     from electra_dist.training.build import build_engine
-    from electra_dist.training.step import grad_norm_flags, train_step
+    from electra_dist.training.step import engine_step, grad_norm_flags
 
     ds = parallel.resolve_deepspeed_config(cfg, deepspeed, layout.dp_size, "bench")
     engine, _ = build_engine(cfg, ds, layout)
@@ -217,7 +217,7 @@ def _our_step(cfg, batches, grad_accum: int, layout, deepspeed: dict):
     flags = grad_norm_flags(cfg.train.precision, parallel.zero_stage(ds))  # as train.py steps it
 
     def step():
-        train_step(engine, stream, grad_accum, layout.device, **flags)
+        engine_step(engine, stream, grad_accum, layout.device, **flags)
 
     return step
 

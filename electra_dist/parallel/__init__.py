@@ -32,6 +32,7 @@ from electra_dist.parallel.launch import (
     any_rank,
     barrier,
     broadcast_from_main,
+    collective_timeouts,
     collective_self_test,
     data_parallel_sum,
     destroy,
@@ -48,7 +49,7 @@ from electra_dist.parallel.reshard import SavedLayout, checkpoint_weights, curre
 from electra_dist.parallel.tensor import TPLayerFactory, full_shape, gather_state_dict, layer_factory, load_full_weights
 
 __all__ = [
-    "CollectiveTimeout", "DEFAULT_DEEPSPEED", "MPU", "SavedLayout", "checkpoint_weights", "current_layout", "resume_on_new_layout", "UntrustedCheckpointError", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test",
+    "CollectiveTimeout", "DEFAULT_DEEPSPEED", "MPU", "SavedLayout", "checkpoint_weights", "current_layout", "resume_on_new_layout", "UntrustedCheckpointError", "DistEnv", "Layout", "TPLayerFactory", "any_rank", "barrier", "broadcast_from_main", "build_engine", "collective_self_test", "collective_timeouts",
     "data_parallel_sum", "destroy", "detect_env", "free_port", "full_state_dict", "fused_adam", "fused_adam_problem",
     "full_shape", "gather_state_dict", "load_full_weights", "global_counts", "grad_norm", "init_distributed", "init_model_parallel", "is_collective_timeout", "layer_factory",
     "load_checkpoint_file", "load_deepspeed_json", "resolve_deepspeed_config", "setup", "use_cuda", "zero_stage",

@@ -11,11 +11,13 @@ torch.distributed itself.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -176,6 +178,22 @@ def is_collective_timeout(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, RuntimeError) and ("Timed out waiting" in text or "operation timeout" in text
                                             or "Connection closed by peer" in text)
+
+
+@contextlib.contextmanager
+def collective_timeouts(rank: int, step: Callable[[], int], timeout_s: float) -> Iterator[None]:
+    """A collective that timed out (or whose peer closed its connection) inside leaves as one
+    `CollectiveTimeout` naming this rank, the step it was on, and what it means for the user."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_collective_timeout(e):
+            raise
+        why = ("another rank is gone (its connection closed: it stopped or crashed first)"
+               if "Connection closed" in str(e) else "the other ranks did not answer within parallel."
+               f"collective_timeout={timeout_s:g}s: one is hung, stopped or gone")
+        raise CollectiveTimeout(f"rank {rank}: at step {step()}, {why}. The newest complete checkpoint is kept; "
+                                f"resume with the same command. ({str(e).splitlines()[0][:200]})") from None
 
 
 def destroy(wait: bool = True) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from electra_dist.config import flatten
-from electra_dist.io import git_commit
+from electra_dist.errors import writing
+from electra_dist.io import git_commit, write_atomic
 
 
 def run_params(cfg, ds_config: dict, world: int, tp: int, dp: int) -> dict[str, Any]:
@@ -108,3 +109,21 @@ def plot_run(metrics_file: Path, out: Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def truncate_metrics(path: Path, step: int, log=print) -> None:
+    """Drop records after `step` (logged after the checkpoint we resume from): one continuous history.
+    A line that is not a record (torn by a crash, or damaged) is never dropped silently: it is kept
+    in metrics.jsonl.bad with its line number, and said."""
+    if not path.is_file():
+        return
+    records, bad = scan_metrics(path, header=True)
+    kept = [rec for rec in records if rec.get("step", step + 1) <= step]
+    if bad:
+        aside = path.with_name(path.name + ".bad")
+        with writing(aside), open(aside, "a") as f:
+            f.writelines(f"{path}:{n}: {line}\n" for n, line in bad)
+        log(f"electra-dist: warning: {path}: {len(bad)} line(s) that are not records (line "
+            f"{', '.join(str(n) for n, _ in bad[:5])}{' …' if len(bad) > 5 else ''}) kept in {aside}")
+    with writing(path):
+        write_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))

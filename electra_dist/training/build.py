@@ -20,6 +20,7 @@ from electra_dist.model import ElectraPretrainer
 from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.datacheck import check_data
 from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups
+from electra_dist.training.step import grad_norm_flags
 
 
 @dataclass
@@ -44,6 +45,10 @@ class Run:
     @property
     def zero_stage(self) -> int:
         return parallel.zero_stage(self.ds_config)
+
+    @property
+    def grad_norm_mode(self) -> dict[str, bool]:
+        return grad_norm_flags(self.cfg.train.precision, self.zero_stage)
 
     @functools.cached_property
     def flops_per_token(self) -> float:

@@ -12,13 +12,14 @@ to the newest checkpoint that verifies, saying which were skipped and why. The l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -28,15 +29,17 @@ from electra_dist.model import ElectraPretrainer
 from electra_dist.model.electra import fit_vocab_rows
 from electra_dist.errors import writing
 from electra_dist.io import sha256_file, write_atomic
-from electra_dist.tracking.record import scan_metrics
+from electra_dist.tracking.record import truncate_metrics
 from electra_dist.training.build import Run
 from electra_dist.training.guard import data_changes, data_identity
+from electra_dist.training.optim import continue_schedule
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 LATEST = "latest"
 METRICS = "metrics.jsonl"
 FINAL = "final"
+HF_EXPORT = "hf"  # the final model in Hugging Face format, with tracking.log_hf_export
 PREEMPTED = "PREEMPTED"
 
 
@@ -64,8 +67,43 @@ class CheckpointManager:
         self.output_dir = Path(run.cfg.output_dir)
         self.dir = self.output_dir / CHECKPOINTS
         self.data = data_identity(run.cfg)  # the same for the whole run: recorded in every checkpoint
+        self.last_saved = 0  # the step of the newest checkpoint on disk (resume sets it)
+        self.before_save: Callable[[], None] = lambda: None  # raises rather than save a poisoned state
+        self.busy: Callable[[], ContextManager] = contextlib.nullcontext  # a signal waits for a save
         if run.layout.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def guard(self, before_save: Callable[[], None], busy: Callable[[], ContextManager]) -> None:
+        """What every save of the loop goes through: `before_save` (the metrics' finiteness check) first,
+        then the write inside `busy()` (StopSignals.busy: a signal then waits for the checkpoint)."""
+        self.before_save, self.busy = before_save, busy
+
+    def maybe_save(self, state: TrainState) -> Path | None:
+        """A checkpoint at every train.save_interval-th step before the last (the last is `finish`'s)."""
+        if state.step % self.run.cfg.train.save_interval or state.step >= self.run.cfg.train.max_steps:
+            return None
+        self.before_save()
+        with self.busy():
+            return self.save(state)
+
+    def finish(self, state: TrainState, preempted: bool, signal: int = 0) -> str:
+        """The end of the loop: a checkpoint of this step (unless it is on disk already), the final model
+        at train.max_steps, the PREEMPTED marker; "finished", "preempted" or "stopped" (--until-step)."""
+        self.before_save()
+        with self.busy():
+            if state.step != self.last_saved:  # a signal right after a save must not write that step again
+                self.save(state)
+            if not preempted and state.step == self.run.cfg.train.max_steps:
+                self.save_final()
+        if not preempted and state.step < self.run.cfg.train.max_steps:
+            return "stopped"
+        if self.run.layout.is_main:  # OUTPUT/PREEMPTED while steps are left: what a batch script checks to requeue
+            marker = self.output_dir / PREEMPTED
+            if preempted:
+                marker.write_text(json.dumps({"step": state.step, "signal": signal, "time": time.time()}))
+            else:
+                marker.unlink(missing_ok=True)
+        return "preempted" if preempted else "finished"
 
     def save(self, state: TrainState) -> Path:
         """A DeepSpeed checkpoint at this step, written under a temporary name, its files' sizes and
@@ -75,6 +113,7 @@ class CheckpointManager:
         final, tmp = self.dir / tag, self.dir / (tag + ".tmp")
         if _sound(final, run):
             run.log(f"electra-dist: {final} is already complete; not written again")
+            self.last_saved = state.step
             return final
         if run.layout.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +144,7 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
             run.log(f"electra-dist: saved checkpoint {final}")
         parallel.barrier()
+        self.last_saved = state.step
         return final
 
     def _client_state(self, state: TrainState) -> dict[str, Any]:
@@ -120,13 +160,13 @@ class CheckpointManager:
         The tokenizer and shards must be the checkpoint's unless `allow_data_change`."""
         if spec == "never":
             return TrainState()
-        path = self._choose(spec)
+        path = choose_checkpoint(self.dir, spec, self.run.layout.is_main)
         if path is None:
             return TrainState()
         run = self.run
         marker = json.loads((path / COMPLETE).read_text())
         changes = _data_changes(run, path, marker.get("data"), self.data, allow_data_change)
-        saved = _load_engine_state(run, path, marker.get("layout"), self._group_names())
+        saved = _load_engine_state(run, path, marker.get("layout"), _group_names(run.model))
         state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
                            int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
         if changes:
@@ -144,46 +184,12 @@ class CheckpointManager:
         if run.layout.is_main:
             truncate_metrics(self.output_dir / METRICS, state.step, run.log)
         run.log(f"electra-dist: resumed from {path} at step {state.step}")
+        self.last_saved = state.step
         return state
-
-    def _group_names(self) -> list[list[str]]:
-        """Parameter names of each optimizer group, in order (the same for any TP size)."""
-        from electra_dist.training.optim import param_groups
-
-        names = {id(p): n for n, p in self.run.model.named_parameters()}
-        return [[names[id(p)] for p in g["params"]] for g in param_groups(self.run.model, 0.0)]
-
-    def _choose(self, spec: str) -> Path | None:
-        """Rank 0 verifies, every rank gets its choice: with `auto` the newest complete checkpoint
-        whose files match what was written (saying which were skipped and why); a path must verify."""
-        choice, error = None, None
-        if self.run.layout.is_main:
-            if spec == "auto":
-                for candidate in reversed(complete_checkpoints(self.dir)):
-                    reason = verify(candidate)
-                    if reason is None:
-                        choice = str(candidate)
-                        break
-                    print(f"electra-dist: warning: skipping checkpoint {candidate}: {reason}", file=sys.stderr,
-                          flush=True)
-            else:
-                path = Path(spec)
-                if (path / LATEST).is_file():
-                    path = path / (path / LATEST).read_text().strip()
-                if not (path / COMPLETE).is_file():
-                    error = f"--resume: {path} is not a complete checkpoint (no {COMPLETE} marker)"
-                elif (reason := verify(path)) is not None:
-                    error = f"--resume: {path} cannot be trusted: {reason}"
-                else:
-                    choice = str(path)
-        choice, error = parallel.broadcast_from_main((choice, error))
-        if error:
-            raise ConfigError([error])
-        return Path(choice) if choice else None
 
     def save_final(self) -> Path:
         """The consolidated model (config.yaml + model.pt, TP gathered) for export and fine-tuning."""
-        from electra_dist.interop import save_model
+        from electra_dist.interop import export_hf, save_model
 
         run = self.run
         full = parallel.full_state_dict(run.model, run.zero_stage)
@@ -196,18 +202,47 @@ class CheckpointManager:
             save_model(out, plain, run.cfg)
             run.log(f"electra-dist: wrote the final model to {out} (export with `electra-dist export "
                     f"--checkpoint {out} --out DIR`)")
+            if run.cfg.tracking.log_hf_export:  # logged as the run's artifact when it closes
+                export_hf(plain, self.output_dir / HF_EXPORT, run.cfg.data.tokenizer or None)
         parallel.barrier()
         return out
 
-    def mark_preempted(self, state: TrainState, preempted: bool, signal: int) -> None:
-        """OUTPUT/PREEMPTED while the run still has steps to go: what a batch script checks to requeue."""
-        if not self.run.layout.is_main:
-            return
-        marker = self.output_dir / PREEMPTED
-        if preempted:
-            marker.write_text(json.dumps({"step": state.step, "signal": signal, "time": time.time()}))
+
+def choose_checkpoint(ckpt_dir: Path, spec: str, is_main: bool) -> Path | None:
+    """Which checkpoint to resume: rank 0 verifies, every rank gets its choice: with `auto` the newest complete checkpoint
+    whose files match what was written (saying which were skipped and why); a path must verify."""
+    choice, error = None, None
+    if is_main:
+        if spec == "auto":
+            for candidate in reversed(complete_checkpoints(ckpt_dir)):
+                reason = verify(candidate)
+                if reason is None:
+                    choice = str(candidate)
+                    break
+                print(f"electra-dist: warning: skipping checkpoint {candidate}: {reason}", file=sys.stderr,
+                      flush=True)
         else:
-            marker.unlink(missing_ok=True)
+            path = Path(spec)
+            if (path / LATEST).is_file():
+                path = path / (path / LATEST).read_text().strip()
+            if not (path / COMPLETE).is_file():
+                error = f"--resume: {path} is not a complete checkpoint (no {COMPLETE} marker)"
+            elif (reason := verify(path)) is not None:
+                error = f"--resume: {path} cannot be trusted: {reason}"
+            else:
+                choice = str(path)
+    choice, error = parallel.broadcast_from_main((choice, error))
+    if error:
+        raise ConfigError([error])
+    return Path(choice) if choice else None
+
+
+def _group_names(model) -> list[list[str]]:
+    """Parameter names of each optimizer group, in order (the same for any TP size)."""
+    from electra_dist.training.optim import param_groups
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in param_groups(model, 0.0)]
 
 
 def _sound(ckpt: Path, run: Run) -> bool:
@@ -256,28 +291,6 @@ def _load_engine_state(run: Run, path: Path, recorded: dict | None, group_names:
     return saved
 
 
-def continue_schedule(run: Run, state: TrainState, saved: dict[str, Any], where: Path) -> None:
-    """The checkpoint's LR schedule, continued to this run's train.max_steps (see optim.Schedule)."""
-    from electra_dist.training.optim import Schedule
-
-    t = run.cfg.train
-    old = saved.get("schedule") or {"warmup": run.cfg.optim.warmup_steps,
-                                    "total": (saved.get("config") or {}).get("train", {}).get("max_steps", t.max_steps)}
-    before = Schedule(old["warmup"], old["total"], tuple(old["start"]) if old.get("start") else None)
-    after = before.extended(state.step, t.max_steps)
-    if after is before:
-        run.scheduler.lr_lambdas = [before] * len(run.scheduler.lr_lambdas)
-        return
-    if before(state.step) == 0.0 and after.start is not None:
-        raise ConfigError([f"--resume: {where} finished its LR schedule at step {state.step} (train.max_steps="
-                           f"{before.total}; the LR is 0): training on would change nothing. Start a new run from "
-                           f"its weights instead, or resume with train.max_steps={before.total}"])
-    run.scheduler.lr_lambdas = [after] * len(run.scheduler.lr_lambdas)
-    state.changed["train.max_steps"] = f"{before.total} -> {t.max_steps} at step {state.step}"
-    run.log(f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
-            f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}")
-
-
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Checkpoint tags with a COMPLETE marker, oldest first."""
     if not ckpt_dir.is_dir():
@@ -304,23 +317,3 @@ def verify(path: Path) -> str | None:
         if sha256_file(f) != meta["sha256"]:
             return f"{rel} does not match the SHA-256 recorded when it was written"
     return None
-
-
-
-
-def truncate_metrics(path: Path, step: int, log=print) -> None:
-    """Drop records after `step` (logged after the checkpoint we resume from): one continuous history.
-    A line that is not a record (torn by a crash, or damaged) is never dropped silently: it is kept
-    in metrics.jsonl.bad with its line number, and said."""
-    if not path.is_file():
-        return
-    records, bad = scan_metrics(path, header=True)
-    kept = [rec for rec in records if rec.get("step", step + 1) <= step]
-    if bad:
-        aside = path.with_name(path.name + ".bad")
-        with writing(aside), open(aside, "a") as f:
-            f.writelines(f"{path}:{n}: {line}\n" for n, line in bad)
-        log(f"electra-dist: warning: {path}: {len(bad)} line(s) that are not records (line "
-            f"{', '.join(str(n) for n, _ in bad[:5])}{' …' if len(bad) > 5 else ''}) kept in {aside}")
-    with writing(path):
-        write_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))

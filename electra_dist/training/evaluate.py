@@ -19,14 +19,14 @@ counts, so the numbers do not depend on the DP (or TP) size.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from electra_dist import parallel
 from electra_dist.model.electra import AUC_BINS
 from electra_dist.training.build import Run
-from electra_dist.training.datacheck import eval_urls  # noqa: F401  (for the loop)
+from electra_dist.training.datacheck import eval_urls
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -34,6 +34,19 @@ def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     below = torch.cumsum(negative, 0) - negative  # negatives in lower bins
     pairs = float(positive.sum() * negative.sum())
     return float((positive * (below + 0.5 * negative)).sum()) / pairs if pairs else float("nan")
+
+
+class NoEvaluation:
+    """A run without held-out shards (or train.eval_interval=0): nothing to evaluate."""
+
+    def maybe_run(self, step: int, before: Callable[[], None] = lambda: None) -> None:
+        return None
+
+
+def make_evaluator(run: Run) -> Evaluator | NoEvaluation:
+    t = run.cfg.train
+    urls = eval_urls(run.cfg) if t.eval_interval else []
+    return Evaluator(run, urls, t.eval_samples) if urls else NoEvaluation()
 
 
 class Evaluator:
@@ -57,6 +70,15 @@ class Evaluator:
         stream = ShardStream(urls, loader.settings)
         B = run.cfg.train.micro_batch_size
         self.batches = [stream.collate(mine[i:i + B]) for i in range(0, len(mine), B)]
+
+    def maybe_run(self, step: int, before: Callable[[], None] = lambda: None) -> dict[str, float] | None:
+        """The held-out metrics at every train.eval_interval-th step and the last, after `before` (the
+        metrics' finiteness check: a poisoned model is not evaluated); None at other steps."""
+        t = self.run.cfg.train
+        if step % t.eval_interval and step != t.max_steps:
+            return None
+        before()
+        return self.evaluate()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

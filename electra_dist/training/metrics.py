@@ -16,10 +16,10 @@ import torch
 from electra_dist import parallel
 from electra_dist.errors import writing
 from electra_dist.training.build import Run
-from electra_dist.training.checkpoints import FINAL, METRICS, TrainState
+from electra_dist.training.checkpoints import HF_EXPORT, METRICS, TrainState
 from electra_dist.training.step import NonFiniteError, StepResult
-from electra_dist.tracking import Tracker, make_tracker, plot_run, run_params
-from electra_dist.tracking.record import HEADER
+from electra_dist.tracking import Tracker, make_tracker
+from electra_dist.tracking.lifecycle import finish_record, start_record
 
 
 class MetricsLogger:
@@ -83,6 +83,14 @@ class MetricsLogger:
         print(f"electra-dist: error: {msg}", file=sys.stderr, flush=True)
         raise NonFiniteError(msg)
 
+    def maybe_log(self, state: TrainState, held_out: dict[str, float] | None = None) -> dict[str, float] | None:
+        """A record at every train.log_interval-th step, the last, and wherever there was a held-out
+        evaluation (`held_out`, logged with the window it ended); None at other steps."""
+        t = self.run.cfg.train
+        if held_out is None and state.step % t.log_interval and state.step != t.max_steps:
+            return None
+        return self.log(state, held_out)
+
     def log(self, state: TrainState, extra: dict[str, float] | None = None) -> dict[str, float]:
         """Check finiteness, read the window back (one DP all-reduce), write the record (with `extra`,
         the held-out evaluation when there was one) everywhere, start a new window."""
@@ -128,50 +136,23 @@ class MetricsLogger:
         return m
 
     def _start(self, state: TrainState) -> None:
-        cfg, run = self.run.cfg, self.run
-        with writing(self.output_dir):
-            cfg.save(self.output_dir / "config.yaml")
-            (self.output_dir / "deepspeed.json").write_text(json.dumps(run.ds_config, indent=2))
-        if state.resumed_from is None:
-            header = {"init_from": cfg.train.init_from or None, "objective": cfg.objective.kind,
-                      "embedding_sharing": cfg.objective.embedding_sharing, "max_steps": cfg.train.max_steps,
-                      "world": run.layout.world, "started": time.time()}
-            with writing(self.file), open(self.file, "w") as f:  # a run from step 0 starts its record
-                f.write(json.dumps({"step": 0, HEADER: header}) + "\n")
-            self.tracker.log_params(run_params(cfg, run.ds_config, run.layout.world, run.layout.tp_size,
-                                               run.layout.dp_size))
-            self.tracker.log_artifact(self.output_dir / "config.yaml")
-            self.tracker.log_artifact(self.output_dir / "deepspeed.json")
-            if cfg.data.tokenizer:
-                from electra_dist.data.tokenizer import tokenizer_files
-
-                for f in tokenizer_files(cfg.data.tokenizer):
-                    self.tracker.log_artifact(f, "tokenizer")
-        self.tracker.set_tags({"status": "running", "resumed_from": state.resumed_from or "",
-                               **{f"resumed_with.{k}": v for k, v in state.changed.items()}})
+        run = self.run
+        start_record(self.tracker, run.cfg, run.ds_config, run.layout, self.file, state.resumed_from, state.changed)
         if not run.peak_tflops:
             run.log(f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
-                    f"{cfg.train.precision} (set ELECTRA_DIST_PEAK_TFLOPS to its dense peak)")
+                    f"{run.cfg.train.precision} (set ELECTRA_DIST_PEAK_TFLOPS to its dense peak)")
 
     def _run_id_on_disk(self) -> str | None:
         f = self.output_dir / "tracking.json"
         return json.loads(f.read_text()).get("run_id") if f.is_file() else None
 
     def close(self, status: str) -> None:
-        """Log the run's record (JSONL, curves, the HF export if asked) and close the tracker with `status`."""
+        """The run's record closed (curves, the HF export if asked), the tracker with `status`."""
         if self.run.layout.is_main:
-            if self.file.is_file() and self.tracker.enabled:  # the curves are an MLflow artifact
-                self.tracker.log_artifact(self.file)
-                png = plot_run(self.file, self.output_dir / "curves.png")
-                if png:
-                    self.tracker.log_artifact(png)
-            if status == "finished" and self.run.cfg.tracking.log_hf_export and (self.output_dir / FINAL).is_dir():
-                from electra_dist.interop import export_hf, load_model
-
-                model, _ = load_model(self.output_dir / FINAL)
-                hf = export_hf(model, self.output_dir / "hf", self.run.cfg.data.tokenizer or None)
-                self.tracker.log_artifact(hf, "hf")
-        self.tracker.close(status)
+            hf = self.output_dir / HF_EXPORT if self.run.cfg.tracking.log_hf_export else None
+            finish_record(self.tracker, self.file, status, hf)
+        else:
+            self.tracker.close(status)
 
 
 def _memory(device: torch.device) -> dict[str, float]:

@@ -4,13 +4,14 @@ LR = linear decay to 0 × min(1, step / warm-up)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from electra_dist import parallel
-from electra_dist.config import OptimConfig
+from electra_dist.config import ConfigError, OptimConfig
 
 
 def lr_multiplier(step: int, warmup: int, total: int) -> float:
@@ -81,3 +82,24 @@ def _say_once(log: Callable[[str], None], line: str) -> None:
     if line not in _said:
         _said.add(line)
         log(line)
+
+
+def continue_schedule(run, state, saved: dict[str, Any], where: Path) -> None:
+    """On resume (`run`: training.build.Run, `state`: its TrainState), the checkpoint's LR schedule
+    continued to this run's train.max_steps (see Schedule); a changed max_steps is recorded in the state."""
+    t = run.cfg.train
+    old = saved.get("schedule") or {"warmup": run.cfg.optim.warmup_steps,
+                                    "total": (saved.get("config") or {}).get("train", {}).get("max_steps", t.max_steps)}
+    before = Schedule(old["warmup"], old["total"], tuple(old["start"]) if old.get("start") else None)
+    after = before.extended(state.step, t.max_steps)
+    if after is before:
+        run.scheduler.lr_lambdas = [before] * len(run.scheduler.lr_lambdas)
+        return
+    if before(state.step) == 0.0 and after.start is not None:
+        raise ConfigError([f"--resume: {where} finished its LR schedule at step {state.step} (train.max_steps="
+                           f"{before.total}; the LR is 0): training on would change nothing. Start a new run from "
+                           f"its weights instead, or resume with train.max_steps={before.total}"])
+    run.scheduler.lr_lambdas = [after] * len(run.scheduler.lr_lambdas)
+    state.changed["train.max_steps"] = f"{before.total} -> {t.max_steps} at step {state.step}"
+    run.log(f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
+            f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}")

@@ -44,6 +44,9 @@ class StopSignals:
             raise KeyboardInterrupt  # asked twice: no checkpoint
         self.received = self.received or signum
 
+    def asked(self) -> bool:
+        return bool(self.received)
+
     def describe(self, signum: int = 0) -> str:
         signum = signum or self.received
         name = signal.Signals(signum).name if signum else "no signal"

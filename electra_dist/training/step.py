@@ -96,12 +96,18 @@ def grad_norm_flags(precision: str, zero_stage: int) -> dict[str, bool]:
     return {"check_grad_norm": precision != "fp16", "own_grad_norm": zero_stage == 0 and precision == "fp32"}
 
 
-def train_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, device: torch.device,
-               stop: Callable[[], bool] | bool = False, check_grad_norm: bool = True,
-               own_grad_norm: bool = False) -> StepResult | Stopped:
-    """All micro-batches of one optimizer step; `Stopped` (nothing trained) when any rank was asked to stop.
-    `own_grad_norm`: measure the gradient norm here (after the last backward, before the step) where
-    DeepSpeed keeps none (ZeRO-0, torch optimizer, fp32)."""
+def train_step(run, batches: Iterator[dict[str, Any]], stop: Callable[[], bool] | bool = False) -> StepResult | Stopped:
+    """One optimizer step of a training run (`training.build.Run`): its engine, accumulation, device and
+    gradient-norm mode; `Stopped` (nothing trained) when any rank was asked to stop."""
+    return engine_step(run.engine, batches, run.grad_accum, run.layout.device, stop, **run.grad_norm_mode)
+
+
+def engine_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, device: torch.device,
+                stop: Callable[[], bool] | bool = False, check_grad_norm: bool = True,
+                own_grad_norm: bool = False) -> StepResult | Stopped:
+    """All micro-batches of one optimizer step of `engine`; `Stopped` (nothing trained) when any rank was
+    asked to stop. `own_grad_norm`: measure the gradient norm here (after the last backward, before the
+    step) where DeepSpeed keeps none (ZeRO-0, torch optimizer, fp32)."""
     asked = stop if callable(stop) else (lambda: bool(stop))
     micro, whole = fetch(batches, grad_accum, asked)
     tokens, masked, stopping = parallel.global_counts(sum(b.tokens for b in micro), sum(b.masked for b in micro),
