@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from electra_dist.data.loader import CorruptShardError, LoaderSettings, PretrainLoader, ShardStream, iter_shard, resolve_shards
-from electra_dist.data.masking import SpecialIds
+from electra_dist.data.vocab import SpecialIds
 from electra_dist.data.shards import ExampleBuilder, build_shards, check_compatible, merge_manifests, read_manifest
 from electra_dist.data.text import TextStats, iter_documents, split_sentences
-from electra_dist.data.tokenizer import Tokenizer, train_tokenizer
+from electra_dist.data.tokenizer import SentencePieceTokenizer, train_tokenizer
 
 from conftest import SAMPLE, SEQ
 
@@ -36,9 +36,9 @@ def _take(loader, n):
 
 
 def _same(a, b):
-    return all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in
+    return all(torch.equal(getattr(x, k), getattr(y, k)) for x, y in zip(a, b) for k in
                ("input_ids", "original_ids", "masked_positions", "attention_mask", "token_type_ids")) and \
-        [x["keys"] for x in a] == [y["keys"] for y in b] and len(a) == len(b)
+        [x.keys for x in a] == [y.keys for y in b] and len(a) == len(b)
 
 
 # ---- text -----------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def test_sentence_split():
 # ---- tokenizer --------------------------------------------------------------------------------
 
 def test_tokenizer_specials_and_real_text(tok_dir, real_documents):
-    tok = Tokenizer(tok_dir)
+    tok = SentencePieceTokenizer(tok_dir)
     assert tok.vocab_size == 2000
     assert tok.special == SpecialIds(pad=0, unk=1, cls=2, sep=3, mask=4)
     meta = json.loads((tok_dir / "special_tokens.json").read_text())
@@ -99,7 +99,7 @@ def test_tokenizer_bad_input(tmp_path):
     with pytest.raises(ValueError, match="no text found"):
         train_tokenizer([str(empty)], 1000, tmp_path / "t")
     with pytest.raises(FileNotFoundError, match="spm.model"):
-        Tokenizer(tmp_path)
+        SentencePieceTokenizer(tmp_path)
 
 
 # ---- shards -----------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_example_builder_follows_the_official_packing():
 
 def test_shards_format_manifest_and_token_types(shard_dir, tok_dir):
     m = read_manifest(shard_dir)
-    tok = Tokenizer(tok_dir)
+    tok = SentencePieceTokenizer(tok_dir)
     assert m["seq_len"] == SEQ and m["dtype"] == "u16" and m["tokenizer"]["sha256"] == tok.checksum
     assert len(m["shards"]) > 4 and m["samples"] == sum(s["samples"] for s in m["shards"])
     total, lengths = 0, []
@@ -143,7 +143,7 @@ def test_shards_format_manifest_and_token_types(shard_dir, tok_dir):
     assert np.mean(np.array(lengths) == SEQ) > 0.6  # most sequences are packed full
     # token types: 0 through the first [SEP], 1 after it
     b = _take(PretrainLoader(str(shard_dir), _settings(), num_workers=0), 1)[0]
-    for ids, tt in zip(b["original_ids"], b["token_type_ids"]):
+    for ids, tt in zip(b.original_ids, b.token_type_ids):
         first_sep = int((ids == 3).nonzero()[0])
         assert tt[: first_sep + 1].eq(0).all() and tt[first_sep + 1:][ids[first_sep + 1:] != 0].eq(1).all()
 
@@ -212,7 +212,7 @@ def test_exact_resume_2_ranks_x_2_workers(shard_dir, split):
         again.load_state_dict(resumed.state_dict())
         assert _same(straight, a + b + _take(again, 4))
     r0, r1 = _take(loader(0), 10), _take(loader(1), 10)
-    assert not {k for b in r0 for k in b["keys"]} & {k for b in r1 for k in b["keys"]}
+    assert not {k for b in r0 for k in b.keys} & {k for b in r1 for k in b.keys}
 
 
 def test_global_batches_are_the_same_for_any_dp_size_and_accumulation_and_resume_across_them(shard_dir):
@@ -227,7 +227,7 @@ def test_global_batches_are_the_same_for_any_dp_size_and_accumulation_and_resume
                 loader.load_state_dict(state)
             for i, b in enumerate(_take(loader, steps * accum)):
                 step, a = divmod(i, accum)
-                out[step, a * dp + rank] = (b["keys"], b["dropout_seed"], b["input_ids"])
+                out[step, a * dp + rank] = (b.keys, b.dropout_seed, b.input_ids)
         return out, loader.state_dict()
 
     ref, _ = slices(1, 4, 3)
@@ -247,7 +247,7 @@ def test_same_dp_rank_same_batches_and_seeded_shuffle(shard_dir):
     b = _take(PretrainLoader(str(shard_dir), _settings(), 1, 2, num_workers=2), 5)
     assert _same(a, b)
     c = _take(PretrainLoader(str(shard_dir), _settings(seed=4), 1, 2, num_workers=2), 5)
-    assert [x["keys"] for x in a] != [x["keys"] for x in c]
+    assert [x.keys for x in a] != [x.keys for x in c]
 
 
 def test_resume_with_other_workers_is_refused(shard_dir):
@@ -263,9 +263,9 @@ def test_multiple_epochs_reshuffle(tmp_path, tok_dir):
     m = read_manifest(tmp_path)
     per_epoch = m["samples"] // 8
     batches = _take(PretrainLoader(str(tmp_path), _settings(), num_workers=0), 2 * per_epoch + 2)
-    assert batches[0]["epoch"] == 0 and batches[-1]["epoch"] == 2
-    e0 = [k for b in batches if b["epoch"] == 0 for k in b["keys"]]
-    e1 = [k for b in batches if b["epoch"] == 1 for k in b["keys"]]
+    assert batches[0].epoch == 0 and batches[-1].epoch == 2
+    e0 = [k for b in batches if b.epoch == 0 for k in b.keys]
+    e1 = [k for b in batches if b.epoch == 1 for k in b.keys]
     assert e0[:50] != e1[:50] and set(e1) <= set(e0 + e1)
 
 
@@ -287,7 +287,7 @@ def test_globs_brace_lists_pipe_and_http(shard_dir):
         url = f"http://127.0.0.1:{port}/shard-000-{{000000..000001}}.tar"
         loader = PretrainLoader(url, _settings(), num_workers=1)
         batch = _take(loader, 2)
-        assert all(k.startswith(("000-000000", "000-000001")) for b in batch for k in b["keys"])
+        assert all(k.startswith(("000-000000", "000-000001")) for b in batch for k in b.keys)
     finally:
         server.shutdown()
 
@@ -311,7 +311,7 @@ def test_compatibility_checks(shard_dir, tmp_path):
     m = read_manifest(shard_dir)
     train_tokenizer([str(SAMPLE)], 1500, tmp_path / "other", input_sentence_size=2000)
     with pytest.raises(ValueError) as e:
-        check_compatible(m, Tokenizer(tmp_path / "other"), 128)
+        check_compatible(m, SentencePieceTokenizer(tmp_path / "other"), 128)
     assert "tokenizer sha256" in str(e.value) and "train.seq_len=128" in str(e.value)
 
 
@@ -337,12 +337,12 @@ def test_full_packing_leaves_no_padding_and_official_packing_does(tmp_path, tok_
     assert m["packing"] == "full"
     lengths = [row.size for s in m["shards"] for _, row in iter_shard(str(shard_dir / s["name"]))]
     assert set(lengths) == {SEQ} and m["tokens"] > 0.9 * m["text_tokens"]
-    assert not any(b["padded"] for b in _take(PretrainLoader(str(shard_dir), _settings(), num_workers=0), 20))
+    assert not any(b.padded for b in _take(PretrainLoader(str(shard_dir), _settings(), num_workers=0), 20))
     official = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=500, progress=False,
                             packing="official").manifest
     rows = [row.size for s in official["shards"] for _, row in iter_shard(str(tmp_path / s["name"]))]
     assert official["packing"] == "official" and min(rows) < SEQ and sum(rows) < len(rows) * SEQ
-    assert any(b["padded"] for b in _take(PretrainLoader(str(tmp_path), _settings(), num_workers=0), 20))
+    assert any(b.padded for b in _take(PretrainLoader(str(tmp_path), _settings(), num_workers=0), 20))
     with pytest.raises(ValueError, match="--packing: 'tight' is not one of"):
         build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "x", packing="tight", progress=False)
 

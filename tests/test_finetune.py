@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from electra_dist.interop import export_hf, save_model
-from electra_dist.data.masking import SpecialIds, mask_tokens
+from electra_dist.data.masking import mask_tokens
+from electra_dist.data.vocab import SpecialIds
 from electra_dist.commands.finetune import Classifier, finetune, layer_lr_groups
 from electra_dist.training.flops import flops_per_token
 from electra_dist.model import ElectraPretrainer, count_parameters

@@ -105,7 +105,7 @@ def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(t
     BertTokenizer that mapped every word to [UNK]), with [CLS] A [SEP] B [SEP] and token types as in
     pre-training."""
     from electra_dist.data.text import split_sentences
-    from electra_dist.data.tokenizer import Tokenizer
+    from electra_dist.data.tokenizer import SentencePieceTokenizer
 
     cfg = tiny_config(**{"model.vocab_size": 2000})
     m = ElectraPretrainer(cfg.model, cfg.objective)
@@ -116,7 +116,7 @@ def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(t
     disc = transformers.ElectraForPreTraining.from_pretrained(tmp_path / "hf" / "discriminator")
     assert disc.config.vocab_size == 2000
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf" / "discriminator")
-    ours = Tokenizer(tok_dir)
+    ours = SentencePieceTokenizer(tok_dir)
     sentences = [s for doc in real_documents[:40] for s in split_sentences(doc)]
     assert len(sentences) > 1000
     got = hf(sentences, add_special_tokens=False)["input_ids"]
@@ -158,7 +158,7 @@ def test_the_export_loads_in_the_lowest_transformers_pyproject_allows(tmp_path, 
     import sys
 
     from electra_dist.data.text import split_sentences
-    from electra_dist.data.tokenizer import Tokenizer
+    from electra_dist.data.tokenizer import SentencePieceTokenizer
 
     floor = tmp_path / "floor"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(floor),
@@ -179,4 +179,4 @@ def test_the_export_loads_in_the_lowest_transformers_pyproject_allows(tmp_path, 
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     version, ids = r.stdout.split(" ", 1)
-    assert version == "4.57.1" and json.loads(ids) == Tokenizer(tok_dir).encode_batch(sentences)
+    assert version == "4.57.1" and json.loads(ids) == SentencePieceTokenizer(tok_dir).encode_batch(sentences)

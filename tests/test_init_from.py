@@ -83,7 +83,7 @@ def test_a_published_wordpiece_vocabulary_tokenizes_as_transformers_does(tmp_pat
 
 def test_shards_record_the_vocabularys_special_ids_and_masking_uses_them(minilm_shards):
     from electra_dist.data.loader import LoaderSettings, PretrainLoader
-    from electra_dist.data.masking import SpecialIds
+    from electra_dist.data.vocab import SpecialIds
     from electra_dist.data.shards import read_manifest
 
     manifest = read_manifest(minilm_shards)
@@ -92,7 +92,7 @@ def test_shards_record_the_vocabularys_special_ids_and_masking_uses_them(minilm_
     settings = LoaderSettings(seq_len=64, micro_batch_size=16, special=special, mask_prob=0.15, mask_fraction=0.85,
                               random_fraction=0.0, vocab_size=30522, seed=0)
     batch = next(iter(PretrainLoader(str(minilm_shards), settings, 0, 1, num_workers=0)))
-    ids, original, masked = batch["input_ids"], batch["original_ids"], batch["masked_positions"]
+    ids, original, masked = batch.input_ids, batch.original_ids, batch.masked_positions
     assert (original[:, 0] == 101).all() and (original == 102).any()
     assert not masked[(original == 101) | (original == 102) | (original == 0)].any()  # never [CLS] [SEP] [PAD]
     shown = ids[masked]
@@ -166,7 +166,7 @@ def test_init_from_continues_under_tensor_parallelism_and_exports_with_its_own_v
     enc = AutoTokenizer.from_pretrained(str(disc))([text], return_tensors="pt")
     assert enc["input_ids"][0].tolist() == [101, *load_tokenizer(MINILM).encode(text), 102]
     model, _ = load_model(tmp_path / "tp2" / "final")
-    assert hasattr(model.discriminator, "embeddings_delta")
+    assert model.discriminator.embeddings_delta is not None
     hf = ElectraForPreTraining.from_pretrained(str(disc)).eval()
     model.eval()
     with torch.no_grad():

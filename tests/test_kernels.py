@@ -76,7 +76,8 @@ def test_bf16_training_step_is_finite_and_close_to_fp32():
     torch.manual_seed(0)
     m = ElectraPretrainer(cfg.model, cfg.objective).cuda()
     ids = torch.randint(5, 1000, (4, 64), device="cuda")
-    from electra_dist.data.masking import SpecialIds, mask_tokens
+    from electra_dist.data.masking import mask_tokens
+    from electra_dist.data.vocab import SpecialIds
 
     b = mask_tokens(ids.cpu(), SpecialIds(), 0.15, sample_ids=torch.arange(4))
     args = [t.cuda() for t in (b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)]
@@ -153,7 +154,9 @@ def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     plain = ElectraPretrainer(cfg.model, cfg.objective, fused=True)
     fused = ElectraPretrainer(cfg.model, cfg.objective, fused=True, fused_tail=True)
     fused.load_state_dict(plain.state_dict())
-    from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max_predictions
+    from electra_dist.data.batch import masked_slots
+    from electra_dist.data.masking import mask_tokens, max_predictions
+    from electra_dist.data.vocab import SpecialIds
 
     ids = torch.randint(5, 1000, (4, 64), generator=torch.Generator().manual_seed(1))
     b = mask_tokens(ids, SpecialIds(), 0.15, sample_ids=torch.arange(4) + 7)

@@ -119,3 +119,39 @@ def test_ci_runs_exactly_the_readmes_second_command():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pip install" in line]
     assert ci == [block[1]], (ci, block[1])
     assert block[0].rsplit("&&", 1)[0] == block[1].split("&& python3 -m pip install -q --no-deps")[0]
+
+
+def test_the_model_sees_data_only_through_the_batch_and_tokenizer_contracts():
+    """model/ is plain torch over a typed batch: from data/ it may import data.batch and data.vocab
+    only; optional parts are attributes that are None or nn.Identity, never found with hasattr."""
+    offenders = []
+    for name, (path, tree) in modules().items():
+        if not name.startswith("electra_dist.model"):
+            continue
+        offenders += [f"{path.relative_to(ROOT)}:{line} imports {mod}" for mod, line in imported_names(tree)
+                      if mod.startswith("electra_dist.data.") and mod.split(".")[2] not in ("batch", "vocab")]
+        offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "hasattr"
+                      and isinstance(node.args[0], ast.Name) and node.args[0].id == "self"]
+    assert not offenders, offenders
+
+
+def test_both_tokenizers_keep_the_one_tokenizer_contract(tok_dir):
+    """Ours and a published model's tokenizer are the same `data.vocab.Tokenizer` (runtime-checked
+    protocol: every member present) with the five specials ELECTRA needs."""
+    from electra_dist.data.tokenizer import load_tokenizer
+    from electra_dist.data.vocab import SpecialIds, Tokenizer
+
+    from test_init_from import MINILM
+
+    for directory in (tok_dir, MINILM):
+        tok = load_tokenizer(directory)
+        assert isinstance(tok, Tokenizer) and isinstance(tok.special, SpecialIds), type(tok)
+        assert tok.decode(tok.encode("the cat")).lower().replace(" ", "") == "thecat" and len(tok.checksum) == 64
+
+
+def test_no_function_over_70_lines_in_the_library():
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} is {node.end_lineno - node.lineno + 1} lines"
+            for _, (path, tree) in modules().items() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 70]
+    assert not long, long

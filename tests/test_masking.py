@@ -2,7 +2,8 @@
 
 import torch
 
-from electra_dist.data.masking import SpecialIds, mask_tokens
+from electra_dist.data.masking import mask_tokens
+from electra_dist.data.vocab import SpecialIds
 
 SP = SpecialIds()
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from electra_dist.config import Config
-from electra_dist.data.masking import SpecialIds, mask_tokens
+from electra_dist.data.masking import mask_tokens
+from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer, count_parameters
 
 from conftest import tiny_config
@@ -32,7 +33,8 @@ def test_embeddings_are_the_same_parameter_objects(tiny):
         for pg, pd in zip(getattr(g, name).parameters(), getattr(d, name).parameters()):
             assert pg is pd
     # each tower has its own projection (embedding 32 → 32 generator needs none, 64 discriminator does)
-    assert hasattr(m.discriminator, "embeddings_project") and not hasattr(m.generator, "embeddings_project")
+    assert isinstance(m.discriminator.embeddings_project, torch.nn.Linear)
+    assert isinstance(m.generator.embeddings_project, torch.nn.Identity)
     # parameters() counts the shared ones once
     names = [n for n, _ in m.named_parameters()]
     assert len(names) == len(set(id(p) for p in m.parameters()))
@@ -235,6 +237,6 @@ def test_gdes_discriminator_exports_and_folds_as_its_summed_embeddings():
     assert torch.equal(gen["electra.embeddings.word_embeddings.weight"], shared)  # the generator's own
     assert not any("delta" in k for k in [*disc, *gen])
     m.discriminator.fold_embedding_delta()  # fine-tuning's plain tables
-    assert not hasattr(m.discriminator, "embeddings_delta")
+    assert m.discriminator.embeddings_delta is None
     with torch.no_grad():
         assert torch.allclose(m.discriminator(b.original_ids, b.attention_mask), before, atol=1e-6)

@@ -9,14 +9,16 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from electra_dist.config import Config
-from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max_predictions
+from electra_dist.data.batch import Batch, masked_slots
+from electra_dist.data.masking import mask_tokens, max_predictions
+from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer
 from electra_dist.training.flops import flops_per_sequence
 
 from conftest import ROOT, one_rank, tiny_config
 
 
-def _batch(cfg, seed: int, B: int = 4, pad_from: int | None = None) -> dict:
+def _batch(cfg, seed: int, B: int = 4, pad_from: int | None = None) -> Batch:
     """A batch as the loader makes it: masked with sample ids, fixed slots, the `padded` flag."""
     S = cfg.train.seq_len
     g = torch.Generator().manual_seed(seed)
@@ -28,9 +30,9 @@ def _batch(cfg, seed: int, B: int = 4, pad_from: int | None = None) -> dict:
     sample_ids = torch.arange(B) + 1000 * seed
     m = mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=sample_ids)
     index, weights = masked_slots(m.masked_positions, max_predictions(S, cfg.objective.mask_prob))
-    return {"input_ids": m.input_ids, "original_ids": m.original_ids, "masked_positions": m.masked_positions,
-            "masked_index": index, "masked_weights": weights, "attention_mask": m.attention_mask,
-            "token_type_ids": torch.zeros_like(ids), "sample_ids": sample_ids, "padded": pad_from is not None}
+    return Batch(input_ids=m.input_ids, original_ids=m.original_ids, masked_positions=m.masked_positions,
+                 masked_index=index, masked_weights=weights, attention_mask=m.attention_mask,
+                 token_type_ids=torch.zeros_like(ids), sample_ids=sample_ids, padded=pad_from is not None)
 
 
 def test_masked_slots_hold_exactly_the_masked_positions_in_row_order():
@@ -50,7 +52,7 @@ def test_slots_and_boolean_masking_give_the_same_losses(tiny):
     """The trainer's path (fixed slots, `padded` from the loader) equals the boolean-mask path."""
     torch.manual_seed(0)
     m = ElectraPretrainer(tiny.model, tiny.objective).eval()
-    b = _batch(tiny, 0, pad_from=40)
+    b = _batch(tiny, 0, pad_from=40).model_inputs()
     fast = m(**b)
     legacy = m(b["input_ids"], b["original_ids"], b["masked_positions"], b["attention_mask"],
                b["token_type_ids"], sample_ids=b["sample_ids"])
@@ -65,7 +67,7 @@ def test_padded_and_unpadded_computation_give_the_same_losses(tiny):
     (the flash path): the same per-sequence losses."""
     torch.manual_seed(0)
     m = ElectraPretrainer(tiny.model, tiny.objective).eval()
-    b = _batch(tiny, 3, B=2, pad_from=40)
+    b = _batch(tiny, 3, B=2, pad_from=40).model_inputs()
     padded = m(**b)
     # row 1 alone, trimmed to its 40 real tokens: no padding, no mask
     row = {k: (v[1:2, :40] if k not in ("masked_index", "masked_weights", "sample_ids", "padded") else v)
@@ -92,7 +94,7 @@ def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile
 
     def run(batch, normalizers):  # tensors, as engine_step passes them: a float would be a constant of the graph
         masked, tokens = torch.tensor(normalizers).unbind()
-        out = step(**batch, masked_normalizer=masked, token_normalizer=tokens)
+        out = step(**batch.model_inputs(), masked_normalizer=masked, token_normalizer=tokens)
         out.loss.backward()
         assert torch.isfinite(out.loss) and model.discriminator.encoder.layers[0].output.weight.grad is not None
         model.zero_grad(set_to_none=True)
@@ -113,8 +115,7 @@ def test_flop_accounting_matches_torch_flop_counter(flavor):
     cfg = Config.build(flavor, [f"train.seq_len={S}"])
     with torch.device("meta"):
         model = ElectraPretrainer(cfg.model, cfg.objective)
-    batch = _batch(cfg, 0, B=B)
-    batch = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    batch = _batch(cfg, 0, B=B).to(torch.device("meta")).model_inputs()
     with FlopCounterMode(display=False) as counter:
         model(**batch).loss.backward()
     expected = B * flops_per_sequence(cfg.model, S, max_predictions(S, cfg.objective.mask_prob))
@@ -168,7 +169,7 @@ def test_forward_and_backward_read_nothing_back_to_the_host(flavor):
     model = fake_model(cfg, mode, device)
     for pad_from in (None, 300):
         batch = {k: mode.from_tensor(v).to(device) if isinstance(v, torch.Tensor) else v
-                 for k, v in _batch(cfg, 1, B=2, pad_from=pad_from).items()}
+                 for k, v in _batch(cfg, 1, B=2, pad_from=pad_from).model_inputs().items()}
         with mode:
             one = torch.ones((), device=device)
             out = model(**batch, masked_normalizer=one, token_normalizer=one)

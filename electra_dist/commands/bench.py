@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from electra_dist.data.loader import LoaderSettings, PretrainLoader, resolve_shards
-from electra_dist.data.masking import SpecialIds
+from electra_dist.data.vocab import SpecialIds
 from electra_dist.training.flops import peak_tflops
 
 
@@ -47,7 +47,7 @@ def bench_data(shards: str, workers: int = 1, micro_batch: int = 64, batches: in
     start = time.perf_counter()
     for _ in range(batches):
         b = next(it)
-        tokens += int(b["attention_mask"].sum())
+        tokens += int(b.tokens)
     seconds = time.perf_counter() - start
     return DataBench(workers, batches, seconds, tokens, batches * micro_batch * manifest["seq_len"])
 
@@ -105,7 +105,7 @@ def sample_shards(seq_len: int) -> str:
     return str(shards)
 
 
-def real_batches(shards: str, seq_len: int, micro_batch: int, mask_prob: float, count: int) -> list[dict]:
+def real_batches(shards: str, seq_len: int, micro_batch: int, mask_prob: float, count: int) -> list:
     """`count` micro-batches exactly as training's loader makes them (padding, masking, slots)."""
     urls, manifest = resolve_shards(shards)
     if manifest is not None and manifest["seq_len"] != seq_len:
@@ -168,7 +168,7 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
                                 *(overrides or [])])
     batches = real_batches(shards or sample_shards(seq_len), seq_len, micro_batch, cfg.objective.mask_prob,
                            (warmup + steps) * grad_accum)
-    timed_tokens = int(sum(int(b["attention_mask"].sum()) for b in batches[warmup * grad_accum:]))
+    timed_tokens = int(sum(b.tokens for b in batches[warmup * grad_accum:]))
     layout = parallel.setup(1)
     device, name = layout.device, layout.device_name
     peak = peak_tflops(name, precision)
@@ -252,19 +252,19 @@ def _hf_step(cfg, batches, grad_accum: int, device, autocast):
 
     def step():
         for _ in range(grad_accum):
-            b = {k: v.to(device, non_blocking=True) for k, v in next(stream).items() if isinstance(v, torch.Tensor)}
-            masked = b["masked_positions"]
+            b = next(stream).to(device)
+            masked = b.masked_positions
             with autocast:
-                g = gen(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                        token_type_ids=b["token_type_ids"], labels=b["original_ids"].masked_fill(~masked, -100))
+                g = gen(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                        token_type_ids=b.token_type_ids, labels=b.original_ids.masked_fill(~masked, -100))
                 with torch.no_grad():
                     logits = g.logits[masked].float()
                     u = torch.rand_like(logits)
                     sampled = (logits - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)
-                    disc_input = b["original_ids"].masked_scatter(masked, sampled)
-                    disc_labels = (disc_input != b["original_ids"]).long()
-                d = disc(input_ids=disc_input, attention_mask=b["attention_mask"],
-                         token_type_ids=b["token_type_ids"], labels=disc_labels)
+                    disc_input = b.original_ids.masked_scatter(masked, sampled)
+                    disc_labels = (disc_input != b.original_ids).long()
+                d = disc(input_ids=disc_input, attention_mask=b.attention_mask,
+                         token_type_ids=b.token_type_ids, labels=disc_labels)
                 loss = (g.loss + 50.0 * d.loss) / grad_accum
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

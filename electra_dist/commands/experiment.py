@@ -95,13 +95,7 @@ def run(corpus: list[str], tasks: list[tuple[str, str]], out: str | Path, result
         print(f"\n=== {' '.join(cmd)}", flush=True)
         subprocess.run(list(cmd), check=True, env=env)
 
-    if not (tok / "spm.model").is_file():
-        sh(*me, "tokenizer", "train", "--input", *corpus, "--vocab-size", str(p.vocab_size), "--lowercase",
-           "--out", str(tok))
-    if not (shards / "manifest.json").is_file():
-        sh(*me, "shards", "build", "--input", *corpus, "--tokenizer", str(tok), "--seq-len", str(p.seq_len),
-           "--out", str(shards), "--samples-per-shard", str(samples_per_shard), "--quiet", "--overwrite",
-           "--workers", str(max(1, p.workers)))
+    _prepare_data(sh, me, corpus, tok, shards, p, samples_per_shard)
 
     common = p.model + [f"train.seq_len={p.seq_len}", f"train.global_batch_size={p.batch}",
                         f"train.micro_batch_size={p.batch // nproc}", f"optim.lr={p.lr}",
@@ -129,26 +123,10 @@ def run(corpus: list[str], tasks: list[tuple[str, str]], out: str | Path, result
                 spent = time.perf_counter() - t0 + (json.loads(clock.read_text()) if clock.is_file() else 0.0)
                 if run_dir.is_dir():
                     clock.write_text(json.dumps(spent))
-        records = read_metrics(run_dir / "metrics.jsonl")
-        evals = [r for r in records if "eval/loss" in r]
-        seconds = json.loads(clock.read_text()) if clock.is_file() else float("nan")
-        last = evals[-1] if evals else {}
-        rows[name] = {"steps": steps, "flops": records[-1]["progress/flops"], "seconds": seconds,
-                      "tokens_per_s": sum(r["throughput/tokens_per_s"] for r in records) / len(records),
-                      "final_loss": records[-1]["loss/total"], "eval": {k: v for k, v in last.items()
-                                                                         if k.startswith("eval/")},
-                      "eval_share": sum(r.get("eval/seconds", 0.0) for r in evals) / seconds if seconds else 0.0}
+        rows[name] = _pretraining_row(run_dir, steps, clock)
         models[name] = run_dir / "final"
     if control:  # the same fine-tuning from random weights: does pre-training help at this budget?
-        if not (out / "random_init" / "model.pt").is_file():
-            import torch
-
-            from electra_dist.interop import save_model
-            from electra_dist.model import ElectraPretrainer
-
-            torch.manual_seed(0)
-            rand_cfg = Config.build(p.flavor, common + [f"model.vocab_size={p.vocab_size}", f"data.tokenizer={tok}"])
-            save_model(out / "random_init", ElectraPretrainer(rand_cfg.model, rand_cfg.objective), rand_cfg)
+        _random_init(out / "random_init", p, common + [f"model.vocab_size={p.vocab_size}", f"data.tokenizer={tok}"])
         rows["random init (control)"] = {"steps": 0, "flops": 0.0, "seconds": 0.0, "tokens_per_s": 0.0,
                                          "final_loss": float("nan"), "eval": {}, "eval_share": 0.0}
         models["random init (control)"] = out / "random_init"
@@ -160,6 +138,43 @@ def run(corpus: list[str], tasks: list[tuple[str, str]], out: str | Path, result
     _write_results(Path(results), rows, corpus, tasks, preset, p, nproc)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def _prepare_data(sh, me: list[str], corpus: list[str], tok: Path, shards: Path, p: Preset, samples_per_shard: int) -> None:
+    """The tokenizer and the shards, unless an earlier invocation made them."""
+    if not (tok / "spm.model").is_file():
+        sh(*me, "tokenizer", "train", "--input", *corpus, "--vocab-size", str(p.vocab_size), "--lowercase",
+           "--out", str(tok))
+    if not (shards / "manifest.json").is_file():
+        sh(*me, "shards", "build", "--input", *corpus, "--tokenizer", str(tok), "--seq-len", str(p.seq_len),
+           "--out", str(shards), "--samples-per-shard", str(samples_per_shard), "--quiet", "--overwrite",
+           "--workers", str(max(1, p.workers)))
+
+
+def _pretraining_row(run_dir: Path, steps: int, clock: Path) -> dict:
+    """One pre-training run's line of the results: budget, time, speed, last loss and held-out metrics."""
+    records = read_metrics(run_dir / "metrics.jsonl")
+    evals = [r for r in records if "eval/loss" in r]
+    seconds = json.loads(clock.read_text()) if clock.is_file() else float("nan")
+    last = evals[-1] if evals else {}
+    return {"steps": steps, "flops": records[-1]["progress/flops"], "seconds": seconds,
+            "tokens_per_s": sum(r["throughput/tokens_per_s"] for r in records) / len(records),
+            "final_loss": records[-1]["loss/total"], "eval": {k: v for k, v in last.items() if k.startswith("eval/")},
+            "eval_share": sum(r.get("eval/seconds", 0.0) for r in evals) / seconds if seconds else 0.0}
+
+
+def _random_init(out: Path, p: Preset, overrides: list[str]) -> None:
+    """The control: the same model from random weights (seed 0), saved once like a final model."""
+    if (out / "model.pt").is_file():
+        return
+    import torch
+
+    from electra_dist.interop import save_model
+    from electra_dist.model import ElectraPretrainer
+
+    torch.manual_seed(0)
+    cfg = Config.build(p.flavor, overrides)
+    save_model(out, ElectraPretrainer(cfg.model, cfg.objective), cfg)
 
 
 def _finetune_cached(cache: Path, model_dir: Path, task: tuple[str, str], tok: Path, p: Preset,

@@ -157,15 +157,67 @@ def encode(tokenizer, texts: list[str], max_len: int, pairs: list[str] | None = 
     return ids, (ids != sp.pad).long(), tt
 
 
+def _device(threads: int | None, log) -> torch.device:
+    """The GPU if there is one; else the CPU with `threads` (or what the allocation grants) threads."""
+    from electra_dist.procs import cpu_threads
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        n, why = (threads, "--threads") if threads else cpu_threads()
+        torch.set_num_threads(n)
+        log(f"finetune: {n} CPU thread{'s' if n > 1 else ''} ({why})")
+    return device
+
+
+def _task(tokenizer, train: str, test: str, text_field: str, label_field: str, pair_field: str | None,
+          max_len: int) -> tuple[list[str], tuple, tuple]:
+    """The label names and (ids, mask, types, labels) of the training and the test file."""
+    tr_text, tr_pair, tr_lab = read_labeled(train, text_field, label_field, pair_field)
+    te_text, te_pair, te_lab = read_labeled(test, text_field, label_field, pair_field)
+    names = sorted(set(tr_lab))
+    unknown = sorted(set(te_lab) - set(names))
+    if unknown:
+        raise ValueError(f"{test}: labels {unknown} do not occur in {train}")
+    index = {n: i for i, n in enumerate(names)}
+    fit = (*encode(tokenizer, tr_text, max_len, tr_pair), torch.tensor([index[x] for x in tr_lab]))
+    held = (*encode(tokenizer, te_text, max_len, te_pair), torch.tensor([index[x] for x in te_lab]))
+    return names, fit, held
+
+
+def _fit(model, opt, sched, fit: torch.Tensor, data: tuple, epochs: int, batch_size: int, seed: int, steps: int,
+         device: torch.device, log) -> None:
+    """`epochs` passes over the rows `fit` of (ids, mask, types, labels), shuffled by `seed`, with a
+    progress bar (plain lines where there is no terminal)."""
+    from tqdm import tqdm
+
+    xtr, mtr, ttr, ytr = data
+    g = torch.Generator().manual_seed(seed)
+    bar, done = tqdm(total=steps, desc=f"finetune seed {seed}", unit="step", leave=False, disable=None), 0
+    for epoch in range(epochs):
+        model.train()
+        perm = fit[torch.randperm(len(fit), generator=g)]
+        for i in range(0, len(perm), batch_size):
+            b = perm[i:i + batch_size]
+            ids, mask, types = _trim(xtr[b], mtr[b], ttr[b])
+            loss = F.cross_entropy(model(ids.to(device), mask.to(device), types.to(device)), ytr[b].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            done += 1
+            if bar.disable and done % max(1, steps // 10) == 0:  # no terminal (a SLURM log): a plain line
+                log(f"finetune seed {seed}: step {done}/{steps}, loss {loss.item():.3f}")
+    bar.close()
+
+
 def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = None, text_field: str = "text",
              label_field: str = "label", seeds: int = 3, epochs: int = 3, lr: float | None = None,
              layer_decay: float | None = None, batch_size: int = 32, max_len: int = 128, weight_decay: float = 0.01,
              warmup: float = 0.1, log=print, tracker=None, pair_field: str | None = None, dev_fraction: float = 0.1,
              out: str | Path | None = None, threads: int | None = None) -> FinetuneResult:
-    from tqdm import tqdm
-
-    from electra_dist.procs import cpu_threads
-
     from electra_dist.data.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
@@ -179,26 +231,13 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
     if tok_dir is None:
         raise FileNotFoundError("--tokenizer: the model names no tokenizer; pass the directory it was trained with")
     tokenizer = load_tokenizer(tok_dir)
-    tr_text, tr_pair, tr_lab = read_labeled(train, text_field, label_field, pair_field)
-    te_text, te_pair, te_lab = read_labeled(test, text_field, label_field, pair_field)
-    names = sorted(set(tr_lab))
-    unknown = sorted(set(te_lab) - set(names))
-    if unknown:
-        raise ValueError(f"{test}: labels {unknown} do not occur in {train}")
-    index = {n: i for i, n in enumerate(names)}
-    xtr, mtr, ttr = encode(tokenizer, tr_text, max_len, tr_pair)
-    xte, mte, tte = encode(tokenizer, te_text, max_len, te_pair)
-    ytr = torch.tensor([index[x] for x in tr_lab])
-    yte = torch.tensor([index[x] for x in te_lab])
+    names, (xtr, mtr, ttr, ytr), (xte, mte, tte, yte) = _task(tokenizer, train, test, text_field, label_field,
+                                                              pair_field, max_len)
     order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(1234))
     n_dev = int(dev_fraction * len(ytr)) if len(ytr) >= 20 else 0
     dev, fit = order[:n_dev], order[n_dev:]
     majority = float((yte == torch.bincount(ytr[fit]).argmax()).float().mean())
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        n, why = (threads, "--threads") if threads else cpu_threads()
-        torch.set_num_threads(n)
-        log(f"finetune: {n} CPU thread{'s' if n > 1 else ''} ({why})")
+    device = _device(threads, log)
     result = FinetuneResult([], 0.0, names, majority=majority, lr=lr, layer_decay=layer_decay)
     best = None
     for seed in range(seeds):
@@ -208,26 +247,7 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
         opt = build_optimizer(layer_lr_groups(model, lr, layer_decay, weight_decay), OptimConfig(lr=lr), device)
         steps = epochs * math.ceil(len(fit) / batch_size)
         sched = lr_schedule(opt, max(1, int(warmup * steps)), steps)
-        g = torch.Generator().manual_seed(seed)
-        bar, done = tqdm(total=steps, desc=f"finetune seed {seed}", unit="step", leave=False, disable=None), 0
-        for epoch in range(epochs):
-            model.train()
-            perm = fit[torch.randperm(len(fit), generator=g)]
-            for i in range(0, len(perm), batch_size):
-                b = perm[i:i + batch_size]
-                ids, mask, types = _trim(xtr[b], mtr[b], ttr[b])
-                loss = F.cross_entropy(model(ids.to(device), mask.to(device), types.to(device)), ytr[b].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-                done += 1
-                if bar.disable and done % max(1, steps // 10) == 0:  # no terminal (a SLURM log): a plain line
-                    log(f"finetune seed {seed}: step {done}/{steps}, loss {loss.item():.3f}")
-        bar.close()
+        _fit(model, opt, sched, fit, (xtr, mtr, ttr, ytr), epochs, batch_size, seed, steps, device, log)
         dev_acc = _accuracy(predict(model, xtr[dev], mtr[dev], ttr[dev], device, batch_size * 4), ytr[dev]) if n_dev else 0.0
         pred = predict(model, xte, mte, tte, device, batch_size * 4)
         acc, f1 = _accuracy(pred, yte), macro_f1(pred, yte, len(names))

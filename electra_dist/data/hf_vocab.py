@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from electra_dist.data.masking import SpecialIds
+from electra_dist.data.vocab import SpecialIds
 
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_TXT = "vocab.txt"

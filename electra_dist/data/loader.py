@@ -28,7 +28,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from electra_dist import procs, rng
-from electra_dist.data.masking import SpecialIds, mask_tokens, masked_slots, max_predictions
+from electra_dist.data.batch import Batch, masked_slots
+from electra_dist.data.masking import mask_tokens, max_predictions
+from electra_dist.data.vocab import SpecialIds
 from electra_dist.data.shards import MANIFEST, read_manifest
 
 
@@ -192,7 +194,7 @@ class ShardStream(IterableDataset):
                 yield i, batch
                 batch, i = [], i + 1
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         w, W = (info.id, info.num_workers) if info else (0, 1)
         # DataLoader takes batches from its workers round-robin starting at worker 0, so after
@@ -208,7 +210,7 @@ class ShardStream(IterableDataset):
             yield self.collate(batch if self.keep_rows is None else [batch[r] for r in self.keep_rows])
 
     # ---- collation and masking -----------------------------------------------------------
-    def collate(self, batch: list[tuple[int, str, np.ndarray]]) -> dict[str, Any]:
+    def collate(self, batch: list[tuple[int, str, np.ndarray]]) -> Batch:
         s = self.s
         B, S = len(batch), s.seq_len
         ids = np.full((B, S), s.special.pad, dtype=np.int64)
@@ -225,19 +227,11 @@ class ShardStream(IterableDataset):
         is_sep = ids_t == s.special.sep
         token_type = ((is_sep.long().cumsum(1) - is_sep.long()) > 0).long()  # 1 after the first [SEP]
         index, weights = masked_slots(m.masked_positions, max_predictions(S, s.mask_prob))
-        return {
-            "input_ids": m.input_ids,
-            "original_ids": m.original_ids,
-            "masked_positions": m.masked_positions,
-            "masked_index": index,
-            "masked_weights": weights,
-            "attention_mask": m.attention_mask,
-            "token_type_ids": token_type,
-            "sample_ids": sample_ids,
-            "padded": bool((ids == s.special.pad).any()),  # known here, on the CPU: the model never asks the device
-            "keys": [key for _, key, _ in batch],
-            "epoch": batch[0][0],
-        }
+        return Batch(input_ids=m.input_ids, original_ids=m.original_ids, attention_mask=m.attention_mask,
+                     token_type_ids=token_type, masked_positions=m.masked_positions, masked_index=index,
+                     masked_weights=weights, sample_ids=sample_ids,
+                     padded=bool((ids == s.special.pad).any()),  # known here, on the CPU: the model never asks the device
+                     keys=[key for _, key, _ in batch], epoch=batch[0][0])
 
 
 class PretrainLoader:
@@ -275,13 +269,13 @@ class PretrainLoader:
     def global_batch_size(self) -> int:
         return self.settings.micro_batch_size * self.dp_size * self.grad_accum
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         if self.dp_split == "batch":
             yield from self._slices_of_global_batches()
             return
         yield from self._stream(self.settings, self.consumed, None)
 
-    def _stream(self, settings: LoaderSettings, skip: int, keep_rows: list[int] | None) -> Iterator[dict[str, Any]]:
+    def _stream(self, settings: LoaderSettings, skip: int, keep_rows: list[int] | None) -> Iterator[Batch]:
         stream = ShardStream(self.urls, settings, 0 if keep_rows else self.dp_rank, 1 if keep_rows else self.dp_size,
                              skip_batches=skip, expected=self.expected, keep_rows=keep_rows)
         if self.num_workers == 0:
@@ -299,7 +293,7 @@ class PretrainLoader:
             self.consumed += 1
             yield batch
 
-    def _slices_of_global_batches(self) -> Iterator[dict[str, Any]]:
+    def _slices_of_global_batches(self) -> Iterator[Batch]:
         import dataclasses
 
         B, dp, A = self.settings.micro_batch_size, self.dp_size, self.grad_accum
@@ -311,13 +305,8 @@ class PretrainLoader:
         step = self.consumed // A
         for batch in self._stream(wide, step, rows):
             for a, k in enumerate(slices):
-                part = slice(a * B, (a + 1) * B)
-                micro = {key: v[part] for key, v in batch.items() if key not in ("epoch", "padded")}
-                micro["epoch"] = batch["epoch"]
-                micro["padded"] = bool((micro["attention_mask"] == 0).any())
-                micro["dropout_seed"] = rng.dropout_seed(self.settings.seed, step, k)
                 self.consumed += 1
-                yield micro
+                yield batch.rows(slice(a * B, (a + 1) * B), dropout_seed=rng.dropout_seed(self.settings.seed, step, k))
             step += 1
 
     def rewind(self, batches: int) -> None:

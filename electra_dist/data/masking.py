@@ -8,29 +8,12 @@ BERT: 0.8 / 0.1 / 0.1. Pure torch on CPU, vectorized, deterministic for a given 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
 from electra_dist import rng
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    pad: int = 0
-    unk: int = 1
-    cls: int = 2
-    sep: int = 3
-    mask: int = 4
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "SpecialIds":
-        return cls(**{k: int(v) for k, v in json.loads(Path(path).read_text()).items() if k in cls.__dataclass_fields__})
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+from electra_dist.data.vocab import SpecialIds
 
 
 @dataclass
@@ -98,17 +81,3 @@ def max_predictions(seq_len: int, mask_prob: float) -> int:
     count `mask_tokens` draws is round(p · non-pad tokens) ≤ that). The official ELECTRA and NVIDIA's
     call it max_predictions_per_seq."""
     return max(1, int(torch.round(torch.tensor(seq_len * mask_prob, dtype=torch.float64))))
-
-
-def masked_slots(positions: torch.Tensor, slots: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The masked positions of each row as a fixed-shape gather index: (B, slots) positions in row
-    order, padded with 0, and (B, slots) bool weights (False = an empty slot). Static shapes let the
-    model gather by index instead of boolean indexing (no host sync, one compiled graph)."""
-    counts = positions.sum(1)
-    if slots is None:
-        slots = max(1, int(counts.max()))
-    elif int(counts.max()) > slots:
-        raise ValueError(f"a row has {int(counts.max())} masked positions, more than its {slots} slots")
-    order = torch.argsort((~positions).to(torch.int8), dim=1, stable=True)[:, :slots]
-    weights = positions.gather(1, order)
-    return order.masked_fill(~weights, 0), weights

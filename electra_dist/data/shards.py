@@ -124,25 +124,10 @@ def build_shards(
     With num_parts > 1 this builds only part `part` (a SLURM array task each) and writes
     `manifest.part-K.json`; `merge_manifests` joins the parts into `manifest.json`.
     """
-    from tqdm import tqdm
-
-    if not 0 <= eval_fraction < 1:
-        raise ValueError(f"--eval-fraction: {eval_fraction} must lie in [0, 1)")
-    if seq_len < 8:
-        raise ValueError(f"--seq-len: {seq_len} is too short (need at least 8)")
-    if packing not in PACKINGS:
-        raise ValueError(f"--packing: {packing!r} is not one of {list(PACKINGS)}")
-    if not 0 <= part < num_parts:
-        raise ValueError(f"--part: {part} must lie in [0, --num-parts={num_parts})")
+    _check_build_args(seq_len, packing, part, num_parts, eval_fraction)
     files = expand_inputs(inputs)
     tok = load_tokenizer(tokenizer_dir)
-    out = Path(out)
-    old = sorted([*out.glob(f"shard-{part:03d}-*.tar"), *out.glob(f"eval-{part:03d}-*.tar")]) if out.is_dir() else []
-    if (old or (out / MANIFEST).exists()) and num_parts == 1 and not overwrite:
-        raise FileExistsError(f"{out} already holds shards; pass --overwrite to replace them")
-    for f in old:
-        f.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    out = _clear_part(Path(out), part, num_parts, overwrite)
 
     stats = TextStats()
     start = time.perf_counter()
@@ -156,6 +141,8 @@ def build_shards(
     if pool is None:
         _init_worker(str(tokenizer_dir))
     results = pool.imap(_pack_chunk, jobs) if pool else map(_pack_chunk, jobs)
+    from tqdm import tqdm
+
     bar = tqdm(unit="tok", unit_scale=True, desc=f"shards → {out}", disable=not progress, smoothing=0.1)
     try:
         for _, samples, n_tokens, n_long, held in results:
@@ -178,7 +165,39 @@ def build_shards(
     if not shards and num_parts == 1:
         raise ValueError(f"no samples were produced from {', '.join(map(str, files))}: "
                          f"{stats.documents} documents, {stats.empty_documents} empty, {stats.bad_lines} bad lines")
-    manifest = {
+    manifest = _manifest(seq_len, packing, ext, seed, tok, tokenizer_dir, files, shards, eval_set, eval_fraction,
+                         text_tokens, stats, part, num_parts)
+    name = MANIFEST if num_parts == 1 else f"manifest.part-{part:03d}.json"
+    check_shard_files([str(out / s["name"]) for s in shards + eval_set.shards], manifest)  # what it lists, as listed
+    _write_json(out / name, manifest)
+    return BuildResult(manifest, stats, seconds)
+
+
+def _clear_part(out: Path, part: int, num_parts: int, overwrite: bool) -> Path:
+    """`out`, created, without this part's shards of an earlier build (refused unless `overwrite`)."""
+    old = sorted([*out.glob(f"shard-{part:03d}-*.tar"), *out.glob(f"eval-{part:03d}-*.tar")]) if out.is_dir() else []
+    if (old or (out / MANIFEST).exists()) and num_parts == 1 and not overwrite:
+        raise FileExistsError(f"{out} already holds shards; pass --overwrite to replace them")
+    for f in old:
+        f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_build_args(seq_len: int, packing: str, part: int, num_parts: int, eval_fraction: float) -> None:
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"--eval-fraction: {eval_fraction} must lie in [0, 1)")
+    if seq_len < 8:
+        raise ValueError(f"--seq-len: {seq_len} is too short (need at least 8)")
+    if packing not in PACKINGS:
+        raise ValueError(f"--packing: {packing!r} is not one of {list(PACKINGS)}")
+    if not 0 <= part < num_parts:
+        raise ValueError(f"--part: {part} must lie in [0, --num-parts={num_parts})")
+
+
+def _manifest(seq_len, packing, ext, seed, tok, tokenizer_dir, files, shards, eval_set, eval_fraction, text_tokens,
+              stats, part, num_parts) -> dict:
+    return {
         "format": FORMAT,
         "seq_len": seq_len,
         "packing": packing,
@@ -198,10 +217,6 @@ def build_shards(
         "part": part,
         "num_parts": num_parts,
     }
-    name = MANIFEST if num_parts == 1 else f"manifest.part-{part:03d}.json"
-    check_shard_files([str(out / s["name"]) for s in shards + eval_set.shards], manifest)  # what it lists, as listed
-    _write_json(out / name, manifest)
-    return BuildResult(manifest, stats, seconds)
 
 
 def merge_manifests(out: str | Path) -> dict:

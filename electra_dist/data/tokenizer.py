@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Iterable
 
-from electra_dist.data.masking import SpecialIds
+from electra_dist.data.vocab import SpecialIds, Tokenizer
 from electra_dist.io import sha256_file
 from electra_dist.data.text import TextStats, cut_long, expand_inputs, iter_documents, split_sentences
 
@@ -26,12 +26,12 @@ MAX_SENTENCE_CHARS = MAX_SENTENCE_BYTES // 4
 SPECIAL_PIECES = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 
 
-def load_tokenizer(directory: str | Path):
-    """Ours (spm.model) or a published model's (vocab.txt / tokenizer.json, see hf_vocab): one interface
-    (special, checksum, vocab_size, encode, encode_batch, decode, id_to_piece)."""
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """Ours (spm.model) or a published model's (vocab.txt / tokenizer.json, see hf_vocab): either
+    implements the `data.vocab.Tokenizer` protocol."""
     from electra_dist.data.hf_vocab import HFTokenizer, is_hf_tokenizer_dir
 
-    return HFTokenizer(directory) if is_hf_tokenizer_dir(directory) else Tokenizer(directory)
+    return HFTokenizer(directory) if is_hf_tokenizer_dir(directory) else SentencePieceTokenizer(directory)
 
 
 def tokenizer_files(directory: str | Path) -> list[Path]:
@@ -43,7 +43,7 @@ def tokenizer_files(directory: str | Path) -> list[Path]:
     return [Path(directory) / n for n in names if (Path(directory) / n).is_file()]
 
 
-class Tokenizer:
+class SentencePieceTokenizer:
     """A trained SentencePiece model plus the special-token ids the model and masking use."""
 
     kind = "sentencepiece"
@@ -116,25 +116,7 @@ def train_tokenizer(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Reservoir-sample sentences here, so a large corpus costs one read and bounded memory.
-    rng = random.Random(seed)
-    sample: list[str] = []
-    seen = 0
-    for doc in iter_documents(files, stats, text_field):
-        for whole in split_sentences(doc):
-            pieces = cut_long(whole, MAX_SENTENCE_CHARS)
-            if len(pieces) > 1:
-                stats.long_sentences += 1
-                stats.note(f"a sentence of {len(whole):,} characters (no sentence end) was cut into "
-                           f"{len(pieces)} pieces of ≤ {MAX_SENTENCE_CHARS:,} for SentencePiece")
-            for s in pieces:
-                seen += 1
-                if len(sample) < input_sentence_size:
-                    sample.append(s)
-                else:
-                    j = rng.randrange(seen)
-                    if j < input_sentence_size:
-                        sample[j] = s
+    sample, seen = _sample_sentences(files, stats, text_field, input_sentence_size, seed)
     if not sample:
         raise ValueError(f"no text found in {', '.join(map(str, files))} "
                          f"({stats.documents} documents, {stats.bad_lines} bad lines)")
@@ -169,4 +151,28 @@ def train_tokenizer(
             "sha256": sha256_file(out / MODEL), "sentences_sampled": len(sample), "sentences_seen": seen,
             "inputs": [str(f) for f in files], **stats.to_dict()}
     (out / SPECIALS).write_text(json.dumps(meta, indent=2))
-    return Tokenizer(out), stats
+    return SentencePieceTokenizer(out), stats
+
+
+def _sample_sentences(files: list, stats: TextStats, text_field: str, size: int, seed: int) -> tuple[list[str], int]:
+    """A reservoir sample of `size` sentences (cut to what SentencePiece takes) and how many there were:
+    a large corpus costs one read and bounded memory."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for doc in iter_documents(files, stats, text_field):
+        for whole in split_sentences(doc):
+            pieces = cut_long(whole, MAX_SENTENCE_CHARS)
+            if len(pieces) > 1:
+                stats.long_sentences += 1
+                stats.note(f"a sentence of {len(whole):,} characters (no sentence end) was cut into "
+                           f"{len(pieces)} pieces of ≤ {MAX_SENTENCE_CHARS:,} for SentencePiece")
+            for s in pieces:
+                seen += 1
+                if len(sample) < size:
+                    sample.append(s)
+                else:
+                    j = rng.randrange(seen)
+                    if j < size:
+                        sample[j] = s
+    return sample, seen

@@ -151,7 +151,7 @@ def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, 
     embeddings are the sums it computes with (shared + Δ), the generator's the shared tables."""
     state = model.state_dict()
     cfg = model.cfg
-    if model.discriminator is not None and hasattr(model.discriminator, "embeddings_delta"):
+    if model.discriminator is not None and model.discriminator.embeddings_delta is not None:
         merged = model.discriminator.embeddings_delta.merged(model.embeddings)
         state = {k: v for k, v in state.items() if not k.startswith("discriminator.embeddings_delta.")}
         state.update({f"discriminator.embeddings.{name}": t.detach() for name, t in merged.items()})

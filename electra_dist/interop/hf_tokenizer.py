@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from electra_dist.data.tokenizer import MODEL, Tokenizer
+from electra_dist.data.tokenizer import MODEL, SentencePieceTokenizer
 
 _NEVER = -1e9  # the score that keeps a piece out of every Unigram segmentation
 
 
 def hf_tokenizer(tokenizer_dir: str | Path, model_max_length: int = 512):
-    """A `PreTrainedTokenizerFast` equivalent to `Tokenizer(tokenizer_dir)`."""
+    """A `PreTrainedTokenizerFast` equivalent to `SentencePieceTokenizer(tokenizer_dir)`."""
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SpmConverter
 
-    ours = Tokenizer(tokenizer_dir)
+    ours = SentencePieceTokenizer(tokenizer_dir)
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((Path(tokenizer_dir) / MODEL).read_bytes())
     # unigram: (piece, score); control and unknown pieces (types 2, 3) are never segmentation candidates

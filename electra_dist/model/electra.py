@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
-from electra_dist.data.masking import masked_slots
+from electra_dist.data.batch import masked_slots
 from electra_dist.model import kernels, tail
 from electra_dist.model.layers import Encoder, LayerFactory
 
@@ -78,20 +78,21 @@ class _Tower(nn.Module):
     def __init__(self, cfg: ModelConfig, enc: EncoderConfig, embeddings: ElectraEmbeddings, factory: LayerFactory):
         super().__init__()
         self.embeddings = embeddings  # the very same module (and Parameters) in both towers
+        self.embeddings_project: nn.Module = nn.Identity()  # no parameters: the state dict is unchanged
         if cfg.embedding_size != enc.hidden_size:
             self.embeddings_project = nn.Linear(cfg.embedding_size, enc.hidden_size)
             _init_linear(self.embeddings_project, cfg.initializer_range)
+        self.embeddings_delta: EmbeddingDelta | None = None  # GDES (the discriminator only)
         self.encoder = Encoder(enc.num_layers, enc.hidden_size, enc.num_heads, enc.intermediate_size,
                                cfg.dropout, cfg.attention_dropout, cfg.layer_norm_eps, factory)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
-        if hasattr(self, "embeddings_delta"):  # GDES (the discriminator only)
+        if self.embeddings_delta is not None:
             x = self.embeddings_delta(self.embeddings, input_ids, token_type_ids)
         else:
             x = self.embeddings(input_ids, token_type_ids)
-        if hasattr(self, "embeddings_project"):
-            x = self.embeddings_project(x)
+        x = self.embeddings_project(x)
         return self.encoder(x, attention_mask, padded)  # (B, S, H)
 
 
@@ -151,12 +152,12 @@ class ElectraDiscriminator(_Tower):
     def fold_embedding_delta(self) -> None:
         """GDES → plain tables for the discriminator on its own (fine-tuning): the shared tables become
         shared + Δ IN PLACE (the generator, sharing them, is not to be used after this) and Δ goes."""
-        if hasattr(self, "embeddings_delta"):
+        if self.embeddings_delta is not None:
             with torch.no_grad():
                 shared = dict(self.embeddings.named_parameters())
                 for name, total in self.embeddings_delta.merged(self.embeddings).items():
                     shared[name].copy_(total)
-            del self.embeddings_delta
+            self.embeddings_delta = None
 
 
 AUC_BINS = 1000  # discriminator-score histogram bins of the held-out AUC (error < 1/AUC_BINS)

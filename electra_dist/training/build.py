@@ -15,7 +15,7 @@ import torch
 
 from electra_dist import parallel
 from electra_dist.config import Config
-from electra_dist.data.masking import SpecialIds
+from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer
 from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.datacheck import check_data

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from electra_dist.config import Config, ConfigError
-from electra_dist.data.masking import SpecialIds
+from electra_dist.data.vocab import SpecialIds
 
 
 def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:

@@ -94,9 +94,7 @@ class Evaluator:
         hist = torch.zeros(2, AUC_BINS, dtype=torch.float64, device=device)  # replaced, original
         try:
             for b in self.batches:
-                data = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()
-                        if k not in ("keys", "epoch", "dropout_seed")}
-                out = model(**data, masked_normalizer=one, token_normalizer=one)  # losses come back as sums
+                out = model(**b.to(device).model_inputs(), masked_normalizer=one, token_normalizer=one)  # sums
                 s = {**out.stats, "gen_sum": out.generator_loss, "disc_sum": out.discriminator_loss}
                 total += torch.stack([torch.as_tensor(s[k], device=device).double() for k in keys])
                 if out.score_histograms is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from electra_dist.config import Config
+from electra_dist.data.batch import Batch
 
 
 def fake_model(cfg: Config, mode, device: str = "cpu", dtype: torch.dtype = torch.bfloat16):
@@ -44,18 +45,17 @@ def fake_model(cfg: Config, mode, device: str = "cpu", dtype: torch.dtype = torc
     return model
 
 
-def fake_batch(cfg: Config, micro_batch: int, mode) -> dict:
+def fake_batch(cfg: Config, micro_batch: int, mode) -> Batch:
     """A loader-shaped batch (unpadded, masked slots) of fake tensors."""
     from electra_dist.data.masking import max_predictions
 
     S, P = cfg.train.seq_len, max_predictions(cfg.train.seq_len, cfg.objective.mask_prob)
     with mode:
         ids = torch.zeros(micro_batch, S, dtype=torch.long)
-        return {"input_ids": ids, "original_ids": ids, "masked_positions": torch.zeros(micro_batch, S, dtype=torch.bool),
-                "attention_mask": torch.ones(micro_batch, S, dtype=torch.long), "token_type_ids": ids,
-                "sample_ids": torch.zeros(micro_batch, dtype=torch.long),
-                "masked_index": torch.zeros(micro_batch, P, dtype=torch.long),
-                "masked_weights": torch.ones(micro_batch, P), "padded": False}
+        return Batch(input_ids=ids, original_ids=ids, attention_mask=torch.ones(micro_batch, S, dtype=torch.long),
+                     token_type_ids=ids, masked_positions=torch.zeros(micro_batch, S, dtype=torch.bool),
+                     masked_index=torch.zeros(micro_batch, P, dtype=torch.long), masked_weights=torch.ones(micro_batch, P),
+                     sample_ids=torch.zeros(micro_batch, dtype=torch.long), padded=False)
 
 
 def activation_bytes(cfg: Config, micro_batch: int) -> int:
@@ -81,7 +81,7 @@ def activation_bytes(cfg: Config, micro_batch: int) -> int:
 
     with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         one = torch.ones(())
-        model(**fake_batch(cfg, micro_batch, mode), masked_normalizer=one, token_normalizer=one)
+        model(**fake_batch(cfg, micro_batch, mode).model_inputs(), masked_normalizer=one, token_normalizer=one)
     return sum(saved.values())
 
 

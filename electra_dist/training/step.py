@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from electra_dist import parallel
+from electra_dist.data.batch import Batch
 
 
 class NonFiniteError(RuntimeError):
@@ -39,20 +40,6 @@ class Stopped:
 
 
 @dataclass
-class Batch:
-    """One micro-batch as the loader made it (CPU); `keys` name the samples for error messages."""
-
-    data: dict[str, Any]
-    keys: list[str]
-    tokens: float  # non-pad tokens, counted on the CPU
-    masked: float
-    seed: int | None = None  # the dropout seed of this slice of the global batch (data.dp_split=batch)
-
-    def to(self, device: torch.device) -> dict[str, Any]:
-        return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in self.data.items()}
-
-
-@dataclass
 class StepResult:
     sums: dict[str, torch.Tensor]  # on device: losses summed over micro-batches, counts for the metrics
     tokens: float  # non-pad tokens of the global batch
@@ -61,26 +48,18 @@ class StepResult:
     grad_norm: torch.Tensor | float | None = None  # before clipping; on device where we computed it
 
 
-def next_batch(batches: Iterator[dict[str, Any]]) -> Batch:
-    b = dict(next(batches))
-    keys = b.pop("keys", [])
-    b.pop("epoch", None)
-    seed = b.pop("dropout_seed", None)
-    return Batch(b, keys, float(b["attention_mask"].sum()), float(b["masked_positions"].sum()), seed)
-
-
 def loader_worker_died(e: Exception) -> str:
     return (f"a data-loader worker died: {str(e).splitlines()[0].strip()} The newest complete checkpoint is kept; "
             "resume with the same command (if it was killed for memory, lower data.num_workers or data.shuffle_buffer)")
 
 
-def fetch(batches: Iterator[dict[str, Any]], n: int, stop: Callable[[], bool]) -> tuple[list[Batch], bool]:
+def fetch(batches: Iterator[Batch], n: int, stop: Callable[[], bool]) -> tuple[list[Batch], bool]:
     """Up to `n` micro-batches; (what was fetched, False) when a loader worker died during a stop request
     (SIGTERM to the whole job step: part of the stop, not a crash)."""
     micro: list[Batch] = []
     try:
         for _ in range(n):
-            micro.append(next_batch(batches))
+            micro.append(next(batches))
     except RuntimeError as e:
         if "DataLoader worker" not in str(e):
             raise
@@ -96,13 +75,13 @@ def grad_norm_flags(precision: str, zero_stage: int) -> dict[str, bool]:
     return {"check_grad_norm": precision != "fp16", "own_grad_norm": zero_stage == 0 and precision == "fp32"}
 
 
-def train_step(run, batches: Iterator[dict[str, Any]], stop: Callable[[], bool] | bool = False) -> StepResult | Stopped:
+def train_step(run, batches: Iterator[Batch], stop: Callable[[], bool] | bool = False) -> StepResult | Stopped:
     """One optimizer step of a training run (`training.build.Run`): its engine, accumulation, device and
     gradient-norm mode; `Stopped` (nothing trained) when any rank was asked to stop."""
     return engine_step(run.engine, batches, run.grad_accum, run.layout.device, stop, **run.grad_norm_mode)
 
 
-def engine_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, device: torch.device,
+def engine_step(engine, batches: Iterator[Batch], grad_accum: int, device: torch.device,
                 stop: Callable[[], bool] | bool = False, check_grad_norm: bool = True,
                 own_grad_norm: bool = False) -> StepResult | Stopped:
     """All micro-batches of one optimizer step of `engine`; `Stopped` (nothing trained) when any rank was
@@ -122,9 +101,9 @@ def engine_step(engine, batches: Iterator[dict[str, Any]], grad_accum: int, devi
     sums: dict[str, torch.Tensor] = {}
     norm = None
     for i, b in enumerate(micro):
-        if b.seed is not None:  # the same dropout wherever (which rank, which micro-step) this slice runs
-            torch.manual_seed(b.seed)
-        out = engine(**b.to(device), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer)
+        if b.dropout_seed is not None:  # the same dropout wherever (which rank, which micro-step) this slice runs
+            torch.manual_seed(b.dropout_seed)
+        out = engine(**b.to(device).model_inputs(), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer)
         engine.backward(out.loss)
         if own_grad_norm and i == len(micro) - 1:  # gradients are reduced over DP by now, not yet clipped
             norm = parallel.grad_norm(engine.module)

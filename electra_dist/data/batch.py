@@ -1,0 +1,73 @@
+"""The batch contract between the loader and the model: one micro-batch, collated on the CPU.
+
+Tensor fields go to the device (`to`); the rest is what the host knows without asking the device:
+whether any row is padded, the sample keys (for error messages), the epoch and the dropout seed
+of this slice of the global batch. `model_inputs()` is what the model's forward takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+TENSORS = ("input_ids", "original_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_index",
+           "masked_weights", "sample_ids")
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, S) what the generator sees (masked)
+    original_ids: torch.Tensor  # (B, S) before masking
+    attention_mask: torch.Tensor  # (B, S) 1 for real tokens
+    token_type_ids: torch.Tensor  # (B, S) 1 after the first [SEP]
+    masked_positions: torch.Tensor  # (B, S) bool: where the generator's loss is taken
+    masked_index: torch.Tensor  # (B, P) the masked positions as fixed slots (masked_slots)
+    masked_weights: torch.Tensor  # (B, P) bool: False = an empty slot
+    sample_ids: torch.Tensor  # (B,) int64: masking and Gumbel noise are functions of the sample (rng)
+    padded: bool  # any row padded: known here, so the model never asks the device
+    keys: list[str] = dataclasses.field(default_factory=list)  # the samples, for error messages
+    epoch: int = 0
+    dropout_seed: int | None = None  # the dropout of this slice of the global batch (data.dp_split=batch)
+
+    @property
+    def tokens(self) -> float:
+        """Non-pad tokens (counted on the CPU, before the copy)."""
+        return float(self.attention_mask.sum())
+
+    @property
+    def masked(self) -> float:
+        return float(self.masked_positions.sum())
+
+    def _map(self, fn) -> Batch:
+        return dataclasses.replace(self, **{k: fn(getattr(self, k)) for k in TENSORS})
+
+    def to(self, device: torch.device) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this
+        return self._map(lambda t: t.pin_memory())
+
+    def rows(self, part: slice, dropout_seed: int | None = None) -> Batch:
+        """Rows `part` as a batch of their own (their `padded` recomputed)."""
+        b = dataclasses.replace(self._map(lambda t: t[part]), keys=self.keys[part], dropout_seed=dropout_seed)
+        b.padded = bool((b.attention_mask == 0).any())
+        return b
+
+    def model_inputs(self) -> dict[str, torch.Tensor | bool]:
+        return {**{k: getattr(self, k) for k in TENSORS}, "padded": self.padded}
+
+
+def masked_slots(positions: torch.Tensor, slots: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked positions of each row as a fixed-shape gather index: (B, slots) positions in row
+    order, padded with 0, and (B, slots) bool weights (False = an empty slot). Static shapes let the
+    model gather by index instead of boolean indexing (no host sync, one compiled graph)."""
+    counts = positions.sum(1)
+    if slots is None:
+        slots = max(1, int(counts.max()))
+    elif int(counts.max()) > slots:
+        raise ValueError(f"a row has {int(counts.max())} masked positions, more than its {slots} slots")
+    order = torch.argsort((~positions).to(torch.int8), dim=1, stable=True)[:, :slots]
+    weights = positions.gather(1, order)
+    return order.masked_fill(~weights, 0), weights
