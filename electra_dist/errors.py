@@ -22,9 +22,9 @@ DEBUG_ENV = "ELECTRA_DIST_DEBUG"
 
 ADVICE = {
     errno.ENOSPC: "no space left on the device: free some (or point output_dir elsewhere) and run the same "
-                  "command again; the newest complete checkpoint is kept",
+    "command again; the newest complete checkpoint is kept",
     errno.EDQUOT: "disk quota exceeded: free some of your quota (or point output_dir elsewhere) and run the same "
-                  "command again; the newest complete checkpoint is kept",
+    "command again; the newest complete checkpoint is kept",
     errno.EROFS: "the file system is read-only: point output_dir at a writable one",
     errno.EACCES: "permission denied: make it writable for this user or choose another path",
     errno.EPERM: "operation not permitted: make it writable for this user or choose another path",
@@ -53,8 +53,9 @@ def one_line(e: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno in ADVICE:
         path = e.filename if e.filename is not None else "(no path given)"
         return f"{path}: {ADVICE[e.errno]}"
-    if isinstance(e, (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                      IsADirectoryError)):  # ValueError: ConfigError and our data errors
+    if isinstance(
+        e, (UserError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+    ):  # ValueError: ConfigError and our data errors
         return str(e)
     return None
 
@@ -110,9 +111,11 @@ def check_writable(directory: str | Path, need_bytes: int = 0, what: str = "outp
         probe.unlink()
     free = shutil.disk_usage(d).free
     if need_bytes and free < need_bytes:
-        raise UserError(f"{what}={d}: {free / 2**30:.2f} GiB free, but one checkpoint needs about "
-                        f"{need_bytes / 2**30:.2f} GiB (weights, fp32 masters and Adam moments): free space or "
-                        f"choose another {what}")
+        raise UserError(
+            f"{what}={d}: {free / 2**30:.2f} GiB free, but one checkpoint needs about "
+            f"{need_bytes / 2**30:.2f} GiB (weights, fp32 masters and Adam moments): free space or "
+            f"choose another {what}"
+        )
 
 
 OUTPUT_MARKER = ".electra-dist-output"
@@ -130,9 +133,11 @@ def claim_output_dir(out: str | Path, command: str, force: bool = False) -> None
     entries = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
     ours = marker.is_file() and json.loads(marker.read_text() or "{}").get("command") == command
     if entries and not ours and not force:
-        raise UserError(f"--out {d} already holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} "
-                        f"({', '.join(entries[:3])}{', …' if len(entries) > 3 else ''}) and is not an earlier output "
-                        f"of `electra-dist {command}`: choose a new directory, or pass --force to write into it")
+        raise UserError(
+            f"--out {d} already holds {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} "
+            f"({', '.join(entries[:3])}{', …' if len(entries) > 3 else ''}) and is not an earlier output "
+            f"of `electra-dist {command}`: choose a new directory, or pass --force to write into it"
+        )
     with writing(marker):
         d.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"command": command}) + "\n")

@@ -32,8 +32,12 @@ def sha256_file(path: str | Path) -> str:
 def git_commit(short: bool = False) -> str | None:
     """The checkout's HEAD commit, or None (an installed copy, no git)."""
     try:
-        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", *(["--short"] if short else []), "HEAD"],
-                           capture_output=True, text=True, timeout=5)
+        r = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", *(["--short"] if short else []), "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -42,8 +42,7 @@ def _end_when_the_rank_says(rank: int) -> None:
 def launched_by_a_launcher() -> bool:
     """torchrun (TORCHELASTIC_RUN_ID) or the deepspeed launcher (LOCAL_RANK without SLURM's srun)."""
     env = os.environ
-    return "TORCHELASTIC_RUN_ID" in env or ("LOCAL_RANK" in env and "SLURM_STEP_ID" not in env
-                                           and "RANK" in env)
+    return "TORCHELASTIC_RUN_ID" in env or ("LOCAL_RANK" in env and "SLURM_STEP_ID" not in env and "RANK" in env)
 
 
 _GONE: list[str] = []  # which launcher process ended, once one has
@@ -71,9 +70,15 @@ def launcher_chain() -> list[tuple[int, str, str]]:
         parent, started, cmd = info
         if chain and not any(m in cmd for m in ("deepspeed", "torch.distributed.run", "torchrun")):
             break
-        name = ("deepspeed's launch.py" if "deepspeed.launcher.launch" in cmd else "the deepspeed runner"
-                if "deepspeed" in cmd else "torchrun" if "torch.distributed.run" in cmd or "torchrun" in cmd
-                else Path(cmd.split(" ")[0]).name)
+        name = (
+            "deepspeed's launch.py"
+            if "deepspeed.launcher.launch" in cmd
+            else "the deepspeed runner"
+            if "deepspeed" in cmd
+            else "torchrun"
+            if "torch.distributed.run" in cmd or "torchrun" in cmd
+            else Path(cmd.split(" ")[0]).name
+        )
         chain.append((pid, started, name))
         pid = parent
     return chain
@@ -113,8 +118,11 @@ def _watch_chain(chain: list[tuple[int, str, str]], sig: int) -> None:
                 if not _WATCHING.is_set():
                     return
                 _GONE.append(f"the launcher ({cmd}, pid {pid}) is gone")  # cmd: its short name
-                os.write(2, f"electra-dist: rank {os.environ.get('RANK', '?')}: {_GONE[0]}: stopping at the next "
-                            "step with a checkpoint\n".encode())
+                os.write(
+                    2,
+                    f"electra-dist: rank {os.environ.get('RANK', '?')}: {_GONE[0]}: stopping at the next "
+                    "step with a checkpoint\n".encode(),
+                )
                 os.kill(os.getpid(), sig)
                 return
         time.sleep(1.0)
@@ -145,8 +153,10 @@ def own_extensions_dir(say=print) -> Path:
         os.environ["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "torch_extensions" / f"electra-dist-{tag}")
     where = Path(os.environ["TORCH_EXTENSIONS_DIR"])
     if not any(where.glob("*/deepspeed_shm_comm*")) and not any(where.glob("deepspeed_shm_comm*")):
-        say(f"electra-dist: the first start in this environment builds DeepSpeed's CPU communication op into "
-            f"{where} (a minute or more, once)")
+        say(
+            f"electra-dist: the first start in this environment builds DeepSpeed's CPU communication op into "
+            f"{where} (a minute or more, once)"
+        )
     return where
 
 

@@ -67,33 +67,66 @@ def _stop_here(run, signals, stopped, unsaved: bool, step: int) -> None:
     """Every rank agreed to stop before this step: the batches it fetched go back to the loader."""
     signals.agreed()
     run.loader.rewind(stopped.fetched)  # the batches just fetched were not trained on
-    run.log(f"electra-dist: signal received ({signals.describe() if signals.received else 'by another rank'}): "
-            f"{'checkpointing' if unsaved else 'nothing trained since the checkpoint'} at step {step} and exiting")
+    run.log(
+        f"electra-dist: signal received ({signals.describe() if signals.received else 'by another rank'}): "
+        f"{'checkpointing' if unsaved else 'nothing trained since the checkpoint'} at step {step} and exiting"
+    )
 
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Pre-train ELECTRA with DeepSpeed ZeRO and megatron-core tensor parallelism.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="config keys (KEY=VALUE):\n" + keys_help())
-    p.add_argument("--config", default="debug", help="YAML file or flavor (debug, electra-small, electra-base, "
-                                                     "electra-large); default: debug")
-    p.add_argument("--deepspeed", default=None, metavar="JSON", help="DeepSpeed JSON (configs/zero{0,1,2,3}.json); "
-                   "\"auto\" values are filled from the config; default: ZeRO-0")
+        prog=prog,
+        description="Pre-train ELECTRA with DeepSpeed ZeRO and megatron-core tensor parallelism.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (KEY=VALUE):\n" + keys_help(),
+    )
+    p.add_argument(
+        "--config",
+        default="debug",
+        help="YAML file or flavor (debug, electra-small, electra-base, electra-large); default: debug",
+    )
+    p.add_argument(
+        "--deepspeed",
+        default=None,
+        metavar="JSON",
+        help='DeepSpeed JSON (configs/zero{0,1,2,3}.json); "auto" values are filled from the config; default: ZeRO-0',
+    )
     p.add_argument("--data", default=None, help="shards (directory, glob, brace list or URL): sets data.shards")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory: sets data.tokenizer")
     p.add_argument("--output-dir", default=None, help="checkpoints, metrics.jsonl, final model: sets output_dir")
     p.add_argument("--max-steps", type=int, default=None, help="sets train.max_steps")
-    p.add_argument("--until-step", type=int, default=None, metavar="N", help="stop at step N with a checkpoint "
-                   "(the LR schedule stays that of train.max_steps); resume later, on this or another layout")
-    p.add_argument("--init-from", default=None, metavar="PATH", help="start from these weights: our checkpoint/final "
-                   "or a Hugging Face ELECTRA/BERT directory (sets train.init_from; fresh optimizer and schedule; "
-                   "build the shards with its tokenizer: shards build --tokenizer PATH)")
-    p.add_argument("--resume", default="auto", help="auto (latest complete checkpoint in the output dir, if any), "
-                                                    "never, or a checkpoint PATH")
-    p.add_argument("--allow-data-change", action="store_true", help="resume although the tokenizer or the shards "
-                   "differ from the checkpoint's (their checksum, seq len, packing or count); default: refuse, naming both")
-    p.add_argument("--debug", action="store_true", help="print the traceback beside the one-line error "
-                   "(also: ELECTRA_DIST_DEBUG=1)")
+    p.add_argument(
+        "--until-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop at step N with a checkpoint "
+        "(the LR schedule stays that of train.max_steps); resume later, on this or another layout",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="start from these weights: our checkpoint/final "
+        "or a Hugging Face ELECTRA/BERT directory (sets train.init_from; fresh optimizer and schedule; "
+        "build the shards with its tokenizer: shards build --tokenizer PATH)",
+    )
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (latest complete checkpoint in the output dir, if any), never, or a checkpoint PATH",
+    )
+    p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="resume although the tokenizer or the shards "
+        "differ from the checkpoint's (their checksum, seq len, packing or count); default: refuse, naming both",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback beside the one-line error (also: ELECTRA_DIST_DEBUG=1)",
+    )
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return p
@@ -104,9 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_intermixed_args(take_debug_flag(list(sys.argv[1:] if argv is None else argv)))
     flags = [u for u in unknown if u.startswith("--")]
     if unknown:  # `--lr 1e-3`: config keys are set as KEY=VALUE, say which
-        parser.error("unrecognized arguments: " + " ".join(unknown) + "".join(
-            f"\n  {f.split('=')[0]} is not a flag; set config keys as KEY=VALUE{suggest_key(f.split('=')[0])}"
-            for f in flags))
+        parser.error(
+            "unrecognized arguments: "
+            + " ".join(unknown)
+            + "".join(
+                f"\n  {f.split('=')[0]} is not a flag; set config keys as KEY=VALUE{suggest_key(f.split('=')[0])}"
+                for f in flags
+            )
+        )
     import logging
     import warnings
 
@@ -128,9 +166,13 @@ def _main(args: argparse.Namespace, signals) -> int:
     from electra_dist.training.guard import prepare_output_dir
 
     overrides = list(args.overrides)
-    for flag, key in ((args.data, "data.shards"), (args.tokenizer, "data.tokenizer"),
-                      (args.output_dir, "output_dir"), (args.max_steps, "train.max_steps"),
-                      (args.init_from, "train.init_from")):
+    for flag, key in (
+        (args.data, "data.shards"),
+        (args.tokenizer, "data.tokenizer"),
+        (args.output_dir, "output_dir"),
+        (args.max_steps, "train.max_steps"),
+        (args.init_from, "train.init_from"),
+    ):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     rank0 = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
@@ -146,9 +188,12 @@ def _main(args: argparse.Namespace, signals) -> int:
         from electra_dist.training.build import build_run
         from electra_dist.training.checkpoints import CheckpointManager
 
-        run = build_run(cfg, parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed
-                        else parallel.DEFAULT_DEEPSPEED, explicit={o.split("=", 1)[0] for o in args.overrides},
-                        special=special)
+        run = build_run(
+            cfg,
+            parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed else parallel.DEFAULT_DEEPSPEED,
+            explicit={o.split("=", 1)[0] for o in args.overrides},
+            special=special,
+        )
         ckpts = CheckpointManager(run)
         state = ckpts.resume(args.resume, allow_data_change=args.allow_data_change)
         run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
@@ -171,8 +216,9 @@ def _failed(e: Exception, code: int, speak: bool) -> int:
 
     if isinstance(e, RuntimeError) and str(e).startswith("DataLoader worker (pid"):  # torch's SIGCHLD handler
         e = LoaderWorkerDied(loader_worker_died(e))
-    if isinstance(e, (parallel.CollectiveTimeout, parallel.UntrustedCheckpointError, LoaderWorkerDied,
-                      CorruptShardError)):
+    if isinstance(
+        e, (parallel.CollectiveTimeout, parallel.UntrustedCheckpointError, LoaderWorkerDied, CorruptShardError)
+    ):
         e = errors.UserError(str(e))
     if not speak and errors.one_line(e) is not None and not isinstance(e, OSError):
         return code

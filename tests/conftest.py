@@ -44,12 +44,18 @@ def requires_cuda(test):
 def tiny_config(**overrides) -> Config:
     """A 2-layer model that runs in milliseconds; dropout off so runs compare exactly."""
     base = {
-        "model.vocab_size": 1000, "model.embedding_size": 32, "model.max_position_embeddings": 64,
-        "model.discriminator.hidden_size": 64, "model.discriminator.num_heads": 4,
+        "model.vocab_size": 1000,
+        "model.embedding_size": 32,
+        "model.max_position_embeddings": 64,
+        "model.discriminator.hidden_size": 64,
+        "model.discriminator.num_heads": 4,
         "model.discriminator.intermediate_size": 128,
-        "model.generator.hidden_size": 32, "model.generator.num_heads": 2,
+        "model.generator.hidden_size": 32,
+        "model.generator.num_heads": 2,
         "model.generator.intermediate_size": 64,
-        "model.dropout": 0.0, "model.attention_dropout": 0.0, "train.seq_len": 64,
+        "model.dropout": 0.0,
+        "model.attention_dropout": 0.0,
+        "train.seq_len": 64,
     }
     base.update(overrides)
     return Config.from_name("debug", **base).validate()
@@ -98,9 +104,17 @@ def data(shard_dir, tok_dir):
 # ---- running the real trainer ----------------------------------------------------------------
 
 # tiny model, dropout off so different layouts can be compared number for number
-TINY = ["--config", "debug", "model.discriminator.num_heads=2", "model.generator.num_heads=2",
-        "train.log_interval=1", "data.num_workers=1", "train.seq_len=64", "model.max_position_embeddings=64",
-        "tracking.enabled=false"]  # tracking has its own tests (test_tracking.py)
+TINY = [
+    "--config",
+    "debug",
+    "model.discriminator.num_heads=2",
+    "model.generator.num_heads=2",
+    "train.log_interval=1",
+    "data.num_workers=1",
+    "train.seq_len=64",
+    "model.max_position_embeddings=64",
+    "tracking.enabled=false",
+]  # tracking has its own tests (test_tracking.py)
 EXACT = ["model.dropout=0", "model.attention_dropout=0", "data.dp_split=batch"]
 
 
@@ -116,12 +130,21 @@ def launcher(nproc: int, kind: str = "torchrun") -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), TRAIN]
 
 
-def train(out: Path, data, *args: str, nproc: int = 1, kind: str = "torchrun", check: bool = True,
-          timeout: int = 300) -> subprocess.CompletedProcess:
+def train(
+    out: Path, data, *args: str, nproc: int = 1, kind: str = "torchrun", check: bool = True, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """electra_dist/train.py on the shared shards, under a real launcher, to completion."""
     shards, tok = data
-    cmd = launcher(nproc, kind) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out),
-                                   *TINY, *args]
+    cmd = launcher(nproc, kind) + [
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(tok),
+        "--output-dir",
+        str(out),
+        *TINY,
+        *args,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout, cwd=ROOT)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)}\nexit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
@@ -155,8 +178,17 @@ def train_here(out: Path, data, *args: str, check: bool = True, env: dict | None
     # no loader worker processes: forking this test process, which holds the threads of earlier
     # in-process runs (OpenMP, compile workers), can crash the child; workers are tested where the
     # trainer runs in its own process (test_parallel, test_slurm) and in test_data
-    argv = ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, "data.num_workers=0",
-            *args]
+    argv = [
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(tok),
+        "--output-dir",
+        str(out),
+        *TINY,
+        "data.num_workers=0",
+        *args,
+    ]
     return main_here(argv, check=check, env=env)
 
 
@@ -195,13 +227,21 @@ def one_rank_env():
         yield
 
 
-def start_training(out: Path, data, *args: str, nproc: int = 1, env: dict | None = None,
-                   cwd: Path = ROOT) -> subprocess.Popen:
+def start_training(
+    out: Path, data, *args: str, nproc: int = 1, env: dict | None = None, cwd: Path = ROOT
+) -> subprocess.Popen:
     """The same, in the background (its own session, so a test can signal the whole group)."""
     shards, tok = data
     cmd = launcher(nproc) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**child_env(), **(env or {})}, cwd=cwd, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**child_env(), **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -46,8 +46,7 @@ def test_config_help_lists_every_key_with_its_help(cli):
 
 
 def test_bad_config_one_error_naming_all(cli):
-    r = cli("config", "show", "--config", "debug", "model.discriminator.num_heads=3", "objective.mask_prob=0",
-             "nope=1")
+    r = cli("config", "show", "--config", "debug", "model.discriminator.num_heads=3", "objective.mask_prob=0", "nope=1")
     assert r.returncode == 2
     assert "3 problem(s)" in r.stderr
     for needle in ("model.discriminator.hidden_size: 64", "objective.mask_prob: 0", "nope: unknown key"):
@@ -62,8 +61,26 @@ def test_params_counts_large_without_allocating(cli):
 def test_bench_train_with_hf_baseline_runs(capsys, one_rank_env):
     from electra_dist.commands.cli import main
 
-    rc = main(["bench", "train", "--config", "debug", "--seq-len", "64", "--micro-batch", "4", "--steps", "1",
-               "--warmup", "1", "--baseline", "hf", "--grad-accum", "2"])
+    rc = main(
+        [
+            "bench",
+            "train",
+            "--config",
+            "debug",
+            "--seq-len",
+            "64",
+            "--micro-batch",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--baseline",
+            "hf",
+            "--grad-accum",
+            "2",
+        ]
+    )
     r = capsys.readouterr()
     assert rc == 0, r.err[-3000:]
     assert "electra_dist" in r.out and "hf " in r.out and "speed-up over HF" in r.out

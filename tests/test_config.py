@@ -10,21 +10,34 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_flavors_carry_the_papers_hyperparameters():
-    s, b, l = (Config.from_name(n) for n in ("electra-small", "electra-base", "electra-large"))
-    assert (s.model.discriminator.num_layers, s.model.discriminator.hidden_size, s.model.discriminator.num_heads,
-            s.model.discriminator.intermediate_size, s.model.embedding_size) == (12, 256, 4, 1024, 128)
+    s, b, large = (Config.from_name(n) for n in ("electra-small", "electra-base", "electra-large"))
+    assert (
+        s.model.discriminator.num_layers,
+        s.model.discriminator.hidden_size,
+        s.model.discriminator.num_heads,
+        s.model.discriminator.intermediate_size,
+        s.model.embedding_size,
+    ) == (12, 256, 4, 1024, 128)
     assert (s.model.generator.hidden_size, s.model.generator.num_heads) == (64, 1)
-    assert (b.model.discriminator.hidden_size, b.model.discriminator.num_heads, b.model.embedding_size) == (768, 12, 768)
+    assert (b.model.discriminator.hidden_size, b.model.discriminator.num_heads, b.model.embedding_size) == (
+        768,
+        12,
+        768,
+    )
     assert (b.model.generator.hidden_size, b.model.generator.num_heads) == (256, 4)
-    assert (l.model.discriminator.num_layers, l.model.discriminator.hidden_size, l.model.discriminator.num_heads,
-            l.model.discriminator.intermediate_size) == (24, 1024, 16, 4096)
-    assert (l.model.generator.hidden_size, l.model.generator.num_heads) == (256, 4)
-    assert (s.objective.mask_prob, b.objective.mask_prob, l.objective.mask_prob) == (0.15, 0.15, 0.25)
-    assert (s.optim.lr, b.optim.lr, l.optim.lr) == (5e-4, 2e-4, 2e-4)
-    assert (s.train.global_batch_size, b.train.global_batch_size, l.train.global_batch_size) == (128, 256, 2048)
-    assert (s.train.seq_len, b.train.seq_len, l.train.seq_len) == (128, 512, 512)
+    assert (
+        large.model.discriminator.num_layers,
+        large.model.discriminator.hidden_size,
+        large.model.discriminator.num_heads,
+        large.model.discriminator.intermediate_size,
+    ) == (24, 1024, 16, 4096)
+    assert (large.model.generator.hidden_size, large.model.generator.num_heads) == (256, 4)
+    assert (s.objective.mask_prob, b.objective.mask_prob, large.objective.mask_prob) == (0.15, 0.15, 0.25)
+    assert (s.optim.lr, b.optim.lr, large.optim.lr) == (5e-4, 2e-4, 2e-4)
+    assert (s.train.global_batch_size, b.train.global_batch_size, large.train.global_batch_size) == (128, 256, 2048)
+    assert (s.train.seq_len, b.train.seq_len, large.train.seq_len) == (128, 512, 512)
     assert (s.train.max_steps, b.train.max_steps) == (1_000_000, 766_000)
-    for c in (s, b, l):
+    for c in (s, b, large):
         assert c.objective.discriminator_weight == 50.0 and c.objective.generator_weight == 1.0
         assert (c.optim.beta1, c.optim.beta2, c.optim.eps, c.optim.weight_decay) == (0.9, 0.999, 1e-6, 0.01)
         assert c.optim.warmup_steps == 10000 and c.optim.grad_clip == 1.0
@@ -39,9 +52,16 @@ def test_yaml_files_equal_their_flavors(flavor):
 
 
 def test_dotted_overrides_are_typed():
-    c = Config.from_name("debug").apply_overrides(["model.dropout=0.0", "train.max_steps=50",
-                                                   "tracking.enabled=false", "data.shards=/x/{0..3}.tar",
-                                                   "optim.lr=2e-3", "train.max_steps=1e3"])
+    c = Config.from_name("debug").apply_overrides(
+        [
+            "model.dropout=0.0",
+            "train.max_steps=50",
+            "tracking.enabled=false",
+            "data.shards=/x/{0..3}.tar",
+            "optim.lr=2e-3",
+            "train.max_steps=1e3",
+        ]
+    )
     assert c.model.dropout == 0.0 and c.train.max_steps == 1000 and c.tracking.enabled is False
     assert c.optim.lr == 0.002
     assert c.data.shards == "/x/{0..3}.tar"
@@ -50,12 +70,26 @@ def test_dotted_overrides_are_typed():
 
 def test_one_error_names_every_bad_key_and_value():
     with pytest.raises(ConfigError) as e:
-        Config.build("debug", ["model.discriminator.num_heads=3", "objective.mask_prob=1.5", "foo.bar=1",
-                               "train.seq_len=abc", "model.generator.hidden_size=128", "train.precision=fp8"])
+        Config.build(
+            "debug",
+            [
+                "model.discriminator.num_heads=3",
+                "objective.mask_prob=1.5",
+                "foo.bar=1",
+                "train.seq_len=abc",
+                "model.generator.hidden_size=128",
+                "train.precision=fp8",
+            ],
+        )
     msg = str(e.value)
-    for needle in ("model.discriminator.hidden_size: 64 is not divisible by model.discriminator.num_heads=3",
-                   "objective.mask_prob: 1.5", "foo.bar: unknown key", "train.seq_len: 'abc' is not an integer",
-                   "model.generator.hidden_size: 128 is wider", "train.precision: 'fp8' is not one of"):
+    for needle in (
+        "model.discriminator.hidden_size: 64 is not divisible by model.discriminator.num_heads=3",
+        "objective.mask_prob: 1.5",
+        "foo.bar: unknown key",
+        "train.seq_len: 'abc' is not an integer",
+        "model.generator.hidden_size: 128 is wider",
+        "train.precision: 'fp8' is not one of",
+    ):
         assert needle in msg, msg
     assert len(e.value.problems) == 6
 
@@ -96,13 +130,27 @@ def test_compile_switch_takes_auto_and_yaml_booleans(tmp_path):
 
 def test_nan_inf_negative_and_non_positive_values_are_all_named_in_one_error():
     with pytest.raises(ConfigError) as e:
-        Config.build("debug", ["optim.lr=.nan", "objective.temperature=.inf", "data.shuffle_buffer=-1",
-                               "tracking.flush_timeout=-2", "train.max_steps=0", "objective.mask_prob=2"])
+        Config.build(
+            "debug",
+            [
+                "optim.lr=.nan",
+                "objective.temperature=.inf",
+                "data.shuffle_buffer=-1",
+                "tracking.flush_timeout=-2",
+                "train.max_steps=0",
+                "objective.mask_prob=2",
+            ],
+        )
     text = str(e.value)
     assert "6 problem(s)" in text, text  # a non-positive integer no longer hides the rest
-    for needle in ("optim.lr: nan must be a finite number", "objective.temperature: inf must be a finite number",
-                   "data.shuffle_buffer: -1 must be >= 0", "tracking.flush_timeout: -2.0 must be >= 0",
-                   "train.max_steps: 0 must be a positive integer", "objective.mask_prob: 2.0 must lie in (0, 1)"):
+    for needle in (
+        "optim.lr: nan must be a finite number",
+        "objective.temperature: inf must be a finite number",
+        "data.shuffle_buffer: -1 must be >= 0",
+        "tracking.flush_timeout: -2.0 must be >= 0",
+        "train.max_steps: 0 must be a positive integer",
+        "objective.mask_prob: 2.0 must lie in (0, 1)",
+    ):
         assert needle in text, (needle, text)
 
 
@@ -119,12 +167,18 @@ def test_unknown_flavor_in_a_yaml_file_is_an_error_not_the_base_defaults(tmp_pat
 
 def test_every_misspelled_key_gets_a_did_you_mean():
     with pytest.raises(ConfigError) as e:
-        Config.build("debug", ["train.micro_batchsize=4", "optim.learning_rate=1e-3", "lr=3e-4", "model.dropuot=0",
-                               "tp=2", "zzz=1"])
+        Config.build(
+            "debug",
+            ["train.micro_batchsize=4", "optim.learning_rate=1e-3", "lr=3e-4", "model.dropuot=0", "tp=2", "zzz=1"],
+        )
     text = str(e.value)
-    for wrong, right in (("train.micro_batchsize", "train.micro_batch_size"), ("optim.learning_rate", "optim.lr"),
-                         ("lr", "optim.lr"), ("model.dropuot", "model.dropout"),
-                         ("tp", "parallel.tensor_parallel_size")):
+    for wrong, right in (
+        ("train.micro_batchsize", "train.micro_batch_size"),
+        ("optim.learning_rate", "optim.lr"),
+        ("lr", "optim.lr"),
+        ("model.dropuot", "model.dropout"),
+        ("tp", "parallel.tensor_parallel_size"),
+    ):
         assert f"{wrong}: unknown key (did you mean {right}?)" in text, text
     assert "zzz: unknown key\n" in text + "\n"
 
@@ -136,4 +190,6 @@ def test_a_flat_flag_points_to_its_config_key(capsys):
         main(["--lr", "1e-3", "--micro-batch-size", "8"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--lr is not a flag; set config keys as KEY=VALUE (did you mean optim.lr?)" in err
-    assert "--micro-batch-size is not a flag; set config keys as KEY=VALUE (did you mean train.micro_batch_size?)" in err
+    assert (
+        "--micro-batch-size is not a flag; set config keys as KEY=VALUE (did you mean train.micro_batch_size?)" in err
+    )

@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from electra_dist.data.loader import CorruptShardError, LoaderSettings, PretrainLoader, ShardStream, iter_shard, resolve_shards
-from electra_dist.data.vocab import SpecialIds
+from electra_dist.data.loader import (
+    CorruptShardError,
+    LoaderSettings,
+    PretrainLoader,
+    ShardStream,
+    iter_shard,
+    resolve_shards,
+)
 from electra_dist.data.shards import ExampleBuilder, build_shards, check_compatible, merge_manifests, read_manifest
 from electra_dist.data.text import TextStats, iter_documents, split_sentences
 from electra_dist.data.tokenizer import SentencePieceTokenizer, train_tokenizer
+from electra_dist.data.vocab import SpecialIds
 
 from conftest import SAMPLE, SEQ
 
@@ -36,12 +43,19 @@ def _take(loader, n):
 
 
 def _same(a, b):
-    return all(torch.equal(getattr(x, k), getattr(y, k)) for x, y in zip(a, b) for k in
-               ("input_ids", "original_ids", "masked_positions", "attention_mask", "token_type_ids")) and \
-        [x.keys for x in a] == [y.keys for y in b] and len(a) == len(b)
+    return (
+        all(
+            torch.equal(getattr(x, k), getattr(y, k))
+            for x, y in zip(a, b)
+            for k in ("input_ids", "original_ids", "masked_positions", "attention_mask", "token_type_ids")
+        )
+        and [x.keys for x in a] == [y.keys for y in b]
+        and len(a) == len(b)
+    )
 
 
 # ---- text -----------------------------------------------------------------------------------
+
 
 def test_documents_and_bad_bytes(tmp_path):
     txt = tmp_path / "a.txt"
@@ -61,11 +75,17 @@ def test_documents_and_bad_bytes(tmp_path):
 
 
 def test_sentence_split():
-    assert split_sentences('He said "Stop." Then he left! Was it 3 p.m.? Yes.\nNew line') == \
-        ['He said "Stop."', "Then he left!", "Was it 3 p.m.?", "Yes.", "New line"]
+    assert split_sentences('He said "Stop." Then he left! Was it 3 p.m.? Yes.\nNew line') == [
+        'He said "Stop."',
+        "Then he left!",
+        "Was it 3 p.m.?",
+        "Yes.",
+        "New line",
+    ]
 
 
 # ---- tokenizer --------------------------------------------------------------------------------
+
 
 def test_tokenizer_specials_and_real_text(tok_dir, real_documents):
     tok = SentencePieceTokenizer(tok_dir)
@@ -103,6 +123,7 @@ def test_tokenizer_bad_input(tmp_path):
 
 
 # ---- shards -----------------------------------------------------------------------------------
+
 
 def test_example_builder_follows_the_official_packing():
     import random
@@ -145,7 +166,7 @@ def test_shards_format_manifest_and_token_types(shard_dir, tok_dir):
     b = _take(PretrainLoader(str(shard_dir), _settings(), num_workers=0), 1)[0]
     for ids, tt in zip(b.original_ids, b.token_type_ids):
         first_sep = int((ids == 3).nonzero()[0])
-        assert tt[: first_sep + 1].eq(0).all() and tt[first_sep + 1:][ids[first_sep + 1:] != 0].eq(1).all()
+        assert tt[: first_sep + 1].eq(0).all() and tt[first_sep + 1 :][ids[first_sep + 1 :] != 0].eq(1).all()
 
 
 def test_shards_deterministic_whatever_the_workers(tmp_path, tok_dir, shard_dir):
@@ -160,12 +181,23 @@ def test_shards_deterministic_whatever_the_workers(tmp_path, tok_dir, shard_dir)
 
 def test_array_parts_merge_to_the_same_samples(tmp_path, tok_dir):
     single = tmp_path / "single"
-    build_shards([str(SAMPLE)], tok_dir, SEQ, single, samples_per_shard=300, workers=1, progress=False,
-                 chunk_chars=100_000)
+    build_shards(
+        [str(SAMPLE)], tok_dir, SEQ, single, samples_per_shard=300, workers=1, progress=False, chunk_chars=100_000
+    )
     parts = tmp_path / "parts"
     for k in range(3):
-        build_shards([str(SAMPLE)], tok_dir, SEQ, parts, samples_per_shard=300, workers=1, progress=False,
-                     chunk_chars=100_000, part=k, num_parts=3)
+        build_shards(
+            [str(SAMPLE)],
+            tok_dir,
+            SEQ,
+            parts,
+            samples_per_shard=300,
+            workers=1,
+            progress=False,
+            chunk_chars=100_000,
+            part=k,
+            num_parts=3,
+        )
     with pytest.raises(ValueError, match="missing"):
         (parts / "manifest.part-002.json").rename(parts / "x.json")
         merge_manifests(parts)
@@ -180,6 +212,7 @@ def test_array_parts_merge_to_the_same_samples(tmp_path, tok_dir):
 
 
 # ---- loader -----------------------------------------------------------------------------------
+
 
 def test_every_sample_exactly_once_per_epoch_across_ranks_and_workers(shard_dir):
     urls, m = resolve_shards(str(shard_dir))
@@ -218,11 +251,13 @@ def test_exact_resume_2_ranks_x_2_workers(shard_dir, split):
 def test_global_batches_are_the_same_for_any_dp_size_and_accumulation_and_resume_across_them(shard_dir):
     """dp_split=batch: slice k of step s holds the same samples and dropout seed whether DP 1 × 4
     micro-steps, DP 2 × 2 or DP 4 × 1 computes it; a position saved at one layout resumes at another."""
+
     def slices(dp, accum, steps, state=None):
         out = {}
         for rank in range(dp):
-            loader = PretrainLoader(str(shard_dir), _settings(micro_batch_size=4), rank, dp, num_workers=2,
-                                    grad_accum=accum)
+            loader = PretrainLoader(
+                str(shard_dir), _settings(micro_batch_size=4), rank, dp, num_workers=2, grad_accum=accum
+            )
             if state is not None:
                 loader.load_state_dict(state)
             for i, b in enumerate(_take(loader, steps * accum)):
@@ -319,14 +354,36 @@ def test_cli_tokenizer_shards_bench(tmp_path, cli):
 
     r = cli("tokenizer", "train", "--input", str(SAMPLE), "--vocab-size", "1000", "--out", str(tmp_path / "tok"))
     assert r.returncode == 0, r.stderr
-    r = cli("shards", "build", "--input", str(SAMPLE), "--tokenizer", str(tmp_path / "tok"), "--seq-len", "128",
-            "--out", str(tmp_path / "sh"), "--workers", "2")
+    r = cli(
+        "shards",
+        "build",
+        "--input",
+        str(SAMPLE),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--seq-len",
+        "128",
+        "--out",
+        str(tmp_path / "sh"),
+        "--workers",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert "tokens/s" in r.stdout and "tok/s" in r.stderr  # summary and the progress bar
     r = cli("bench", "data", "--shards", str(tmp_path / "sh"), "--workers", "1", "--batches", "20")
     assert r.returncode == 0 and "per worker" in r.stdout, r.stderr
-    r = cli("shards", "build", "--input", str(tmp_path / "missing.txt"), "--tokenizer", str(tmp_path / "tok"),
-            "--seq-len", "128", "--out", str(tmp_path / "sh2"))
+    r = cli(
+        "shards",
+        "build",
+        "--input",
+        str(tmp_path / "missing.txt"),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--seq-len",
+        "128",
+        "--out",
+        str(tmp_path / "sh2"),
+    )
     assert r.returncode == 2 and "missing.txt" in r.stderr
 
 
@@ -338,8 +395,9 @@ def test_full_packing_leaves_no_padding_and_official_packing_does(tmp_path, tok_
     lengths = [row.size for s in m["shards"] for _, row in iter_shard(str(shard_dir / s["name"]))]
     assert set(lengths) == {SEQ} and m["tokens"] > 0.9 * m["text_tokens"]
     assert not any(b.padded for b in _take(PretrainLoader(str(shard_dir), _settings(), num_workers=0), 20))
-    official = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=500, progress=False,
-                            packing="official").manifest
+    official = build_shards(
+        [str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=500, progress=False, packing="official"
+    ).manifest
     rows = [row.size for s in official["shards"] for _, row in iter_shard(str(tmp_path / s["name"]))]
     assert official["packing"] == "official" and min(rows) < SEQ and sum(rows) < len(rows) * SEQ
     assert any(b.padded for b in _take(PretrainLoader(str(tmp_path), _settings(), num_workers=0), 20))
@@ -366,12 +424,35 @@ def test_a_one_line_10mb_document_is_cut_into_pieces_and_kept(tmp_path, cli, rea
     line = "".join(c for c in words if c not in ".!?")
     line = (line + " ") * (10_000_000 // len(line) + 1)
     (tmp_path / "one.jsonl").write_text(json.dumps({"text": line[:10_000_000]}) + "\n")
-    r = cli("tokenizer", "train", "--input", str(tmp_path / "one.jsonl"), "--vocab-size", "500",
-            "--out", str(tmp_path / "tok"), "--input-sentence-size", "400")
+    r = cli(
+        "tokenizer",
+        "train",
+        "--input",
+        str(tmp_path / "one.jsonl"),
+        "--vocab-size",
+        "500",
+        "--out",
+        str(tmp_path / "tok"),
+        "--input-sentence-size",
+        "400",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "1 sentence(s) had no sentence end" in r.stderr and "cut into" in r.stdout
-    r = cli("shards", "build", "--input", str(tmp_path / "one.jsonl"), "--tokenizer", str(tmp_path / "tok"),
-            "--seq-len", "128", "--out", str(tmp_path / "sh"), "--quiet", "--workers", "1")
+    r = cli(
+        "shards",
+        "build",
+        "--input",
+        str(tmp_path / "one.jsonl"),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--seq-len",
+        "128",
+        "--out",
+        str(tmp_path / "sh"),
+        "--quiet",
+        "--workers",
+        "1",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((tmp_path / "sh" / "manifest.json").read_text())
     assert manifest["text"]["long_sentences"] == 1 and manifest["tokens"] > 0.99 * manifest["text_tokens"]
@@ -393,10 +474,28 @@ def test_a_zero_filled_shard_is_caught_by_the_manifest_count(tmp_path, shard_dir
 
 
 def test_shards_hold_out_an_eval_split_by_document_the_same_whatever_the_workers(tmp_path, tok_dir):
-    a = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "a", samples_per_shard=500, workers=1, progress=False,
-                     eval_fraction=0.05, chunk_chars=50_000).manifest
-    b = build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path / "b", samples_per_shard=500, workers=2, progress=False,
-                     eval_fraction=0.05, chunk_chars=50_000).manifest
+    a = build_shards(
+        [str(SAMPLE)],
+        tok_dir,
+        SEQ,
+        tmp_path / "a",
+        samples_per_shard=500,
+        workers=1,
+        progress=False,
+        eval_fraction=0.05,
+        chunk_chars=50_000,
+    ).manifest
+    b = build_shards(
+        [str(SAMPLE)],
+        tok_dir,
+        SEQ,
+        tmp_path / "b",
+        samples_per_shard=500,
+        workers=2,
+        progress=False,
+        eval_fraction=0.05,
+        chunk_chars=50_000,
+    ).manifest
     assert a["eval_samples"] > 20 and [s["name"] for s in a["eval_shards"]] == ["eval-000-000000.tar"]
     for s in a["shards"] + a["eval_shards"]:  # byte-identical, whatever the workers
         assert (tmp_path / "a" / s["name"]).read_bytes() == (tmp_path / "b" / s["name"]).read_bytes()

@@ -3,16 +3,33 @@ exactly pyproject's runtime dependencies (torch excepted: the NGC image brings i
 
 import re
 import shlex
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
-INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
-                "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+INSTRUCTIONS = {
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
+}
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -64,7 +81,7 @@ def test_install_line_matches_pyproject():
     runs = [rest for k, rest in instructions() if k == "RUN" and "pip install" in rest]
     first = runs[0].split("&&")[0]
     got = {tok for tok in shlex.split(first) if re.match(r"^[A-Za-z0-9_.-]+[=<>!~]", tok)}
-    assert got == want, (got ^ want)
+    assert got == want, got ^ want
     assert "torch" not in {re.split(r"[=<>!~]", t)[0] for t in got}
     assert any("--no-deps -e ." in r for r in runs)
 
@@ -101,15 +118,22 @@ def test_the_image_builds_on_its_ngc_base_and_runs_as_another_user():
     if reason:
         pytest.skip(reason)
     tag = "electra-dist:test"
-    r = subprocess.run(["docker", "build", "-f", str(ROOT / "docker" / "Dockerfile"), "-t", tag, str(ROOT)],
-                       capture_output=True, text=True, timeout=3600)
+    r = subprocess.run(
+        ["docker", "build", "-f", str(ROOT / "docker" / "Dockerfile"), "-t", tag, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    code = ("import deepspeed, megatron.core, electra_dist, torch; "
-            "from deepspeed.ops.op_builder import FusedAdamBuilder; "
-            "print('ok', electra_dist.__version__, torch.__version__, FusedAdamBuilder().is_compatible())")
+    code = (
+        "import deepspeed, megatron.core, electra_dist, torch; "
+        "from deepspeed.ops.op_builder import FusedAdamBuilder; "
+        "print('ok', electra_dist.__version__, torch.__version__, FusedAdamBuilder().is_compatible())"
+    )
     for user in ([], ["--user", "4321:4321"]):
-        r = subprocess.run(["docker", "run", "--rm", *user, tag, "python", "-c", code],
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            ["docker", "run", "--rm", *user, tag, "python", "-c", code], capture_output=True, text=True, timeout=600
+        )
         assert r.returncode == 0 and r.stdout.startswith("ok "), r.stdout[-2000:] + r.stderr[-2000:]
         r = subprocess.run(["docker", "run", "--rm", *user, tag], capture_output=True, text=True, timeout=600)
         assert r.returncode == 0 and "quickstart" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]

@@ -23,8 +23,11 @@ from conftest import SAMPLE, metrics, start_training, train, train_here, wait_fo
 def tmpfs(where: Path, size: str, read_only: bool = False):
     """A real, small file system (a full disk is a full disk): root only."""
     where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{',ro' if read_only else ''}", "tmpfs",
-                        str(where)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}{',ro' if read_only else ''}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
@@ -43,6 +46,7 @@ def _catches(pid: int, sig: int) -> bool:
 
 
 # ---- signals and launchers ------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_a_signal_during_start_up_stops_at_the_first_step_boundary_with_preempted(tmp_path, data):
@@ -65,8 +69,9 @@ def test_a_signal_during_start_up_stops_at_the_first_step_boundary_with_preempte
 def test_killing_the_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data):
     """kill -9 of torchrun's agent: its ranks get SIGTERM from the kernel, agree, checkpoint, write
     PREEMPTED and exit (they used to run on unsupervised to the end); the resume continues."""
-    proc = start_training(tmp_path, data, "--max-steps", "400", "train.save_interval=1000", "train.micro_batch_size=8",
-                          nproc=2)
+    proc = start_training(
+        tmp_path, data, "--max-steps", "400", "train.save_interval=1000", "train.micro_batch_size=8", nproc=2
+    )
     wait_for(lambda: len(metrics(tmp_path)) >= 4, proc, timeout=180)
     ranks = [p for p in psutil.Process(proc.pid).children() if "train.py" in " ".join(p.cmdline())]
     assert len(ranks) == 2
@@ -123,6 +128,7 @@ def test_a_killed_loader_worker_is_one_line(tmp_path, data):
 
 # ---- disks ---------------------------------------------------------------------------------------
 
+
 def test_a_read_only_output_dir_is_refused_at_once_naming_it(tmp_path, data):
     with tmpfs(tmp_path / "ro", "4m", read_only=True) as ro:
         r = train_here(ro / "run", data, "--max-steps", "2", check=False)
@@ -141,8 +147,9 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_keeps_the_last_checkp
     from electra_dist.training.checkpoints import complete_checkpoints, verify
 
     with tmpfs(tmp_path / "disk", "14m") as disk:
-        r = train_here(disk / "run", data, "--max-steps", "50", "train.save_interval=1", "train.keep_last=50",
-                       check=False)
+        r = train_here(
+            disk / "run", data, "--max-steps", "50", "train.save_interval=1", "train.keep_last=50", check=False
+        )
         assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
         assert "no space left on the device" in r.stderr and str(disk / "run") in r.stderr, r.stderr
         assert "iostream error" not in r.stderr.split("no space left")[0].splitlines()[-1]
@@ -151,6 +158,7 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_keeps_the_last_checkp
 
 
 # ---- resumes that must not happen silently -----------------------------------------------------------
+
 
 def test_resume_on_other_shards_or_another_tokenizer_is_refused_naming_both(tmp_path, data):
     from electra_dist.data.shards import build_shards
@@ -219,14 +227,18 @@ def test_a_complete_marker_listing_no_files_does_not_verify(tmp_path, data):
 
 # ---- data found wrong before step 1, never mid-run -----------------------------------------------------
 
-@pytest.mark.parametrize("damage,needle", [
-    ("missing", "listed but missing"),
-    ("zero-filled", "not a tar shard"),
-    ("another kind of file", "not a tar shard"),
-    ("cut short", "bytes where the manifest lists"),
-    ("zero-filled eval shard", "not a tar shard"),
-    ("empty manifest", "manifest.json: not a readable manifest"),
-])
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        ("missing", "listed but missing"),
+        ("zero-filled", "not a tar shard"),
+        ("another kind of file", "not a tar shard"),
+        ("cut short", "bytes where the manifest lists"),
+        ("zero-filled eval shard", "not a tar shard"),
+        ("empty manifest", "manifest.json: not a readable manifest"),
+    ],
+)
 def test_damaged_shards_are_named_before_step_1(tmp_path, data, damage, needle):
     import shutil
 
@@ -331,11 +343,23 @@ def test_the_deepspeed_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data
     from conftest import TINY, child_env, launcher
 
     shards, tok = data
-    cmd = launcher(2, "deepspeed") + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(tmp_path),
-                                      *TINY, "--max-steps", "2000", "train.micro_batch_size=8", "data.num_workers=2",
-                                      "train.save_interval=1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
-                            start_new_session=True)
+    cmd = launcher(2, "deepspeed") + [
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(tok),
+        "--output-dir",
+        str(tmp_path),
+        *TINY,
+        "--max-steps",
+        "2000",
+        "train.micro_batch_size=8",
+        "data.num_workers=2",
+        "train.save_interval=1000",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True
+    )
     tree: list[psutil.Process] = []
     try:
         wait_for(lambda: len(metrics(tmp_path)) >= 3, proc, timeout=180)
@@ -353,7 +377,9 @@ def test_the_deepspeed_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data
                 p.kill()
     step = json.loads((tmp_path / "PREEMPTED").read_text())["step"]
     assert (tmp_path / "checkpoints" / "latest").read_text() == f"step{step:08d}", out[-2000:] + err[-2000:]
-    assert "DataLoader worker" not in out + err, [l for l in (out + err).splitlines() if "DataLoader" in l or "Error" in l]
+    assert "DataLoader worker" not in out + err, [
+        line for line in (out + err).splitlines() if "DataLoader" in line or "Error" in line
+    ]
     assert "signal received (" in out + err and "return code = -" not in out + err  # none died by the signal
     if how != "Ctrl-C":
         assert "the launcher (the deepspeed runner, pid" in out + err

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
-from electra_dist.interop import export_hf, save_model
+from electra_dist.commands.finetune import Classifier, finetune, layer_lr_groups
 from electra_dist.data.masking import mask_tokens
 from electra_dist.data.vocab import SpecialIds
-from electra_dist.commands.finetune import Classifier, finetune, layer_lr_groups
-from electra_dist.training.flops import flops_per_token
+from electra_dist.interop import export_hf, save_model
 from electra_dist.model import ElectraPretrainer, count_parameters
 from electra_dist.tracking import read_metrics
+from electra_dist.training.flops import flops_per_token
 
 from conftest import SAMPLE, tiny_config
 
@@ -26,8 +26,9 @@ def test_mlm_objective_is_one_encoder_of_discriminator_size(tiny):
     assert m.generator.encoder.layers[0].attention_norm.normalized_shape == (cfg.model.discriminator.hidden_size,)
     ids = torch.randint(5, 1000, (4, 64))
     ids[:, 0], ids[:, -1] = 2, 3
-    b = mask_tokens(ids, SpecialIds(), 0.15, mask_fraction=0.8, random_fraction=0.1, vocab_size=1000,
-                    sample_ids=torch.arange(4))
+    b = mask_tokens(
+        ids, SpecialIds(), 0.15, mask_fraction=0.8, random_fraction=0.1, vocab_size=1000, sample_ids=torch.arange(4)
+    )
     out = m(b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)
     assert out.loss == out.generator_loss and out.discriminator_loss == 0
     out.loss.backward()
@@ -82,7 +83,7 @@ def _labeled(tmp_path, n=300, sources=("sotu", "janeausten"), name=""):
     rng.shuffle(rows)
     train, test = tmp_path / f"{name}train.jsonl", tmp_path / f"{name}test.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[: int(0.8 * len(rows))]))
-    test.write_text("".join(json.dumps(r) + "\n" for r in rows[int(0.8 * len(rows)):]))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[int(0.8 * len(rows)) :]))
     return train, test
 
 
@@ -106,16 +107,20 @@ def test_experiment_runs_end_to_end_small_on_two_sets_and_goes_on_where_it_stopp
     fine-tuning result is redone, and nothing else is run again."""
     from electra_dist.commands import experiment
 
-    sets = [_labeled(tmp_path, n=40, name="austen-sotu."), _labeled(tmp_path, n=40, sources=("bible_web", "mobydick"),
-                                                                   name="bible-moby.")]
+    sets = [
+        _labeled(tmp_path, n=40, name="austen-sotu."),
+        _labeled(tmp_path, n=40, sources=("bible_web", "mobydick"), name="bible-moby."),
+    ]
     results, out = tmp_path / "RESULTS.md", tmp_path / "exp"
-    kw = dict(electra_steps=8, batch=8, seq_len=64, vocab_size=1000, seeds=1, finetune_epochs=1,
-              samples_per_shard=500)
+    kw = dict(electra_steps=8, batch=8, seq_len=64, vocab_size=1000, seeds=1, finetune_epochs=1, samples_per_shard=500)
     rows = experiment.run([str(SAMPLE)], sets, out, results, **kw)
     assert set(rows) == {"electra", "mlm", "random init (control)"}
     assert rows["mlm"]["steps"] > rows["electra"]["steps"]  # MLM buys more steps with the same FLOPs
     assert abs(rows["mlm"]["flops"] - rows["electra"]["flops"]) / rows["electra"]["flops"] < 0.1
-    assert 0 < rows["electra"]["eval"]["eval/discriminator_auc"] < 1 and "eval/discriminator_auc" not in rows["mlm"]["eval"]
+    assert (
+        0 < rows["electra"]["eval"]["eval/discriminator_auc"] < 1
+        and "eval/discriminator_auc" not in rows["mlm"]["eval"]
+    )
     assert 0 < rows["electra"]["eval_share"] < 1
     for r in rows.values():
         assert set(r["tasks"]) == {"austen-sotu", "bible-moby"}
@@ -132,16 +137,23 @@ def test_experiment_runs_end_to_end_small_on_two_sets_and_goes_on_where_it_stopp
     shutil.rmtree(ckpts / "step00000008")
     (ckpts / "latest").write_text("step00000007")
     (out / "finetune" / "mlm" / "bible-moby.json").unlink()
-    kept = {p: p.stat().st_mtime_ns for p in [out / "mlm" / "final" / "model.pt",
-                                              out / "finetune" / "mlm" / "austen-sotu.json",
-                                              out / "finetune" / "random" / "bible-moby.json"]}
+    kept = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            out / "mlm" / "final" / "model.pt",
+            out / "finetune" / "mlm" / "austen-sotu.json",
+            out / "finetune" / "random" / "bible-moby.json",
+        ]
+    }
     before = {r["step"]: r["time"] for r in read_metrics(out / "electra" / "metrics.jsonl")}
     again = experiment.run([str(SAMPLE)], sets, out, results, **kw)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # not run again
-    assert (out / "electra" / "final" / "model.pt").is_file() and (out / "finetune" / "mlm" / "bible-moby.json").is_file()
+    assert (out / "electra" / "final" / "model.pt").is_file() and (
+        out / "finetune" / "mlm" / "bible-moby.json"
+    ).is_file()
     after = {r["step"]: r["time"] for r in read_metrics(out / "electra" / "metrics.jsonl")}
     assert sorted(after) == sorted(before) and after[8] > before[8]  # step 8 trained again: from the step-7
-    assert all(after[s] == before[s] for s in range(1, 8))          # checkpoint, not from step 0
+    assert all(after[s] == before[s] for s in range(1, 8))  # checkpoint, not from step 0
     assert again["mlm"]["tasks"]["austen-sotu"] == rows["mlm"]["tasks"]["austen-sotu"]
     assert results.read_text().count("## ELECTRA vs MLM") == 2
 
@@ -158,9 +170,29 @@ def test_finetune_cli_saves_a_transformers_classifier_and_a_finished_mlflow_run(
     save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
     train, test = _labeled(tmp_path)
     uri = f"sqlite:///{tmp_path / 'ft.db'}"
-    r = cli("finetune", "--model", tmp_path / "ckpt", "--train", train, "--test", test, "--seeds", "2",
-            "--epochs", "4", "--lr", "1e-3", "--batch-size", "16", "--out", tmp_path / "clf",
-            "--experiment", "ft", "--tracking-uri", uri)
+    r = cli(
+        "finetune",
+        "--model",
+        tmp_path / "ckpt",
+        "--train",
+        train,
+        "--test",
+        test,
+        "--seeds",
+        "2",
+        "--epochs",
+        "4",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "16",
+        "--out",
+        tmp_path / "clf",
+        "--experiment",
+        "ft",
+        "--tracking-uri",
+        uri,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "majority baseline" in r.stdout and "macro-F1" in r.stdout
     best = int(r.stdout.split("wrote seed ")[1].split("'")[0])
@@ -196,8 +228,19 @@ def test_finetune_defaults_by_size_pairs_and_the_one_class_warning(tmp_path, tok
     lines = []
     threads = torch.get_num_threads()
     try:
-        r = ft.finetune(str(tmp_path / "ckpt"), str(data), str(data), text_field="a", pair_field="b", label_field="y",
-                        seeds=1, epochs=1, batch_size=16, log=lines.append, threads=1)
+        r = ft.finetune(
+            str(tmp_path / "ckpt"),
+            str(data),
+            str(data),
+            text_field="a",
+            pair_field="b",
+            label_field="y",
+            seeds=1,
+            epochs=1,
+            batch_size=16,
+            log=lines.append,
+            threads=1,
+        )
         assert torch.get_num_threads() == 1 and "finetune: 1 CPU thread (--threads)" in lines
     finally:
         torch.set_num_threads(threads)

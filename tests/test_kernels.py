@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from electra_dist import rng
-from electra_dist.model.kernels import fused_gumbel_scores
 from electra_dist.model import ElectraPretrainer
+from electra_dist.model.kernels import fused_gumbel_scores
 
 from conftest import requires_cuda, tiny_config, train_here
-
 
 
 def test_compiled_blocks_and_gumbel_match_eager():
@@ -99,6 +98,7 @@ def test_fused_model_samples_the_same(tiny):
 
 def test_block_compilation_falls_back_to_eager_once_with_one_line():
     """A compiler that fails (no Triton, a compiler bug): the blocks run eager, same numbers, one line."""
+
     def broken(gm, inputs):
         raise RuntimeError("triton: no such compiler")
 
@@ -111,7 +111,9 @@ def test_block_compilation_falls_back_to_eager_once_with_one_line():
     model.load_state_dict(eager.state_dict())
     ids = torch.randint(5, 1000, (2, 16))
     for _ in range(2):
-        torch.testing.assert_close(model.discriminator(ids, torch.ones_like(ids)), eager.discriminator(ids, torch.ones_like(ids)))
+        torch.testing.assert_close(
+            model.discriminator(ids, torch.ones_like(ids)), eager.discriminator(ids, torch.ones_like(ids))
+        )
     assert model.compiled.eager and len(lines) == 1, lines
     assert "compiling the encoder blocks failed" in lines[0] and "no such compiler" in lines[0]
     # the caller's own error is not a compiler failure: it surfaces, and compiling stays on
@@ -137,8 +139,15 @@ def test_a_training_run_with_evaluation_compiles_a_counted_number_of_variants(tm
 
     torch._dynamo.reset()
     before = CompiledBlocks.built_variants
-    r = train_here(tmp_path / "run", data, "train.compile=true", "train.compile_backend=aot_eager", "train.max_steps=4",
-                   "train.eval_interval=2", "train.eval_samples=20")
+    r = train_here(
+        tmp_path / "run",
+        data,
+        "train.compile=true",
+        "train.compile_backend=aot_eager",
+        "train.max_steps=4",
+        "train.eval_interval=2",
+        "train.eval_samples=20",
+    )
     assert "eval loss" in r.stdout and "compiling the encoder blocks failed" not in r.stdout + r.stderr
     compiled = len(_debug_get_cache_entry_list(Block.forward.__code__))
     assert CompiledBlocks.built_variants - before == 8  # 2 towers × 2 masks × 2 grad modes
@@ -161,9 +170,16 @@ def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     ids = torch.randint(5, 1000, (4, 64), generator=torch.Generator().manual_seed(1))
     b = mask_tokens(ids, SpecialIds(), 0.15, sample_ids=torch.arange(4) + 7)
     index, weights = masked_slots(b.masked_positions, max_predictions(64, 0.15))
-    args = dict(input_ids=b.input_ids, original_ids=b.original_ids, masked_positions=b.masked_positions,
-                attention_mask=b.attention_mask, sample_ids=torch.arange(4) + 7, masked_index=index,
-                masked_weights=weights, padded=False)
+    args = dict(
+        input_ids=b.input_ids,
+        original_ids=b.original_ids,
+        masked_positions=b.masked_positions,
+        attention_mask=b.attention_mask,
+        sample_ids=torch.arange(4) + 7,
+        masked_index=index,
+        masked_weights=weights,
+        padded=False,
+    )
     a, f = plain(**args), fused(**args)
     assert torch.equal(a.replaced, f.replaced)  # the very same replacements
     assert a.stats["generator_correct"] == f.stats["generator_correct"] and a.stats["masked"] == f.stats["masked"]
@@ -222,6 +238,10 @@ def test_blocks_compiled_in_the_cuda_graph_mode_give_eager_numbers():
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
         a.sum().backward()
         b.sum().backward()
-    torch.testing.assert_close(graphs.discriminator.encoder.layers[0].output.weight.grad,
-                               eager.discriminator.encoder.layers[0].output.weight.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        graphs.discriminator.encoder.layers[0].output.weight.grad,
+        eager.discriminator.encoder.layers[0].output.weight.grad,
+        atol=1e-5,
+        rtol=1e-4,
+    )
     assert not graphs.compiled.eager

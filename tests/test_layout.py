@@ -42,15 +42,22 @@ def imported_names(tree: ast.AST) -> list[tuple[str, int]]:
     return out
 
 
-def test_no_file_over_350_lines_no_class_over_150():
+# Sizes in lines of `ruff format`ted code (120 columns), which lays the same code out in 1.18x the lines
+# of the hand-wrapped style the first limits (350 / 150 / 70) were set in: the limits moved with it.
+FILE_LINES, CLASS_LINES, FUNCTION_LINES = 420, 180, 85
+
+
+def test_no_file_over_420_lines_no_class_over_180():
     too_long = []
-    for name, (path, tree) in modules().items():
+    for _name, (path, tree) in modules().items():
         n = len(path.read_text().splitlines())
-        if n > 350:
+        if n > FILE_LINES:
             too_long.append(f"{path.relative_to(ROOT)}: {n} lines")
         for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 150:
-                too_long.append(f"{path.relative_to(ROOT)}: class {node.name} is {node.end_lineno - node.lineno + 1} lines")
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > CLASS_LINES:
+                too_long.append(
+                    f"{path.relative_to(ROOT)}: class {node.name} is {node.end_lineno - node.lineno + 1} lines"
+                )
     assert not too_long, too_long
 
 
@@ -63,17 +70,24 @@ def test_deepspeed_megatron_and_torch_distributed_only_in_parallel():
             if mod.startswith(DISTRIBUTED) or mod == "torch.distributed":
                 offenders.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
         for node in ast.walk(tree):  # torch.distributed.xxx used without importing it by name
-            if isinstance(node, ast.Attribute) and node.attr == "distributed" and \
-                    isinstance(node.value, ast.Name) and node.value.id == "torch":
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "distributed"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "torch"
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} uses torch.distributed")
     assert not offenders, offenders
 
 
 def test_the_library_never_imports_the_commands():
-    offenders = [f"{path.relative_to(ROOT)}:{line} imports {mod}"
-                 for name, (path, tree) in modules().items()
-                 if not name.startswith("electra_dist.commands") and name != "electra_dist.__main__"
-                 for mod, line in imported_names(tree) if mod.startswith("electra_dist.commands")]
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {mod}"
+        for name, (path, tree) in modules().items()
+        if not name.startswith("electra_dist.commands") and name != "electra_dist.__main__"
+        for mod, line in imported_names(tree)
+        if mod.startswith("electra_dist.commands")
+    ]
     assert not offenders, offenders
 
 
@@ -84,15 +98,20 @@ def test_no_import_cycle_between_modules():
     for name, (_, tree) in mods.items():
         names = {m for m, _ in imported_names(tree)}  # lazy imports inside functions count too
         # `from pkg import sub` imports the module pkg.sub, not pkg's own names
-        graph[name] = sorted(m for m in names if m in mods and m != name and not any(
-            n.startswith(m + ".") and n in mods and n.count(".") == m.count(".") + 1 for n in names))
+        graph[name] = sorted(
+            m
+            for m in names
+            if m in mods
+            and m != name
+            and not any(n.startswith(m + ".") and n in mods and n.count(".") == m.count(".") + 1 for n in names)
+        )
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = 1
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " → ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " → ".join(path[path.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2
@@ -128,21 +147,30 @@ def test_the_model_sees_data_only_through_the_batch_and_tokenizer_contracts():
     for name, (path, tree) in modules().items():
         if not name.startswith("electra_dist.model"):
             continue
-        offenders += [f"{path.relative_to(ROOT)}:{line} imports {mod}" for mod, line in imported_names(tree)
-                      if mod.startswith("electra_dist.data.") and mod.split(".")[2] not in ("batch", "vocab")]
-        offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}" for node in ast.walk(tree)
-                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "hasattr"
-                      and isinstance(node.args[0], ast.Name) and node.args[0].id == "self"]
+        offenders += [
+            f"{path.relative_to(ROOT)}:{line} imports {mod}"
+            for mod, line in imported_names(tree)
+            if mod.startswith("electra_dist.data.") and mod.split(".")[2] not in ("batch", "vocab")
+        ]
+        offenders += [
+            f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "hasattr"
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id == "self"
+        ]
     assert not offenders, offenders
 
 
 def test_both_tokenizers_keep_the_one_tokenizer_contract(tok_dir):
     """Ours and a published model's tokenizer are the same `data.vocab.Tokenizer` (runtime-checked
     protocol: every member present) with the five specials ELECTRA needs."""
+    from test_init_from import MINILM
+
     from electra_dist.data.tokenizer import load_tokenizer
     from electra_dist.data.vocab import SpecialIds, Tokenizer
-
-    from test_init_from import MINILM
 
     for directory in (tok_dir, MINILM):
         tok = load_tokenizer(directory)
@@ -150,8 +178,22 @@ def test_both_tokenizers_keep_the_one_tokenizer_contract(tok_dir):
         assert tok.decode(tok.encode("the cat")).lower().replace(" ", "") == "thecat" and len(tok.checksum) == 64
 
 
-def test_no_function_over_70_lines_in_the_library():
-    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} is {node.end_lineno - node.lineno + 1} lines"
-            for _, (path, tree) in modules().items() for node in ast.walk(tree)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 70]
+def test_no_function_over_85_lines_in_the_library():
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} is {node.end_lineno - node.lineno + 1} lines"
+        for _, (path, tree) in modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > FUNCTION_LINES
+    ]
     assert not long, long
+
+
+def test_ruff_format_and_check_are_clean():
+    """The code is as `ruff format` writes it and `ruff check` passes, with pyproject.toml's settings."""
+    import subprocess
+    import sys
+
+    for args in (["format", "--check", "--quiet"], ["check", "--quiet"]):
+        r = subprocess.run([sys.executable, "-m", "ruff", *args, "."], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, f"ruff {' '.join(args)}:\n{r.stdout[-3000:]}{r.stderr[-2000:]}"

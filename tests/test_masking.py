@@ -56,8 +56,15 @@ def test_85_15_split_within_statistical_tolerance():
 
 def test_bert_80_10_10():
     ids = _batch(B=512, S=128)
-    out = mask_tokens(ids, SP, 0.15, mask_fraction=0.8, random_fraction=0.1, vocab_size=1000,
-                      generator=torch.Generator().manual_seed(4))
+    out = mask_tokens(
+        ids,
+        SP,
+        0.15,
+        mask_fraction=0.8,
+        random_fraction=0.1,
+        vocab_size=1000,
+        generator=torch.Generator().manual_seed(4),
+    )
     m = out.masked_positions
     n = int(m.sum())
     as_mask = (out.input_ids[m] == SP.mask).float().mean().item()

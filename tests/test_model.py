@@ -185,11 +185,13 @@ def test_sample_ids_make_the_loss_independent_of_batch_composition(tiny):
     ids[:, 0], ids[:, -1] = 2, 3
     sid = torch.tensor([11, 22, 33, 44])
     full = mask_tokens(ids, SpecialIds(), 0.15, sample_ids=sid)
-    halves = [mask_tokens(ids[i:i + 2], SpecialIds(), 0.15, sample_ids=sid[i:i + 2]) for i in (0, 2)]
+    halves = [mask_tokens(ids[i : i + 2], SpecialIds(), 0.15, sample_ids=sid[i : i + 2]) for i in (0, 2)]
     assert torch.equal(full.input_ids, torch.cat([h.input_ids for h in halves]))
     out = m(full.input_ids, full.original_ids, full.masked_positions, full.attention_mask, sample_ids=sid)
-    parts = [m(h.input_ids, h.original_ids, h.masked_positions, h.attention_mask, sample_ids=sid[i:i + 2])
-             for h, i in zip(halves, (0, 2))]
+    parts = [
+        m(h.input_ids, h.original_ids, h.masked_positions, h.attention_mask, sample_ids=sid[i : i + 2])
+        for h, i in zip(halves, (0, 2))
+    ]
     assert torch.equal(out.replaced, torch.cat([p.replaced for p in parts]))
 
 
@@ -232,8 +234,10 @@ def test_gdes_discriminator_exports_and_folds_as_its_summed_embeddings():
     disc, gen = to_hf(m)
     V = cfg.model.vocab_size
     shared = m.embeddings.word_embeddings.weight[:V]
-    assert torch.allclose(disc["electra.embeddings.word_embeddings.weight"],
-                          shared + m.discriminator.embeddings_delta.word_embeddings__weight[:V])
+    assert torch.allclose(
+        disc["electra.embeddings.word_embeddings.weight"],
+        shared + m.discriminator.embeddings_delta.word_embeddings__weight[:V],
+    )
     assert torch.equal(gen["electra.embeddings.word_embeddings.weight"], shared)  # the generator's own
     assert not any("delta" in k for k in [*disc, *gen])
     m.discriminator.fold_embedding_delta()  # fine-tuning's plain tables

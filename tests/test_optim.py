@@ -20,8 +20,10 @@ def test_no_weight_decay_on_layernorm_and_bias(tiny):
     decay, no_decay = param_groups(m, 0.01)
     names = {id(p): n for n, p in m.named_parameters()}
     assert all(n.endswith("weight") and "norm" not in n.lower() for n in (names[id(p)] for p in decay["params"]))
-    assert all(n.endswith("bias") or "norm" in n.lower() or "LayerNorm" in n
-               for n in (names[id(p)] for p in no_decay["params"]))
+    assert all(
+        n.endswith("bias") or "norm" in n.lower() or "LayerNorm" in n
+        for n in (names[id(p)] for p in no_decay["params"])
+    )
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
 
 
@@ -59,13 +61,15 @@ def test_the_gpu_optimizer_is_torch_fused_adamw_and_fusedadam_falls_back_once(mo
     for _ in range(3):  # every model a process builds (bench, gpu-check) asks again: said once
         opt = optim.build_optimizer([{"params": params}], OptimConfig(implementation="deepspeed"), cuda, lines.append)
         assert type(opt) is torch.optim.AdamW and opt.defaults["fused"]
-    assert lines == ["electra-dist: DeepSpeed FusedAdam unavailable: not prebuilt, and CUDA_HOME=/usr is not a CUDA "
-                     "toolkit; using torch AdamW(fused=True)"]
+    assert lines == [
+        "electra-dist: DeepSpeed FusedAdam unavailable: not prebuilt, and CUDA_HOME=/usr is not a CUDA "
+        "toolkit; using torch AdamW(fused=True)"
+    ]
 
 
 def test_a_failed_fusedadam_build_is_not_tried_again_in_this_environment(monkeypatch, tmp_path):
-    import torch
     import deepspeed.ops.adam
+    import torch
 
     from electra_dist.parallel import engine
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from electra_dist.tracking import read_metrics
-import torch
 
 from conftest import EXACT, ROOT, child_env, losses, metrics, start_training, train, wait_for
 
@@ -30,8 +30,17 @@ def test_tp2_equals_tp1(tmp_path, data, baseline, baseline_dir):
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_dp2_equals_dp1_for_every_zero_stage(tmp_path, data, baseline, stage):
-    train(tmp_path, data, "--max-steps", "10", *EXACT, "train.micro_batch_size=8",
-          "--deepspeed", str(ROOT / "configs" / f"zero{stage}.json"), nproc=2)
+    train(
+        tmp_path,
+        data,
+        "--max-steps",
+        "10",
+        *EXACT,
+        "train.micro_batch_size=8",
+        "--deepspeed",
+        str(ROOT / "configs" / f"zero{stage}.json"),
+        nproc=2,
+    )
     dp2 = losses(tmp_path)
     assert max(abs(a - b) for a, b in zip(baseline, dp2)) <= 1e-5, (stage, baseline, dp2)
     from electra_dist.parallel import load_checkpoint_file
@@ -52,28 +61,60 @@ def _last_checkpoint_is_the_final_model(out):
 
 
 def test_tp2_x_dp2_on_four_processes_learns(tmp_path, data):
-    r = train(tmp_path, data, "--max-steps", "30", "train.micro_batch_size=8", "parallel.tensor_parallel_size=2",
-              "--deepspeed", str(ROOT / "configs" / "zero2.json"), nproc=4)
+    r = train(
+        tmp_path,
+        data,
+        "--max-steps",
+        "30",
+        "train.micro_batch_size=8",
+        "parallel.tensor_parallel_size=2",
+        "--deepspeed",
+        str(ROOT / "configs" / "zero2.json"),
+        nproc=4,
+    )
     assert "TP 2 × DP 2, ZeRO-2" in r.stdout
     loss = losses(tmp_path)
     assert sum(loss[-5:]) / 5 < sum(loss[:5]) / 5 - 2.0, loss
     _last_checkpoint_is_the_final_model(tmp_path)
     step = tmp_path / "checkpoints" / "step00000030"
-    r = subprocess.run([sys.executable, "-m", "electra_dist", "export", "--checkpoint", str(step), "--out",
-                        str(tmp_path / "hf")], capture_output=True, text=True, env=child_env(), timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "electra_dist", "export", "--checkpoint", str(step), "--out", str(tmp_path / "hf")],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert r.returncode == 0 and (tmp_path / "hf" / "discriminator" / "config.json").is_file(), r.stderr[-2000:]
 
 
 def test_zero3_with_tensor_parallel_is_refused_at_start(tmp_path, data):
-    r = train(tmp_path, data, "--max-steps", "2", "parallel.tensor_parallel_size=2",
-              "--deepspeed", str(ROOT / "configs" / "zero3.json"), nproc=2, check=False)
+    r = train(
+        tmp_path,
+        data,
+        "--max-steps",
+        "2",
+        "parallel.tensor_parallel_size=2",
+        "--deepspeed",
+        str(ROOT / "configs" / "zero3.json"),
+        nproc=2,
+        check=False,
+    )
     assert r.returncode != 0 and "ZeRO stage 3 with parallel.tensor_parallel_size=2 is not supported" in r.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_deepspeed_launcher(tmp_path, data):
-    r = train(tmp_path, data, "--max-steps", "3", "train.micro_batch_size=8",
-              "--deepspeed", str(ROOT / "configs" / "zero2.json"), nproc=2, kind="deepspeed")
+    r = train(
+        tmp_path,
+        data,
+        "--max-steps",
+        "3",
+        "train.micro_batch_size=8",
+        "--deepspeed",
+        str(ROOT / "configs" / "zero2.json"),
+        nproc=2,
+        kind="deepspeed",
+    )
     assert "DP 2, ZeRO-2" in r.stdout and len(losses(tmp_path)) == 3
 
 
@@ -108,12 +149,20 @@ def test_a_hung_rank_ends_the_run_with_a_message_within_the_timeouts(tmp_path, d
 
     import psutil
 
-    proc = start_training(tmp_path, data, "--max-steps", "100000", "train.micro_batch_size=8", "train.save_interval=2",
-                          "parallel.collective_timeout=12", "parallel.stop_timeout=2", nproc=2)
+    proc = start_training(
+        tmp_path,
+        data,
+        "--max-steps",
+        "100000",
+        "train.micro_batch_size=8",
+        "train.save_interval=2",
+        "parallel.collective_timeout=12",
+        "parallel.stop_timeout=2",
+        nproc=2,
+    )
     metrics_file = tmp_path / "metrics.jsonl"
     wait_for(lambda: len(read_metrics(metrics_file)) >= 3, proc)
-    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children()
-             if "RANK" in p.environ()}
+    ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(proc.pid).children() if "RANK" in p.environ()}
     ranks[1].send_signal(signal.SIGSTOP)
     start = time.monotonic()
     if then == "sigterm":
@@ -130,16 +179,24 @@ def test_a_hung_rank_ends_the_run_with_a_message_within_the_timeouts(tmp_path, d
         assert "did not answer within parallel.collective_timeout=12s: one is hung, stopped or gone" in err, err[-3000:]
     else:
         assert took < 8, took
-        assert ("rank 0: got SIGTERM but the ranks did not agree to stop within parallel.stop_timeout=2s" in err
-                ), err[-3000:]
+        assert "rank 0: got SIGTERM but the ranks did not agree to stop within parallel.stop_timeout=2s" in err, err[
+            -3000:
+        ]
     assert "newest complete" in err and (tmp_path / "checkpoints" / "latest").is_file()
 
 
 # ---- resume on another number of GPUs -----------------------------------------------------------
 
 # dropout ON; micro batch 4 and global batch 16 fit DP 1, 2 and 4 (accumulation 4, 2, 1)
-ELASTIC = ["--max-steps", "12", "train.micro_batch_size=4", "train.global_batch_size=16", "train.save_interval=1000",
-           "model.dropout=0.1", "model.attention_dropout=0.1"]
+ELASTIC = [
+    "--max-steps",
+    "12",
+    "train.micro_batch_size=4",
+    "train.global_batch_size=16",
+    "train.save_interval=1000",
+    "model.dropout=0.1",
+    "model.attention_dropout=0.1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +213,9 @@ def _segments(out, data, plan, *extra):
     """Run `plan` = [(until step, nproc, extra args)] one after the other in one output dir."""
     logs = []
     for until, nproc, args in plan:
-        r = train(out, data, *ELASTIC, *extra, *args, *(["--until-step", str(until)] if until < 12 else []),
-                  nproc=nproc)
+        r = train(
+            out, data, *ELASTIC, *extra, *args, *(["--until-step", str(until)] if until < 12 else []), nproc=nproc
+        )
         logs.append(r.stdout)
     assert [m["step"] for m in metrics(out)] == list(range(1, 13))
     return logs

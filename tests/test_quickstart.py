@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quickstart_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "electra_dist", "quickstart", "--out", str(tmp_path), "--steps", "20"],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "electra_dist", "quickstart", "--out", str(tmp_path), "--steps", "20"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "tokenizer" / "spm.model").is_file()
     assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["samples"] > 1000

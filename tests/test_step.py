@@ -30,9 +30,17 @@ def _batch(cfg, seed: int, B: int = 4, pad_from: int | None = None) -> Batch:
     sample_ids = torch.arange(B) + 1000 * seed
     m = mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=sample_ids)
     index, weights = masked_slots(m.masked_positions, max_predictions(S, cfg.objective.mask_prob))
-    return Batch(input_ids=m.input_ids, original_ids=m.original_ids, masked_positions=m.masked_positions,
-                 masked_index=index, masked_weights=weights, attention_mask=m.attention_mask,
-                 token_type_ids=torch.zeros_like(ids), sample_ids=sample_ids, padded=pad_from is not None)
+    return Batch(
+        input_ids=m.input_ids,
+        original_ids=m.original_ids,
+        masked_positions=m.masked_positions,
+        masked_index=index,
+        masked_weights=weights,
+        attention_mask=m.attention_mask,
+        token_type_ids=torch.zeros_like(ids),
+        sample_ids=sample_ids,
+        padded=pad_from is not None,
+    )
 
 
 def test_masked_slots_hold_exactly_the_masked_positions_in_row_order():
@@ -54,8 +62,14 @@ def test_slots_and_boolean_masking_give_the_same_losses(tiny):
     m = ElectraPretrainer(tiny.model, tiny.objective).eval()
     b = _batch(tiny, 0, pad_from=40).model_inputs()
     fast = m(**b)
-    legacy = m(b["input_ids"], b["original_ids"], b["masked_positions"], b["attention_mask"],
-               b["token_type_ids"], sample_ids=b["sample_ids"])
+    legacy = m(
+        b["input_ids"],
+        b["original_ids"],
+        b["masked_positions"],
+        b["attention_mask"],
+        b["token_type_ids"],
+        sample_ids=b["sample_ids"],
+    )
     for name in ("loss", "generator_loss", "discriminator_loss"):
         torch.testing.assert_close(getattr(fast, name), getattr(legacy, name), rtol=1e-6, atol=1e-6)
     assert torch.equal(fast.replaced, legacy.replaced)
@@ -70,10 +84,16 @@ def test_padded_and_unpadded_computation_give_the_same_losses(tiny):
     b = _batch(tiny, 3, B=2, pad_from=40).model_inputs()
     padded = m(**b)
     # row 1 alone, trimmed to its 40 real tokens: no padding, no mask
-    row = {k: (v[1:2, :40] if k not in ("masked_index", "masked_weights", "sample_ids", "padded") else v)
-           for k, v in b.items()}
-    row.update(sample_ids=b["sample_ids"][1:2], masked_index=b["masked_index"][1:2],
-               masked_weights=b["masked_weights"][1:2], padded=False)
+    row = {
+        k: (v[1:2, :40] if k not in ("masked_index", "masked_weights", "sample_ids", "padded") else v)
+        for k, v in b.items()
+    }
+    row.update(
+        sample_ids=b["sample_ids"][1:2],
+        masked_index=b["masked_index"][1:2],
+        masked_weights=b["masked_weights"][1:2],
+        padded=False,
+    )
     alone = m(**row)
     padded_row = m(**{k: (v[1:2] if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
     torch.testing.assert_close(alone.loss, padded_row.loss, rtol=1e-5, atol=1e-5)
@@ -133,8 +153,14 @@ def test_zero2_accumulates_bf16_gradients_in_fp32():
     from electra_dist.training.build import build_engine
     from electra_dist.training.step import engine_step
 
-    cfg = tiny_config(**{"train.precision": "bf16", "train.micro_batch_size": 4, "train.global_batch_size": 8,
-                         "optim.warmup_steps": 0})
+    cfg = tiny_config(
+        **{
+            "train.precision": "bf16",
+            "train.micro_batch_size": 4,
+            "train.global_batch_size": 8,
+            "optim.warmup_steps": 0,
+        }
+    )
     ds_json = json.loads((ROOT / "configs" / "zero2.json").read_text())
     assert ds_json["data_types"] == {"grad_accum_dtype": "fp32"}
     assert json.loads((ROOT / "configs" / "zero3.json").read_text())["data_types"] == {"grad_accum_dtype": "fp32"}
@@ -143,7 +169,9 @@ def test_zero2_accumulates_bf16_gradients_in_fp32():
         ds = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
         engine, _ = build_engine(cfg, ds, layout, log=lambda line: None)
         assert next(engine.module.parameters()).dtype == torch.bfloat16
-        assert engine.optimizer.gradient_accumulation_dtype == torch.float32 and engine.optimizer.use_separate_grad_accum
+        assert (
+            engine.optimizer.gradient_accumulation_dtype == torch.float32 and engine.optimizer.use_separate_grad_accum
+        )
         before = engine.module.discriminator.encoder.layers[0].output.weight.detach().clone()
         result = engine_step(engine, iter([_batch(cfg, 1), _batch(cfg, 2)]), 2, layout.device)
         assert float(result.nonfinite) == 0 and result.tokens > 0
@@ -168,8 +196,10 @@ def test_forward_and_backward_read_nothing_back_to_the_host(flavor):
     mode = FakeTensorMode()
     model = fake_model(cfg, mode, device)
     for pad_from in (None, 300):
-        batch = {k: mode.from_tensor(v).to(device) if isinstance(v, torch.Tensor) else v
-                 for k, v in _batch(cfg, 1, B=2, pad_from=pad_from).model_inputs().items()}
+        batch = {
+            k: mode.from_tensor(v).to(device) if isinstance(v, torch.Tensor) else v
+            for k, v in _batch(cfg, 1, B=2, pad_from=pad_from).model_inputs().items()
+        }
         with mode:
             one = torch.ones((), device=device)
             out = model(**batch, masked_normalizer=one, token_normalizer=one)

@@ -1,4 +1,5 @@
-"""MLflow tracking against the embedded default store and a REAL `mlflow server` on 127.0.0.1 (those\nare `system` tests: a server process, training processes killed and resumed)."""
+"""MLflow tracking against the embedded default store and a REAL `mlflow server` on 127.0.0.1 (those
+are `system` tests: a server process, training processes killed and resumed)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,32 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "Server":
+    def start(self, timeout: float = 120) -> Server:
         self.root.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
@@ -72,8 +90,17 @@ def server(tmp_path_factory):
 def run(out: Path, data, *args: str, cwd: Path, env: dict | None = None, nproc: int = 1, check: bool = True):
     env = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2", **(env or {})}
     shards, tok = data
-    cmd = launcher(nproc) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
-                         "tracking.enabled=true", *args]
+    cmd = launcher(nproc) + [
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(tok),
+        "--output-dir",
+        str(out),
+        *TINY,
+        "tracking.enabled=true",
+        *args,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**child_env(), **(env or {})}, cwd=cwd, timeout=300)
     if check:
         assert r.returncode == 0, r.stderr[-4000:]
@@ -92,8 +119,18 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, cap
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    train_here(out, data, "--max-steps", "6", "train.log_interval=2", "train.save_interval=100", "tracking.enabled=true",
-               "tracking.tags=team=nlp,ablation=none", "tracking.log_hf_export=true", env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"})
+    train_here(
+        out,
+        data,
+        "--max-steps",
+        "6",
+        "train.log_interval=2",
+        "train.save_interval=100",
+        "tracking.enabled=true",
+        "tracking.tags=team=nlp,ablation=none",
+        "tracking.log_hf_export=true",
+        env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"},
+    )
     db = tmp_path / "mlflow.db"
     assert db.is_file(), "the default store is ./mlflow.db, as MLflow's own default"
     client = MlflowClient(f"sqlite:///{db}")
@@ -118,11 +155,18 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, cap
     tok = {a.path for a in client.list_artifacts(r.info.run_id, "tokenizer")}
     assert "tokenizer/spm.model" in tok
     hf = {a.path for a in client.list_artifacts(r.info.run_id, "hf/discriminator")}
-    assert {"hf/discriminator/config.json", "hf/discriminator/model.safetensors", "hf/discriminator/tokenizer.json"} <= hf
+    assert {
+        "hf/discriminator/config.json",
+        "hf/discriminator/model.safetensors",
+        "hf/discriminator/tokenizer.json",
+    } <= hf
     from electra_dist.commands.cli import main
 
     capsys.readouterr()
-    assert main(["compare", "--experiment", "electra-debug", "--metric", "loss/nope", "--out", str(tmp_path / "c.png")]) == 2
+    assert (
+        main(["compare", "--experiment", "electra-debug", "--metric", "loss/nope", "--out", str(tmp_path / "c.png")])
+        == 2
+    )
     assert "no run in 'electra-debug' logged 'loss/nope'; they have: " in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
     elsewhere = tmp_path / "elsewhere"
@@ -137,17 +181,54 @@ def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, cap
 def test_real_server_two_runs_compared(tmp_path, data, server):
     env = {"MLFLOW_TRACKING_URI": server.url}
     a, b = tmp_path / "a", tmp_path / "b"
-    run(a, data, "--max-steps", "8", "train.log_interval=2", "tracking.experiment=cmp", "tracking.run_name=lr-low",
-        "optim.lr=0.0005", cwd=tmp_path, env=env)
-    run(b, data, "--max-steps", "8", "train.log_interval=2", "tracking.experiment=cmp", "tracking.run_name=lr-high",
-        "optim.lr=0.003", cwd=tmp_path, env=env)
+    run(
+        a,
+        data,
+        "--max-steps",
+        "8",
+        "train.log_interval=2",
+        "tracking.experiment=cmp",
+        "tracking.run_name=lr-low",
+        "optim.lr=0.0005",
+        cwd=tmp_path,
+        env=env,
+    )
+    run(
+        b,
+        data,
+        "--max-steps",
+        "8",
+        "train.log_interval=2",
+        "tracking.experiment=cmp",
+        "tracking.run_name=lr-high",
+        "optim.lr=0.003",
+        cwd=tmp_path,
+        env=env,
+    )
     client = MlflowClient(server.url)
     assert steps(client, run_id(a)) == [2, 4, 6, 8]
     assert "metrics.jsonl" in {x.path for x in client.list_artifacts(run_id(b))}
     png = tmp_path / "cmp.png"
-    r = subprocess.run([sys.executable, "-m", "electra_dist", "compare", "--experiment", "cmp", "--x", "flops",
-                        "--out", str(png), "--tracking-uri", server.url], capture_output=True, text=True,
-                       env=child_env(), cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "electra_dist",
+            "compare",
+            "--experiment",
+            "cmp",
+            "--x",
+            "flops",
+            "--out",
+            str(png),
+            "--tracking-uri",
+            server.url,
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "lr-low" in r.stdout and "lr-high" in r.stdout and "optim.lr" in r.stdout
     assert "0.0005" in r.stdout and "0.003" in r.stdout
@@ -155,8 +236,12 @@ def test_real_server_two_runs_compared(tmp_path, data, server):
 
     img = Image.open(png)
     assert img.size[0] > 500 and len(img.convert("RGB").getcolors(1 << 20)) > 20  # a drawn plot, not blank
-    r = subprocess.run([sys.executable, "-m", "electra_dist", "compare", "--experiment", "nope",
-                        "--tracking-uri", server.url], capture_output=True, text=True, env=child_env())
+    r = subprocess.run(
+        [sys.executable, "-m", "electra_dist", "compare", "--experiment", "nope", "--tracking-uri", server.url],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
     assert r.returncode == 2 and "no experiment 'nope'" in r.stderr and "cmp" in r.stderr
 
 
@@ -167,15 +252,19 @@ def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
     shards, tok = data
     args = ["--max-steps", "20", "train.save_interval=10", "tracking.enabled=true", "tracking.experiment=resume"]
     cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True
+    )
     mf = out / "metrics.jsonl"
-    wait_for(lambda: len(read_metrics(mf)) >= 13, proc)
+    client = MlflowClient(server.url)
+
+    def sent_past_the_checkpoint() -> bool:  # the sender is a background thread: under load it lags the JSONL
+        return len(read_metrics(mf)) >= 11 and max(steps(client, run_id(out)) or [0]) > 10
+
+    wait_for(sent_past_the_checkpoint, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # after the step-10 checkpoint, with steps 11.. already sent
     proc.wait()
     first = run_id(out)
-    client = MlflowClient(server.url)
-    time.sleep(1)
     assert max(steps(client, first)) > 10
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -191,10 +280,20 @@ def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
 def _start_tracked(out: Path, data, env: dict, *args: str) -> subprocess.Popen:
     """One training process with MLflow on, in the background (its own session), run from out's parent."""
     shards, tok = data
-    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY,
-                         "tracking.enabled=true", *args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent,
-                            start_new_session=True)
+    cmd = launcher(1) + [
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(tok),
+        "--output-dir",
+        str(out),
+        *TINY,
+        "tracking.enabled=true",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent, start_new_session=True
+    )
 
 
 @pytest.mark.system
@@ -202,8 +301,16 @@ def test_server_down_mid_run_never_stops_training(tmp_path, data):
     server = Server(tmp_path / "server").start()
     env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
     out = tmp_path / "run"
-    proc = _start_tracked(out, data, env, "--max-steps", "60", "train.save_interval=1000", "tracking.experiment=outage",
-                          "tracking.flush_timeout=5")
+    proc = _start_tracked(
+        out,
+        data,
+        env,
+        "--max-steps",
+        "60",
+        "train.save_interval=1000",
+        "tracking.experiment=outage",
+        "tracking.flush_timeout=5",
+    )
     try:
         mf = out / "metrics.jsonl"
         wait_for(lambda: len(read_metrics(mf)) >= 5, proc)
@@ -219,8 +326,13 @@ def test_server_down_mid_run_never_stops_training(tmp_path, data):
     # the server comes back: sync back-fills exactly what was missing
     server = Server(tmp_path / "server", port=server.port).start()
     try:
-        r = subprocess.run([sys.executable, "-m", "electra_dist", "sync", "--output-dir", str(out)],
-                           capture_output=True, text=True, env=env, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "electra_dist", "sync", "--output-dir", str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         client = MlflowClient(server.url)
         assert steps(client, run_id(out)) == list(range(1, 61))
@@ -237,8 +349,17 @@ def test_a_server_that_comes_back_gets_every_point_and_the_final_status_without_
     server = Server(tmp_path / "server").start()
     env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
     out = tmp_path / "run"
-    proc = _start_tracked(out, data, env, "--max-steps", "100000", "train.save_interval=100000",
-                          "tracking.experiment=comeback", "train.log_interval=5", "tracking.flush_timeout=3")
+    proc = _start_tracked(
+        out,
+        data,
+        env,
+        "--max-steps",
+        "100000",
+        "train.save_interval=100000",
+        "tracking.experiment=comeback",
+        "train.log_interval=5",
+        "tracking.flush_timeout=3",
+    )
     try:
         mf = out / "metrics.jsonl"
         wait_for(lambda: len(read_metrics(mf)) >= 1, proc)
@@ -259,16 +380,24 @@ def test_a_server_that_comes_back_gets_every_point_and_the_final_status_without_
 
 
 def test_a_misspelled_tracking_scheme_is_a_config_error_and_compare_says_a_server_is_down(tmp_path, data, cli):
-    r = train_here(tmp_path, data, "--max-steps", "2", "tracking.enabled=true", "tracking.uri=htp://127.0.0.1:5000",
-                   check=False)
+    r = train_here(
+        tmp_path, data, "--max-steps", "2", "tracking.enabled=true", "tracking.uri=htp://127.0.0.1:5000", check=False
+    )
     assert r.returncode == 2 and "tracking.uri: 'htp://127.0.0.1:5000' has the scheme 'htp'" in r.stderr, r.stderr
     t0 = time.time()
     r = cli("compare", "--experiment", "x", "--tracking-uri", f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "does not answer" in r.stderr and time.time() - t0 < 15, r.stderr
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("")
-    r = cli("sync", "--output-dir", tmp_path / "run", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
-            "--experiment", "x")
+    r = cli(
+        "sync",
+        "--output-dir",
+        tmp_path / "run",
+        "--tracking-uri",
+        f"http://127.0.0.1:{free_port()}",
+        "--experiment",
+        "x",
+    )
     assert r.returncode == 2 and "does not answer" in r.stderr and time.time() - t0 < 30, r.stderr
 
 
@@ -294,16 +423,30 @@ def test_server_unreachable_from_the_start_then_sync_creates_the_whole_run(tmp_p
     status are kept in tracking_pending.json, and `sync` later creates the run with all of it."""
     port = free_port()
     out = tmp_path / "run"
-    run(out, data, "--max-steps", "6", "tracking.enabled=true", "tracking.experiment=never-reached",
-        f"tracking.uri=http://127.0.0.1:{port}", "tracking.flush_timeout=2", cwd=tmp_path)
+    run(
+        out,
+        data,
+        "--max-steps",
+        "6",
+        "tracking.enabled=true",
+        "tracking.experiment=never-reached",
+        f"tracking.uri=http://127.0.0.1:{port}",
+        "tracking.flush_timeout=2",
+        cwd=tmp_path,
+    )
     info = json.loads((out / "tracking.json").read_text())
     assert info["uri"] == f"http://127.0.0.1:{port}" and info["run_id"] is None
     kinds = [kind for kind, _ in json.loads((out / "tracking_pending.json").read_text())]
     assert "params" in kinds and "artifact" in kinds and kinds[-1] == "end"
     server = Server(tmp_path / "server", port=port).start()
     try:
-        r = subprocess.run([sys.executable, "-m", "electra_dist", "sync", "--output-dir", str(out)],
-                           capture_output=True, text=True, env=child_env(), timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "electra_dist", "sync", "--output-dir", str(out)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         assert "status finished" in r.stdout and not (out / "tracking_pending.json").exists()
         client = MlflowClient(server.url)
@@ -325,9 +468,18 @@ def test_the_compare_figure_keeps_its_legend_outside_the_curves_and_its_ticks_ap
     from electra_dist.commands.compare import RunCurve, figure
 
     n = 60
-    curves = [RunCurve(f"run{i:08d}", f"electra-small lr={lr} micro_batch_size=64 20261206-0{i}0000", "FINISHED", {},
-                       {}, [float(s * 1e13 if x == "flops" else s) for s in range(1, n + 1)],
-                       [10.0 - s / (10 + i) for s in range(1, n + 1)]) for i, lr in enumerate((1e-4, 3e-4, 1e-3, 3e-3))]
+    curves = [
+        RunCurve(
+            f"run{i:08d}",
+            f"electra-small lr={lr} micro_batch_size=64 20261206-0{i}0000",
+            "FINISHED",
+            {},
+            {},
+            [float(s * 1e13 if x == "flops" else s) for s in range(1, n + 1)],
+            [10.0 - s / (10 + i) for s in range(1, n + 1)],
+        )
+        for i, lr in enumerate((1e-4, 3e-4, 1e-3, 3e-3))
+    ]
     fig = figure(curves, "loss/total", x, "electra: loss/total")
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -336,5 +488,5 @@ def test_the_compare_figure_keeps_its_legend_outside_the_curves_and_its_ticks_ap
     assert legend.x0 >= box.x1 and not legend.overlaps(ax.yaxis.label.get_window_extent(renderer))
     labels = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
     labels = [b for b in labels if box.x0 - 1 <= (b.x0 + b.x1) / 2 <= box.x1 + 1]
-    assert len(labels) >= 2 and not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1:])
+    assert len(labels) >= 2 and not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1 :])
     assert fig.get_size_inches()[0] * fig.dpi >= legend.x1 - 1  # the legend is on the canvas, not cut off

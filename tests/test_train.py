@@ -22,9 +22,21 @@ def test_single_process_run_writes_metrics_checkpoint_and_final_model(tmp_path, 
     assert "MFU not shown: no peak TFLOP/s known for 'cpu'" in r.stdout
     m = metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3, 4]
-    for key in ("loss/total", "loss/generator", "loss/discriminator", "acc/generator", "acc/discriminator",
-                "discriminator/precision", "discriminator/recall", "discriminator/replaced_fraction", "optim/lr",
-                "optim/grad_norm", "throughput/tokens_per_s", "throughput/tflops_per_device", "memory/rss_gib"):
+    for key in (
+        "loss/total",
+        "loss/generator",
+        "loss/discriminator",
+        "acc/generator",
+        "acc/discriminator",
+        "discriminator/precision",
+        "discriminator/recall",
+        "discriminator/replaced_fraction",
+        "optim/lr",
+        "optim/grad_norm",
+        "throughput/tokens_per_s",
+        "throughput/tflops_per_device",
+        "memory/rss_gib",
+    ):
         assert key in m[-1] and m[-1][key] == m[-1][key], key  # present, not NaN
     last = m[-1]
     assert abs(last["loss/total"] - (last["loss/generator"] + 50 * last["loss/discriminator"])) < 1e-3
@@ -107,17 +119,27 @@ def test_incomplete_checkpoint_is_not_resumed(tmp_path, data):
 
 # ---- bad configs fail before any step -------------------------------------------------------
 
-@pytest.mark.parametrize("args,nproc,needle", [
-    pytest.param(["model.generator.num_heads=1", "parallel.tensor_parallel_size=2"], 2,
-                 "model.generator.num_heads: 1 is not divisible by parallel.tensor_parallel_size=2",
-                 marks=pytest.mark.slow),
-    (["parallel.tensor_parallel_size=2"], 1, "parallel.tensor_parallel_size=2 does not divide the world size 1"),
-    pytest.param(["train.global_batch_size=16", "train.micro_batch_size=16"], 2,
-                 "train.global_batch_size: 16 is not a multiple of train.micro_batch_size (16) × data-parallel "
-                 "size (2)", marks=pytest.mark.slow),
-    (["--data", "/nonexistent/shards"], 1, "data.shards"),
-    (["train.seq_len=128", "model.max_position_embeddings=128"], 1, "set train.seq_len=64"),
-])
+
+@pytest.mark.parametrize(
+    "args,nproc,needle",
+    [
+        pytest.param(
+            ["model.generator.num_heads=1", "parallel.tensor_parallel_size=2"],
+            2,
+            "model.generator.num_heads: 1 is not divisible by parallel.tensor_parallel_size=2",
+            marks=pytest.mark.slow,
+        ),
+        (["parallel.tensor_parallel_size=2"], 1, "parallel.tensor_parallel_size=2 does not divide the world size 1"),
+        pytest.param(
+            ["train.global_batch_size=16", "train.micro_batch_size=16"],
+            2,
+            "train.global_batch_size: 16 is not a multiple of train.micro_batch_size (16) × data-parallel size (2)",
+            marks=pytest.mark.slow,
+        ),
+        (["--data", "/nonexistent/shards"], 1, "data.shards"),
+        (["train.seq_len=128", "model.max_position_embeddings=128"], 1, "set train.seq_len=64"),
+    ],
+)
 def test_bad_configs_fail_before_training(tmp_path, data, args, nproc, needle):
     run = (lambda *a: train(*a, nproc=nproc, check=False)) if nproc > 1 else (lambda *a: train_here(*a, check=False))
     r = run(tmp_path, data, "--max-steps", "2", *args)
@@ -136,23 +158,46 @@ def test_tokenizer_shard_mismatch_is_named(tmp_path, data):
 
 def test_deepspeed_json_mismatches_are_listed_together(tmp_path, data):
     bad = tmp_path / "ds.json"
-    bad.write_text(json.dumps({"train_batch_size": 32, "gradient_clipping": 5.0, "bf16": {"enabled": True},
-                               "optimizer": {"type": "Adam"}, "zero_optimization": {"stage": 2}}))
+    bad.write_text(
+        json.dumps(
+            {
+                "train_batch_size": 32,
+                "gradient_clipping": 5.0,
+                "bf16": {"enabled": True},
+                "optimizer": {"type": "Adam"},
+                "zero_optimization": {"stage": 2},
+            }
+        )
+    )
     r = train_here(tmp_path / "out", data, "--max-steps", "2", "--deepspeed", str(bad), check=False)
     assert r.returncode == 2
-    for needle in ("train_batch_size is 32 but the config implies 16", "gradient_clipping is 5.0",
-                   "bf16.enabled is True but train.precision='fp32'", "has an 'optimizer' block"):
+    for needle in (
+        "train_batch_size is 32 but the config implies 16",
+        "gradient_clipping is 5.0",
+        "bf16.enabled is True but train.precision='fp32'",
+        "has an 'optimizer' block",
+    ):
         assert needle in r.stderr, r.stderr
 
 
 # ---- learning -------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_200_step_debug_run_on_real_text_moves_like_electra(tmp_path, data):
     """Early ELECTRA: the discriminator's loss falls from ln 2 to the replaced-rate entropy and
     below, while the generator's MLM loss falls and its accuracy rises."""
-    train(tmp_path, data, "--max-steps", "200", "train.log_interval=20", "train.save_interval=1000",
-          "--config", "debug", "data.num_workers=1")
+    train(
+        tmp_path,
+        data,
+        "--max-steps",
+        "200",
+        "train.log_interval=20",
+        "train.save_interval=1000",
+        "--config",
+        "debug",
+        "data.num_workers=1",
+    )
     m = metrics(tmp_path)
     first, last = m[0], m[-1]
     assert first["loss/discriminator"] > 0.5 > last["loss/discriminator"]
@@ -187,6 +232,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_no_poisoned_checkpoin
 
 # ---- faults around checkpoints ----------------------------------------------------------------
 
+
 def test_a_signal_right_after_a_save_does_not_write_that_checkpoint_again(tmp_path, data, monkeypatch):
     """SIGTERM arriving during/just after the step-2 save: the run stops at step 2 and the complete
     step-2 checkpoint is left exactly as it was (a rewrite in place was the data-loss path)."""
@@ -212,7 +258,8 @@ def _model_file(ckpt):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_a_bit", "delete_rng"])
 def test_a_damaged_newest_checkpoint_is_skipped_naming_why_and_the_run_resumes_from_the_one_before(
-        tmp_path, data, damage):
+    tmp_path, data, damage
+):
     train_here(tmp_path, data, "--max-steps", "4", "train.save_interval=2", "train.keep_last=5")
     newest = tmp_path / "checkpoints" / "step00000004"
     if damage == "truncate":  # kill -9 while the file was written
@@ -224,8 +271,11 @@ def test_a_damaged_newest_checkpoint_is_skipped_naming_why_and_the_run_resumes_f
     else:
         (newest / "rng_rank00000.pt").unlink()
     r = train_here(tmp_path, data, "--max-steps", "6", "train.save_interval=2", "train.keep_last=5")
-    why = {"truncate": "holds 0 bytes where", "flip_a_bit": "does not match the SHA-256",
-           "delete_rng": "rng_rank00000.pt is missing"}[damage]
+    why = {
+        "truncate": "holds 0 bytes where",
+        "flip_a_bit": "does not match the SHA-256",
+        "delete_rng": "rng_rank00000.pt is missing",
+    }[damage]
     assert f"skipping checkpoint {newest}" in r.stderr and why in r.stderr, r.stderr[-2000:]
     assert "resumed from" in r.stdout and "step00000002" in r.stdout
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
@@ -245,7 +295,6 @@ def test_a_torn_last_metrics_line_does_not_stop_the_resume(tmp_path, data):
         f.write('{"step": 5, "loss/to')  # a crash in the middle of writing a record
     train_here(tmp_path, data, "--max-steps", "6", "train.save_interval=2")
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
-
 
 
 def test_zero0_reports_the_gradient_norm_and_a_non_finite_gradient_stops_the_run(tmp_path, data, monkeypatch):
@@ -303,8 +352,10 @@ def test_a_crafted_checkpoint_cannot_run_code_on_resume(tmp_path, data, monkeypa
         state["extra"] = _Payload()
         torch.save(state, victim)
         marker = json.loads((ckpt / "COMPLETE").read_text())
-        marker["files"][victim.name] = {"bytes": victim.stat().st_size,
-                                        "sha256": hashlib.sha256(victim.read_bytes()).hexdigest()}
+        marker["files"][victim.name] = {
+            "bytes": victim.stat().st_size,
+            "sha256": hashlib.sha256(victim.read_bytes()).hexdigest(),
+        }
         (ckpt / "COMPLETE").write_text(json.dumps(marker))
         r = train_here(tmp_path, data, "--max-steps", "4", check=False)
         assert r.returncode == 2 and f"refusing to load {victim}" in r.stderr, r.stderr[-2000:]
@@ -320,7 +371,9 @@ def test_a_longer_max_steps_on_resume_continues_the_lr_down_instead_of_jumping_u
     the new end (it used to jump up to the longer schedule's value); a finished run is not extended."""
     train_here(tmp_path, data, "--max-steps", "30", "--until-step", "25", "train.save_interval=1000")
     r = train_here(tmp_path, data, "--max-steps", "40", "train.save_interval=1000")
-    assert "train.max_steps 30 → 40: the LR multiplier goes on from 0.1667 at step 25 linearly to 0 at step 40" in r.stdout
+    assert (
+        "train.max_steps 30 → 40: the LR multiplier goes on from 0.1667 at step 25 linearly to 0 at step 40" in r.stdout
+    )
     lr = {m["step"]: m["optim/lr"] for m in metrics(tmp_path)}
     peak = 1e-3  # the debug flavor's optim.lr
     assert abs(lr[25] - peak * (1 - 25 / 30)) < 1e-9  # what the first schedule gave at the break
@@ -332,13 +385,28 @@ def test_a_longer_max_steps_on_resume_continues_the_lr_down_instead_of_jumping_u
 
 def test_held_out_evaluation_is_logged_with_the_official_metrics(tmp_path, data):
     shards, _ = data
-    r = train_here(tmp_path, data, "--max-steps", "5", "train.eval_interval=2", "train.eval_samples=64",
-                   f"data.eval_shards={shards}")
+    r = train_here(
+        tmp_path,
+        data,
+        "--max-steps",
+        "5",
+        "train.eval_interval=2",
+        "train.eval_samples=64",
+        f"data.eval_shards={shards}",
+    )
     m = {rec["step"]: rec for rec in metrics(tmp_path)}
     for step in (2, 4, 5):  # every eval_interval steps and at the end
-        assert {"eval/loss", "eval/generator_loss", "eval/generator_accuracy", "eval/sampled_accuracy",
-                "eval/discriminator_loss", "eval/discriminator_accuracy", "eval/discriminator_precision",
-                "eval/discriminator_recall", "eval/discriminator_auc"} <= set(m[step]), m[step]
+        assert {
+            "eval/loss",
+            "eval/generator_loss",
+            "eval/generator_accuracy",
+            "eval/sampled_accuracy",
+            "eval/discriminator_loss",
+            "eval/discriminator_accuracy",
+            "eval/discriminator_precision",
+            "eval/discriminator_recall",
+            "eval/discriminator_auc",
+        } <= set(m[step]), m[step]
     assert "eval/loss" not in m[3] and "| eval loss" in r.stdout
     e = m[5]
     assert abs(e["eval/loss"] - (e["eval/generator_loss"] + 50 * e["eval/discriminator_loss"])) < 1e-6

@@ -27,19 +27,35 @@ class DataBench:
         return self.tokens_per_second / max(1, self.workers)
 
     def line(self) -> str:
-        return (f"workers={self.workers} batches={self.batches} {self.seconds:.2f}s "
-                f"{self.tokens_per_second / 1e3:,.0f}k tokens/s ({self.per_worker / 1e3:,.0f}k per worker, "
-                f"{self.tokens / max(1, self.positions):.1%} non-pad)")
+        return (
+            f"workers={self.workers} batches={self.batches} {self.seconds:.2f}s "
+            f"{self.tokens_per_second / 1e3:,.0f}k tokens/s ({self.per_worker / 1e3:,.0f}k per worker, "
+            f"{self.tokens / max(1, self.positions):.1%} non-pad)"
+        )
 
 
-def bench_data(shards: str, workers: int = 1, micro_batch: int = 64, batches: int = 200, warmup: int = 10,
-               mask_prob: float = 0.15, shuffle_buffer: int = 1000, seed: int = 0) -> DataBench:
+def bench_data(
+    shards: str,
+    workers: int = 1,
+    micro_batch: int = 64,
+    batches: int = 200,
+    warmup: int = 10,
+    mask_prob: float = 0.15,
+    shuffle_buffer: int = 1000,
+    seed: int = 0,
+) -> DataBench:
     urls, manifest = resolve_shards(shards)
     if manifest is None:
         raise ValueError(f"{shards}: bench data needs a shard directory with a manifest (for seq len and specials)")
     special = SpecialIds(**manifest["tokenizer"]["special"])
-    settings = LoaderSettings(seq_len=manifest["seq_len"], micro_batch_size=micro_batch, special=special,
-                              mask_prob=mask_prob, seed=seed, shuffle_buffer=shuffle_buffer)
+    settings = LoaderSettings(
+        seq_len=manifest["seq_len"],
+        micro_batch_size=micro_batch,
+        special=special,
+        mask_prob=mask_prob,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+    )
     it = iter(PretrainLoader(urls, settings, num_workers=workers))
     for _ in range(warmup):
         next(it)
@@ -53,6 +69,7 @@ def bench_data(shards: str, workers: int = 1, micro_batch: int = 64, batches: in
 
 
 # ---- training step ------------------------------------------------------------------------
+
 
 @dataclass
 class TrainBench:
@@ -82,8 +99,10 @@ class TrainBench:
 
     def line(self) -> str:
         mfu = f", MFU {self.mfu:.1%}" if self.mfu is not None else ""
-        return (f"{self.name:<20} {self.tokens_per_second:>12,.0f} tokens/s  {self.tflops:8.3f} TFLOP/s{mfu}  "
-                f"peak memory {self.peak_memory_gib:.2f} GiB  ({self.steps} steps, {self.seconds:.2f}s)")
+        return (
+            f"{self.name:<20} {self.tokens_per_second:>12,.0f} tokens/s  {self.tflops:8.3f} TFLOP/s{mfu}  "
+            f"peak memory {self.peak_memory_gib:.2f} GiB  ({self.steps} steps, {self.seconds:.2f}s)"
+        )
 
 
 def sample_shards(seq_len: int) -> str:
@@ -100,8 +119,9 @@ def sample_shards(seq_len: int) -> str:
     if not (tok / "spm.model").is_file():
         train_tokenizer([str(SAMPLE)], 8000, tok, lowercase=True)
     if not (shards / "manifest.json").is_file():
-        build_shards([str(SAMPLE)], tok, seq_len, shards, samples_per_shard=1000, workers=1, progress=False,
-                     overwrite=True)
+        build_shards(
+            [str(SAMPLE)], tok, seq_len, shards, samples_per_shard=1000, workers=1, progress=False, overwrite=True
+        )
     return str(shards)
 
 
@@ -111,8 +131,9 @@ def real_batches(shards: str, seq_len: int, micro_batch: int, mask_prob: float, 
     if manifest is not None and manifest["seq_len"] != seq_len:
         raise ValueError(f"--shards {shards} were built for seq len {manifest['seq_len']}, not --seq-len {seq_len}")
     special = SpecialIds(**manifest["tokenizer"]["special"]) if manifest else SpecialIds()
-    settings = LoaderSettings(seq_len=seq_len, micro_batch_size=micro_batch, special=special, mask_prob=mask_prob,
-                              seed=0)
+    settings = LoaderSettings(
+        seq_len=seq_len, micro_batch_size=micro_batch, special=special, mask_prob=mask_prob, seed=0
+    )
     it = iter(PretrainLoader(urls, settings, num_workers=0))
     return [next(it) for _ in range(count)]
 
@@ -143,10 +164,21 @@ def _peak_memory(device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "fp32", steps: int = 10,
-                warmup: int = 3, baseline: str | None = None, compile: bool = False,
-                overrides: list[str] | None = None, shards: str | None = None, grad_accum: int = 1,
-                deepspeed: dict | None = None, after=None) -> list[TrainBench]:
+def bench_train(
+    flavor: str,
+    seq_len: int,
+    micro_batch: int,
+    precision: str = "fp32",
+    steps: int = 10,
+    warmup: int = 3,
+    baseline: str | None = None,
+    compile: bool = False,
+    overrides: list[str] | None = None,
+    shards: str | None = None,
+    grad_accum: int = 1,
+    deepspeed: dict | None = None,
+    after=None,
+) -> list[TrainBench]:
     """Full optimizer steps (forward, backward, clip, optimizer; `grad_accum` micro-batches each) on
     real shards, padded as training sees them: the trainer's own DeepSpeed engine built from the JSON
     training uses (`deepspeed`, default configs/zero2.json: ZeRO-2, bf16 with fp32 accumulation) and
@@ -161,14 +193,16 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
     from electra_dist.training.build import compiles_blocks
     from electra_dist.training.flops import flops_per_token
 
+    # fmt: off
     cfg = Config.build(flavor, [f"train.seq_len={seq_len}", f"model.max_position_embeddings={max(512, seq_len)}",
                                 f"train.micro_batch_size={micro_batch}",
-                                f"train.global_batch_size={micro_batch * grad_accum}",
-                                f"train.precision={precision}", f"train.compile={'true' if compile else 'auto'}",
-                                *(overrides or [])])
-    batches = real_batches(shards or sample_shards(seq_len), seq_len, micro_batch, cfg.objective.mask_prob,
-                           (warmup + steps) * grad_accum)
-    timed_tokens = int(sum(b.tokens for b in batches[warmup * grad_accum:]))
+                                f"train.global_batch_size={micro_batch * grad_accum}", f"train.precision={precision}",
+                                f"train.compile={'true' if compile else 'auto'}", *(overrides or [])])
+    # fmt: on
+    batches = real_batches(
+        shards or sample_shards(seq_len), seq_len, micro_batch, cfg.objective.mask_prob, (warmup + steps) * grad_accum
+    )
+    timed_tokens = int(sum(b.tokens for b in batches[warmup * grad_accum :]))
     layout = parallel.setup(1)
     device, name = layout.device, layout.device_name
     peak = peak_tflops(name, precision)
@@ -176,16 +210,23 @@ def bench_train(flavor: str, seq_len: int, micro_batch: int, precision: str = "f
     results = []
 
     def result(label: str, seconds: float) -> TrainBench:
-        return TrainBench(label, name, precision, micro_batch * grad_accum, seq_len, steps, seconds, timed_tokens, fpt,
-                          peak, _peak_memory(device))
+        # fmt: off
+        return TrainBench(label, name, precision, micro_batch * grad_accum, seq_len, steps, seconds, timed_tokens,
+                          fpt, peak, _peak_memory(device))
+        # fmt: on
+
     if deepspeed is None:
         from electra_dist.commands import training_deepspeed_json
 
         deepspeed = training_deepspeed_json()[0]
     try:
         ours = _our_step(cfg, batches, grad_accum, layout, deepspeed)
-        results.append(result("electra_dist" + ("+compile" if compiles_blocks(cfg, device) else ""),
-                              _time_steps(ours, steps, warmup, device)))
+        results.append(
+            result(
+                "electra_dist" + ("+compile" if compiles_blocks(cfg, device) else ""),
+                _time_steps(ours, steps, warmup, device),
+            )
+        )
         if after is not None:
             after(ours)
         del ours  # frees our model and optimizer before the baseline is built
@@ -234,20 +275,32 @@ def _hf_step(cfg, batches, grad_accum: int, device, autocast):
     m = cfg.model
 
     def hf_config(enc):
-        return ElectraConfig(vocab_size=m.vocab_size, embedding_size=m.embedding_size, hidden_size=enc.hidden_size,
-                             num_hidden_layers=enc.num_layers, num_attention_heads=enc.num_heads,
-                             intermediate_size=enc.intermediate_size, max_position_embeddings=m.max_position_embeddings,
-                             hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
-                             attn_implementation="sdpa")
+        return ElectraConfig(
+            vocab_size=m.vocab_size,
+            embedding_size=m.embedding_size,
+            hidden_size=enc.hidden_size,
+            num_hidden_layers=enc.num_layers,
+            num_attention_heads=enc.num_heads,
+            intermediate_size=enc.intermediate_size,
+            max_position_embeddings=m.max_position_embeddings,
+            hidden_dropout_prob=m.dropout,
+            attention_probs_dropout_prob=m.attention_dropout,
+            attn_implementation="sdpa",
+        )
 
     torch.manual_seed(0)
     gen = ElectraForMaskedLM(hf_config(m.generator)).to(device)
     disc = ElectraForPreTraining(hf_config(m.discriminator)).to(device)
     disc.electra.embeddings = gen.electra.embeddings  # shared token/position/type embeddings + LayerNorm
     params = list({id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values())
-    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
-                            weight_decay=cfg.optim.weight_decay,
-                            **({"fused": True} if device.type == "cuda" else {}))
+    opt = torch.optim.AdamW(
+        params,
+        lr=cfg.optim.lr,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+        **({"fused": True} if device.type == "cuda" else {}),
+    )
     stream = itertools.cycle(batches)
 
     def step():
@@ -255,16 +308,24 @@ def _hf_step(cfg, batches, grad_accum: int, device, autocast):
             b = next(stream).to(device)
             masked = b.masked_positions
             with autocast:
-                g = gen(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                        token_type_ids=b.token_type_ids, labels=b.original_ids.masked_fill(~masked, -100))
+                g = gen(
+                    input_ids=b.input_ids,
+                    attention_mask=b.attention_mask,
+                    token_type_ids=b.token_type_ids,
+                    labels=b.original_ids.masked_fill(~masked, -100),
+                )
                 with torch.no_grad():
                     logits = g.logits[masked].float()
                     u = torch.rand_like(logits)
                     sampled = (logits - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)
                     disc_input = b.original_ids.masked_scatter(masked, sampled)
                     disc_labels = (disc_input != b.original_ids).long()
-                d = disc(input_ids=disc_input, attention_mask=b.attention_mask,
-                         token_type_ids=b.token_type_ids, labels=disc_labels)
+                d = disc(
+                    input_ids=disc_input,
+                    attention_mask=b.attention_mask,
+                    token_type_ids=b.token_type_ids,
+                    labels=disc_labels,
+                )
                 loss = (g.loss + 50.0 * d.loss) / grad_accum
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

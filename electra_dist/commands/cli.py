@@ -19,6 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # ---- parser ------------------------------------------------------------------------------
 
+
 class HelpFormatter(argparse.HelpFormatter):
     """Descriptions with line breaks as written, others wrapped; every option's default shown, unless its
     help already says it or it has none."""
@@ -30,8 +31,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
-                and "default" not in text):
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
             text += " (default: %(default)s)"
         return text
 
@@ -44,6 +44,7 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 _show_defaults(child)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -61,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
               electra-dist export --checkpoint runs/small/final --out hf/
             """),
     )
-    parser.add_argument("--debug", action="store_true", help="print the traceback beside the one-line error "
-                        "(anywhere on the line; also: ELECTRA_DIST_DEBUG=1)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback beside the one-line error (anywhere on the line; also: ELECTRA_DIST_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parsers.add_start_commands(sub)
     parsers.add_model_commands(sub)

@@ -7,9 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 X_KEYS = {"step": None, "tokens": "progress/tokens", "flops": "progress/flops"}
-FINAL_KEYS = ["loss/total", "loss/generator", "loss/discriminator", "acc/generator", "acc/discriminator",
-              "eval/loss", "eval/generator_accuracy", "eval/discriminator_auc", "throughput/tokens_per_s",
-              "throughput/mfu"]
+FINAL_KEYS = [
+    "loss/total",
+    "loss/generator",
+    "loss/discriminator",
+    "acc/generator",
+    "acc/discriminator",
+    "eval/loss",
+    "eval/generator_accuracy",
+    "eval/discriminator_auc",
+    "throughput/tokens_per_s",
+    "throughput/mfu",
+]
 NOISY_PARAMS = ("version.", "git.", "slurm.", "tracking.run_name", "output_dir")
 
 
@@ -27,18 +36,21 @@ class RunCurve:
 def load_runs(uri: str, experiment: str, run_ids: list[str] | None, metric: str, x: str) -> list[RunCurve]:
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise ValueError(f"no MLflow store at {uri} (pass --tracking-uri, or run where the runs' mlflow.db is)")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"--experiment: no experiment {experiment!r} at {uri}; there are: {', '.join(names) or 'none'}")
+        raise ValueError(
+            f"--experiment: no experiment {experiment!r} at {uri}; there are: {', '.join(names) or 'none'}"
+        )
     if run_ids:
         runs = []
         for rid in run_ids:
-            found = [r for r in client.search_runs([exp.experiment_id], max_results=10000)
-                     if r.info.run_id.startswith(rid)]
+            found = [
+                r for r in client.search_runs([exp.experiment_id], max_results=10000) if r.info.run_id.startswith(rid)
+            ]
             if not found:
                 raise ValueError(f"--runs: no run {rid!r} in experiment {experiment!r}")
             runs.extend(found)
@@ -56,20 +68,28 @@ def load_runs(uri: str, experiment: str, run_ids: list[str] | None, metric: str,
         else:
             steps = sorted(hist)
             xv = [float(s) for s in steps]
-        curves.append(RunCurve(r.info.run_id, r.info.run_name or r.info.run_id[:8],
-                               r.data.tags.get("status", r.info.status.lower()), dict(r.data.params),
-                               {k: v for k, v in r.data.metrics.items() if k in FINAL_KEYS}, xv,
-                               [hist[s] for s in steps]))
+        curves.append(
+            RunCurve(
+                r.info.run_id,
+                r.info.run_name or r.info.run_id[:8],
+                r.data.tags.get("status", r.info.status.lower()),
+                dict(r.data.params),
+                {k: v for k, v in r.data.metrics.items() if k in FINAL_KEYS},
+                xv,
+                [hist[s] for s in steps],
+            )
+        )
     if not any(c.y for c in curves):
         have = sorted({k for r in runs for k in r.data.metrics})
-        raise ValueError(f"--metric: no run in {experiment!r} logged {metric!r}; they have: {', '.join(have) or 'none'}")
+        raise ValueError(
+            f"--metric: no run in {experiment!r} logged {metric!r}; they have: {', '.join(have) or 'none'}"
+        )
     return curves
 
 
 def differing_params(curves: list[RunCurve]) -> list[str]:
     keys = sorted({k for c in curves for k in c.params})
-    return [k for k in keys if not k.startswith(NOISY_PARAMS)
-            and len({c.params.get(k) for c in curves}) > 1]
+    return [k for k in keys if not k.startswith(NOISY_PARAMS) and len({c.params.get(k) for c in curves}) > 1]
 
 
 def table(curves: list[RunCurve], metric: str) -> str:
@@ -78,10 +98,17 @@ def table(curves: list[RunCurve], metric: str) -> str:
     rows = []
     for c in curves:
         row = [c.name, c.run_id[:8], c.status, *[c.params.get(k, "—") for k in diff]]
-        for k in header[3 + len(diff):]:
+        for k in header[3 + len(diff) :]:
             v = c.final.get(k)
-            row.append("—" if v is None else f"{v:.1%}" if k == "throughput/mfu" else
-                       f"{v:,.0f}" if k.endswith("tokens_per_s") else f"{v:.4f}")
+            row.append(
+                "—"
+                if v is None
+                else f"{v:.1%}"
+                if k == "throughput/mfu"
+                else f"{v:,.0f}"
+                if k.endswith("tokens_per_s")
+                else f"{v:.4f}"
+            )
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -114,8 +141,7 @@ def figure(curves: list[RunCurve], metric: str, x: str, title: str):
     for c in curves:
         if c.x:
             ax.plot(c.x, c.y, label=f"{c.name} ({c.run_id[:8]})", marker="." if len(c.x) < 30 else None)
-    ax.set_xlabel({"step": "optimizer step", "tokens": "non-pad tokens seen",
-                   "flops": "training FLOPs"}[x])
+    ax.set_xlabel({"step": "optimizer step", "tokens": "non-pad tokens seen", "flops": "training FLOPs"}[x])
     if x != "step":
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))  # decades only: labels never overlap

@@ -78,8 +78,10 @@ def layer_lr_groups(model: Classifier, lr: float, decay: float, weight_decay: fl
             depth = L + 1  # the task head
         scale = decay ** (L + 1 - depth)
         groups.setdefault((scale, p.ndim > 1), []).append(p)
-    return [{"params": ps, "lr": lr * scale, "lr_scale": scale, "weight_decay": weight_decay if matrix else 0.0}
-            for (scale, matrix), ps in sorted(groups.items(), key=lambda kv: kv[0][0])]
+    return [
+        {"params": ps, "lr": lr * scale, "lr_scale": scale, "weight_decay": weight_decay if matrix else 0.0}
+        for (scale, matrix), ps in sorted(groups.items(), key=lambda kv: kv[0][0])
+    ]
 
 
 def load_encoder(model_dir: str | Path):
@@ -97,8 +99,10 @@ def load_encoder(model_dir: str | Path):
         try:
             model, cfg = load_model(path)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"--model: {path} is neither our checkpoint (final/ or a training checkpoint) "
-                                    f"nor a Hugging Face ELECTRA export (config.json): {e}") from None
+            raise FileNotFoundError(
+                f"--model: {path} is neither our checkpoint (final/ or a training checkpoint) "
+                f"nor a Hugging Face ELECTRA export (config.json): {e}"
+            ) from None
         tok = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
     if model.discriminator is not None:
         model.discriminator.fold_embedding_delta()  # GDES: the discriminator's own embeddings, as plain tables
@@ -120,8 +124,10 @@ def read_labeled(path: str | Path, text_field: str, label_field: str, pair_field
         obj = json.loads(line)
         missing = [f for f in fields if f not in obj]
         if missing:
-            raise ValueError(f"{path}:{n}: has no field {', '.join(map(repr, missing))} (it has {sorted(obj)}): set "
-                             "--text-field / --label-field / --text-pair-field to its field names")
+            raise ValueError(
+                f"{path}:{n}: has no field {', '.join(map(repr, missing))} (it has {sorted(obj)}): set "
+                "--text-field / --label-field / --text-pair-field to its field names"
+            )
         texts.append(str(obj[text_field]))
         labels.append(str(obj[label_field]))
         if pair_field:
@@ -169,8 +175,9 @@ def _device(threads: int | None, log) -> torch.device:
     return device
 
 
-def _task(tokenizer, train: str, test: str, text_field: str, label_field: str, pair_field: str | None,
-          max_len: int) -> tuple[list[str], tuple, tuple]:
+def _task(
+    tokenizer, train: str, test: str, text_field: str, label_field: str, pair_field: str | None, max_len: int
+) -> tuple[list[str], tuple, tuple]:
     """The label names and (ids, mask, types, labels) of the training and the test file."""
     tr_text, tr_pair, tr_lab = read_labeled(train, text_field, label_field, pair_field)
     te_text, te_pair, te_lab = read_labeled(test, text_field, label_field, pair_field)
@@ -184,8 +191,19 @@ def _task(tokenizer, train: str, test: str, text_field: str, label_field: str, p
     return names, fit, held
 
 
-def _fit(model, opt, sched, fit: torch.Tensor, data: tuple, epochs: int, batch_size: int, seed: int, steps: int,
-         device: torch.device, log) -> None:
+def _fit(
+    model,
+    opt,
+    sched,
+    fit: torch.Tensor,
+    data: tuple,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    steps: int,
+    device: torch.device,
+    log,
+) -> None:
     """`epochs` passes over the rows `fit` of (ids, mask, types, labels), shuffled by `seed`, with a
     progress bar (plain lines where there is no terminal)."""
     from tqdm import tqdm
@@ -193,11 +211,11 @@ def _fit(model, opt, sched, fit: torch.Tensor, data: tuple, epochs: int, batch_s
     xtr, mtr, ttr, ytr = data
     g = torch.Generator().manual_seed(seed)
     bar, done = tqdm(total=steps, desc=f"finetune seed {seed}", unit="step", leave=False, disable=None), 0
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         model.train()
         perm = fit[torch.randperm(len(fit), generator=g)]
         for i in range(0, len(perm), batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             ids, mask, types = _trim(xtr[b], mtr[b], ttr[b])
             loss = F.cross_entropy(model(ids.to(device), mask.to(device), types.to(device)), ytr[b].to(device))
             opt.zero_grad(set_to_none=True)
@@ -213,11 +231,75 @@ def _fit(model, opt, sched, fit: torch.Tensor, data: tuple, epochs: int, batch_s
     bar.close()
 
 
-def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = None, text_field: str = "text",
-             label_field: str = "label", seeds: int = 3, epochs: int = 3, lr: float | None = None,
-             layer_decay: float | None = None, batch_size: int = 32, max_len: int = 128, weight_decay: float = 0.01,
-             warmup: float = 0.1, log=print, tracker=None, pair_field: str | None = None, dev_fraction: float = 0.1,
-             out: str | Path | None = None, threads: int | None = None) -> FinetuneResult:
+def _report_seed(
+    result: FinetuneResult,
+    seed: int,
+    acc: float,
+    f1: float,
+    dev_acc: float | None,
+    pred: torch.Tensor,
+    budget: str,
+    log,
+    tracker,
+) -> None:
+    """One seed's scores: kept, logged (with a warning when it predicts one class only) and tracked."""
+    result.accuracies.append(acc)
+    result.macro_f1.append(f1)
+    result.dev_accuracies.append(dev_acc or 0.0)
+    dev = f", dev accuracy {dev_acc:.4f}" if dev_acc is not None else ""
+    log(f"finetune seed {seed}: test accuracy {acc:.4f}, macro-F1 {f1:.4f}{dev} ({budget})")
+    if len(set(pred.tolist())) == 1 and len(result.labels) > 1:
+        log(
+            f"finetune: warning: seed {seed} predicts only {result.labels[int(pred[0])]!r} (the majority baseline is "
+            f"{result.majority:.4f}): the LR ({result.lr:g}) may be too low or too high for this model, or the task "
+            "needs more epochs"
+        )
+    if tracker is not None:
+        tracker.log_metrics(
+            {"finetune/accuracy": acc, "finetune/macro_f1": f1, "finetune/dev_accuracy": dev_acc or 0.0}, step=seed
+        )
+
+
+def _report_summary(result: FinetuneResult, seeds: int, log, tracker) -> None:
+    spread = f" ± {result.std:.4f}" if seeds > 1 else ""
+    log(
+        f"finetune: accuracy {result.mean:.4f}{spread}, macro-F1 {statistics.mean(result.macro_f1):.4f} over "
+        f"{seeds} seed{'s' if seeds > 1 else ''} (majority baseline {result.majority:.4f}; {result.seconds:.0f}s)"
+    )
+    if tracker is not None:
+        tracker.log_metrics(
+            {
+                "finetune/accuracy_mean": result.mean,
+                "finetune/accuracy_std": result.std,
+                "finetune/macro_f1_mean": statistics.mean(result.macro_f1),
+                "finetune/majority_baseline": result.majority,
+            },
+            step=seeds,
+        )
+
+
+def finetune(
+    model_dir: str,
+    train: str,
+    test: str,
+    tokenizer_dir: str | None = None,
+    text_field: str = "text",
+    label_field: str = "label",
+    seeds: int = 3,
+    epochs: int = 3,
+    lr: float | None = None,
+    layer_decay: float | None = None,
+    batch_size: int = 32,
+    max_len: int = 128,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    log=print,
+    tracker=None,
+    pair_field: str | None = None,
+    dev_fraction: float = 0.1,
+    out: str | Path | None = None,
+    threads: int | None = None,
+) -> FinetuneResult:
     from electra_dist.data.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
@@ -225,14 +307,17 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
     max_len = min(max_len, tower.embeddings.position_embeddings.num_embeddings)
     default_lr, default_decay = size_defaults(hidden)
     lr, layer_decay = lr or default_lr, layer_decay or default_decay
-    log(f"finetune: hidden {hidden}: lr {lr:g}, layer decay {layer_decay:g}" +
-        (" (the paper's for this size)" if (lr, layer_decay) == (default_lr, default_decay) else ""))
+    log(
+        f"finetune: hidden {hidden}: lr {lr:g}, layer decay {layer_decay:g}"
+        + (" (the paper's for this size)" if (lr, layer_decay) == (default_lr, default_decay) else "")
+    )
     tok_dir = tokenizer_dir or tok_dir
     if tok_dir is None:
         raise FileNotFoundError("--tokenizer: the model names no tokenizer; pass the directory it was trained with")
     tokenizer = load_tokenizer(tok_dir)
-    names, (xtr, mtr, ttr, ytr), (xte, mte, tte, yte) = _task(tokenizer, train, test, text_field, label_field,
-                                                              pair_field, max_len)
+    names, (xtr, mtr, ttr, ytr), (xte, mte, tte, yte) = _task(
+        tokenizer, train, test, text_field, label_field, pair_field, max_len
+    )
     order = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(1234))
     n_dev = int(dev_fraction * len(ytr)) if len(ytr) >= 20 else 0
     dev, fit = order[:n_dev], order[n_dev:]
@@ -248,35 +333,27 @@ def finetune(model_dir: str, train: str, test: str, tokenizer_dir: str | None = 
         steps = epochs * math.ceil(len(fit) / batch_size)
         sched = lr_schedule(opt, max(1, int(warmup * steps)), steps)
         _fit(model, opt, sched, fit, (xtr, mtr, ttr, ytr), epochs, batch_size, seed, steps, device, log)
-        dev_acc = _accuracy(predict(model, xtr[dev], mtr[dev], ttr[dev], device, batch_size * 4), ytr[dev]) if n_dev else 0.0
+        dev_acc = (
+            _accuracy(predict(model, xtr[dev], mtr[dev], ttr[dev], device, batch_size * 4), ytr[dev]) if n_dev else 0.0
+        )
         pred = predict(model, xte, mte, tte, device, batch_size * 4)
         acc, f1 = _accuracy(pred, yte), macro_f1(pred, yte, len(names))
-        result.accuracies.append(acc)
-        result.macro_f1.append(f1)
-        result.dev_accuracies.append(dev_acc)
-        log(f"finetune seed {seed}: test accuracy {acc:.4f}, macro-F1 {f1:.4f}" +
-            (f", dev accuracy {dev_acc:.4f}" if n_dev else "") + f" ({epochs} epochs, {steps} steps)")
-        if len(set(pred.tolist())) == 1 and len(names) > 1:
-            log(f"finetune: warning: seed {seed} predicts only {names[int(pred[0])]!r} (the majority baseline is "
-                f"{majority:.4f}): the LR ({lr:g}) may be too low or too high for this model, or the task needs "
-                "more epochs")
-        if tracker is not None:
-            tracker.log_metrics({"finetune/accuracy": acc, "finetune/macro_f1": f1, "finetune/dev_accuracy": dev_acc},
-                                step=seed)
+        _report_seed(
+            result, seed, acc, f1, dev_acc if n_dev else None, pred, f"{epochs} epochs, {steps} steps", log, tracker
+        )
         if best is None or dev_acc > best[0]:
-            best, result.best_seed = (dev_acc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}), seed
+            best, result.best_seed = (
+                (dev_acc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}),
+                seed,
+            )
     result.seconds = time.perf_counter() - t0
-    spread = f" ± {result.std:.4f}" if seeds > 1 else ""
-    log(f"finetune: accuracy {result.mean:.4f}{spread}, macro-F1 {statistics.mean(result.macro_f1):.4f} "
-        f"over {seeds} seed{'s' if seeds > 1 else ''} (majority baseline {majority:.4f}; {result.seconds:.0f}s)")
-    if tracker is not None:
-        tracker.log_metrics({"finetune/accuracy_mean": result.mean, "finetune/accuracy_std": result.std,
-                             "finetune/macro_f1_mean": statistics.mean(result.macro_f1),
-                             "finetune/majority_baseline": majority}, step=seeds)
+    _report_summary(result, seeds, log, tracker)
     if out is not None and best is not None:
         save_classifier(best[1], model_cfg, names, tok_dir, out)
-        log(f"finetune: wrote seed {result.best_seed}'s model (best on dev) to {out} "
-            "(transformers: AutoModelForSequenceClassification + AutoTokenizer)")
+        log(
+            f"finetune: wrote seed {result.best_seed}'s model (best on dev) to {out} "
+            "(transformers: AutoModelForSequenceClassification + AutoTokenizer)"
+        )
     return result
 
 
@@ -289,12 +366,21 @@ def save_classifier(state: dict[str, torch.Tensor], model_cfg, names: list[str],
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v for k, v in tower_to_hf(state, "tower", model_cfg.discriminator, model_cfg.vocab_size).items()
-               if k.startswith("electra.")}
+    weights = {
+        k: v
+        for k, v in tower_to_hf(state, "tower", model_cfg.discriminator, model_cfg.vocab_size).items()
+        if k.startswith("electra.")
+    }
     weights.update({f"classifier.{k}": state[k].contiguous() for k in state if k.startswith(("dense.", "out_proj."))})
-    hf_cfg = hf_config_dict(model_cfg, model_cfg.discriminator, architectures=["ElectraForSequenceClassification"],
-                            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-                            num_labels=len(names), summary_type="first")
+    hf_cfg = hf_config_dict(
+        model_cfg,
+        model_cfg.discriminator,
+        architectures=["ElectraForSequenceClassification"],
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+        num_labels=len(names),
+        summary_type="first",
+    )
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     save_hf_tokenizer(tokenizer_dir, out, model_cfg.max_position_embeddings)
@@ -324,6 +410,6 @@ def predict(model: nn.Module, x: torch.Tensor, m: torch.Tensor, t: torch.Tensor,
     model.eval()
     out = []
     for i in range(0, len(x), batch):
-        ids, mask, types = _trim(x[i:i + batch], m[i:i + batch], t[i:i + batch])
+        ids, mask, types = _trim(x[i : i + batch], m[i : i + batch], t[i : i + batch])
         out.append(model(ids.to(device), mask.to(device), types.to(device)).argmax(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from electra_dist.commands import PACKAGE_DIR, TRAIN_PY, child_env, training_deepspeed_json
+from electra_dist.commands.gpuprofile import profile, profile_step
 from electra_dist.commands.gpureport import markdown
 from electra_dist.errors import UserError
 from electra_dist.io import git_commit, write_atomic
@@ -47,9 +48,11 @@ from electra_dist.io import git_commit, write_atomic
 REPO = PACKAGE_DIR.parent
 SHARES = {"sanity": 0.04, "gpu_tests": 0.12, "training_run": 0.20, "throughput": 0.40, "levers": 0.20, "profile": 0.04}
 # each lever toggled alone against the defaults (Base, seq 512); the CPU run (--quick) skips CUDA graphs
-LEVERS = [("fused vocabulary tail off", "train.fused_vocab_tail=false"),
-          ("attention: cudnn, flash, efficient, math", "train.attention_backends=cudnn,flash,efficient,math"),
-          ("CUDA graphs (compile reduce-overhead)", "train.compile_mode=reduce-overhead")]
+LEVERS = [
+    ("fused vocabulary tail off", "train.fused_vocab_tail=false"),
+    ("attention: cudnn, flash, efficient, math", "train.attention_backends=cudnn,flash,efficient,math"),
+    ("CUDA graphs (compile reduce-overhead)", "train.compile_mode=reduce-overhead"),
+]
 
 
 class OutOfBudget(Exception):
@@ -62,8 +65,14 @@ class Interrupted(BaseException):  # not an Exception: a section's own handlers 
         self.signum = signum
 
 
-def run(out: str | Path, quick: bool = False, allow_cpu: bool = False, budget: float = 480.0,
-        sections: list[str] | None = None, log=print) -> dict[str, Any]:
+def run(
+    out: str | Path,
+    quick: bool = False,
+    allow_cpu: bool = False,
+    budget: float = 480.0,
+    sections: list[str] | None = None,
+    log=print,
+) -> dict[str, Any]:
     import torch
 
     chosen = list(SHARES) if not sections else sections
@@ -88,9 +97,15 @@ class Check:
         self.chosen = chosen
         self.profiled: dict | None = None  # the throughput section's profile of its last engine
         self.report: dict[str, Any] = {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(short=True) or "?", "host": platform.node(),
-            "quick": quick, "budget_s": budget, "complete": False, "ok": False,
-            "sections": {name: {"ok": None, "status": "pending"} for name in chosen}}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "commit": git_commit(short=True) or "?",
+            "host": platform.node(),
+            "quick": quick,
+            "budget_s": budget,
+            "complete": False,
+            "ok": False,
+            "sections": {name: {"ok": None, "status": "pending"} for name in chosen},
+        }
 
     def run(self) -> dict[str, Any]:
         t_start = time.perf_counter()
@@ -126,8 +141,9 @@ class Check:
         except OutOfBudget:
             result.update(ok=False, status="failed", error=f"not finished within its {slice_s:.0f} s of the budget")
         except Exception as e:  # the report says what failed; the next section still runs
-            result.update(ok=False, status="failed", error=f"{type(e).__name__}: {e}",
-                          trace=traceback.format_exc()[-3000:])
+            result.update(
+                ok=False, status="failed", error=f"{type(e).__name__}: {e}", trace=traceback.format_exc()[-3000:]
+            )
         self._finish(name, result, t0)
 
     def _finish(self, name: str, result: dict, t0: float) -> None:
@@ -136,8 +152,10 @@ class Check:
         self.report["complete"] = all(v["status"] in ("passed", "failed") for v in s.values())
         self.report["ok"] = self.report["complete"] and all(v["ok"] for v in s.values())
         self.write()
-        self.log(f"=== gpu-check: {name} {result['status'].upper()}"
-                 f"{': ' + result['error'] if result.get('error') else ''} ({result['seconds']} s)")
+        self.log(
+            f"=== gpu-check: {name} {result['status'].upper()}"
+            f"{': ' + result['error'] if result.get('error') else ''} ({result['seconds']} s)"
+        )
 
     def _interrupt(self, signum, frame):
         raise Interrupted(signum)
@@ -149,6 +167,7 @@ class Check:
 
 
 # ---- the sections: each fills `result` as it goes (a section stopped midway keeps what it has) -----------
+
 
 def sanity(check: Check, result: dict, slice_s: float) -> None:
     import torch
@@ -163,24 +182,34 @@ def sanity(check: Check, result: dict, slice_s: float) -> None:
     a = torch.randn(2048, 2048, device="cuda")
     ref = a @ a
     err = ((a.bfloat16() @ a.bfloat16()).float() - ref).norm() / ref.norm()
-    result.update(device=props.name, capability=f"{props.major}.{props.minor}",
-                  memory_gib=round(props.total_memory / 2**30, 1), bf16_supported=torch.cuda.is_bf16_supported(),
-                  bf16_matmul_rel_error=float(err))
+    result.update(
+        device=props.name,
+        capability=f"{props.major}.{props.minor}",
+        memory_gib=round(props.total_memory / 2**30, 1),
+        bf16_supported=torch.cuda.is_bf16_supported(),
+        bf16_matmul_rel_error=float(err),
+    )
     result["collective"] = parallel.collective_self_test("nccl")
     if not result["bf16_supported"] or err > 1e-2 or not result["collective"]["all_reduce_ok"]:
         raise RuntimeError(f"sanity failed: {result}")
+
 
 def gpu_tests(check: Check, result: dict, slice_s: float) -> None:
     tests = REPO / "tests" / "test_kernels.py"
     if not tests.is_file():
         result["skipped"] = "no tests/ beside the package (an installed copy): run from a checkout"
         return
-    r = _run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", str(tests), "-p", "no:cacheprovider"],
-             check.out / "gpu_tests.log", slice_s, cwd=REPO)
+    r = _run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", str(tests), "-p", "no:cacheprovider"],
+        check.out / "gpu_tests.log",
+        slice_s,
+        cwd=REPO,
+    )
     lines = r.stdout.strip().splitlines()
     result.update(summary=(lines or [""])[-1], skipped=[line for line in lines if line.startswith("SKIPPED")])
     if r.returncode not in (0, 5):  # 5: none collected
         raise RuntimeError(f"gpu tests failed: {result['summary']} (see {check.out / 'gpu_tests.log'})")
+
 
 def training_run(check: Check, result: dict, slice_s: float) -> None:
     from electra_dist.commands.bench import sample_shards
@@ -192,12 +221,31 @@ def training_run(check: Check, result: dict, slice_s: float) -> None:
     ds_json = check.out / "zero2.json"
     ds_json.write_text(json.dumps(training_deepspeed_json()[0]))
     shards = Path(sample_shards(128))
-    cmd = [sys.executable, str(TRAIN_PY), "--deepspeed", str(ds_json), "--config",
-           "debug" if check.quick else "electra-small", "--data", str(shards), "--tokenizer",
-           str(shards.parent / "tokenizer"), "--output-dir", str(run_dir), "--max-steps", str(steps),
-           "--resume", "never", "train.log_interval=1", "tracking.enabled=false", "data.num_workers=1",
-           f"train.precision={'bf16' if check.gpu else 'fp32'}", "optim.warmup_steps=5", "train.eval_interval=0",
-           f"train.save_interval={10 * steps}"]
+    cmd = [
+        sys.executable,
+        str(TRAIN_PY),
+        "--deepspeed",
+        str(ds_json),
+        "--config",
+        "debug" if check.quick else "electra-small",
+        "--data",
+        str(shards),
+        "--tokenizer",
+        str(shards.parent / "tokenizer"),
+        "--output-dir",
+        str(run_dir),
+        "--max-steps",
+        str(steps),
+        "--resume",
+        "never",
+        "train.log_interval=1",
+        "tracking.enabled=false",
+        "data.num_workers=1",
+        f"train.precision={'bf16' if check.gpu else 'fp32'}",
+        "optim.warmup_steps=5",
+        "train.eval_interval=0",
+        f"train.save_interval={10 * steps}",
+    ]
     if check.quick:
         cmd += ["train.micro_batch_size=4", "train.global_batch_size=8"]
     r = _run(cmd, check.out / "training_run.log", slice_s)
@@ -206,27 +254,53 @@ def training_run(check: Check, result: dict, slice_s: float) -> None:
     losses = [rec["loss/total"] for rec in read_metrics(run_dir / "metrics.jsonl")]
     k = max(1, len(losses) // 5)
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    result.update(steps=len(losses), loss_first=first, loss_last=last,
-                  all_finite=all(x == x and abs(x) != float("inf") for x in losses))
+    result.update(
+        steps=len(losses),
+        loss_first=first,
+        loss_last=last,
+        all_finite=all(x == x and abs(x) != float("inf") for x in losses),
+    )
     if not result["all_finite"] or not last < first:
         raise RuntimeError(f"the loss is not finite and falling: {result}")
+
 
 def throughput(check: Check, result: dict, slice_s: float) -> None:
     from electra_dist.commands.bench import bench_train
 
     # the HF baseline for Base only: Large's would double the section for a ratio Base already gives
-    cases = [("debug", 128, 4, 2, "hf")] if check.quick else [("electra-base", 512, 32, 10, "hf"),
-                                                                ("electra-large", 512, 32, 10, None)]
+    cases = (
+        [("debug", 128, 4, 2, "hf")]
+        if check.quick
+        else [("electra-base", 512, 32, 10, "hf"), ("electra-large", 512, 32, 10, None)]
+    )
     result["rows"] = rows = []
     for i, (flavor, seq, micro, steps, baseline) in enumerate(cases):
         last = i == len(cases) - 1
-        after = (lambda step, f=flavor: _profile_step(check, step, f)) if last and "profile" in check.chosen else None
-        for r in bench_train(flavor, seq, micro, "bf16" if check.gpu else "fp32", steps=steps,
-                             warmup=3 if check.gpu else 1, baseline=baseline, after=after):
-            rows.append({"flavor": flavor, "seq_len": seq, "micro_batch": micro, "name": r.name,
-                         "tokens_per_s": r.tokens_per_second, "tflops": r.tflops, "mfu": r.mfu,
-                         "peak_memory_gib": r.peak_memory_gib})
+        after = (lambda step, f=flavor: profile_step(check, step, f)) if last and "profile" in check.chosen else None
+        for r in bench_train(
+            flavor,
+            seq,
+            micro,
+            "bf16" if check.gpu else "fp32",
+            steps=steps,
+            warmup=3 if check.gpu else 1,
+            baseline=baseline,
+            after=after,
+        ):
+            rows.append(
+                {
+                    "flavor": flavor,
+                    "seq_len": seq,
+                    "micro_batch": micro,
+                    "name": r.name,
+                    "tokens_per_s": r.tokens_per_second,
+                    "tflops": r.tflops,
+                    "mfu": r.mfu,
+                    "peak_memory_gib": r.peak_memory_gib,
+                }
+            )
         check.write()  # Base's numbers survive a stop during Large
+
 
 def levers(check: Check, result: dict, slice_s: float) -> None:
     """Each MFU lever toggled alone against the defaults, ELECTRA-Base (the throughput section's row, or
@@ -236,7 +310,9 @@ def levers(check: Check, result: dict, slice_s: float) -> None:
     flavor, seq, micro, steps = ("debug", 128, 4, 2) if check.quick else ("electra-base", 512, 32, 6)
     precision, warmup = ("bf16", 3) if check.gpu else ("fp32", 1)
     rows = check.report["sections"].get("throughput", {}).get("rows", [])
-    base = next((r["tokens_per_s"] for r in rows if r["flavor"] == flavor and r["name"].startswith("electra_dist")), None)
+    base = next(
+        (r["tokens_per_s"] for r in rows if r["flavor"] == flavor and r["name"].startswith("electra_dist")), None
+    )
     if base is None:
         base = bench_train(flavor, seq, micro, precision, steps=steps, warmup=warmup)[0].tokens_per_second
     result.update(flavor=flavor, default_tokens_per_s=base, rows=[])
@@ -254,51 +330,20 @@ def levers(check: Check, result: dict, slice_s: float) -> None:
         check.write()
 
 
-def profile(check: Check, result: dict, slice_s: float) -> None:
-    if check.profiled is not None:
-        result.update(check.profiled, source="the throughput section's engine (already compiled and warm)")
-        return
-    from electra_dist import parallel
-    from electra_dist.commands.bench import _our_step, real_batches, sample_shards
-    from electra_dist.config import Config
-
-    flavor, seq, micro = ("debug", 128, 4) if check.quick else ("electra-large", 512, 32)
-    cfg = Config.build(flavor, [f"train.seq_len={seq}", f"train.micro_batch_size={micro}",
-                                f"train.global_batch_size={micro}", f"train.precision={'bf16' if check.gpu else 'fp32'}"])
-    layout = parallel.setup(1)
-    try:
-        step = _our_step(cfg, real_batches(sample_shards(seq), seq, micro, cfg.objective.mask_prob, 4), 1, layout,
-                         training_deepspeed_json()[0])
-        for _ in range(2):
-            step()
-        _profile_step(check, step, flavor)
-    finally:
-        parallel.destroy()
-    result.update(check.profiled, source="an engine built for it")
-
-def _profile_step(check: Check, step: Callable[[], None], flavor: str) -> None:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if check.gpu else [])
-    with profile(activities=activities) as prof:
-        step()
-        if check.gpu:
-            torch.cuda.synchronize()
-    attr = "self_device_time_total" if check.gpu else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
-    check.profiled = {"flavor": flavor, "top": [{"name": e.key[:90], "calls": e.count,
-                                                "ms": round(getattr(e, attr, 0) / 1e3, 3)} for e in events]}
-
-
 SECTIONS: dict[str, Callable[[Check, dict, float], None]] = {
-    "sanity": sanity, "gpu_tests": gpu_tests, "training_run": training_run, "throughput": throughput,
-    "levers": levers, "profile": profile}
+    "sanity": sanity,
+    "gpu_tests": gpu_tests,
+    "training_run": training_run,
+    "throughput": throughput,
+    "levers": levers,
+    "profile": profile,
+}
 
 
 @contextmanager
 def _deadline(seconds: float):
     """OutOfBudget in this (the main) thread after `seconds`."""
+
     def expire(signum, frame):
         raise OutOfBudget()
 
@@ -314,8 +359,15 @@ def _deadline(seconds: float):
 def _run(cmd: list[str], log_file: Path, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`cmd` in its own process group, its output in `log_file`; the whole group ends with this section
     (its budget, or a signal to gpu-check): TERM, 10 s, KILL."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env=child_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env=child_env(),
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
     except BaseException:

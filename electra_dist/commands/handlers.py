@@ -32,19 +32,27 @@ def cmd_params(args: argparse.Namespace) -> int:
     with torch.device("meta"):
         model = ElectraPretrainer(cfg.model, cfg.objective)
     d, g, t = (count_parameters(m) for m in (model.discriminator, model.generator, model))
-    print(f"flavor {cfg.flavor}: discriminator {d / 1e6:.2f}M, generator {g / 1e6:.2f}M "
-          f"(shared embeddings counted in both), total {t / 1e6:.2f}M")
+    print(
+        f"flavor {cfg.flavor}: discriminator {d / 1e6:.2f}M, generator {g / 1e6:.2f}M "
+        f"(shared embeddings counted in both), total {t / 1e6:.2f}M"
+    )
     if args.memory:
         from electra_dist.training.memory import estimate, largest_micro_batch
 
         budget = args.share * args.gpu_memory
-        for m in (estimate(cfg, cfg.train.micro_batch_size, args.dp, args.zero_stage),
-                  largest_micro_batch(cfg, budget, args.dp, args.zero_stage)):
-            print(f"micro batch {m.micro_batch:>4} × seq {cfg.train.seq_len}, bf16, ZeRO-{args.zero_stage} over DP "
-                  f"{args.dp}: {m.total:.1f} GiB per GPU (weights {m.weights:.1f}, gradients {m.gradients:.1f}, "
-                  f"optimizer {m.optimizer:.1f}, activations {m.activations:.1f})")
-        print(f"the second line: the largest power-of-two micro batch within {args.share:.0%} of {args.gpu_memory:g} GiB"
-              f" ({budget:.0f} GiB); the global batch must still be a multiple of micro batch × DP")
+        for m in (
+            estimate(cfg, cfg.train.micro_batch_size, args.dp, args.zero_stage),
+            largest_micro_batch(cfg, budget, args.dp, args.zero_stage),
+        ):
+            print(
+                f"micro batch {m.micro_batch:>4} × seq {cfg.train.seq_len}, bf16, ZeRO-{args.zero_stage} over DP "
+                f"{args.dp}: {m.total:.1f} GiB per GPU (weights {m.weights:.1f}, gradients {m.gradients:.1f}, "
+                f"optimizer {m.optimizer:.1f}, activations {m.activations:.1f})"
+            )
+        print(
+            f"the second line: the largest power-of-two micro batch within {args.share:.0%} of {args.gpu_memory:g} GiB"
+            f" ({budget:.0f} GiB); the global batch must still be a multiple of micro batch × DP"
+        )
     return 0
 
 
@@ -81,9 +89,16 @@ def cmd_import_hf(args: argparse.Namespace) -> int:
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from electra_dist.data.tokenizer import train_tokenizer
 
-    tok, stats = train_tokenizer(args.input, args.vocab_size, args.out, model_type=args.model_type,
-                                 lowercase=args.lowercase, input_sentence_size=args.input_sentence_size,
-                                 text_field=args.text_field, seed=args.seed)
+    tok, stats = train_tokenizer(
+        args.input,
+        args.vocab_size,
+        args.out,
+        model_type=args.model_type,
+        lowercase=args.lowercase,
+        input_sentence_size=args.input_sentence_size,
+        text_field=args.text_field,
+        seed=args.seed,
+    )
     _report_text(stats)
     print(f"wrote {args.out}: {tok.vocab_size} pieces, specials {tok.special.to_dict()}")
     return 0
@@ -92,21 +107,38 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def cmd_shards_build(args: argparse.Namespace) -> int:
     from electra_dist.data.shards import build_shards
 
-    r = build_shards(args.input, args.tokenizer, args.seq_len, args.out, samples_per_shard=args.samples_per_shard,
-                     workers=args.workers, seed=args.seed, text_field=args.text_field, part=args.part,
-                     num_parts=args.num_parts, overwrite=args.overwrite, progress=not args.quiet, packing=args.packing,
-                     chunk_chars=int(args.chunk_mb * (1 << 20)), eval_fraction=args.eval_fraction)
+    r = build_shards(
+        args.input,
+        args.tokenizer,
+        args.seq_len,
+        args.out,
+        samples_per_shard=args.samples_per_shard,
+        workers=args.workers,
+        seed=args.seed,
+        text_field=args.text_field,
+        part=args.part,
+        num_parts=args.num_parts,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        packing=args.packing,
+        chunk_chars=int(args.chunk_mb * (1 << 20)),
+        eval_fraction=args.eval_fraction,
+    )
     _report_text(r.stats)
     m = r.manifest
-    print(f"wrote {len(m['shards'])} shard(s), {m['samples']:,} sequences, {m['tokens']:,} tokens "
-          f"({m['tokens'] / max(1, m['text_tokens']):.1%} of the text's {m['text_tokens']:,}) to {args.out} "
-          f"in {r.seconds:.1f}s: {r.tokens_per_second / 1e3:,.0f}k tokens/s with {args.workers} worker(s); "
-          f"held out for evaluation: {m['eval_samples']:,} sequences in {len(m['eval_shards'])} eval shard(s)")
+    print(
+        f"wrote {len(m['shards'])} shard(s), {m['samples']:,} sequences, {m['tokens']:,} tokens "
+        f"({m['tokens'] / max(1, m['text_tokens']):.1%} of the text's {m['text_tokens']:,}) to {args.out} "
+        f"in {r.seconds:.1f}s: {r.tokens_per_second / 1e3:,.0f}k tokens/s with {args.workers} worker(s); "
+        f"held out for evaluation: {m['eval_samples']:,} sequences in {len(m['eval_shards'])} eval shard(s)"
+    )
     if m["tokens"] < 0.9 * m["text_tokens"]:
-        print(f"warning: the shards hold only {m['tokens'] / max(1, m['text_tokens']):.1%} of the text's tokens "
-              f"(--packing {m.get('packing', 'official')}: --packing official truncates what overflows each "
-              f"example; --packing full keeps nearly all)",
-              file=sys.stderr)
+        print(
+            f"warning: the shards hold only {m['tokens'] / max(1, m['text_tokens']):.1%} of the text's tokens "
+            f"(--packing {m.get('packing', 'official')}: --packing official truncates what overflows each "
+            f"example; --packing full keeps nearly all)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -142,10 +174,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     tracker = _finetune_tracker(args)
     status = "failed"
     try:
-        r = finetune(args.model, args.train, args.test, args.tokenizer, args.text_field, args.label_field, args.seeds,
-                     args.epochs, args.lr, args.layer_decay, args.batch_size, args.max_len, tracker=tracker,
-                     pair_field=args.text_pair_field, dev_fraction=args.dev_fraction, out=args.out,
-                     threads=args.threads)
+        r = finetune(
+            args.model,
+            args.train,
+            args.test,
+            args.tokenizer,
+            args.text_field,
+            args.label_field,
+            args.seeds,
+            args.epochs,
+            args.lr,
+            args.layer_decay,
+            args.batch_size,
+            args.max_len,
+            tracker=tracker,
+            pair_field=args.text_pair_field,
+            dev_fraction=args.dev_fraction,
+            out=args.out,
+            threads=args.threads,
+        )
         if tracker is not None:
             tracker.log_params({"chosen_lr": r.lr, "chosen_layer_decay": r.layer_decay, "best_seed": r.best_seed})
             if args.out:
@@ -171,9 +218,11 @@ def _finetune_tracker(args: argparse.Namespace):
         if (run_dir / TRACKING_JSON).is_file():
             tags["pretraining_run_id"] = str(json.loads((run_dir / TRACKING_JSON).read_text()).get("run_id"))
             break
-    name = f"finetune-{model.parent.name if model.name in ('final', 'discriminator') else model.name}-{Path(args.train).stem}"
-    t = MLflowTracker(resolve_tracking_uri(args.tracking_uri or ""), args.experiment, name, None, tags=tags,
-                      system_metrics=False)
+    model_name = model.parent.name if model.name in ("final", "discriminator") else model.name
+    name = f"finetune-{model_name}-{Path(args.train).stem}"
+    t = MLflowTracker(
+        resolve_tracking_uri(args.tracking_uri or ""), args.experiment, name, None, tags=tags, system_metrics=False
+    )
     t.log_params({k: v for k, v in vars(args).items() if k not in ("func",)})
     return t
 
@@ -182,11 +231,24 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from electra_dist.commands import experiment
 
     if len(args.train) != len(args.test):
-        raise ValueError(f"{len(args.train)} --train file(s) but {len(args.test)} --test file(s); give one test "
-                         "file per labeled set, in the same order")
-    experiment.run(args.corpus, list(zip(args.train, args.test)), args.out, args.results, preset=args.preset,
-                   nproc=args.nproc, control=not args.no_control, finetune_lr=args.finetune_lr,
-                   electra_steps=args.electra_steps, batch=args.batch, seq_len=args.seq_len, seeds=args.seeds)
+        raise ValueError(
+            f"{len(args.train)} --train file(s) but {len(args.test)} --test file(s); give one test "
+            "file per labeled set, in the same order"
+        )
+    experiment.run(
+        args.corpus,
+        list(zip(args.train, args.test)),
+        args.out,
+        args.results,
+        preset=args.preset,
+        nproc=args.nproc,
+        control=not args.no_control,
+        finetune_lr=args.finetune_lr,
+        electra_steps=args.electra_steps,
+        batch=args.batch,
+        seq_len=args.seq_len,
+        seeds=args.seeds,
+    )
     return 0
 
 
@@ -229,20 +291,32 @@ def cmd_sync(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or info.get("uri")
     experiment = args.experiment or info.get("experiment")
     if not uri or not experiment:
-        raise FileNotFoundError(f"{info_file} does not exist (a run from before it was written): pass "
-                                "--tracking-uri and --experiment to create an MLflow run for it")
+        raise FileNotFoundError(
+            f"{info_file} does not exist (a run from before it was written): pass "
+            "--tracking-uri and --experiment to create an MLflow run for it"
+        )
     _reachable(uri)
     pending = [tuple(item) for item in json.loads(pending_file.read_text())] if pending_file.is_file() else []
     status = next((p for kind, p in pending if kind == "end"), None)
     status = status or ("finished" if (out / "final").is_dir() else "preempted")
-    t = MLflowTracker(uri, experiment, info.get("run_name") or out.name, out / "metrics.jsonl",
-                      run_id=info.get("run_id"), tags=info.get("tags"), system_metrics=False)
+    t = MLflowTracker(
+        uri,
+        experiment,
+        info.get("run_name") or out.name,
+        out / "metrics.jsonl",
+        run_id=info.get("run_id"),
+        tags=info.get("tags"),
+        system_metrics=False,
+    )
     # the tracker queues tracking_pending.json's params/tags/artifacts itself
     msg = t.close(status, timeout=args.timeout)
     if msg:
         return 1
-    print(f"run {t.run_id} at {uri} holds every record of {out / 'metrics.jsonl'}"
-          + (f" and the {len(pending)} item(s) that were pending" if pending else "") + f"; status {status}")
+    print(
+        f"run {t.run_id} at {uri} holds every record of {out / 'metrics.jsonl'}"
+        + (f" and the {len(pending)} item(s) that were pending" if pending else "")
+        + f"; status {status}"
+    )
     return 0
 
 
@@ -251,15 +325,30 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from electra_dist.commands import training_deepspeed_json
     from electra_dist.commands.bench import bench_train
 
-    ds, source = (parallel.load_deepspeed_json(args.deepspeed), args.deepspeed) if args.deepspeed else \
-        training_deepspeed_json()
-    results = bench_train(args.config, args.seq_len, args.micro_batch, args.precision, args.steps, args.warmup,
-                          args.baseline, args.compile, list(args.overrides), args.shards, args.grad_accum, ds)
+    ds, source = (
+        (parallel.load_deepspeed_json(args.deepspeed), args.deepspeed) if args.deepspeed else training_deepspeed_json()
+    )
+    results = bench_train(
+        args.config,
+        args.seq_len,
+        args.micro_batch,
+        args.precision,
+        args.steps,
+        args.warmup,
+        args.baseline,
+        args.compile,
+        list(args.overrides),
+        args.shards,
+        args.grad_accum,
+        ds,
+    )
     r0 = results[0]
-    print(f"{args.config}: seq {args.seq_len}, micro batch {args.micro_batch} × {args.grad_accum} accumulation, "
-          f"{args.precision}, device {r0.device}, real shards ({r0.tokens / (r0.batch * r0.seq_len * r0.steps):.1%} "
-          f"non-pad), {r0.flops_per_token / 1e9:.3f} GFLOP/token (generator head at masked positions); our engine: "
-          f"ZeRO-{parallel.zero_stage(ds)} from {source}")
+    print(
+        f"{args.config}: seq {args.seq_len}, micro batch {args.micro_batch} × {args.grad_accum} accumulation, "
+        f"{args.precision}, device {r0.device}, real shards ({r0.tokens / (r0.batch * r0.seq_len * r0.steps):.1%} "
+        f"non-pad), {r0.flops_per_token / 1e9:.3f} GFLOP/token (generator head at masked positions); our engine: "
+        f"ZeRO-{parallel.zero_stage(ds)} from {source}"
+    )
     for r in results:
         print(r.line())
     if len(results) == 2:
@@ -270,23 +359,34 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from electra_dist.commands import gpucheck
 
-    report = gpucheck.run(args.out, quick=args.quick, allow_cpu=args.allow_cpu, budget=args.budget,
-                          sections=args.sections)
-    print(f"gpu-check {'PASSED' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s (budget "
-          f"{args.budget:.0f} s): {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}")
+    report = gpucheck.run(
+        args.out, quick=args.quick, allow_cpu=args.allow_cpu, budget=args.budget, sections=args.sections
+    )
+    print(
+        f"gpu-check {'PASSED' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s (budget "
+        f"{args.budget:.0f} s): {Path(args.out) / 'report.md'}, {Path(args.out) / 'report.json'}"
+    )
     return 0 if report["ok"] else 1
 
 
 def _report_text(stats) -> None:
     d = stats.to_dict()
-    print(f"read {d['files']} file(s): {d['documents']:,} documents, {d['empty_documents']} empty, "
-          f"{d['bad_lines']} bad JSON lines, {d['replaced_bytes']} non-UTF-8 bytes replaced")
+    print(
+        f"read {d['files']} file(s): {d['documents']:,} documents, {d['empty_documents']} empty, "
+        f"{d['bad_lines']} bad JSON lines, {d['replaced_bytes']} non-UTF-8 bytes replaced"
+    )
     for p in stats.problems[:5]:
         print(f"  {p}")
     if d.get("truncated_files"):
-        print(f"warning: {d['truncated_files']} gzip file(s) were cut short or damaged; what was read before the "
-              "damage is kept (see above)", file=sys.stderr)
+        print(
+            f"warning: {d['truncated_files']} gzip file(s) were cut short or damaged; what was read before the "
+            "damage is kept (see above)",
+            file=sys.stderr,
+        )
     if d["long_sentences"]:
-        print(f"warning: {d['long_sentences']:,} sentence(s) had no sentence end for longer than one piece "
-              "(one-line documents?) and were cut into pieces; check the text splits into lines or "
-              "sentences if that is not expected", file=sys.stderr)
+        print(
+            f"warning: {d['long_sentences']:,} sentence(s) had no sentence end for longer than one piece "
+            "(one-line documents?) and were cut into pieces; check the text splits into lines or "
+            "sentences if that is not expected",
+            file=sys.stderr,
+        )

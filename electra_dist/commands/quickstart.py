@@ -25,20 +25,23 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
     micro = 16 // nproc
     ds_json = out / "zero2.json"  # as configs/zero2.json: "auto" values come from the config
     ds_json.write_text(json.dumps(ZERO2_AUTO, indent=2))
+    # command lines: flag and value side by side
+    # fmt: off
     stages = [
         ("tokenizer", me + ["tokenizer", "train", "--input", str(SAMPLE), "--vocab-size", str(vocab_size),
                             "--lowercase", "--out", str(tok)]),
         ("shards", me + ["shards", "build", "--input", str(SAMPLE), "--tokenizer", str(tok), "--seq-len",
                          str(seq_len), "--out", str(shards), "--samples-per-shard", "500", "--overwrite",
                          "--eval-fraction", "0.05"]),  # the sample is small: hold out a few of its documents
-        ("train", launcher + ["--deepspeed", str(ds_json), "--config", "debug", "--data", str(shards), "--tokenizer", str(tok),
-                              "--output-dir", str(run_dir), "--max-steps", str(steps), "--resume", "never",
-                              f"train.micro_batch_size={micro}", "train.log_interval=20",
+        ("train", launcher + ["--deepspeed", str(ds_json), "--config", "debug", "--data", str(shards),
+                              "--tokenizer", str(tok), "--output-dir", str(run_dir), "--max-steps", str(steps),
+                              "--resume", "never", f"train.micro_batch_size={micro}", "train.log_interval=20",
                               f"train.eval_interval={max(1, steps // 4)}", "train.eval_samples=64",
                               f"train.save_interval={max(1, steps // 2)}", f"tracking.uri={uri}",
                               "tracking.experiment=quickstart", "data.num_workers=1"]),
         ("export", me + ["export", "--checkpoint", str(run_dir / "final"), "--out", str(hf)]),
     ]
+    # fmt: on
     env = child_env()
     for name, cmd in stages:
         print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
@@ -51,10 +54,10 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
     _check_export(hf)
     print(f"""
 quickstart finished. Look at:
-  {run_dir / 'metrics.jsonl'}      the training record ({run_dir / 'curves.png'} as a plot)
+  {run_dir / "metrics.jsonl"}      the training record ({run_dir / "curves.png"} as a plot)
   {hf}/discriminator, {hf}/generator   Hugging Face ELECTRA models (from_pretrained)
   mlflow ui --backend-store-uri {uri}
-  electra-dist compare --tracking-uri {uri} --experiment quickstart --x tokens --out {out / 'compare.png'}""")
+  electra-dist compare --tracking-uri {uri} --experiment quickstart --x tokens --out {out / "compare.png"}""")
     return 0
 
 

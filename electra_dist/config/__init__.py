@@ -24,6 +24,18 @@ from electra_dist.config.schema import (
 from electra_dist.config.tree import FLAVORS, Config, flatten, keys_help, suggest_key
 
 __all__ = [
-    "FLAVORS", "Config", "ConfigError", "DataConfig", "EncoderConfig", "ModelConfig", "ObjectiveConfig",
-    "OptimConfig", "ParallelConfig", "TrackingConfig", "TrainConfig", "flatten", "keys_help", "suggest_key",
+    "FLAVORS",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EncoderConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "flatten",
+    "keys_help",
+    "suggest_key",
 ]

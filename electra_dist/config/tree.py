@@ -25,7 +25,7 @@ from electra_dist.config.schema import (
 )
 from electra_dist.config.validate import validate
 
-FLAVORS: dict[str, Callable[[], "Config"]] = {}  # name → factory; filled by electra_dist.config.flavors
+FLAVORS: dict[str, Callable[[], Config]] = {}  # name → factory; filled by electra_dist.config.flavors
 UNNAMED_FLAVORS = ("custom", "imported")  # start from the base defaults (`import-hf` writes "imported")
 
 
@@ -45,7 +45,7 @@ class Config:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "Config":
+    def from_name(cls, name: str, **overrides: Any) -> Config:
         """A named flavor, with optional dotted-key overrides (`model.dropout=0.0`)."""
         key = name.replace("_", "-")
         if key not in FLAVORS:
@@ -56,7 +56,7 @@ class Config:
         return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Config":
+    def from_yaml(cls, path: str | Path) -> Config:
         """A YAML file: its `flavor` (if any) is the base, every other key overrides it."""
         cfg, problems = cls._from_yaml(Path(path))
         if problems:
@@ -64,7 +64,7 @@ class Config:
         return cfg
 
     @classmethod
-    def load(cls, spec: str) -> "Config":
+    def load(cls, spec: str) -> Config:
         """A YAML path, or a flavor name."""
         cfg, problems = cls._load(spec)
         if problems:
@@ -72,13 +72,13 @@ class Config:
         return cfg
 
     @classmethod
-    def _load(cls, spec: str) -> tuple["Config", list[str]]:
+    def _load(cls, spec: str) -> tuple[Config, list[str]]:
         if spec.replace("_", "-") in FLAVORS and not Path(spec).exists():
             return cls.from_name(spec), []
         return cls._from_yaml(Path(spec))
 
     @classmethod
-    def _from_yaml(cls, path: Path) -> tuple["Config", list[str]]:
+    def _from_yaml(cls, path: Path) -> tuple[Config, list[str]]:
         if not path.is_file():
             raise ConfigError([f"config file {path} does not exist (flavors: {', '.join(FLAVORS)})"])
         try:
@@ -90,7 +90,7 @@ class Config:
         return _from_mapping(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "Config":
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> Config:
         """A nested mapping as `to_dict()` writes it (a checkpoint's config): `flavor` the base, the rest overrides."""
         cfg, problems = _from_mapping(data)
         if problems:
@@ -98,7 +98,7 @@ class Config:
         return cfg
 
     # ---- overrides ----------------------------------------------------------------------
-    def apply_overrides(self, overrides: dict[str, Any] | list[str], source: str | None = None) -> "Config":
+    def apply_overrides(self, overrides: dict[str, Any] | list[str], source: str | None = None) -> Config:
         """Set dotted keys. Strings (`a.b=1` or values from the CLI) are parsed as YAML scalars.
 
         Every malformed item, unknown key and value of the wrong type is collected; one
@@ -110,7 +110,7 @@ class Config:
         return self
 
     @classmethod
-    def build(cls, spec: str, overrides: dict[str, Any] | list[str] = ()) -> "Config":
+    def build(cls, spec: str, overrides: dict[str, Any] | list[str] = ()) -> Config:
         """`load(spec)` + overrides + `validate()`, with ONE error listing every problem of all three."""
         cfg, problems = cls._load(spec)
         problems += cfg._set_all(list(overrides) if not isinstance(overrides, dict) else overrides)
@@ -168,7 +168,7 @@ class Config:
         Path(path).write_text(self.to_yaml())
 
     # ---- validation ---------------------------------------------------------------------
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check everything that can be checked without devices; raise one error naming all problems."""
         return validate(self)
 
@@ -193,7 +193,7 @@ def _hints(cls: type) -> dict[str, type]:
 
 
 def suggest_key(name: str) -> str:
-    """" (did you mean section.key?)" for a flag or key the config does not have, or ""."""
+    """ " (did you mean section.key?)" for a flag or key the config does not have, or ""."""
     return _did_you_mean(name.lstrip("-").replace("-", "_"), {k: t for k, t, _ in Config().fields()})
 
 
@@ -205,8 +205,10 @@ def _from_mapping(data: dict[str, Any]) -> tuple[Config, list[str]]:
     elif flavor in UNNAMED_FLAVORS:
         cfg = Config(flavor=flavor)
     else:  # a typo would otherwise silently start from the base defaults
-        return Config(flavor=flavor), [f"flavor: {flavor!r} is unknown; choose one of {sorted(FLAVORS)} or "
-                                    f"{sorted(UNNAMED_FLAVORS)} (the base defaults)"]
+        return Config(flavor=flavor), [
+            f"flavor: {flavor!r} is unknown; choose one of {sorted(FLAVORS)} or "
+            f"{sorted(UNNAMED_FLAVORS)} (the base defaults)"
+        ]
     return cfg, cfg._set_all(dict(flatten(data)))
 
 
@@ -214,8 +216,14 @@ def _did_you_mean(key: str, known: dict[str, Any]) -> str:
     """The closest known key: same leaf name (`lr` → optim.lr), else the most similar spelling."""
     import difflib
 
-    leaf = {"learning_rate": "lr", "batch_size": "global_batch_size", "steps": "max_steps", "tp": "tensor_parallel_size",
-            "tensor_parallel": "tensor_parallel_size", "workers": "num_workers"}.get(key.split(".")[-1], key.split(".")[-1])
+    leaf = {
+        "learning_rate": "lr",
+        "batch_size": "global_batch_size",
+        "steps": "max_steps",
+        "tp": "tensor_parallel_size",
+        "tensor_parallel": "tensor_parallel_size",
+        "workers": "num_workers",
+    }.get(key.split(".")[-1], key.split(".")[-1])
     close = [k for k in known if k.split(".")[-1] == leaf]
     close = close or difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     if not close:  # a misspelled leaf in the right section: train.micro_batchsize, optim.learning_rate

@@ -20,19 +20,34 @@ def validate(cfg: Config) -> Config:
         if meta.get("choices") and flat[key] not in meta["choices"]:
             p.append(f"{key}: {flat[key]!r} is not one of {list(meta['choices'])}")
 
-    positive = ["model.vocab_size", "model.pad_vocab_multiple", "model.embedding_size",
-                "model.max_position_embeddings", "model.type_vocab_size", "train.seq_len",
-                "train.global_batch_size", "train.micro_batch_size", "train.max_steps",
-                "train.log_interval", "train.save_interval", "train.keep_last",
-                "parallel.tensor_parallel_size"]
+    positive = [
+        "model.vocab_size",
+        "model.pad_vocab_multiple",
+        "model.embedding_size",
+        "model.max_position_embeddings",
+        "model.type_vocab_size",
+        "train.seq_len",
+        "train.global_batch_size",
+        "train.micro_batch_size",
+        "train.max_steps",
+        "train.log_interval",
+        "train.save_interval",
+        "train.keep_last",
+        "parallel.tensor_parallel_size",
+    ]
     for side in ("discriminator", "generator"):
         positive += [f"model.{side}.{k}" for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size")]
     bad_ints = [key for key in positive if not isinstance(flat[key], int) or flat[key] < 1]
     p += [f"{key}: {flat[key]!r} must be a positive integer" for key in bad_ints]
     nonfinite = [key for key, typ, _ in cfg.fields() if typ is float and not math.isfinite(flat[key])]
     p += [f"{key}: {flat[key]!r} must be a finite number" for key in nonfinite]
-    for key in ("data.num_workers", "data.shuffle_buffer", "optim.warmup_steps", "train.eval_interval",
-                "train.eval_samples"):
+    for key in (
+        "data.num_workers",
+        "data.shuffle_buffer",
+        "optim.warmup_steps",
+        "train.eval_interval",
+        "train.eval_samples",
+    ):
         if flat[key] < 0:
             p.append(f"{key}: {flat[key]} must be >= 0")
     for key in ("collective_timeout", "stop_timeout"):
@@ -44,7 +59,11 @@ def validate(cfg: Config) -> Config:
         p.append(str(e))
     if cfg.tracking.uri and (problem := uri_problem(cfg.tracking.uri)):
         p.append(f"tracking.uri: {problem}")
-    elif cfg.tracking.enabled and not cfg.tracking.uri and (problem := uri_problem(os.environ.get("MLFLOW_TRACKING_URI", ""))):
+    elif (
+        cfg.tracking.enabled
+        and not cfg.tracking.uri
+        and (problem := uri_problem(os.environ.get("MLFLOW_TRACKING_URI", "")))
+    ):
         p.append(f"tracking.uri: $MLFLOW_TRACKING_URI={problem}")
     if cfg.tracking.flush_timeout < 0:
         p.append(f"tracking.flush_timeout: {cfg.tracking.flush_timeout} must be >= 0")
@@ -63,31 +82,42 @@ def _check_shapes(cfg: Config, p: list[str]) -> None:
     for side in ("discriminator", "generator"):
         enc: EncoderConfig = getattr(m, side)
         if enc.hidden_size % enc.num_heads:
-            p.append(f"model.{side}.hidden_size: {enc.hidden_size} is not divisible by "
-                     f"model.{side}.num_heads={enc.num_heads}")
+            p.append(
+                f"model.{side}.hidden_size: {enc.hidden_size} is not divisible by "
+                f"model.{side}.num_heads={enc.num_heads}"
+            )
         if enc.num_heads % tp:
-            p.append(f"model.{side}.num_heads: {enc.num_heads} is not divisible by "
-                     f"parallel.tensor_parallel_size={tp}")
+            p.append(f"model.{side}.num_heads: {enc.num_heads} is not divisible by parallel.tensor_parallel_size={tp}")
         if enc.intermediate_size % tp:
-            p.append(f"model.{side}.intermediate_size: {enc.intermediate_size} is not divisible by "
-                     f"parallel.tensor_parallel_size={tp}")
+            p.append(
+                f"model.{side}.intermediate_size: {enc.intermediate_size} is not divisible by "
+                f"parallel.tensor_parallel_size={tp}"
+            )
     if m.generator.hidden_size > m.discriminator.hidden_size:
-        p.append(f"model.generator.hidden_size: {m.generator.hidden_size} is wider than "
-                 f"model.discriminator.hidden_size={m.discriminator.hidden_size}; ELECTRA needs a "
-                 "smaller generator (the paper uses 1/4 to 1/2 of the discriminator's width)")
+        p.append(
+            f"model.generator.hidden_size: {m.generator.hidden_size} is wider than "
+            f"model.discriminator.hidden_size={m.discriminator.hidden_size}; ELECTRA needs a "
+            "smaller generator (the paper uses 1/4 to 1/2 of the discriminator's width)"
+        )
     if t.seq_len > m.max_position_embeddings:
         p.append(f"train.seq_len: {t.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
     if t.global_batch_size % t.micro_batch_size:
-        p.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
-                 f"train.micro_batch_size={t.micro_batch_size}")
+        p.append(
+            f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
+            f"train.micro_batch_size={t.micro_batch_size}"
+        )
     if t.compile_mode != "default" and t.compile_backend != "inductor":
-        p.append(f"train.compile_mode: {t.compile_mode!r} is an Inductor mode; train.compile_backend is "
-                 f"{t.compile_backend!r}")
+        p.append(
+            f"train.compile_mode: {t.compile_mode!r} is an Inductor mode; train.compile_backend is "
+            f"{t.compile_backend!r}"
+        )
     kernels = {"cudnn", "flash", "efficient", "math"}  # model.layers.ATTENTION_BACKENDS
     names = [n.strip() for n in t.attention_backends.split(",")]
     if t.attention_backends != "torch" and (not all(names) or set(names) - kernels or len(set(names)) < len(names)):
-        p.append(f"train.attention_backends: {t.attention_backends!r} is not 'torch' or a comma-separated order of "
-                 f"distinct SDPA kernels from {', '.join(sorted(kernels))}")
+        p.append(
+            f"train.attention_backends: {t.attention_backends!r} is not 'torch' or a comma-separated order of "
+            f"distinct SDPA kernels from {', '.join(sorted(kernels))}"
+        )
 
 
 def _check_values(cfg: Config, p: list[str]) -> None:
@@ -122,6 +152,8 @@ def uri_problem(uri: str) -> str | None:
         return None  # a path
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in URI_SCHEMES:
-        return (f"{uri!r} has the scheme {scheme!r}, which MLflow does not know (one of: {', '.join(URI_SCHEMES)}; "
-                "or a path)")
+        return (
+            f"{uri!r} has the scheme {scheme!r}, which MLflow does not know (one of: {', '.join(URI_SCHEMES)}; "
+            "or a path)"
+        )
     return None

@@ -12,8 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-TENSORS = ("input_ids", "original_ids", "attention_mask", "token_type_ids", "masked_positions", "masked_index",
-           "masked_weights", "sample_ids")
+TENSORS = (
+    "input_ids",
+    "original_ids",
+    "attention_mask",
+    "token_type_ids",
+    "masked_positions",
+    "masked_index",
+    "masked_weights",
+    "sample_ids",
+)
 
 
 @dataclass

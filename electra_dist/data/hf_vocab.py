@@ -49,19 +49,25 @@ class HFTokenizer:
             from tokenizers import Tokenizer as RustTokenizer
             from tokenizers.implementations import BertWordPieceTokenizer
         except ImportError:
-            raise ImportError(f"{directory} is a Hugging Face tokenizer: reading it needs the `tokenizers` package "
-                              "(pip install tokenizers, or transformers which brings it)") from None
+            raise ImportError(
+                f"{directory} is a Hugging Face tokenizer: reading it needs the `tokenizers` package "
+                "(pip install tokenizers, or transformers which brings it)"
+            ) from None
         self.directory = d = Path(directory)
         conf = _read_json(d / "tokenizer_config.json")
         if (d / TOKENIZER_JSON).is_file():
             self.tk = RustTokenizer.from_file(str(d / TOKENIZER_JSON))
         elif (d / VOCAB_TXT).is_file():
-            self.tk = BertWordPieceTokenizer(str(d / VOCAB_TXT), lowercase=conf.get("do_lower_case", True),
-                                             strip_accents=conf.get("strip_accents"),
-                                             handle_chinese_chars=conf.get("tokenize_chinese_chars", True))._tokenizer
+            self.tk = BertWordPieceTokenizer(
+                str(d / VOCAB_TXT),
+                lowercase=conf.get("do_lower_case", True),
+                strip_accents=conf.get("strip_accents"),
+                handle_chinese_chars=conf.get("tokenize_chinese_chars", True),
+            )._tokenizer
         else:
-            raise FileNotFoundError(f"tokenizer directory {d} has neither {TOKENIZER_JSON} nor {VOCAB_TXT} (nor "
-                                    "our spm.model)")
+            raise FileNotFoundError(
+                f"tokenizer directory {d} has neither {TOKENIZER_JSON} nor {VOCAB_TXT} (nor our spm.model)"
+            )
         self.tk.no_truncation()
         self.tk.no_padding()
         if hasattr(self.tk, "encode_special_tokens"):  # text spelling "[MASK]" is text, as in our SentencePiece
@@ -74,8 +80,10 @@ class HFTokenizer:
                     names[k] = v["content"] if isinstance(v, dict) else v
         ids = {k: self.tk.token_to_id(name) for k, name in names.items()}
         if missing := [f"{k} token {names[k]!r}" for k, i in ids.items() if i is None]:
-            raise ValueError(f"tokenizer {d}: the vocabulary has no {', no '.join(missing)}; ELECTRA needs [PAD], "
-                             "[UNK], [CLS], [SEP] and [MASK] (name them in special_tokens_map.json)")
+            raise ValueError(
+                f"tokenizer {d}: the vocabulary has no {', no '.join(missing)}; ELECTRA needs [PAD], "
+                "[UNK], [CLS], [SEP] and [MASK] (name them in special_tokens_map.json)"
+            )
         self.special = SpecialIds(**ids)
         h = hashlib.sha256()
         for name in DEFINING:

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from electra_dist import procs, rng
 from electra_dist.data.batch import Batch, masked_slots
 from electra_dist.data.masking import mask_tokens, max_predictions
-from electra_dist.data.vocab import SpecialIds
 from electra_dist.data.shards import MANIFEST, read_manifest
+from electra_dist.data.vocab import SpecialIds
 
 
 class CorruptShardError(RuntimeError):
@@ -110,8 +110,7 @@ def iter_shard(url: str, on_corrupt: str = "error", expected: int | None = None)
             n += 1
             yield key, np.frombuffer(member["data"], dtype=_DTYPES[ext])
     except Exception as e:  # tarfile.ReadError, EOFError, OSError from a pipe, ...
-        msg = (f"corrupt shard {url}: after {n} good samples, near byte {stream.offset}: "
-               f"{type(e).__name__}: {e}")
+        msg = f"corrupt shard {url}: after {n} good samples, near byte {stream.offset}: {type(e).__name__}: {e}"
         if on_corrupt == "skip":
             print(f"electra-dist: warning: {msg} (skipping the rest of it)", file=sys.stderr)
             return
@@ -119,8 +118,10 @@ def iter_shard(url: str, on_corrupt: str = "error", expected: int | None = None)
     finally:
         stream.close()
     if expected is not None and n != expected:
-        msg = (f"corrupt shard {url}: it holds {n} samples but the manifest says {expected} (zero-filled or "
-               f"cut short? rebuild it, or set data.on_corrupt=skip to go on without the rest)")
+        msg = (
+            f"corrupt shard {url}: it holds {n} samples but the manifest says {expected} (zero-filled or "
+            f"cut short? rebuild it, or set data.on_corrupt=skip to go on without the rest)"
+        )
         if on_corrupt != "skip":
             raise CorruptShardError(msg)
         print(f"electra-dist: warning: {msg}", file=sys.stderr)
@@ -143,8 +144,16 @@ class LoaderSettings:
 class ShardStream(IterableDataset):
     """Endless stream of masked, collated batches for one DP rank (split again by worker)."""
 
-    def __init__(self, urls: list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
-                 skip_batches: int = 0, expected: dict[str, int] | None = None, keep_rows: list[int] | None = None):
+    def __init__(
+        self,
+        urls: list[str],
+        settings: LoaderSettings,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        skip_batches: int = 0,
+        expected: dict[str, int] | None = None,
+        keep_rows: list[int] | None = None,
+    ):
         self.urls, self.s, self.expected = list(urls), settings, expected or {}
         self.keep_rows = keep_rows  # collate only these rows of each batch (the rest are other ranks')
         self.dp_rank, self.dp_size, self.skip_batches = dp_rank, dp_size, skip_batches
@@ -180,8 +189,10 @@ class ShardStream(IterableDataset):
             for key, ids in buffer:
                 yield epoch, key, ids
             if not index:
-                raise CorruptShardError(f"consumer {consumer}/{consumers} got no samples in epoch {epoch} from "
-                                        f"{len(mine)} shard(s): {', '.join(self.urls[i] for i in mine[:5])}")
+                raise CorruptShardError(
+                    f"consumer {consumer}/{consumers} got no samples in epoch {epoch} from "
+                    f"{len(mine)} shard(s): {', '.join(self.urls[i] for i in mine[:5])}"
+                )
             epoch += 1
 
     def batches(self, consumer: int, consumers: int) -> Iterator[tuple[int, list]]:
@@ -216,22 +227,33 @@ class ShardStream(IterableDataset):
         ids = np.full((B, S), s.special.pad, dtype=np.int64)
         for r, (_, key, row) in enumerate(batch):
             if row.size > S:
-                raise ValueError(f"sample {key} has {row.size} tokens > train.seq_len={S}: "
-                                 "the shards were built for a longer sequence length")
+                raise ValueError(
+                    f"sample {key} has {row.size} tokens > train.seq_len={S}: "
+                    "the shards were built for a longer sequence length"
+                )
             ids[r, : row.size] = row
         ids_t = torch.from_numpy(ids)
         # masking (and, in the model, Gumbel sampling) is a function of the sample id alone
         sample_ids = torch.tensor([rng.sample_id(key, epoch, s.seed) for epoch, key, _ in batch], dtype=torch.long)
-        m = mask_tokens(ids_t, s.special, s.mask_prob, s.mask_fraction, s.random_fraction, s.vocab_size,
-                        sample_ids=sample_ids)
+        m = mask_tokens(
+            ids_t, s.special, s.mask_prob, s.mask_fraction, s.random_fraction, s.vocab_size, sample_ids=sample_ids
+        )
         is_sep = ids_t == s.special.sep
         token_type = ((is_sep.long().cumsum(1) - is_sep.long()) > 0).long()  # 1 after the first [SEP]
         index, weights = masked_slots(m.masked_positions, max_predictions(S, s.mask_prob))
-        return Batch(input_ids=m.input_ids, original_ids=m.original_ids, attention_mask=m.attention_mask,
-                     token_type_ids=token_type, masked_positions=m.masked_positions, masked_index=index,
-                     masked_weights=weights, sample_ids=sample_ids,
-                     padded=bool((ids == s.special.pad).any()),  # known here, on the CPU: the model never asks the device
-                     keys=[key for _, key, _ in batch], epoch=batch[0][0])
+        return Batch(
+            input_ids=m.input_ids,
+            original_ids=m.original_ids,
+            attention_mask=m.attention_mask,
+            token_type_ids=token_type,
+            masked_positions=m.masked_positions,
+            masked_index=index,
+            masked_weights=weights,
+            sample_ids=sample_ids,
+            padded=bool((ids == s.special.pad).any()),  # known here, on the CPU: the model never asks the device
+            keys=[key for _, key, _ in batch],
+            epoch=batch[0][0],
+        )
 
 
 class PretrainLoader:
@@ -247,9 +269,18 @@ class PretrainLoader:
     the DP size; resume needs the same one).
     """
 
-    def __init__(self, shards: str | list[str], settings: LoaderSettings, dp_rank: int = 0, dp_size: int = 1,
-                 num_workers: int = 2, prefetch_factor: int = 4, dp_split: str = "batch", pin_memory: bool = False,
-                 grad_accum: int = 1):
+    def __init__(
+        self,
+        shards: str | list[str],
+        settings: LoaderSettings,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        num_workers: int = 2,
+        prefetch_factor: int = 4,
+        dp_split: str = "batch",
+        pin_memory: bool = False,
+        grad_accum: int = 1,
+    ):
         self.expected: dict[str, int] = {}  # url → the manifest's sample count
         if isinstance(shards, str):
             self.urls, manifest = resolve_shards(shards)
@@ -276,16 +307,30 @@ class PretrainLoader:
         yield from self._stream(self.settings, self.consumed, None)
 
     def _stream(self, settings: LoaderSettings, skip: int, keep_rows: list[int] | None) -> Iterator[Batch]:
-        stream = ShardStream(self.urls, settings, 0 if keep_rows else self.dp_rank, 1 if keep_rows else self.dp_size,
-                             skip_batches=skip, expected=self.expected, keep_rows=keep_rows)
+        stream = ShardStream(
+            self.urls,
+            settings,
+            0 if keep_rows else self.dp_rank,
+            1 if keep_rows else self.dp_size,
+            skip_batches=skip,
+            expected=self.expected,
+            keep_rows=keep_rows,
+        )
         if self.num_workers == 0:
             source: Any = iter(stream)
         else:
             # own generator: making workers must not draw from the global RNG; this process stops them
-            source = DataLoader(stream, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
-                                persistent_workers=False, multiprocessing_context="fork", pin_memory=self.pin_memory,
-                                generator=torch.Generator().manual_seed(self.settings.seed),
-                                worker_init_fn=procs.ignore_stop_signals)
+            source = DataLoader(
+                stream,
+                batch_size=None,
+                num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor,
+                persistent_workers=False,
+                multiprocessing_context="fork",
+                pin_memory=self.pin_memory,
+                generator=torch.Generator().manual_seed(self.settings.seed),
+                worker_init_fn=procs.ignore_stop_signals,
+            )
         if keep_rows is not None:
             yield from source
             return
@@ -313,26 +358,43 @@ class PretrainLoader:
         self.consumed -= batches  # fetched, not trained on: handed out again after the resume
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"consumed_batches": self.consumed, "dp_split": self.dp_split, "num_workers": self.num_workers,
-                 "seed": self.settings.seed, "num_shards": len(self.urls), "dp_rank": self.dp_rank}
+        state = {
+            "consumed_batches": self.consumed,
+            "dp_split": self.dp_split,
+            "num_workers": self.num_workers,
+            "seed": self.settings.seed,
+            "num_shards": len(self.urls),
+            "dp_rank": self.dp_rank,
+        }
         if self.dp_split == "batch":  # the position is in global batches: any DP size and accumulation
-            return {**state, "global_batches": self.consumed // self.grad_accum,
-                    "global_batch_size": self.global_batch_size, "micro_batch_size": self.settings.micro_batch_size}
+            return {
+                **state,
+                "global_batches": self.consumed // self.grad_accum,
+                "global_batch_size": self.global_batch_size,
+                "micro_batch_size": self.settings.micro_batch_size,
+            }
         return {**state, "dp_size": self.dp_size, "micro_batch_size": self.settings.micro_batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mismatched = [f"{k}: checkpoint {state.get(k)!r} ≠ now {v!r}"
-                      for k, v in self.state_dict().items()
-                      if k not in ("consumed_batches", "global_batches", "dp_rank", "micro_batch_size")
-                      and k in state and state.get(k) != v]
+        mismatched = [
+            f"{k}: checkpoint {state.get(k)!r} ≠ now {v!r}"
+            for k, v in self.state_dict().items()
+            if k not in ("consumed_batches", "global_batches", "dp_rank", "micro_batch_size")
+            and k in state
+            and state.get(k) != v
+        ]
         if self.dp_split == "shards" and state.get("micro_batch_size") != self.settings.micro_batch_size:
-            mismatched.append(f"micro_batch_size: checkpoint {state.get('micro_batch_size')!r} ≠ now "
-                              f"{self.settings.micro_batch_size!r}")
+            mismatched.append(
+                f"micro_batch_size: checkpoint {state.get('micro_batch_size')!r} ≠ now "
+                f"{self.settings.micro_batch_size!r}"
+            )
         if mismatched:
-            raise ValueError("cannot resume the data stream exactly; the loader differs from the checkpoint's:\n  "
-                             + "\n  ".join(mismatched)
-                             + "\n(keep data.num_workers, train.global_batch_size, the seed and the shards as they "
-                               "were; with data.dp_split=shards also the data-parallel size and the micro batch)")
+            raise ValueError(
+                "cannot resume the data stream exactly; the loader differs from the checkpoint's:\n  "
+                + "\n  ".join(mismatched)
+                + "\n(keep data.num_workers, train.global_batch_size, the seed and the shards as they "
+                "were; with data.dp_split=shards also the data-parallel size and the micro batch)"
+            )
         if "global_batches" in state:
             self.consumed = int(state["global_batches"]) * self.grad_accum
         else:

@@ -57,6 +57,7 @@ def mask_tokens(
         def draw(stream: int) -> torch.Tensor:
             return rng.uniform(rng.row_keys(sid, pos, stream))
     else:
+
         def draw(stream: int) -> torch.Tensor:
             return torch.rand(B, S, generator=generator)
 

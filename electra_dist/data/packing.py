@@ -48,8 +48,11 @@ class ExampleBuilder:
         for sentence in self.sentences:
             # to the first segment if it is empty, if the sentence fits, or 50 % of the time
             # when it overflows (while the second segment is still empty)
-            if (not first or len(first) + len(sentence) < first_target
-                    or (not second and len(first) < first_target and rng.random() < 0.5)):
+            if (
+                not first
+                or len(first) + len(sentence) < first_target
+                or (not second and len(first) < first_target and rng.random() < 0.5)
+            ):
                 first += sentence
             else:
                 second += sentence
@@ -60,7 +63,7 @@ class ExampleBuilder:
                 first, second, leftover = first[: self.max_length - 3], second[:room], second[room:]
             else:  # one segment after all
                 both = first + second
-                first, second, leftover = both[: self.max_length - 2], [], both[self.max_length - 2:]
+                first, second, leftover = both[: self.max_length - 2], [], both[self.max_length - 2 :]
         else:
             first = first[: self.max_length - 2]
             second = second[: max(0, self.max_length - len(first) - 3)]
@@ -103,8 +106,16 @@ def _pack_chunk(job: tuple) -> tuple[int, list[np.ndarray], int, int, list[np.nd
     tok = _TOKENIZER
     assert tok is not None
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.int32
-    builders = [ExampleBuilder(tok.special.cls, tok.special.sep, seq_len, random.Random(seed * 1_000_003 + index + k),
-                               full=packing == "full") for k in (0, 7_777_777)]
+    builders = [
+        ExampleBuilder(
+            tok.special.cls,
+            tok.special.sep,
+            seq_len,
+            random.Random(seed * 1_000_003 + index + k),
+            full=packing == "full",
+        )
+        for k in (0, 7_777_777)
+    ]
     outs: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     tokens = long = 0
     piece = seq_len - 3
@@ -115,7 +126,7 @@ def _pack_chunk(job: tuple) -> tuple[int, list[np.ndarray], int, int, list[np.nd
             tokens += len(ids)
             long += len(ids) > LONG_SENTENCE_TOKENS
             for start in range(0, max(1, len(ids)), piece):
-                ex = builder.add_sentence(ids[start:start + piece])
+                ex = builder.add_sentence(ids[start : start + piece])
                 if ex is not None:
                     out.append(np.asarray(ex, dtype=dtype))
         ex = builder.end_document()

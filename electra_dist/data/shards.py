@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-
 from electra_dist.data.packing import ExampleBuilder, _init_worker, _pack_chunk  # noqa: F401  (ExampleBuilder: API)
 from electra_dist.data.text import TextStats, expand_inputs, iter_documents
 from electra_dist.data.tokenizer import load_tokenizer
@@ -42,6 +41,7 @@ PACKINGS = ("full", "official")
 
 
 # ---- main side ------------------------------------------------------------------------------
+
 
 class _TarSet:
     """Numbered tar shards of one split, a new one every `per_shard` samples; `shards` for the manifest."""
@@ -60,8 +60,12 @@ class _TarSet:
             self.writer = wds.TarWriter(str(self.out / name), mtime=0.0)  # reproducible bytes
             self.shards.append({"name": name, "samples": 0, "tokens": 0})
         prefix = "e" if self.pattern == EVAL_NAME else ""
-        self.writer.write({"__key__": f"{prefix}{self.part:03d}-{len(self.shards) - 1:06d}-{self.shards[-1]['samples']:07d}",
-                           self.ext: ids.astype("<" + ids.dtype.str[1:]).tobytes()})
+        self.writer.write(
+            {
+                "__key__": f"{prefix}{self.part:03d}-{len(self.shards) - 1:06d}-{self.shards[-1]['samples']:07d}",
+                self.ext: ids.astype("<" + ids.dtype.str[1:]).tobytes(),
+            }
+        )
         self.shards[-1]["samples"] += 1
         self.shards[-1]["tokens"] += int(ids.size)
 
@@ -75,6 +79,7 @@ class _TarSet:
             self.writer = None
             self.shards[-1]["bytes"] = (self.out / self.shards[-1]["name"]).stat().st_size
 
+
 @dataclass
 class BuildResult:
     manifest: dict
@@ -86,8 +91,9 @@ class BuildResult:
         return self.manifest["text_tokens"] / max(self.seconds, 1e-9)
 
 
-def _chunks(files: list[Path], stats: TextStats, text_field: str, chunk_chars: int,
-            part: int, num_parts: int) -> Iterator[tuple[int, list[str]]]:
+def _chunks(
+    files: list[Path], stats: TextStats, text_field: str, chunk_chars: int, part: int, num_parts: int
+) -> Iterator[tuple[int, list[str]]]:
     """Documents grouped into chunks of ~chunk_chars; chunk i belongs to part i % num_parts."""
     index, docs, size = 0, [], 0
     for doc in iter_documents(files, stats, text_field):
@@ -134,16 +140,43 @@ def build_shards(
     ext = "ids.u16" if tok.vocab_size <= 65536 else "ids.i32"
     train_set = _TarSet(out, SHARD_NAME, part, samples_per_shard, ext)
     eval_set = _TarSet(out, EVAL_NAME, part, samples_per_shard, ext)
-    text_tokens = 0
-    jobs = ((i, docs, seq_len, seed, packing, eval_fraction)
-            for i, docs in _chunks(files, stats, text_field, chunk_chars, part, num_parts))
+    jobs = (
+        (i, docs, seq_len, seed, packing, eval_fraction)
+        for i, docs in _chunks(files, stats, text_field, chunk_chars, part, num_parts)
+    )
     pool = mp.get_context("fork").Pool(workers, _init_worker, (str(tokenizer_dir),)) if workers > 1 else None
     if pool is None:
         _init_worker(str(tokenizer_dir))
     results = pool.imap(_pack_chunk, jobs) if pool else map(_pack_chunk, jobs)
+    try:
+        text_tokens = _write_sets(results, train_set, eval_set, stats, f"shards → {out}", progress)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    shards = train_set.shards
+    seconds = time.perf_counter() - start
+    if not shards and num_parts == 1:
+        raise ValueError(
+            f"no samples were produced from {', '.join(map(str, files))}: "
+            f"{stats.documents} documents, {stats.empty_documents} empty, {stats.bad_lines} bad lines"
+        )
+    # fmt: off
+    manifest = _manifest(seq_len, packing, ext, seed, tok, tokenizer_dir, files, shards, eval_set, eval_fraction,
+                         text_tokens, stats, part, num_parts)
+    # fmt: on
+    name = MANIFEST if num_parts == 1 else f"manifest.part-{part:03d}.json"
+    check_shard_files([str(out / s["name"]) for s in shards + eval_set.shards], manifest)  # what it lists, as listed
+    _write_json(out / name, manifest)
+    return BuildResult(manifest, stats, seconds)
+
+
+def _write_sets(results, train_set: _TarSet, eval_set: _TarSet, stats: TextStats, desc: str, progress: bool) -> int:
+    """The packed chunks into the training and the held-out shards, with a progress bar; the text's tokens."""
     from tqdm import tqdm
 
-    bar = tqdm(unit="tok", unit_scale=True, desc=f"shards → {out}", disable=not progress, smoothing=0.1)
+    text_tokens = 0
+    bar = tqdm(unit="tok", unit_scale=True, desc=desc, disable=not progress, smoothing=0.1)
     try:
         for _, samples, n_tokens, n_long, held in results:
             text_tokens += n_tokens
@@ -157,20 +190,7 @@ def build_shards(
         eval_set.close()
     finally:
         bar.close()
-        if pool:
-            pool.close()
-            pool.join()
-    shards = train_set.shards
-    seconds = time.perf_counter() - start
-    if not shards and num_parts == 1:
-        raise ValueError(f"no samples were produced from {', '.join(map(str, files))}: "
-                         f"{stats.documents} documents, {stats.empty_documents} empty, {stats.bad_lines} bad lines")
-    manifest = _manifest(seq_len, packing, ext, seed, tok, tokenizer_dir, files, shards, eval_set, eval_fraction,
-                         text_tokens, stats, part, num_parts)
-    name = MANIFEST if num_parts == 1 else f"manifest.part-{part:03d}.json"
-    check_shard_files([str(out / s["name"]) for s in shards + eval_set.shards], manifest)  # what it lists, as listed
-    _write_json(out / name, manifest)
-    return BuildResult(manifest, stats, seconds)
+    return text_tokens
 
 
 def _clear_part(out: Path, part: int, num_parts: int, overwrite: bool) -> Path:
@@ -195,16 +215,35 @@ def _check_build_args(seq_len: int, packing: str, part: int, num_parts: int, eva
         raise ValueError(f"--part: {part} must lie in [0, --num-parts={num_parts})")
 
 
-def _manifest(seq_len, packing, ext, seed, tok, tokenizer_dir, files, shards, eval_set, eval_fraction, text_tokens,
-              stats, part, num_parts) -> dict:
+def _manifest(
+    seq_len,
+    packing,
+    ext,
+    seed,
+    tok,
+    tokenizer_dir,
+    files,
+    shards,
+    eval_set,
+    eval_fraction,
+    text_tokens,
+    stats,
+    part,
+    num_parts,
+) -> dict:
     return {
         "format": FORMAT,
         "seq_len": seq_len,
         "packing": packing,
         "dtype": ext.split(".")[1],
         "seed": seed,
-        "tokenizer": {"sha256": tok.checksum, "vocab_size": tok.vocab_size, "special": tok.special.to_dict(),
-                      "kind": tok.kind, "path": str(Path(tokenizer_dir).resolve())},
+        "tokenizer": {
+            "sha256": tok.checksum,
+            "vocab_size": tok.vocab_size,
+            "special": tok.special.to_dict(),
+            "kind": tok.kind,
+            "path": str(Path(tokenizer_dir).resolve()),
+        },
         "inputs": [{"path": str(f), "bytes": f.stat().st_size} for f in files],
         "shards": shards,
         "samples": sum(s["samples"] for s in shards),
@@ -235,8 +274,12 @@ def merge_manifests(out: str | Path) -> dict:
         for key in ("seq_len", "packing", "dtype", "seed", "tokenizer"):
             if m.get(key) != first.get(key):
                 raise ValueError(f"{out}: part {m['part']} differs from part {first['part']} in {key}")
-    merged = {**first, "shards": [s for m in loaded for s in m["shards"]], "part": None,
-              "eval_shards": [s for m in loaded for s in m.get("eval_shards", [])]}
+    merged = {
+        **first,
+        "shards": [s for m in loaded for s in m["shards"]],
+        "part": None,
+        "eval_shards": [s for m in loaded for s in m.get("eval_shards", [])],
+    }
     if not merged["shards"]:
         raise ValueError(f"{out}: no part produced any samples")
     for key in ("samples", "tokens", "text_tokens", "eval_samples"):
@@ -258,18 +301,26 @@ def read_manifest(directory: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except ValueError as e:  # 0 bytes, torn, not JSON
-        raise ValueError(f"{path}: not a readable manifest ({e}; {path.stat().st_size} bytes): rebuild the shards "
-                         "with `electra-dist shards build`") from None
+        raise ValueError(
+            f"{path}: not a readable manifest ({e}; {path.stat().st_size} bytes): rebuild the shards "
+            "with `electra-dist shards build`"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format') if isinstance(manifest, dict) else manifest!r} "
-                         f"is not {FORMAT!r}")
+        raise ValueError(
+            f"{path}: format {manifest.get('format') if isinstance(manifest, dict) else manifest!r} is not {FORMAT!r}"
+        )
     # a manifest names files beside it, nothing else: never a `pipe:` command, a URL or another path
-    bad = [s.get("name") for s in manifest.get("shards", []) + manifest.get("eval_shards", [])
-           if not isinstance(s.get("name"), str) or not re.fullmatch(r"[\w.-]+\.tar", s["name"])]
+    bad = [
+        s.get("name")
+        for s in manifest.get("shards", []) + manifest.get("eval_shards", [])
+        if not isinstance(s.get("name"), str) or not re.fullmatch(r"[\w.-]+\.tar", s["name"])
+    ]
     if bad:
-        raise ValueError(f"{path}: shard names must be plain .tar file names in that directory; refusing "
-                         f"{', '.join(map(repr, bad[:3]))} (`pipe:` commands are accepted only from data.shards "
-                         f"as you type it, never from a file)")
+        raise ValueError(
+            f"{path}: shard names must be plain .tar file names in that directory; refusing "
+            f"{', '.join(map(repr, bad[:3]))} (`pipe:` commands are accepted only from data.shards "
+            f"as you type it, never from a file)"
+        )
     return manifest
 
 
@@ -278,7 +329,9 @@ def check_shard_files(urls: list[str], manifest: dict | None = None) -> None:
     zero-filled, truncated to nothing or of another kind is named here, not found mid-run)."""
     import tarfile
 
-    sizes = {s["name"]: s.get("bytes") for s in (manifest or {}).get("shards", []) + (manifest or {}).get("eval_shards", [])}
+    sizes = {
+        s["name"]: s.get("bytes") for s in (manifest or {}).get("shards", []) + (manifest or {}).get("eval_shards", [])
+    }
     problems = []
     for url in urls:
         if "://" in url or url.startswith("pipe:"):
@@ -296,33 +349,45 @@ def check_shard_files(urls: list[str], manifest: dict | None = None) -> None:
         try:
             tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
         except tarfile.HeaderError as e:
-            problems.append(f"{path}: not a tar shard ({e or 'empty header'}: zero-filled, truncated or another kind "
-                            "of file)")
+            problems.append(
+                f"{path}: not a tar shard ({e or 'empty header'}: zero-filled, truncated or another kind of file)"
+            )
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError("; ".join(problems[:5]) + more + ": rebuild the shards (`electra-dist shards build`)")
 
 
-def check_compatible(manifest: dict, tokenizer, seq_len: int, where: str = "shards",
-                     max_positions: int | None = None) -> None:
+def check_compatible(
+    manifest: dict, tokenizer, seq_len: int, where: str = "shards", max_positions: int | None = None
+) -> None:
     """Raise one error naming every mismatch between shards, tokenizer and config."""
     problems = []
     if tokenizer is not None and manifest["tokenizer"]["sha256"] != tokenizer.checksum:
         problems.append(
             f"{where} were built with tokenizer sha256 {manifest['tokenizer']['sha256'][:12]}… "
             f"({manifest['tokenizer'].get('path', '?')}), but data.tokenizer={tokenizer.directory} has "
-            f"{tokenizer.checksum[:12]}…: rebuild the shards or point data.tokenizer at the tokenizer they used")
+            f"{tokenizer.checksum[:12]}…: rebuild the shards or point data.tokenizer at the tokenizer they used"
+        )
     recorded = manifest["tokenizer"].get("special")
     if tokenizer is not None and recorded and recorded != tokenizer.special.to_dict():
-        problems.append(f"{where} were built with special-token ids {recorded}, but data.tokenizer={tokenizer.directory} "
-                        f"has {tokenizer.special.to_dict()}: masking would hide the wrong tokens; rebuild the shards")
+        problems.append(
+            f"{where} were built with special-token ids {recorded}, but data.tokenizer={tokenizer.directory} "
+            f"has {tokenizer.special.to_dict()}: masking would hide the wrong tokens; rebuild the shards"
+        )
     if manifest["seq_len"] > seq_len:
-        also = (f" model.max_position_embeddings={manifest['seq_len']}"
-                if max_positions is not None and max_positions < manifest["seq_len"] else "")
-        problems.append(f"{where} hold sequences of up to {manifest['seq_len']} tokens but train.seq_len={seq_len}: "
-                        f"set train.seq_len={manifest['seq_len']}{also} or rebuild the shards with --seq-len {seq_len}")
+        also = (
+            f" model.max_position_embeddings={manifest['seq_len']}"
+            if max_positions is not None and max_positions < manifest["seq_len"]
+            else ""
+        )
+        problems.append(
+            f"{where} hold sequences of up to {manifest['seq_len']} tokens but train.seq_len={seq_len}: "
+            f"set train.seq_len={manifest['seq_len']}{also} or rebuild the shards with --seq-len {seq_len}"
+        )
     elif manifest["seq_len"] < seq_len:
-        problems.append(f"{where} were packed to {manifest['seq_len']} tokens but train.seq_len={seq_len}: "
-                        f"set train.seq_len={manifest['seq_len']} (padding every sequence would waste compute)")
+        problems.append(
+            f"{where} were packed to {manifest['seq_len']} tokens but train.seq_len={seq_len}: "
+            f"set train.seq_len={manifest['seq_len']} (padding every sequence would waste compute)"
+        )
     if problems:
         raise ValueError("\n".join(problems))

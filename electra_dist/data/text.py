@@ -38,16 +38,25 @@ class TextStats:
         if len(self.problems) < 20:
             self.problems.append(problem)
 
-    def merge(self, other: "TextStats") -> None:
+    def merge(self, other: TextStats) -> None:
         for k in self.to_dict():
             setattr(self, k, getattr(self, k) + getattr(other, k))
         for p in other.problems:
             self.note(p)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k)
-                for k in ("files", "documents", "empty_documents", "bad_lines", "replaced_bytes", "long_sentences",
-                          "truncated_files")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "files",
+                "documents",
+                "empty_documents",
+                "bad_lines",
+                "replaced_bytes",
+                "long_sentences",
+                "truncated_files",
+            )
+        }
 
 
 def expand_inputs(patterns: Iterable[str]) -> list[Path]:
@@ -77,8 +86,12 @@ def _is_text(p: Path) -> bool:
     return name.endswith((".txt", ".jsonl", ".json", ".text"))
 
 
-_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
-         (b"\xfe\xff", "UTF-16"))
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
 
 
 def check_encoding(path: Path, head: bytes) -> None:
@@ -86,12 +99,16 @@ def check_encoding(path: Path, head: bytes) -> None:
     UTF-8 it would become a tokenizer of NULs and replacement characters."""
     for bom, name in _BOMS:
         if head.startswith(bom):
-            raise ValueError(f"{path}: this file is {name} (it starts with a {name} byte-order mark); convert it to "
-                             f"UTF-8 first, e.g. iconv -f {name} -t UTF-8 {path} > {path.stem}.utf8{path.suffix}")
+            raise ValueError(
+                f"{path}: this file is {name} (it starts with a {name} byte-order mark); convert it to "
+                f"UTF-8 first, e.g. iconv -f {name} -t UTF-8 {path} > {path.stem}.utf8{path.suffix}"
+            )
     nul = head.count(0)
     if len(head) >= 64 and nul > len(head) // 10:
-        raise ValueError(f"{path}: {100 * nul // len(head)} % of its first {len(head)} bytes are NUL: UTF-16/32 "
-                         "without a byte-order mark, or not text at all; convert it to UTF-8 (iconv)")
+        raise ValueError(
+            f"{path}: {100 * nul // len(head)} % of its first {len(head)} bytes are NUL: UTF-16/32 "
+            "without a byte-order mark, or not text at all; convert it to UTF-8 (iconv)"
+        )
 
 
 def _open_lines(path: Path, stats: TextStats) -> Iterator[tuple[int, str]]:
@@ -114,8 +131,10 @@ def _open_lines(path: Path, stats: TextStats) -> Iterator[tuple[int, str]]:
                     yield lineno, text
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a copy cut short, a damaged block
             stats.truncated_files += 1
-            stats.note(f"{path}: damaged or truncated gzip after line {lineno} ({e}); the {lineno} line(s) read "
-                       "before are kept")
+            stats.note(
+                f"{path}: damaged or truncated gzip after line {lineno} ({e}); the {lineno} line(s) read "
+                "before are kept"
+            )
 
 
 def read_documents(path: Path, stats: TextStats, text_field: str = "text") -> Iterator[str]:

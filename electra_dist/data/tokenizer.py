@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 from typing import Iterable
 
+from electra_dist.data.text import TextStats, cut_long, expand_inputs, iter_documents, split_sentences
 from electra_dist.data.vocab import SpecialIds, Tokenizer
 from electra_dist.io import sha256_file
-from electra_dist.data.text import TextStats, cut_long, expand_inputs, iter_documents, split_sentences
 
 MODEL = "spm.model"
 VOCAB = "spm.vocab"
@@ -54,14 +54,18 @@ class SentencePieceTokenizer:
         self.directory = Path(directory)
         model = self.directory / MODEL
         if not model.is_file():
-            raise FileNotFoundError(f"tokenizer directory {self.directory} has no {MODEL} "
-                                    "(build one with `electra-dist tokenizer train`), nor a Hugging Face vocab.txt or "
-                                    "tokenizer.json")
+            raise FileNotFoundError(
+                f"tokenizer directory {self.directory} has no {MODEL} "
+                "(build one with `electra-dist tokenizer train`), nor a Hugging Face vocab.txt or "
+                "tokenizer.json"
+            )
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(model))
         except (RuntimeError, OSError) as e:
-            raise ValueError(f"{model}: not a SentencePiece model ({str(e).splitlines()[0][:120]}): retrain it with "
-                             "`electra-dist tokenizer train`") from None
+            raise ValueError(
+                f"{model}: not a SentencePiece model ({str(e).splitlines()[0][:120]}): retrain it with "
+                "`electra-dist tokenizer train`"
+            ) from None
         try:
             meta = json.loads((self.directory / SPECIALS).read_text()) if (self.directory / SPECIALS).is_file() else {}
         except ValueError as e:
@@ -69,9 +73,11 @@ class SentencePieceTokenizer:
         self.special = SpecialIds(**{k: self.sp.piece_to_id(p) for k, p in SPECIAL_PIECES.items()})
         self.checksum = sha256_file(model)
         if meta.get("sha256") and meta["sha256"] != self.checksum:
-            raise ValueError(f"{self.directory / SPECIALS} was written for another {MODEL} "
-                             f"(sha256 {meta['sha256'][:12]}… ≠ {self.checksum[:12]}…): keep the two files of one "
-                             "`electra-dist tokenizer train` together, or train the tokenizer again")
+            raise ValueError(
+                f"{self.directory / SPECIALS} was written for another {MODEL} "
+                f"(sha256 {meta['sha256'][:12]}… ≠ {self.checksum[:12]}…): keep the two files of one "
+                "`electra-dist tokenizer train` together, or train the tokenizer again"
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -118,8 +124,9 @@ def train_tokenizer(
 
     sample, seen = _sample_sentences(files, stats, text_field, input_sentence_size, seed)
     if not sample:
-        raise ValueError(f"no text found in {', '.join(map(str, files))} "
-                         f"({stats.documents} documents, {stats.bad_lines} bad lines)")
+        raise ValueError(
+            f"no text found in {', '.join(map(str, files))} ({stats.documents} documents, {stats.bad_lines} bad lines)"
+        )
 
     model = io.BytesIO()
     try:
@@ -130,8 +137,12 @@ def train_tokenizer(
             model_type=model_type,
             character_coverage=character_coverage,
             normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
-            pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-            pad_piece="[PAD]", unk_piece="[UNK]",
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            pad_piece="[PAD]",
+            unk_piece="[UNK]",
             control_symbols=["[CLS]", "[SEP]", "[MASK]"],
             input_sentence_size=0,  # we already sampled
             shuffle_input_sentence=False,
@@ -140,16 +151,26 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise ValueError(f"SentencePiece could not train a {vocab_size}-piece vocabulary on "
-                         f"{len(sample)} sentences: {e}") from None
+        raise ValueError(
+            f"SentencePiece could not train a {vocab_size}-piece vocabulary on {len(sample)} sentences: {e}"
+        ) from None
     (out / MODEL).write_bytes(model.getvalue())
     proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    (out / VOCAB).write_text("".join(f"{proc.id_to_piece(i)}\t{proc.get_score(i)}\n"
-                                     for i in range(proc.get_piece_size())), encoding="utf-8")
+    (out / VOCAB).write_text(
+        "".join(f"{proc.id_to_piece(i)}\t{proc.get_score(i)}\n" for i in range(proc.get_piece_size())), encoding="utf-8"
+    )
     specials = {k: proc.piece_to_id(p) for k, p in SPECIAL_PIECES.items()}
-    meta = {**specials, "vocab_size": proc.get_piece_size(), "model_type": model_type, "lowercase": lowercase,
-            "sha256": sha256_file(out / MODEL), "sentences_sampled": len(sample), "sentences_seen": seen,
-            "inputs": [str(f) for f in files], **stats.to_dict()}
+    meta = {
+        **specials,
+        "vocab_size": proc.get_piece_size(),
+        "model_type": model_type,
+        "lowercase": lowercase,
+        "sha256": sha256_file(out / MODEL),
+        "sentences_sampled": len(sample),
+        "sentences_seen": seen,
+        "inputs": [str(f) for f in files],
+        **stats.to_dict(),
+    }
     (out / SPECIALS).write_text(json.dumps(meta, indent=2))
     return SentencePieceTokenizer(out), stats
 
@@ -165,8 +186,10 @@ def _sample_sentences(files: list, stats: TextStats, text_field: str, size: int,
             pieces = cut_long(whole, MAX_SENTENCE_CHARS)
             if len(pieces) > 1:
                 stats.long_sentences += 1
-                stats.note(f"a sentence of {len(whole):,} characters (no sentence end) was cut into "
-                           f"{len(pieces)} pieces of ≤ {MAX_SENTENCE_CHARS:,} for SentencePiece")
+                stats.note(
+                    f"a sentence of {len(whole):,} characters (no sentence end) was cut into "
+                    f"{len(pieces)} pieces of ≤ {MAX_SENTENCE_CHARS:,} for SentencePiece"
+                )
             for s in pieces:
                 seen += 1
                 if len(sample) < size:

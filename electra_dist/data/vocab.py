@@ -19,8 +19,10 @@ class SpecialIds:
     mask: int = 4
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "SpecialIds":
-        return cls(**{k: int(v) for k, v in json.loads(Path(path).read_text()).items() if k in cls.__dataclass_fields__})
+    def from_json(cls, path: str | Path) -> SpecialIds:
+        return cls(
+            **{k: int(v) for k, v in json.loads(Path(path).read_text()).items() if k in cls.__dataclass_fields__}
+        )
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -13,6 +13,16 @@ from electra_dist.interop.hf import (
 from electra_dist.interop.model_dir import CONFIG_FILE, MODEL_FILE, load_model, save_model
 
 __all__ = [
-    "CONFIG_FILE", "MODEL_FILE", "export_hf", "hf_config_dict", "import_hf", "load_hf_weights", "load_model",
-    "model_config_from_hf", "save_model", "to_hf", "tower_from_hf", "tower_to_hf",
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "export_hf",
+    "hf_config_dict",
+    "import_hf",
+    "load_hf_weights",
+    "load_model",
+    "model_config_from_hf",
+    "save_model",
+    "to_hf",
+    "tower_from_hf",
+    "tower_to_hf",
 ]

@@ -30,6 +30,7 @@ _LAYER_NAMES = {
 
 # ---- Hugging Face: configs ----------------------------------------------------------------
 
+
 def hf_config_dict(cfg: ModelConfig, enc: EncoderConfig, **extra: Any) -> dict[str, Any]:
     return {
         "model_type": "electra",
@@ -77,7 +78,10 @@ def model_config_from_hf(disc: dict[str, Any], gen: dict[str, Any] | None = None
 
 # ---- Hugging Face: weights ----------------------------------------------------------------
 
-def tower_to_hf(state: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+
+def tower_to_hf(
+    state: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, vocab_size: int
+) -> dict[str, torch.Tensor]:
     """Our `{tower}.*` weights → HF `electra.*` (+ head) names for one tower."""
     out: dict[str, torch.Tensor] = {}
     H, nh = enc.hidden_size, enc.num_heads
@@ -85,7 +89,7 @@ def tower_to_hf(state: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, 
     for key, value in state.items():
         if not key.startswith(prefix):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name == "embeddings.word_embeddings.weight":
             out["electra." + name] = value[:vocab_size]
         elif name.startswith(("embeddings.", "embeddings_project.")):
@@ -109,7 +113,9 @@ def tower_to_hf(state: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, 
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 
-def tower_from_hf(hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
+def tower_from_hf(
+    hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, padded_vocab: int
+) -> dict[str, torch.Tensor]:
     """HF ELECTRA or BERT weights (with or without the `electra.`/`bert.` prefix) → our `{tower}.*` names.
     BERT's heads (`cls.*`: its MLM and next-sentence heads) and pooler have no ELECTRA counterpart."""
     reverse = {v: k for k, v in _LAYER_NAMES.items()}
@@ -122,7 +128,9 @@ def tower_from_hf(hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, p
             continue  # HF buffers; BERT's pre-training heads
         if name == "embeddings.word_embeddings.weight":
             out[f"{tower}.{name}"] = fit_vocab_rows(value, (padded_vocab, *value.shape[1:]))
-        elif name.startswith(("embeddings.", "embeddings_project.", "discriminator_predictions.", "generator_predictions.")):
+        elif name.startswith(
+            ("embeddings.", "embeddings_project.", "discriminator_predictions.", "generator_predictions.")
+        ):
             out[f"{tower}.{name}"] = value
         elif name == "generator_lm_head.bias":
             out[f"{tower}.generator_lm_head_bias"] = fit_vocab_rows(value, (padded_vocab, *value.shape[1:]))
@@ -141,7 +149,9 @@ def tower_from_hf(hf: dict[str, torch.Tensor], tower: str, enc: EncoderConfig, p
         else:
             raise KeyError(f"unexpected Hugging Face weight {key!r}")
     for (i, kind), parts in qkv.items():
-        stacked = torch.stack([parts[n].view(nh, H // nh, *parts[n].shape[1:]) for n in ("query", "key", "value")], dim=1)
+        stacked = torch.stack(
+            [parts[n].view(nh, H // nh, *parts[n].shape[1:]) for n in ("query", "key", "value")], dim=1
+        )
         out[f"{tower}.encoder.layers.{i}.attention.qkv.{kind}"] = stacked.reshape(3 * H, *parts["query"].shape[1:])
     return out
 
@@ -157,12 +167,18 @@ def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, 
         state.update({f"discriminator.embeddings.{name}": t.detach() for name, t in merged.items()})
     if model.discriminator is None:  # MLM baseline: its one encoder has the discriminator's shape
         return {}, tower_to_hf(state, "generator", cfg.discriminator, cfg.vocab_size)
-    return (tower_to_hf(state, "discriminator", cfg.discriminator, cfg.vocab_size),
-            tower_to_hf(state, "generator", cfg.generator, cfg.vocab_size))
+    return (
+        tower_to_hf(state, "discriminator", cfg.discriminator, cfg.vocab_size),
+        tower_to_hf(state, "generator", cfg.generator, cfg.vocab_size),
+    )
 
 
-def _our_state(cfg: ModelConfig, discriminator: dict[str, torch.Tensor], generator: dict[str, torch.Tensor] | None,
-               padded_vocab: int) -> dict[str, torch.Tensor]:
+def _our_state(
+    cfg: ModelConfig,
+    discriminator: dict[str, torch.Tensor],
+    generator: dict[str, torch.Tensor] | None,
+    padded_vocab: int,
+) -> dict[str, torch.Tensor]:
     """HF weights → our names; the generator's embeddings are the shared ones (the discriminator's), which
     appear under both towers in our state dict."""
     state = tower_from_hf(discriminator, "discriminator", cfg.discriminator, padded_vocab)
@@ -170,7 +186,7 @@ def _our_state(cfg: ModelConfig, discriminator: dict[str, torch.Tensor], generat
         gen = tower_from_hf(generator, "generator", cfg.generator, padded_vocab)
         state.update({k: v for k, v in gen.items() if not k.startswith("generator.embeddings.")})
     for k in [k for k in state if k.startswith("discriminator.embeddings.")]:
-        state["generator" + k[len("discriminator"):]] = state[k]
+        state["generator" + k[len("discriminator") :]] = state[k]
     return state
 
 
@@ -180,13 +196,18 @@ def _load(model: ElectraPretrainer, state: dict[str, torch.Tensor], strict: bool
         raise KeyError(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
 
 
-def load_hf_weights(model: ElectraPretrainer, discriminator: dict[str, torch.Tensor],
-                    generator: dict[str, torch.Tensor] | None = None, strict: bool = True) -> None:
+def load_hf_weights(
+    model: ElectraPretrainer,
+    discriminator: dict[str, torch.Tensor],
+    generator: dict[str, torch.Tensor] | None = None,
+    strict: bool = True,
+) -> None:
     """Load HF ELECTRA weights into our model. The generator's embeddings are the shared ones."""
     _load(model, _our_state(model.cfg, discriminator, generator, model.padded_vocab), strict)
 
 
 # ---- export / import directories --------------------------------------------------------
+
 
 def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
     """Write `out/discriminator` and `out/generator`, each loadable with transformers' from_pretrained (with
@@ -231,8 +252,9 @@ def hf_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], bo
     disc_cfg = json.loads((disc_dir / "config.json").read_text())
     gen_cfg = json.loads((gen_dir / "config.json").read_text()) if gen_dir else None
     cfg = model_config_from_hf(disc_cfg, gen_cfg)
-    state = _our_state(cfg, _read_weights(disc_dir), _read_weights(gen_dir) if gen_dir else None,
-                       cfg.padded_vocab_size(1))
+    state = _our_state(
+        cfg, _read_weights(disc_dir), _read_weights(gen_dir) if gen_dir else None, cfg.padded_vocab_size(1)
+    )
     return cfg, state, gen_dir is not None
 
 

@@ -37,11 +37,20 @@ def hf_tokenizer(tokenizer_dir: str | Path, model_max_length: int = 512):
         raise ValueError(f"{tokenizer_dir}: SentencePiece model type {proto.trainer_spec.model_type} has no converter")
     s = ours.special
     tok.post_processor = TemplateProcessing(
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", s.cls), ("[SEP]", s.sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length,
-                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", s.cls), ("[SEP]", s.sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
 
 
 def save_hf_tokenizer(tokenizer_dir: str | Path, out: str | Path, model_max_length: int = 512) -> Path:

@@ -11,6 +11,11 @@ from electra_dist.model.electra import (
 from electra_dist.model.layers import LayerFactory
 
 __all__ = [
-    "ElectraDiscriminator", "ElectraEmbeddings", "ElectraGenerator", "ElectraPretrainer",
-    "PretrainOutput", "LayerFactory", "count_parameters",
+    "ElectraDiscriminator",
+    "ElectraEmbeddings",
+    "ElectraGenerator",
+    "ElectraPretrainer",
+    "PretrainOutput",
+    "LayerFactory",
+    "count_parameters",
 ]

@@ -65,8 +65,10 @@ class EmbeddingDelta(nn.Module):
             self.register_parameter(name.replace(".", "__"), delta)
 
     def merged(self, shared: ElectraEmbeddings, detach: bool = True) -> dict[str, torch.Tensor]:
-        return {name: (p.detach() if detach else p) + getattr(self, name.replace(".", "__"))
-                for name, p in shared.named_parameters()}
+        return {
+            name: (p.detach() if detach else p) + getattr(self, name.replace(".", "__"))
+            for name, p in shared.named_parameters()
+        }
 
     def forward(self, shared: ElectraEmbeddings, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None):
         return torch.func.functional_call(shared, self.merged(shared), (input_ids, token_type_ids))
@@ -83,11 +85,24 @@ class _Tower(nn.Module):
             self.embeddings_project = nn.Linear(cfg.embedding_size, enc.hidden_size)
             _init_linear(self.embeddings_project, cfg.initializer_range)
         self.embeddings_delta: EmbeddingDelta | None = None  # GDES (the discriminator only)
-        self.encoder = Encoder(enc.num_layers, enc.hidden_size, enc.num_heads, enc.intermediate_size,
-                               cfg.dropout, cfg.attention_dropout, cfg.layer_norm_eps, factory)
+        self.encoder = Encoder(
+            enc.num_layers,
+            enc.hidden_size,
+            enc.num_heads,
+            enc.intermediate_size,
+            cfg.dropout,
+            cfg.attention_dropout,
+            cfg.layer_norm_eps,
+            factory,
+        )
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        padded: bool | None = None,
+    ) -> torch.Tensor:
         if self.embeddings_delta is not None:
             x = self.embeddings_delta(self.embeddings, input_ids, token_type_ids)
         else:
@@ -112,9 +127,15 @@ class ElectraGenerator(_Tower):
         self.has_vocab_padding = hi > cfg.vocab_size
         self.register_buffer("vocab_padding", torch.arange(lo, hi) >= cfg.vocab_size, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                token_type_ids: torch.Tensor | None, positions: torch.Tensor | None = None,
-                index: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+        padded: bool | None = None,
+    ) -> torch.Tensor:
         """Logits over this rank's vocab shard: (B·P, V_local) at `index` (B×P positions), (N, V_local)
         at `positions` (bool B×S), else (B, S, V_local)."""
         h = self.encode(input_ids, attention_mask, token_type_ids, padded)
@@ -143,8 +164,13 @@ class ElectraDiscriminator(_Tower):
         for layer in (self.discriminator_predictions.dense, self.discriminator_predictions.dense_prediction):
             _init_linear(layer, cfg.initializer_range)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, padded: bool | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        padded: bool | None = None,
+    ) -> torch.Tensor:
         h = self.encode(input_ids, attention_mask, token_type_ids, padded)
         head = self.discriminator_predictions
         return head.dense_prediction(F.gelu(head.dense(h))).squeeze(-1)  # (B, S)
@@ -176,9 +202,15 @@ class PretrainOutput:
 class ElectraPretrainer(nn.Module):
     """Generator + discriminator over shared embeddings, trained jointly with one loss."""
 
-    def __init__(self, cfg: ModelConfig, objective: ObjectiveConfig | None = None,
-                 factory: LayerFactory | None = None, fused: bool = False, compile_blocks: bool | dict = False,
-                 fused_tail: bool = False):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        objective: ObjectiveConfig | None = None,
+        factory: LayerFactory | None = None,
+        fused: bool = False,
+        compile_blocks: bool | dict = False,
+        fused_tail: bool = False,
+    ):
         """`fused`: the Gumbel noise as one compiled kernel (same numbers); `compile_blocks`:
         torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm); a dict: torch.compile's
         arguments (backend, mode); `fused_tail`: the generator's vocabulary tail (loss, argmax, Gumbel
@@ -197,8 +229,9 @@ class ElectraPretrainer(nn.Module):
             self.discriminator = None
         else:
             self.generator = ElectraGenerator(cfg, embeddings, self.factory, self.padded_vocab)
-            self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory,
-                                                      gdes=self.objective.embedding_sharing == "gdes")
+            self.discriminator = ElectraDiscriminator(
+                cfg, embeddings, self.factory, gdes=self.objective.embedding_sharing == "gdes"
+            )
         self._scores = kernels.fused_gumbel_scores(ElectraPretrainer.gumbel_scores) if fused else self.gumbel_scores
         self._tail = kernels.fused_vocab_tail() if fused_tail else None
         self.compiled = None
@@ -215,11 +248,20 @@ class ElectraPretrainer(nn.Module):
         """The tower kept for downstream use: the discriminator (ELECTRA) or the MLM encoder."""
         return self.discriminator if self.discriminator is not None else self.generator
 
-    def forward(self, input_ids: torch.Tensor, original_ids: torch.Tensor, masked_positions: torch.Tensor,
-                attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                sample_ids: torch.Tensor | None = None, masked_normalizer: torch.Tensor | float | None = None,
-                token_normalizer: torch.Tensor | float | None = None, masked_index: torch.Tensor | None = None,
-                masked_weights: torch.Tensor | None = None, padded: bool | None = None) -> PretrainOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        original_ids: torch.Tensor,
+        masked_positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        sample_ids: torch.Tensor | None = None,
+        masked_normalizer: torch.Tensor | float | None = None,
+        token_normalizer: torch.Tensor | float | None = None,
+        masked_index: torch.Tensor | None = None,
+        masked_weights: torch.Tensor | None = None,
+        padded: bool | None = None,
+    ) -> PretrainOutput:
         """input_ids: masked tokens (B, S); original_ids: before masking; masked_positions: bool (B, S).
 
         `masked_index` / `masked_weights` (B, P): the masked positions as fixed slots (the loader's,
@@ -240,8 +282,9 @@ class ElectraPretrainer(nn.Module):
         B, P = masked_index.shape
         weights = masked_weights.reshape(-1).float()
         # 1. Generator: MLM loss at the masked slots only (empty slots weigh 0).
-        gen_logits = self.generator(input_ids, attention_mask, token_type_ids, index=masked_index,
-                                    padded=padded)  # (B·P, V_local)
+        gen_logits = self.generator(
+            input_ids, attention_mask, token_type_ids, index=masked_index, padded=padded
+        )  # (B·P, V_local)
         targets = original_ids.gather(1, masked_index).reshape(-1)  # (B·P,)
         rows = sample_ids[:, None].expand(B, P).reshape(-1) if sample_ids is not None else None
         # 2. (with it) Sample replacements: Gumbel-max in fp32, no gradient into the generator.
@@ -258,8 +301,9 @@ class ElectraPretrainer(nn.Module):
         nonpad = attention_mask.bool()
         per_token = F.binary_cross_entropy_with_logits(disc_logits.float(), replaced.float(), reduction="none")
         n_tokens = nonpad.sum()
-        disc_loss = (per_token * nonpad).sum() / (token_normalizer if token_normalizer is not None
-                                                   else n_tokens.clamp(min=1))
+        disc_loss = (per_token * nonpad).sum() / (
+            token_normalizer if token_normalizer is not None else n_tokens.clamp(min=1)
+        )
 
         loss = obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss
         with torch.no_grad():
@@ -277,8 +321,12 @@ class ElectraPretrainer(nn.Module):
             if not self.training:  # held-out evaluation: score histograms, for an AUC summed over ranks
                 scores = torch.nan_to_num(torch.sigmoid(disc_logits.float()), nan=0.0)  # NaN: the loss says so
                 bins = (scores * AUC_BINS).long().clamp(0, AUC_BINS - 1).flatten()
-                hists = torch.stack([torch.zeros(AUC_BINS, device=bins.device).scatter_add_(0, bins, c.flatten().float())
-                                     for c in (rep, nonpad & ~replaced)])
+                hists = torch.stack(
+                    [
+                        torch.zeros(AUC_BINS, device=bins.device).scatter_add_(0, bins, c.flatten().float())
+                        for c in (rep, nonpad & ~replaced)
+                    ]
+                )
         return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats, hists)
 
     _vocab_tail = tail.generator_tail  # (weighted MLM loss sum, argmax predictions, samples): see tail.py
@@ -288,15 +336,31 @@ class ElectraPretrainer(nn.Module):
         filled = weights > 0
         return {"masked": filled.sum(), "generator_correct": ((predicted == targets) & filled).sum()}
 
-    def _mlm_output(self, predicted: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, loss: torch.Tensor,
-                    attention_mask: torch.Tensor) -> PretrainOutput:
+    def _mlm_output(
+        self,
+        predicted: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor,
+        loss: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> PretrainOutput:
         with torch.no_grad():
             zero = targets.new_zeros(())
-            stats = {**self._generator_stats(predicted, targets, weights), "tokens": attention_mask.sum(),
-                     "replaced": zero, "discriminator_correct": zero, "true_positive": zero,
-                     "predicted_positive": zero}
-        return PretrainOutput(self.objective.generator_weight * loss, loss, loss.new_zeros(()),
-                              torch.zeros_like(attention_mask, dtype=torch.bool), stats)
+            stats = {
+                **self._generator_stats(predicted, targets, weights),
+                "tokens": attention_mask.sum(),
+                "replaced": zero,
+                "discriminator_correct": zero,
+                "true_positive": zero,
+                "predicted_positive": zero,
+            }
+        return PretrainOutput(
+            self.objective.generator_weight * loss,
+            loss,
+            loss.new_zeros(()),
+            torch.zeros_like(attention_mask, dtype=torch.bool),
+            stats,
+        )
 
     def gumbel_sample(self, logits: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         """argmax(logits / T + Gumbel noise) over the whole (possibly TP-sharded) vocabulary.
@@ -328,7 +392,7 @@ def fit_vocab_rows(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     trimmed, or zero-padded. Other tensors come back as they are."""
     if t.shape == shape or t.shape[1:] != shape[1:]:
         return t
-    return t[:shape[0]] if t.shape[0] >= shape[0] else torch.cat([t, t.new_zeros(shape[0] - t.shape[0], *t.shape[1:])])
+    return t[: shape[0]] if t.shape[0] >= shape[0] else torch.cat([t, t.new_zeros(shape[0] - t.shape[0], *t.shape[1:])])
 
 
 def count_parameters(module: nn.Module) -> int:

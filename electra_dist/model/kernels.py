@@ -52,8 +52,14 @@ class Fused:
         return self.plain(*args)
 
 
-def vocab_tail(logits: torch.Tensor, targets: torch.Tensor, sample_ids: torch.Tensor, positions: torch.Tensor,
-               temperature: float, stream: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vocab_tail(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    sample_ids: torch.Tensor,
+    positions: torch.Tensor,
+    temperature: float,
+    stream: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The generator's whole vocabulary tail at TP=1, from its (B·P, V) logits in the model's dtype: per-row
     cross-entropy (fp32 math), the argmax prediction, and the Gumbel-max sample with counter-based noise
     — whose row keys (`rng.row_keys` of sample and position) are computed here too. The plain-torch
@@ -120,8 +126,10 @@ class CompiledBlocks:
                     raise
                 out = eager(*args, **kwargs)  # raises the caller's own error again: then it was not compiling
                 self.eager = True
-                self.log(f"electra-dist: compiling the encoder blocks failed ({_cause(e)}); they run eager from "
-                         "here (train.compile=false skips the attempt)")
+                self.log(
+                    f"electra-dist: compiling the encoder blocks failed ({_cause(e)}); they run eager from "
+                    "here (train.compile=false skips the attempt)"
+                )
                 return out
 
         module._compiled_call_impl = call  # what nn.Module.__call__ runs; parameter names are unchanged

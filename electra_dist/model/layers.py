@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-ATTENTION_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                      "math": "MATH"}
+ATTENTION_BACKENDS = {
+    "cudnn": "CUDNN_ATTENTION",
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "math": "MATH",
+}
 
 
 def attention_backends(names: tuple[str, ...] | list[str]) -> list:
@@ -112,23 +115,23 @@ class SelfAttention(nn.Module):
         elif self.backends:
             with torch.nn.attention.sdpa_kernel(self.backends, set_priority=True):
                 out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0)
+                    q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
+                )
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
             )  # (B, nh, S, hd)
         return self.dense(out.transpose(1, 2).reshape(B, S, self.local_heads * self.head_dim))
 
-
     def _attention_with_all_heads_dropout(self, q, k, v, mask):
         """Attention whose dropout mask is drawn for ALL heads and sliced to this rank's: the same masks
         and the same RNG stream for any tensor-parallel size (on CPU, where SDPA materializes the
         probabilities anyway; on GPU the fused kernel draws its own)."""
         B, _, S, _ = q.shape
-        scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        keep = torch.rand(B, self.heads, S, S, device=q.device)[:, self.first_head:self.first_head + self.local_heads]
+        keep = torch.rand(B, self.heads, S, S, device=q.device)[:, self.first_head : self.first_head + self.local_heads]
         p = self.attention_dropout
         return (scores.softmax(-1) * (keep >= p) * (1.0 / (1.0 - p))).to(v.dtype) @ v
 
@@ -136,8 +139,16 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Post-LN transformer block, as BERT and ELECTRA: x = LN(x + f(x)) twice."""
 
-    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, attention_dropout: float,
-                 eps: float, factory: LayerFactory):
+    def __init__(
+        self,
+        hidden: int,
+        heads: int,
+        ffn: int,
+        dropout: float,
+        attention_dropout: float,
+        eps: float,
+        factory: LayerFactory,
+    ):
         super().__init__()
         self.attention = SelfAttention(hidden, heads, attention_dropout, factory)
         self.attention_norm = nn.LayerNorm(hidden, eps=eps)
@@ -152,8 +163,17 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, num_layers: int, hidden: int, heads: int, ffn: int, dropout: float,
-                 attention_dropout: float, eps: float, factory: LayerFactory):
+    def __init__(
+        self,
+        num_layers: int,
+        hidden: int,
+        heads: int,
+        ffn: int,
+        dropout: float,
+        attention_dropout: float,
+        eps: float,
+        factory: LayerFactory,
+    ):
         super().__init__()
         self.layers = nn.ModuleList(
             Block(hidden, heads, ffn, dropout, attention_dropout, eps, factory) for _ in range(num_layers)

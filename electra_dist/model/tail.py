@@ -21,8 +21,14 @@ def gumbel_scores(logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, te
     return logits.float() / temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
 
 
-def generator_tail(model, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                   rows: torch.Tensor | None, positions: torch.Tensor):
+def generator_tail(
+    model,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    rows: torch.Tensor | None,
+    positions: torch.Tensor,
+):
     """(weighted MLM loss sum, argmax predictions, replacements at the filled slots — None for the MLM
     objective) of `model` (an ElectraPretrainer). `rows`: each slot's sample id (counter-based noise, the
     trainer's path), or None for torch's RNG."""

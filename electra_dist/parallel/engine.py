@@ -26,7 +26,9 @@ DEFAULT_DEEPSPEED: dict[str, Any] = {"zero_optimization": {"stage": 0}}
 AUTO = "auto"
 
 
-def resolve_deepspeed_config(cfg: Config, ds: dict[str, Any], dp_size: int, source: str = "DeepSpeed JSON") -> dict[str, Any]:
+def resolve_deepspeed_config(
+    cfg: Config, ds: dict[str, Any], dp_size: int, source: str = "DeepSpeed JSON"
+) -> dict[str, Any]:
     """Fill the DeepSpeed JSON's "auto" values from the config and check every explicit one.
 
     The JSON owns ZeRO and engine settings; our config owns batch, precision, clipping and the
@@ -40,7 +42,8 @@ def resolve_deepspeed_config(cfg: Config, ds: dict[str, Any], dp_size: int, sour
         problems.append(
             f"train.global_batch_size: {t.global_batch_size} is not a multiple of train.micro_batch_size "
             f"({t.micro_batch_size}) × data-parallel size ({dp_size}) = {per_step}; choose a global batch "
-            f"that is, or another micro batch")
+            f"that is, or another micro batch"
+        )
         gas = max(1, t.global_batch_size // per_step)
     else:
         gas = t.global_batch_size // per_step
@@ -55,8 +58,9 @@ def resolve_deepspeed_config(cfg: Config, ds: dict[str, Any], dp_size: int, sour
         if given == AUTO:
             ds[key] = value
         elif given != value:
-            problems.append(f"{source}: {key} is {given!r} but the config implies {value!r} "
-                            f"(set it to \"auto\" or change the config)")
+            problems.append(
+                f'{source}: {key} is {given!r} but the config implies {value!r} (set it to "auto" or change the config)'
+            )
     for prec in ("bf16", "fp16"):
         block = ds.setdefault(prec, {})
         want = t.precision == prec
@@ -64,20 +68,26 @@ def resolve_deepspeed_config(cfg: Config, ds: dict[str, Any], dp_size: int, sour
         if given == AUTO:
             block["enabled"] = want
         elif bool(given) != want:
-            problems.append(f"{source}: {prec}.enabled is {given!r} but train.precision={t.precision!r} "
-                            f"(set it to \"auto\" or train.precision={prec if given else 'fp32'})")
+            problems.append(
+                f"{source}: {prec}.enabled is {given!r} but train.precision={t.precision!r} "
+                f'(set it to "auto" or train.precision={prec if given else "fp32"})'
+            )
     for block in ("optimizer", "scheduler"):
         if block in ds:
-            problems.append(f"{source}: has an {block!r} block; the optimizer and LR schedule come from the "
-                            f"config's optim.* keys (AdamW without decay on LayerNorm/bias, warm-up + linear "
-                            f"decay): remove the block")
+            problems.append(
+                f"{source}: has an {block!r} block; the optimizer and LR schedule come from the "
+                f"config's optim.* keys (AdamW without decay on LayerNorm/bias, warm-up + linear "
+                f"decay): remove the block"
+            )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     tp = cfg.parallel.tensor_parallel_size
     if stage not in (0, 1, 2, 3):
         problems.append(f"{source}: zero_optimization.stage {stage!r} is not 0, 1, 2 or 3")
     elif stage == 3 and tp > 1:
-        problems.append(f"ZeRO stage 3 with parallel.tensor_parallel_size={tp} is not supported: use "
-                        "configs/zero2.json (or zero1/zero0) with tensor parallelism, or TP=1 with ZeRO-3")
+        problems.append(
+            f"ZeRO stage 3 with parallel.tensor_parallel_size={tp} is not supported: use "
+            "configs/zero2.json (or zero1/zero0) with tensor parallelism, or TP=1 with ZeRO-3"
+        )
     if problems:
         raise ConfigError(problems)
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
@@ -127,11 +137,18 @@ def fused_adam_problem() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA device"
     home = Path(CUDA_HOME) if CUDA_HOME else None
-    if home is None or not (home / "bin" / "nvcc").is_file() or not any(
-            (home / inc / "cuda_runtime.h").is_file() for inc in ("include", "targets/x86_64-linux/include",
-                                                                   "targets/sbsa-linux/include")):
-        return (f"not prebuilt, and CUDA_HOME={home} is not a CUDA toolkit (bin/nvcc and include/cuda_runtime.h) to "
-                "build it with: export CUDA_HOME=<the toolkit's directory> (bench/gpu_node.sh finds it from nvcc)")
+    if (
+        home is None
+        or not (home / "bin" / "nvcc").is_file()
+        or not any(
+            (home / inc / "cuda_runtime.h").is_file()
+            for inc in ("include", "targets/x86_64-linux/include", "targets/sbsa-linux/include")
+        )
+    ):
+        return (
+            f"not prebuilt, and CUDA_HOME={home} is not a CUDA toolkit (bin/nvcc and include/cuda_runtime.h) to "
+            "build it with: export CUDA_HOME=<the toolkit's directory> (bench/gpu_node.sh finds it from nvcc)"
+        )
     return None
 
 
@@ -158,8 +175,9 @@ def build_engine(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: A
     import deepspeed
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, mpu=MPU(),
-                                                   config=ds_config, dist_init_required=False)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, mpu=MPU(), config=ds_config, dist_init_required=False
+    )
     if type(engine.checkpoint_engine) is TorchCheckpointEngine:
         engine.checkpoint_engine.load = load_checkpoint_file  # DeepSpeed's own reads with weights_only=False
     return engine, scheduler
@@ -192,7 +210,8 @@ def load_checkpoint_file(path: str | Path, map_location: Any = None) -> Any:
             raise UntrustedCheckpointError(
                 f"refusing to load {path}: it needs more than tensors and the allow-listed DeepSpeed types to "
                 f"unpickle ({what}); a checkpoint that does can run code. Resume only from checkpoints "
-                "this program wrote.") from None
+                "this program wrote."
+            ) from None
 
 
 def full_state_dict(model: nn.Module, stage: int) -> dict[str, torch.Tensor]:
@@ -213,8 +232,11 @@ def grad_norm(model: nn.Module) -> torch.Tensor:
 
     mpu = MPU()
     tp_rank, tp_size = mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()
-    squares = [p.grad.detach().float().pow(2).sum() for p in model.parameters()
-               if p.grad is not None and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+    squares = [
+        p.grad.detach().float().pow(2).sum()
+        for p in model.parameters()
+        if p.grad is not None and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))
+    ]
     total = torch.stack(squares).sum() if squares else torch.zeros((), device=next(model.parameters()).device)
     if tp_size > 1:
         dist.all_reduce(total, group=mpu.get_model_parallel_group())

@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-
 # ---- process start-up ----------------------------------------------------------------------
+
 
 @dataclass
 class DistEnv:
@@ -89,14 +89,21 @@ def init_distributed(timeout_s: float = 600.0) -> tuple[DistEnv, torch.device]:
     env = detect_env()
     if not use_cuda():
         allocated = gpus_allocated()
-        if allocated and os.environ.get("ELECTRA_DIST_ALLOW_CPU", "0") == "0" and \
-                os.environ.get("ELECTRA_DIST_FORCE_CPU") != "1":
+        if (
+            allocated
+            and os.environ.get("ELECTRA_DIST_ALLOW_CPU", "0") == "0"
+            and os.environ.get("ELECTRA_DIST_FORCE_CPU") != "1"
+        ):
             from electra_dist.config import ConfigError
 
-            raise ConfigError([f"the scheduler allocated GPUs to this process ({allocated}) but torch sees none "
-                               f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): in an apptainer "
-                               "container pass them in (--nv; slurm/container.sh does), or install torch's CUDA "
-                               "build; ELECTRA_DIST_ALLOW_CPU=1 trains on the CPU anyway"])
+            raise ConfigError(
+                [
+                    f"the scheduler allocated GPUs to this process ({allocated}) but torch sees none "
+                    f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): in an apptainer "
+                    "container pass them in (--nv; slurm/container.sh does), or install torch's CUDA "
+                    "build; ELECTRA_DIST_ALLOW_CPU=1 trains on the CPU anyway"
+                ]
+            )
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     from deepspeed.utils import logger as ds_logger
@@ -109,8 +116,12 @@ def init_distributed(timeout_s: float = 600.0) -> tuple[DistEnv, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda() else "gloo", auto_mpi_discovery=False,
-                                   timeout=datetime.timedelta(seconds=timeout_s), verbose=False)
+        deepspeed.init_distributed(
+            dist_backend="nccl" if use_cuda() else "gloo",
+            auto_mpi_discovery=False,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            verbose=False,
+        )
     return env, device
 
 
@@ -121,13 +132,19 @@ def init_model_parallel(tensor_parallel_size: int, timeout_s: float = 600.0) -> 
     if world % tensor_parallel_size:
         from electra_dist.config import ConfigError
 
-        raise ConfigError([f"parallel.tensor_parallel_size={tensor_parallel_size} does not divide the world size "
-                           f"{world}: launch a multiple of {tensor_parallel_size} ranks"])
+        raise ConfigError(
+            [
+                f"parallel.tensor_parallel_size={tensor_parallel_size} does not divide the world size "
+                f"{world}: launch a multiple of {tensor_parallel_size} ranks"
+            ]
+        )
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
-    ps.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel_size,
-                                 create_gloo_process_groups=not use_cuda(),
-                                 distributed_timeout_minutes=timeout_s / 60)  # a timedelta(minutes=) there
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel_size,
+        create_gloo_process_groups=not use_cuda(),
+        distributed_timeout_minutes=timeout_s / 60,
+    )  # a timedelta(minutes=) there
 
 
 @dataclass
@@ -161,11 +178,21 @@ def setup(tensor_parallel_size: int = 1, timeout_s: float = 600.0) -> Layout:
     init_model_parallel(tensor_parallel_size, timeout_s)
     # counts and stop flags live on the host: a CPU (gloo) group carries them, so reading the
     # result never waits for the GPU's queue
-    _CONTROL["group"] = (dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
-                         if dist.get_backend() != "gloo" else None)
+    _CONTROL["group"] = (
+        dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        if dist.get_backend() != "gloo"
+        else None
+    )
     mpu = MPU()
-    return Layout(env.rank, env.world_size, tensor_parallel_size, mpu.get_model_parallel_rank(),
-                  mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank(), device)
+    return Layout(
+        env.rank,
+        env.world_size,
+        tensor_parallel_size,
+        mpu.get_model_parallel_rank(),
+        mpu.get_data_parallel_world_size(),
+        mpu.get_data_parallel_rank(),
+        device,
+    )
 
 
 class CollectiveTimeout(RuntimeError):
@@ -176,8 +203,9 @@ def is_collective_timeout(e: BaseException) -> bool:
     """gloo raises "Timed out waiting ...ms for ... operation"; NCCL's watchdog "Watchdog caught collective
     operation timeout"."""
     text = str(e)
-    return isinstance(e, RuntimeError) and ("Timed out waiting" in text or "operation timeout" in text
-                                            or "Connection closed by peer" in text)
+    return isinstance(e, RuntimeError) and (
+        "Timed out waiting" in text or "operation timeout" in text or "Connection closed by peer" in text
+    )
 
 
 @contextlib.contextmanager
@@ -189,11 +217,16 @@ def collective_timeouts(rank: int, step: Callable[[], int], timeout_s: float) ->
     except RuntimeError as e:
         if not is_collective_timeout(e):
             raise
-        why = ("another rank is gone (its connection closed: it stopped or crashed first)"
-               if "Connection closed" in str(e) else "the other ranks did not answer within parallel."
-               f"collective_timeout={timeout_s:g}s: one is hung, stopped or gone")
-        raise CollectiveTimeout(f"rank {rank}: at step {step()}, {why}. The newest complete checkpoint is kept; "
-                                f"resume with the same command. ({str(e).splitlines()[0][:200]})") from None
+        why = (
+            "another rank is gone (its connection closed: it stopped or crashed first)"
+            if "Connection closed" in str(e)
+            else "the other ranks did not answer within parallel."
+            f"collective_timeout={timeout_s:g}s: one is hung, stopped or gone"
+        )
+        raise CollectiveTimeout(
+            f"rank {rank}: at step {step()}, {why}. The newest complete checkpoint is kept; "
+            f"resume with the same command. ({str(e).splitlines()[0][:200]})"
+        ) from None
 
 
 def destroy(wait: bool = True) -> None:
@@ -240,6 +273,7 @@ class MPU:
 
 
 # ---- collectives ---------------------------------------------------------------------------
+
 
 def global_counts(tokens: float, masked: float, stop: bool) -> tuple[float, float, bool]:
     """ONE all-reduce over every rank, on the host (gloo): the global batch's non-pad and masked
@@ -289,8 +323,12 @@ def collective_self_test(backend: str) -> dict:
         finally:
             dist.destroy_process_group()
     version = torch.cuda.nccl.version() if backend == "nccl" else None  # a tuple, or an int in older torch
-    return {"backend": backend, "all_reduce_ok": ok, "seconds": round(time.perf_counter() - t0, 3),
-            "nccl_version": ".".join(map(str, version)) if isinstance(version, tuple) else version}
+    return {
+        "backend": backend,
+        "all_reduce_ok": ok,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "nccl_version": ".".join(map(str, version)) if isinstance(version, tuple) else version,
+    }
 
 
 def broadcast_from_main(obj):

@@ -52,7 +52,9 @@ def saved_layout(path: Path) -> SavedLayout:
     """The layout that wrote the checkpoint at `path`, from its file names and DeepSpeed's own record."""
     if any(re.fullmatch(r"zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt", f.name) for f in path.iterdir()):
         return _zero3_layout(path)
-    tps = sorted(int(m.group(1)) for f in path.iterdir() if (m := re.fullmatch(r"mp_rank_(\d+)_model_states\.pt", f.name)))
+    tps = sorted(
+        int(m.group(1)) for f in path.iterdir() if (m := re.fullmatch(r"mp_rank_(\d+)_model_states\.pt", f.name))
+    )
     if not tps or tps != list(range(len(tps))):
         raise FileNotFoundError(f"{path}: no complete set of mp_rank_*_model_states.pt files")
     first = load_checkpoint_file(path / _MODEL.format(tp=0), map_location="cpu")
@@ -68,8 +70,9 @@ def current_layout(engine) -> SavedLayout:
     from electra_dist.parallel.launch import MPU
 
     mpu = MPU()
-    return SavedLayout(mpu.get_model_parallel_world_size(), mpu.get_data_parallel_world_size(),
-                       int(engine.zero_optimization_stage()))
+    return SavedLayout(
+        mpu.get_model_parallel_world_size(), mpu.get_data_parallel_world_size(), int(engine.zero_optimization_stage())
+    )
 
 
 def full_shapes(model: nn.Module, tp: int) -> dict[str, tuple[torch.Size, int | None]]:
@@ -77,8 +80,12 @@ def full_shapes(model: nn.Module, tp: int) -> dict[str, tuple[torch.Size, int | 
     return {name: (full_shape(p, tp), _partition_dim(p)) for name, p in model.named_parameters()}
 
 
-def load_full_state(path: Path, saved: SavedLayout, shapes: dict[str, tuple[torch.Size, int | None]],
-                    group_names: list[list[str]] | None) -> FullState:
+def load_full_state(
+    path: Path,
+    saved: SavedLayout,
+    shapes: dict[str, tuple[torch.Size, int | None]],
+    group_names: list[list[str]] | None,
+) -> FullState:
     """The full per-parameter state of the checkpoint at `path`, written by `saved`. `group_names`: the
     parameter names of each optimizer group in order (what a ZeRO-0 state's indices refer to); None:
     the weights only (fp32 masters where ZeRO keeps them), for export."""
@@ -89,7 +96,9 @@ def load_full_state(path: Path, saved: SavedLayout, shapes: dict[str, tuple[torc
         if saved.zero:
             m, v, step = _zero12_moments(path, saved, t, model_file["param_shapes"], w)
         else:
-            m, v, step = _zero0_moments(model_file["optimizer"], group_names) if group_names is not None else ({}, {}, None)
+            m, v, step = (
+                _zero0_moments(model_file["optimizer"], group_names) if group_names is not None else ({}, {}, None)
+            )
         per_tp.append((w, m, v, step, model_file))
     full = FullState(step=per_tp[0][3], model_file=per_tp[0][4])
     for name, (shape, _) in shapes.items():
@@ -116,8 +125,13 @@ def _join(parts: list[torch.Tensor], shape: torch.Size, name: str) -> torch.Tens
     if parts[0].shape == shape:
         return parts[0]  # replicated over TP ranks
     part = parts[0].shape
-    dims = [d for d in range(len(shape)) if len(parts) > 1 and part[d] * len(parts) == shape[d]
-            and part[:d] + part[d + 1:] == shape[:d] + shape[d + 1:]]
+    dims = [
+        d
+        for d in range(len(shape))
+        if len(parts) > 1
+        and part[d] * len(parts) == shape[d]
+        and part[:d] + part[d + 1 :] == shape[:d] + shape[d + 1 :]
+    ]
     if dims:
         return torch.cat(parts, dim=dims[0])
     # the vocabulary is padded to a multiple of pad_vocab_multiple × TP size, so its row count changes with
@@ -137,10 +151,13 @@ def _zero0_moments(optimizer_state: dict[str, Any], group_names: list[list[str]]
     return m, v, step
 
 
-def _zero12_moments(path: Path, saved: SavedLayout, t: int, param_shapes: list[dict[str, torch.Size]],
-                    weights: dict[str, torch.Tensor]):
-    files = [load_checkpoint_file(path / _OPTIM.format(dp=d, tp=t), map_location="cpu")["optimizer_state_dict"]
-             for d in range(saved.dp)]
+def _zero12_moments(
+    path: Path, saved: SavedLayout, t: int, param_shapes: list[dict[str, torch.Size]], weights: dict[str, torch.Tensor]
+):
+    files = [
+        load_checkpoint_file(path / _OPTIM.format(dp=d, tp=t), map_location="cpu")["optimizer_state_dict"]
+        for d in range(saved.dp)
+    ]
     m, v, step = {}, {}, None
     for g, names in enumerate(param_shapes):
         fp32 = torch.cat([f["single_partition_of_fp32_groups"][g].float() for f in files])
@@ -151,8 +168,11 @@ def _zero12_moments(path: Path, saved: SavedLayout, t: int, param_shapes: list[d
         offset = 0
         for name, shape in names.items():
             n = int(torch.Size(shape).numel())
-            weights[name] = fp32[offset:offset + n].view(shape).clone()  # the fp32 master, not the module copy
-            m[name], v[name] = flat_m[offset:offset + n].view(shape).clone(), flat_v[offset:offset + n].view(shape).clone()
+            weights[name] = fp32[offset : offset + n].view(shape).clone()  # the fp32 master, not the module copy
+            m[name], v[name] = (
+                flat_m[offset : offset + n].view(shape).clone(),
+                flat_v[offset : offset + n].view(shape).clone(),
+            )
             offset += n
     return m, v, step
 
@@ -166,8 +186,10 @@ def install(engine, full: FullState, shapes: dict[str, tuple[torch.Size, int | N
     tp, tp_rank = mpu.get_model_parallel_world_size(), mpu.get_model_parallel_rank()
     model = engine.module
     names = {id(p): n for n, p in model.named_parameters()}
-    local = {n: tuple(local_slice(t[n], shapes[n][1], tp, tp_rank) for t in (full.weights, full.exp_avg, full.exp_avg_sq))
-             for n in shapes}
+    local = {
+        n: tuple(local_slice(t[n], shapes[n][1], tp, tp_rank) for t in (full.weights, full.exp_avg, full.exp_avg_sq))
+        for n in shapes
+    }
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(local[name][0])
@@ -176,8 +198,11 @@ def install(engine, full: FullState, shapes: dict[str, tuple[torch.Size, int | N
         for group in opt.param_groups:
             for p in group["params"]:
                 _, m, v = local[names[id(p)]]
-                opt.state[p] = {"step": _like(full.step, p.device), "exp_avg": m.to(p).clone(),
-                                "exp_avg_sq": v.to(p).clone()}
+                opt.state[p] = {
+                    "step": _like(full.step, p.device),
+                    "exp_avg": m.to(p).clone(),
+                    "exp_avg_sq": v.to(p).clone(),
+                }
     else:
         zo = engine.optimizer
         groups = getattr(zo, "round_robin_bit16_groups", zo.bit16_groups)
@@ -189,11 +214,14 @@ def install(engine, full: FullState, shapes: dict[str, tuple[torch.Size, int | N
             for i in range(3):
                 flat = torch.cat([local[names[id(p)]][i].flatten() for p in params])
                 flat = torch.nn.functional.pad(flat, (0, size * dp - flat.numel()))
-                parts.append(flat[dp_rank * size:(dp_rank + 1) * size].to(fp32))
+                parts.append(flat[dp_rank * size : (dp_rank + 1) * size].to(fp32))
             with torch.no_grad():
                 fp32.copy_(parts[0])
-            zo.optimizer.state[fp32] = {"step": _like(full.step, fp32.device), "exp_avg": parts[1].clone(),
-                                        "exp_avg_sq": parts[2].clone()}
+            zo.optimizer.state[fp32] = {
+                "step": _like(full.step, fp32.device),
+                "exp_avg": parts[1].clone(),
+                "exp_avg_sq": parts[2].clone(),
+            }
     f = full.model_file
     if engine.lr_scheduler is not None and f.get("lr_scheduler") is not None:
         engine.lr_scheduler.load_state_dict(f["lr_scheduler"])
@@ -210,8 +238,9 @@ def _like(step: Any, device: torch.device) -> Any:
     return step.clone().to(device) if isinstance(step, torch.Tensor) else step
 
 
-def resume_on_new_layout(engine, path: Path, group_names: list[list[str]],
-                         saved: SavedLayout | None = None) -> tuple[dict[str, Any], SavedLayout] | None:
+def resume_on_new_layout(
+    engine, path: Path, group_names: list[list[str]], saved: SavedLayout | None = None
+) -> tuple[dict[str, Any], SavedLayout] | None:
     """None when the checkpoint at `path` was written by this layout (DeepSpeed loads it as it is);
     else re-shard it into `engine` and return (its client state, the layout that wrote it)."""
     saved = saved or saved_layout(path)
@@ -221,8 +250,12 @@ def resume_on_new_layout(engine, path: Path, group_names: list[list[str]],
     if 3 in (now.zero, saved.zero):
         from electra_dist.config import ConfigError
 
-        raise ConfigError([f"--resume: {path} was written by {saved} and this run is {now}: ZeRO-3 checkpoints "
-                           "resume only on their own layout, and a ZeRO-3 run only from its own (re-sharding covers "
-                           "ZeRO-0/1/2); `electra-dist export` reads any of them"])
+        raise ConfigError(
+            [
+                f"--resume: {path} was written by {saved} and this run is {now}: ZeRO-3 checkpoints "
+                "resume only on their own layout, and a ZeRO-3 run only from its own (re-sharding covers "
+                "ZeRO-0/1/2); `electra-dist export` reads any of them"
+            ]
+        )
     shapes = full_shapes(engine.module, now.tp)
     return install(engine, load_full_state(path, saved, shapes, group_names), shapes), saved

@@ -16,8 +16,8 @@ from torch import nn
 
 from electra_dist.model.layers import LayerFactory
 
-
 # ---- tensor-parallel layers ---------------------------------------------------------------
+
 
 def _mark(param: nn.Parameter, dim: int) -> nn.Parameter:
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
@@ -38,20 +38,32 @@ class TPLayerFactory(LayerFactory):
         self.tp_size = ps.get_tensor_model_parallel_world_size()
         self.tp_rank = ps.get_tensor_model_parallel_rank()
         self.group = ps.get_tensor_model_parallel_group()
-        self.mp_config = ModelParallelConfig(tensor_model_parallel_size=self.tp_size, use_cpu_initialization=True,
-                                             perform_initialization=True, params_dtype=torch.float32)
+        self.mp_config = ModelParallelConfig(
+            tensor_model_parallel_size=self.tp_size,
+            use_cpu_initialization=True,
+            perform_initialization=True,
+            params_dtype=torch.float32,
+        )
 
     def _init(self, w: torch.Tensor) -> torch.Tensor:
         return nn.init.normal_(w, std=self.init_std)
 
     def column_linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-        layer = _Column(in_features, out_features, config=self.mp_config, init_method=self._init, bias=bias,
-                        gather_output=False)
+        layer = _Column(
+            in_features, out_features, config=self.mp_config, init_method=self._init, bias=bias, gather_output=False
+        )
         return layer
 
     def row_linear(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-        return _Row(in_features, out_features, config=self.mp_config, init_method=self._init, bias=bias,
-                    input_is_parallel=True, skip_bias_add=False)
+        return _Row(
+            in_features,
+            out_features,
+            config=self.mp_config,
+            init_method=self._init,
+            bias=bias,
+            input_is_parallel=True,
+            skip_bias_add=False,
+        )
 
     def vocab_embedding(self, num_embeddings: int, embedding_dim: int) -> nn.Module:
         from megatron.core.tensor_parallel import VocabParallelEmbedding
@@ -118,6 +130,7 @@ def layer_factory(tensor_parallel_size: int, init_std: float) -> LayerFactory:
 
 # ---- full ⟷ sharded weights -----------------------------------------------------------------
 
+
 def _partition_dim(p: torch.Tensor) -> int | None:
     return p.partition_dim if getattr(p, "tensor_model_parallel", False) else None
 
@@ -141,7 +154,6 @@ def gather_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             value = torch.cat(parts, dim=dim)
         out[name] = value.cpu()
     return out
-
 
 
 def full_shape(p: torch.Tensor, tp: int) -> torch.Size:

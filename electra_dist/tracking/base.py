@@ -49,5 +49,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
             pass
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise UserError(f"MLflow at {uri} does not answer ({getattr(e, 'reason', e)}): start the server "
-                        "(slurm/local/start_mlflow.sh starts one), or pass another --tracking-uri") from None
+        raise UserError(
+            f"MLflow at {uri} does not answer ({getattr(e, 'reason', e)}): start the server "
+            "(slurm/local/start_mlflow.sh starts one), or pass another --tracking-uri"
+        ) from None

@@ -14,8 +14,15 @@ from electra_dist.tracking.base import Tracker
 from electra_dist.tracking.record import HEADER, plot_run, run_params
 
 
-def start_record(tracker: Tracker, cfg, ds_config: dict[str, Any], layout, metrics_file: Path,
-                 resumed_from: str | None, changed: dict[str, str]) -> None:
+def start_record(
+    tracker: Tracker,
+    cfg,
+    ds_config: dict[str, Any],
+    layout,
+    metrics_file: Path,
+    resumed_from: str | None,
+    changed: dict[str, str],
+) -> None:
     """OUTPUT/config.yaml and deepspeed.json (every start: what THIS attempt ran with); for a run from
     step 0 the metrics header, the tracker's parameters and the config, DeepSpeed JSON and tokenizer
     as artifacts; the tracker's status and resume tags."""
@@ -24,9 +31,14 @@ def start_record(tracker: Tracker, cfg, ds_config: dict[str, Any], layout, metri
         cfg.save(out / "config.yaml")
         (out / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
     if resumed_from is None:
-        header = {"init_from": cfg.train.init_from or None, "objective": cfg.objective.kind,
-                  "embedding_sharing": cfg.objective.embedding_sharing, "max_steps": cfg.train.max_steps,
-                  "world": layout.world, "started": time.time()}
+        header = {
+            "init_from": cfg.train.init_from or None,
+            "objective": cfg.objective.kind,
+            "embedding_sharing": cfg.objective.embedding_sharing,
+            "max_steps": cfg.train.max_steps,
+            "world": layout.world,
+            "started": time.time(),
+        }
         with writing(metrics_file), open(metrics_file, "w") as f:  # a run from step 0 starts its record
             f.write(json.dumps({"step": 0, HEADER: header}) + "\n")
         tracker.log_params(run_params(cfg, ds_config, layout.world, layout.tp_size, layout.dp_size))
@@ -37,8 +49,13 @@ def start_record(tracker: Tracker, cfg, ds_config: dict[str, Any], layout, metri
 
             for f in tokenizer_files(cfg.data.tokenizer):
                 tracker.log_artifact(f, "tokenizer")
-    tracker.set_tags({"status": "running", "resumed_from": resumed_from or "",
-                      **{f"resumed_with.{k}": v for k, v in changed.items()}})
+    tracker.set_tags(
+        {
+            "status": "running",
+            "resumed_from": resumed_from or "",
+            **{f"resumed_with.{k}": v for k, v in changed.items()},
+        }
+    )
 
 
 def finish_record(tracker: Tracker, metrics_file: Path, status: str, export: Path | None = None) -> None:

@@ -26,8 +26,13 @@ from electra_dist.tracking.record import read_metrics
 
 TRACKING_JSON = "tracking.json"
 PENDING_JSON = "tracking_pending.json"
-STATUS_TO_MLFLOW = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "stopped": "KILLED",
-                    "running": "RUNNING"}
+STATUS_TO_MLFLOW = {
+    "finished": "FINISHED",
+    "failed": "FAILED",
+    "preempted": "KILLED",
+    "stopped": "KILLED",
+    "running": "RUNNING",
+}
 
 
 def _quiet_http() -> None:
@@ -42,7 +47,7 @@ def create_sqlite_store(uri: str) -> None:
         return
     import fcntl
 
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(str(db) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -57,20 +62,46 @@ class MLflowTracker(Tracker):
 
     enabled = True
 
-    def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path | None, run_id: str | None = None,
-                 tags: dict[str, str] | None = None, system_metrics: bool = True, log=print,
-                 retry_max_seconds: float = 10.0, flush_timeout: float = 30.0):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        metrics_file: Path | None,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        system_metrics: bool = True,
+        log=print,
+        retry_max_seconds: float = 10.0,
+        flush_timeout: float = 30.0,
+    ):
         _quiet_http()
         self.uri = uri
         self.metrics_file = Path(metrics_file) if metrics_file else None  # None: nothing to back-fill from
         self._log = log
         self._flush_timeout = flush_timeout
         if self.metrics_file is not None and self.metrics_file.parent.is_dir():  # `sync` finds the run by it
-            _write_json(self.metrics_file.parent / TRACKING_JSON, {"uri": uri, "experiment": experiment,
-                                                                   "run_name": run_name, "run_id": run_id,
-                                                                   "tags": dict(tags or {})})
-        self._sender = _Sender(uri, experiment, run_name, self.metrics_file, run_id, dict(tags or {}), system_metrics,
-                               log, retry_max_seconds)
+            _write_json(
+                self.metrics_file.parent / TRACKING_JSON,
+                {
+                    "uri": uri,
+                    "experiment": experiment,
+                    "run_name": run_name,
+                    "run_id": run_id,
+                    "tags": dict(tags or {}),
+                },
+            )
+        self._sender = _Sender(
+            uri,
+            experiment,
+            run_name,
+            self.metrics_file,
+            run_id,
+            dict(tags or {}),
+            system_metrics,
+            log,
+            retry_max_seconds,
+        )
         pending = self.metrics_file.parent / PENDING_JSON if self.metrics_file is not None else None
         if pending is not None and pending.is_file():  # what an earlier session (or sync) could not send
             self._resend(json.loads(pending.read_text()))
@@ -114,12 +145,16 @@ class MLflowTracker(Tracker):
         if not (n_metrics or other):
             return ""
         n_other = sum(1 for kind, _ in other if kind != "end")
-        msg = (f"electra-dist: MLflow at {self.uri} did not receive {n_metrics} metric record(s), {n_other} other "
-               f"item(s) (params/tags/artifacts)" + (" and the run's final status" if any(k == "end" for k, _ in
-                                                                                             other) else ""))
+        msg = (
+            f"electra-dist: MLflow at {self.uri} did not receive {n_metrics} metric record(s), {n_other} other "
+            f"item(s) (params/tags/artifacts)"
+            + (" and the run's final status" if any(k == "end" for k, _ in other) else "")
+        )
         if pending is not None:
-            msg += (f"; the metrics are all in {self.metrics_file}, the rest in {pending}: send them later with "
-                    f"`electra-dist sync --output-dir {self.metrics_file.parent}`")
+            msg += (
+                f"; the metrics are all in {self.metrics_file}, the rest in {pending}: send them later with "
+                f"`electra-dist sync --output-dir {self.metrics_file.parent}`"
+            )
         self._log(msg)
         return msg
 
@@ -127,10 +162,26 @@ class MLflowTracker(Tracker):
 class _Sender:
     """The background thread: a queue in, MLflow out, in order, with back-fill from the JSONL."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, metrics_file: Path | None, run_id: str | None,
-                 tags: dict[str, str], system_metrics: bool, log, retry_max: float):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        metrics_file: Path | None,
+        run_id: str | None,
+        tags: dict[str, str],
+        system_metrics: bool,
+        log,
+        retry_max: float,
+    ):
         self.uri, self.experiment, self.run_name, self.metrics_file = uri, experiment, run_name, metrics_file
-        self.run_id, self.tags, self.system_metrics, self.log, self.retry_max = run_id, tags, system_metrics, log, retry_max
+        self.run_id, self.tags, self.system_metrics, self.log, self.retry_max = (
+            run_id,
+            tags,
+            system_metrics,
+            log,
+            retry_max,
+        )
         self.queue: queue.Queue = queue.Queue()
         self.pending: list[tuple[str, Any]] = []  # (kind, payload) not yet sent, in order
         self.logged_steps: set[int] = set()  # steps the run already has
@@ -191,9 +242,11 @@ class _Sender:
     def warn(self, e: Exception) -> None:
         if not self.warned:
             self.warned = True
-            self.log(f"electra-dist: warning: MLflow at {self.uri} is unreachable ({type(e).__name__}: "
-                     f"{str(e)[:200]}); training continues, metrics stay in {self.metrics_file or 'the queue'} "
-                     "and are sent when the server answers again")
+            self.log(
+                f"electra-dist: warning: MLflow at {self.uri} is unreachable ({type(e).__name__}: "
+                f"{str(e)[:200]}); training continues, metrics stay in {self.metrics_file or 'the queue'} "
+                "and are sent when the server answers again"
+            )
 
     def connect(self) -> None:
         from mlflow.tracking import MlflowClient
@@ -209,8 +262,13 @@ class _Sender:
             self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "loss/total")}
         self.connected = True
         if self.metrics_file and self.metrics_file.parent.is_dir():  # where `electra-dist sync` finds the run
-            info = {"uri": self.uri, "experiment": self.experiment, "run_name": self.run_name, "run_id": self.run_id,
-                    "tags": self.tags}
+            info = {
+                "uri": self.uri,
+                "experiment": self.experiment,
+                "run_name": self.run_name,
+                "run_id": self.run_id,
+                "tags": self.tags,
+            }
             _write_json(self.metrics_file.parent / TRACKING_JSON, info)
         if self.warned:
             self.log(f"electra-dist: MLflow at {self.uri} answers again; back-filling")
@@ -222,8 +280,11 @@ class _Sender:
         """Queue every JSONL record the run lacks (before anything pending for later steps)."""
         if self.metrics_file is not None:
             queued = {p[0] for kind, p in self.pending if kind == "metrics"}
-            self.pending[:0] = [("metrics", rec) for rec in _records(self.metrics_file)
-                                if rec[0] not in self.logged_steps and rec[0] not in queued]
+            self.pending[:0] = [
+                ("metrics", rec)
+                for rec in _records(self.metrics_file)
+                if rec[0] not in self.logged_steps and rec[0] not in queued
+            ]
 
     def send_pending(self) -> None:
         from mlflow.entities import Param, RunTag
@@ -236,7 +297,7 @@ class _Sender:
             if kind == "params":
                 items = [Param(k, str(v)[:6000]) for k, v in payload.items()]
                 for i in range(0, len(items), 100):
-                    _send_params(self.client, self.run_id, items[i:i + 100])
+                    _send_params(self.client, self.run_id, items[i : i + 100])
             elif kind == "tags":
                 self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in payload.items()])
             elif kind == "artifact":
@@ -264,7 +325,7 @@ class _Sender:
                 chunk.append(p)
         batch = [Metric(k, float(v), t, step) for step, metrics, t in chunk for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
         self.logged_steps.update(step for step, _, _ in chunk)
         del self.pending[:n]
 
@@ -297,8 +358,11 @@ def _log_changed_params(client, run_id: str, items) -> None:
     from mlflow.entities import Param, RunTag
 
     run = client.get_run(run_id)
-    changed = [RunTag(f"resumed_with.{p.key}", p.value) for p in items
-               if p.key in run.data.params and run.data.params[p.key] != p.value]
+    changed = [
+        RunTag(f"resumed_with.{p.key}", p.value)
+        for p in items
+        if p.key in run.data.params and run.data.params[p.key] != p.value
+    ]
     fresh = [Param(p.key, p.value) for p in items if p.key not in run.data.params]
     client.log_batch(run_id, params=fresh, tags=changed)
 
@@ -308,7 +372,7 @@ def _create_run(client, uri: str, experiment: str, run_name: str, tags: dict[str
     if exp is None:
         artifacts = None
         if uri.startswith("sqlite:///"):
-            artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+            artifacts = (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
         exp_id = client.create_experiment(experiment, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id

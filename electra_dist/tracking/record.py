@@ -24,7 +24,7 @@ def run_params(cfg, ds_config: dict, world: int, tp: int, dp: int) -> dict[str, 
         params["git.commit"] = commit
     for var in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_JOB_NAME"):
         if os.environ.get(var):
-            params[f"slurm.{var[len('SLURM_'):].lower()}"] = os.environ[var]
+            params[f"slurm.{var[len('SLURM_') :].lower()}"] = os.environ[var]
     return params
 
 
@@ -32,8 +32,16 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"version.python": sys.version.split()[0]}
-    for name in ("electra-dist", "torch", "deepspeed", "megatron-core", "webdataset", "sentencepiece", "mlflow",
-                 "transformers"):
+    for name in (
+        "electra-dist",
+        "torch",
+        "deepspeed",
+        "megatron-core",
+        "webdataset",
+        "sentencepiece",
+        "mlflow",
+        "transformers",
+    ):
         try:
             out[f"version.{name}"] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -123,7 +131,9 @@ def truncate_metrics(path: Path, step: int, log=print) -> None:
         aside = path.with_name(path.name + ".bad")
         with writing(aside), open(aside, "a") as f:
             f.writelines(f"{path}:{n}: {line}\n" for n, line in bad)
-        log(f"electra-dist: warning: {path}: {len(bad)} line(s) that are not records (line "
-            f"{', '.join(str(n) for n, _ in bad[:5])}{' …' if len(bad) > 5 else ''}) kept in {aside}")
+        log(
+            f"electra-dist: warning: {path}: {len(bad)} line(s) that are not records (line "
+            f"{', '.join(str(n) for n, _ in bad[:5])}{' …' if len(bad) > 5 else ''}) kept in {aside}"
+        )
     with writing(path):
         write_atomic(path, "".join(json.dumps(rec) + "\n" for rec in kept))

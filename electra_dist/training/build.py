@@ -17,8 +17,8 @@ from electra_dist import parallel
 from electra_dist.config import Config
 from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer
-from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.datacheck import check_data
+from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups
 from electra_dist.training.step import grad_norm_flags
 
@@ -65,8 +65,9 @@ def rank0_printer(layout: parallel.Layout) -> Callable[[str], None]:
     return (lambda msg: print(msg, flush=True)) if layout.is_main else (lambda msg: None)
 
 
-def build_run(cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozenset(),
-              special: SpecialIds | None = None) -> Run:
+def build_run(
+    cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozenset(), special: SpecialIds | None = None
+) -> Run:
     """`explicit`: the config keys the user set on the command line (train.init_from's shape check);
     `special`: what `check_data` returned when the caller already ran it (it reads every shard's header)."""
     cfg.validate()
@@ -87,25 +88,35 @@ def build_run(cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozens
     run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout), log)
     n_params = sum(p.numel() for p in run.model.parameters())
     t = cfg.train
-    log(f"electra-dist: world {layout.world} = TP {layout.tp_size} × DP {layout.dp_size}, ZeRO-{run.zero_stage}, "
+    log(
+        f"electra-dist: world {layout.world} = TP {layout.tp_size} × DP {layout.dp_size}, ZeRO-{run.zero_stage}, "
         f"{t.precision}, device {layout.device_name}; {n_params / 1e6:.2f}M parameters per TP rank; global batch "
-        f"{t.global_batch_size} = {t.micro_batch_size} × {layout.dp_size} DP × {run.grad_accum} accumulation")
+        f"{t.global_batch_size} = {t.micro_batch_size} × {layout.dp_size} DP × {run.grad_accum} accumulation"
+    )
     return run
 
 
-def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout,
-                 log: Callable[[str], None] = print, source=None):
+def build_engine(
+    cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout, log: Callable[[str], None] = print, source=None
+):
     """Model (from `source`'s weights: train.init_from), optimizer, schedule and the DeepSpeed engine over
     them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
     if cfg.train.attention_backends != "torch":
         factory.attention_backends = tuple(n.strip() for n in cfg.train.attention_backends.split(","))
-    compiled = {"backend": cfg.train.compile_backend, **({"mode": cfg.train.compile_mode}
-                if cfg.train.compile_mode != "default" else {})} if compiles_blocks(cfg, layout.device) else False
+    compiled = (
+        {
+            "backend": cfg.train.compile_backend,
+            **({"mode": cfg.train.compile_mode} if cfg.train.compile_mode != "default" else {}),
+        }
+        if compiles_blocks(cfg, layout.device)
+        else False
+    )
     fused_tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and bool(compiled))
-    model = ElectraPretrainer(cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled,
-                              fused_tail=fused_tail)
+    model = ElectraPretrainer(
+        cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled, fused_tail=fused_tail
+    )
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
@@ -128,10 +139,25 @@ def build_loader(cfg: Config, special: SpecialIds, layout: parallel.Layout):
 
     mlm = cfg.objective.kind == "mlm"
     settings = LoaderSettings(
-        seq_len=cfg.train.seq_len, micro_batch_size=cfg.train.micro_batch_size, special=special,
-        mask_prob=cfg.objective.mask_prob, mask_fraction=0.8 if mlm else cfg.objective.mask_token_fraction,
-        random_fraction=0.1 if mlm else 0.0, vocab_size=cfg.model.vocab_size, seed=cfg.train.seed,
-        shuffle_buffer=cfg.data.shuffle_buffer, on_corrupt=cfg.data.on_corrupt)
+        seq_len=cfg.train.seq_len,
+        micro_batch_size=cfg.train.micro_batch_size,
+        special=special,
+        mask_prob=cfg.objective.mask_prob,
+        mask_fraction=0.8 if mlm else cfg.objective.mask_token_fraction,
+        random_fraction=0.1 if mlm else 0.0,
+        vocab_size=cfg.model.vocab_size,
+        seed=cfg.train.seed,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        on_corrupt=cfg.data.on_corrupt,
+    )
     grad_accum = max(1, cfg.train.global_batch_size // (cfg.train.micro_batch_size * layout.dp_size))
-    return PretrainLoader(cfg.data.shards, settings, layout.dp_rank, layout.dp_size, num_workers=cfg.data.num_workers,
-                          dp_split=cfg.data.dp_split, pin_memory=layout.device.type == "cuda", grad_accum=grad_accum)
+    return PretrainLoader(
+        cfg.data.shards,
+        settings,
+        layout.dp_rank,
+        layout.dp_size,
+        num_workers=cfg.data.num_workers,
+        dp_split=cfg.data.dp_split,
+        pin_memory=layout.device.type == "cuda",
+        grad_accum=grad_accum,
+    )

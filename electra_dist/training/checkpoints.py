@@ -25,10 +25,10 @@ import torch
 
 from electra_dist import parallel
 from electra_dist.config import ConfigError
+from electra_dist.errors import writing
+from electra_dist.io import sha256_file
 from electra_dist.model import ElectraPretrainer
 from electra_dist.model.electra import fit_vocab_rows
-from electra_dist.errors import writing
-from electra_dist.io import sha256_file, write_atomic
 from electra_dist.tracking.record import truncate_metrics
 from electra_dist.training.build import Run
 from electra_dist.training.guard import data_changes, data_identity
@@ -122,17 +122,27 @@ class CheckpointManager:
                 final.rename(final.with_name(f"{tag}.damaged-{int(time.time())}"))
         parallel.barrier()
         with writing(tmp):
-            run.engine.save_checkpoint(str(self.dir), tag=tmp.name, client_state=self._client_state(state),
-                                       save_latest=False)
+            run.engine.save_checkpoint(
+                str(self.dir), tag=tmp.name, client_state=self._client_state(state), save_latest=False
+            )
             rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda(run) else None}
             torch.save(rng, tmp / f"rng_rank{run.layout.rank:05d}.pt")
         parallel.barrier()
         if run.layout.is_main:
-            files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-                     for f in sorted(tmp.rglob("*")) if f.is_file()}
+            files = {
+                str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+                for f in sorted(tmp.rglob("*"))
+                if f.is_file()
+            }
             layout = parallel.current_layout(run.engine)
-            marker = {"step": state.step, "time": time.time(), "world_size": run.layout.world, "files": files,
-                      "layout": {"tp": layout.tp, "dp": layout.dp, "zero": layout.zero}, "data": self.data}
+            marker = {
+                "step": state.step,
+                "time": time.time(),
+                "world_size": run.layout.world,
+                "files": files,
+                "layout": {"tp": layout.tp, "dp": layout.dp, "zero": layout.zero},
+                "data": self.data,
+            }
             latest = self.dir / (LATEST + ".tmp")
             with writing(tmp / COMPLETE):
                 (tmp / COMPLETE).write_text(json.dumps(marker))
@@ -149,11 +159,17 @@ class CheckpointManager:
 
     def _client_state(self, state: TrainState) -> dict[str, Any]:
         loader = self.run.loader
-        return {"step": state.step, "tokens_seen": state.tokens_seen, "flops_seen": state.flops_seen,
-                "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
-                "tracking_run_id": state.run_id, "config": self.run.cfg.to_dict(),
-                "world_size": self.run.layout.world, "skipped_steps": state.skipped_steps,
-                "schedule": self.run.scheduler.lr_lambdas[0].state()}
+        return {
+            "step": state.step,
+            "tokens_seen": state.tokens_seen,
+            "flops_seen": state.flops_seen,
+            "loader": loader.state_dict() if hasattr(loader, "state_dict") else None,
+            "tracking_run_id": state.run_id,
+            "config": self.run.cfg.to_dict(),
+            "world_size": self.run.layout.world,
+            "skipped_steps": state.skipped_steps,
+            "schedule": self.run.scheduler.lr_lambdas[0].state(),
+        }
 
     def resume(self, spec: str = "auto", allow_data_change: bool = False) -> TrainState:
         """`auto`: the newest complete checkpoint in OUTPUT/checkpoints, if any; `never`; or a path.
@@ -167,8 +183,14 @@ class CheckpointManager:
         marker = json.loads((path / COMPLETE).read_text())
         changes = _data_changes(run, path, marker.get("data"), self.data, allow_data_change)
         saved = _load_engine_state(run, path, marker.get("layout"), _group_names(run.model))
-        state = TrainState(int(saved["step"]), int(saved.get("tokens_seen", 0)), float(saved.get("flops_seen", 0.0)),
-                           int(saved.get("skipped_steps", 0)), str(path), saved.get("tracking_run_id"))
+        state = TrainState(
+            int(saved["step"]),
+            int(saved.get("tokens_seen", 0)),
+            float(saved.get("flops_seen", 0.0)),
+            int(saved.get("skipped_steps", 0)),
+            str(path),
+            saved.get("tracking_run_id"),
+        )
         if changes:
             state.changed["data"] = "; ".join(changes)
         continue_schedule(run, state, saved, path)
@@ -197,11 +219,15 @@ class CheckpointManager:
         if run.layout.is_main:
             plain = ElectraPretrainer(run.cfg.model, run.cfg.objective)
             shapes = {k: v.shape for k, v in plain.state_dict().items()}  # TP=1's vocabulary padding
-            plain.load_state_dict({k: fit_vocab_rows(v.float(), shapes[k]) if k in shapes else v.float()
-                                   for k, v in full.items()}, strict=True)
+            plain.load_state_dict(
+                {k: fit_vocab_rows(v.float(), shapes[k]) if k in shapes else v.float() for k, v in full.items()},
+                strict=True,
+            )
             save_model(out, plain, run.cfg)
-            run.log(f"electra-dist: wrote the final model to {out} (export with `electra-dist export "
-                    f"--checkpoint {out} --out DIR`)")
+            run.log(
+                f"electra-dist: wrote the final model to {out} (export with `electra-dist export "
+                f"--checkpoint {out} --out DIR`)"
+            )
             if run.cfg.tracking.log_hf_export:  # logged as the run's artifact when it closes
                 export_hf(plain, self.output_dir / HF_EXPORT, run.cfg.data.tokenizer or None)
         parallel.barrier()
@@ -209,8 +235,8 @@ class CheckpointManager:
 
 
 def choose_checkpoint(ckpt_dir: Path, spec: str, is_main: bool) -> Path | None:
-    """Which checkpoint to resume: rank 0 verifies, every rank gets its choice: with `auto` the newest complete checkpoint
-    whose files match what was written (saying which were skipped and why); a path must verify."""
+    """Which checkpoint to resume: rank 0 verifies, every rank gets its choice: with `auto` the newest
+    complete checkpoint whose files match what was written (saying which were skipped and why); a path must verify."""
     choice, error = None, None
     if is_main:
         if spec == "auto":
@@ -219,8 +245,7 @@ def choose_checkpoint(ckpt_dir: Path, spec: str, is_main: bool) -> Path | None:
                 if reason is None:
                     choice = str(candidate)
                     break
-                print(f"electra-dist: warning: skipping checkpoint {candidate}: {reason}", file=sys.stderr,
-                      flush=True)
+                print(f"electra-dist: warning: skipping checkpoint {candidate}: {reason}", file=sys.stderr, flush=True)
         else:
             path = Path(spec)
             if (path / LATEST).is_file():
@@ -248,8 +273,11 @@ def _group_names(model) -> list[list[str]]:
 def _sound(ckpt: Path, run: Run) -> bool:
     """On every rank (one collective, whatever each rank's view of the disk): rank 0 found `ckpt` complete
     and verifying (a damaged one is written anew)."""
-    return bool(parallel.broadcast_from_main((ckpt / COMPLETE).is_file() and verify(ckpt) is None
-                                             if run.layout.is_main else None))
+    return bool(
+        parallel.broadcast_from_main(
+            (ckpt / COMPLETE).is_file() and verify(ckpt) is None if run.layout.is_main else None
+        )
+    )
 
 
 def cuda(run: Run) -> bool:
@@ -260,9 +288,13 @@ def _data_changes(run: Run, path: Path, saved: dict | None, now: dict, allowed: 
     """How today's tokenizer and shards differ from the checkpoint's; refused unless `allowed`."""
     changes = data_changes(saved, now)
     if changes and not allowed:
-        raise ConfigError([f"--resume: {path} was trained on other data; " + "; ".join(changes) + ". Resume with "
-                           "the tokenizer and shards it used, start another --output-dir, or pass "
-                           "--allow-data-change to continue on these"])
+        raise ConfigError(
+            [
+                f"--resume: {path} was trained on other data; " + "; ".join(changes) + ". Resume with "
+                "the tokenizer and shards it used, start another --output-dir, or pass "
+                "--allow-data-change to continue on these"
+            ]
+        )
     if changes:
         run.log("electra-dist: warning: resuming on other data (--allow-data-change): " + "; ".join(changes))
     return changes
@@ -272,8 +304,9 @@ def _load_engine_state(run: Run, path: Path, recorded: dict | None, group_names:
     """The engine's weights and optimizer from `path` (re-sharded from another layout when needed); the
     client state. A model of another shape is one error naming the first differing tensor."""
     try:
-        resharded = parallel.resume_on_new_layout(run.engine, path, group_names,
-                                                  parallel.SavedLayout(**recorded) if recorded else None)
+        resharded = parallel.resume_on_new_layout(
+            run.engine, path, group_names, parallel.SavedLayout(**recorded) if recorded else None
+        )
         if resharded is not None:
             saved, was = resharded
             run.log(f"electra-dist: {path} was written by {was}: re-sharded onto {parallel.current_layout(run.engine)}")
@@ -282,10 +315,14 @@ def _load_engine_state(run: Run, path: Path, recorded: dict | None, group_names:
     except RuntimeError as e:
         if "size mismatch" not in str(e):
             raise
-        raise ConfigError([f"--resume: {path} holds a model of another shape ("
-                           + next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
-                           + "): resume with the config it was written with, or use another --output-dir "
-                           "(or --resume never)"]) from None
+        raise ConfigError(
+            [
+                f"--resume: {path} holds a model of another shape ("
+                + next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+                + "): resume with the config it was written with, or use another --output-dir "
+                "(or --resume never)"
+            ]
+        ) from None
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
     return saved
@@ -295,8 +332,9 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Checkpoint tags with a COMPLETE marker, oldest first."""
     if not ckpt_dir.is_dir():
         return []
-    return sorted(p for p in ckpt_dir.iterdir()
-                  if p.is_dir() and not p.name.endswith(".tmp") and (p / COMPLETE).is_file())
+    return sorted(
+        p for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / COMPLETE).is_file()
+    )
 
 
 def verify(path: Path) -> str | None:

@@ -34,15 +34,22 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
             problems.append(f"data.shards: {e}")
     if manifest is not None:
         try:
-            check_compatible(manifest, tokenizer, cfg.train.seq_len, where=f"shards in {d.shards}",
-                             max_positions=cfg.model.max_position_embeddings)
+            check_compatible(
+                manifest,
+                tokenizer,
+                cfg.train.seq_len,
+                where=f"shards in {d.shards}",
+                max_positions=cfg.model.max_position_embeddings,
+            )
         except ValueError as e:
             problems.extend(str(e).splitlines())
     vocab = tokenizer.vocab_size if tokenizer else manifest["tokenizer"]["vocab_size"] if manifest else None
     if vocab is not None and vocab != cfg.model.vocab_size and cfg.train.init_from:
-        problems.append(f"data.tokenizer: {vocab} tokens, but the weights of train.init_from={cfg.train.init_from} have "
-                        f"a {cfg.model.vocab_size}-token vocabulary: build the shards with the model's own tokenizer "
-                        f"(`electra-dist shards build --tokenizer {cfg.train.init_from} ...`)")
+        problems.append(
+            f"data.tokenizer: {vocab} tokens, but the weights of train.init_from={cfg.train.init_from} have "
+            f"a {cfg.model.vocab_size}-token vocabulary: build the shards with the model's own tokenizer "
+            f"(`electra-dist shards build --tokenizer {cfg.train.init_from} ...`)"
+        )
     elif vocab is not None and vocab != cfg.model.vocab_size:
         log(f"electra-dist: model.vocab_size {cfg.model.vocab_size} → {vocab} (the tokenizer's)")
         cfg.model.vocab_size = vocab

@@ -66,10 +66,10 @@ class Evaluator:
         if not rows:
             raise ValueError(f"the eval shards ({', '.join(urls[:3])}) hold no samples")
         self.samples = len(rows)
-        mine = rows[run.layout.dp_rank::run.layout.dp_size]
+        mine = rows[run.layout.dp_rank :: run.layout.dp_size]
         stream = ShardStream(urls, loader.settings)
         B = run.cfg.train.micro_batch_size
-        self.batches = [stream.collate(mine[i:i + B]) for i in range(0, len(mine), B)]
+        self.batches = [stream.collate(mine[i : i + B]) for i in range(0, len(mine), B)]
 
     def maybe_run(self, step: int, before: Callable[[], None] = lambda: None) -> dict[str, float] | None:
         """The held-out metrics at every train.eval_interval-th step and the last, after `before` (the
@@ -88,8 +88,17 @@ class Evaluator:
         was_training = model.training
         model.eval()
         one = torch.ones((), device=device)
-        keys = ("gen_sum", "disc_sum", "masked", "generator_correct", "tokens", "replaced", "discriminator_correct",
-                "true_positive", "predicted_positive")
+        keys = (
+            "gen_sum",
+            "disc_sum",
+            "masked",
+            "generator_correct",
+            "tokens",
+            "replaced",
+            "discriminator_correct",
+            "true_positive",
+            "predicted_positive",
+        )
         total = torch.zeros(len(keys), dtype=torch.float64, device=device)
         hist = torch.zeros(2, AUC_BINS, dtype=torch.float64, device=device)  # replaced, original
         try:
@@ -102,21 +111,24 @@ class Evaluator:
         finally:
             model.train(was_training)
         summed = parallel.data_parallel_sum(torch.cat([total, hist.flatten()])).cpu()
-        t = dict(zip(keys, summed[:len(keys)].tolist()))
-        replaced_hist, original_hist = summed[len(keys):].view(2, AUC_BINS)
+        t = dict(zip(keys, summed[: len(keys)].tolist()))
+        replaced_hist, original_hist = summed[len(keys) :].view(2, AUC_BINS)
         obj = run.cfg.objective
         gen_loss = t["gen_sum"] / max(1.0, t["masked"])
-        m = {"eval/generator_loss": gen_loss,
-             "eval/generator_accuracy": t["generator_correct"] / max(1.0, t["masked"])}
+        m = {"eval/generator_loss": gen_loss, "eval/generator_accuracy": t["generator_correct"] / max(1.0, t["masked"])}
         if obj.kind == "electra":
             disc_loss = t["disc_sum"] / max(1.0, t["tokens"])
-            m.update({"eval/loss": obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss,
-                      "eval/sampled_accuracy": 1.0 - t["replaced"] / max(1.0, t["masked"]),
-                      "eval/discriminator_loss": disc_loss,
-                      "eval/discriminator_accuracy": t["discriminator_correct"] / max(1.0, t["tokens"]),
-                      "eval/discriminator_precision": t["true_positive"] / max(1.0, t["predicted_positive"]),
-                      "eval/discriminator_recall": t["true_positive"] / max(1.0, t["replaced"]),
-                      "eval/discriminator_auc": auc(replaced_hist, original_hist)})
+            m.update(
+                {
+                    "eval/loss": obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss,
+                    "eval/sampled_accuracy": 1.0 - t["replaced"] / max(1.0, t["masked"]),
+                    "eval/discriminator_loss": disc_loss,
+                    "eval/discriminator_accuracy": t["discriminator_correct"] / max(1.0, t["tokens"]),
+                    "eval/discriminator_precision": t["true_positive"] / max(1.0, t["predicted_positive"]),
+                    "eval/discriminator_recall": t["true_positive"] / max(1.0, t["replaced"]),
+                    "eval/discriminator_auc": auc(replaced_hist, original_hist),
+                }
+            )
         else:
             m["eval/loss"] = obj.generator_weight * gen_loss
         m["eval/seconds"] = time.perf_counter() - t0  # the all-reduce above read the device: the work is done

@@ -35,7 +35,7 @@ class OutputDirLock:
         self.path = Path(output_dir) / LOCK
         self._file: IO[str] | None = None
 
-    def acquire(self) -> "OutputDirLock":
+    def acquire(self) -> OutputDirLock:
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             f = open(self.path, "a+")
@@ -45,13 +45,24 @@ class OutputDirLock:
             f.seek(0)
             holder = _describe(f.read())
             f.close()
-            raise OutputDirBusy(f"output_dir={self.path.parent} is in use by another run ({holder}); a second run "
-                                "would interleave its checkpoints and metrics. Wait for it to end, stop it, or choose "
-                                "another --output-dir") from None
+            raise OutputDirBusy(
+                f"output_dir={self.path.parent} is in use by another run ({holder}); a second run "
+                "would interleave its checkpoints and metrics. Wait for it to end, stop it, or choose "
+                "another --output-dir"
+            ) from None
         f.seek(0)
         f.truncate()
-        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-                            "slurm_job": os.environ.get("SLURM_JOB_ID")}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "since": time.time(),
+                    "slurm_job": os.environ.get("SLURM_JOB_ID"),
+                }
+            )
+            + "\n"
+        )
         f.flush()
         self._file = f
         return self
@@ -75,8 +86,11 @@ def _describe(text: str) -> str:
 def checkpoint_bytes(cfg: Config) -> int:
     """About one checkpoint's size: fp32 weights, fp32 master copy and two Adam moments per parameter."""
     m = cfg.model
-    params = (encoder_matmul_params(m.discriminator) + encoder_matmul_params(m.generator)
-              + (m.vocab_size + m.max_position_embeddings) * m.embedding_size)
+    params = (
+        encoder_matmul_params(m.discriminator)
+        + encoder_matmul_params(m.generator)
+        + (m.vocab_size + m.max_position_embeddings) * m.embedding_size
+    )
     return 16 * params
 
 
@@ -94,12 +108,18 @@ def data_identity(cfg: Config) -> dict:
     urls, manifest = resolve_shards(cfg.data.shards)
     ident = {"seq_len": cfg.train.seq_len, "num_shards": len(urls)}
     if manifest is not None:
-        ident.update(tokenizer_sha256=manifest["tokenizer"]["sha256"], packing=manifest.get("packing"),
-                     samples=manifest.get("samples"))
+        ident.update(
+            tokenizer_sha256=manifest["tokenizer"]["sha256"],
+            packing=manifest.get("packing"),
+            samples=manifest.get("samples"),
+        )
     return ident
 
 
 def data_changes(saved: dict | None, now: dict) -> list[str]:
     """'key: checkpoint X ≠ now Y' for every recorded key that differs."""
-    return [f"{k}: checkpoint {saved[k]!r} ≠ now {now[k]!r}" for k in sorted(now)
-            if saved and k in saved and saved[k] != now[k]]
+    return [
+        f"{k}: checkpoint {saved[k]!r} ≠ now {now[k]!r}"
+        for k in sorted(now)
+        if saved and k in saved and saved[k] != now[k]
+    ]

@@ -51,13 +51,18 @@ def read_source(path: str | Path) -> InitSource:
     try:
         model, _ = load_model(p)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"train.init_from: {p} is neither our checkpoint (final/, a training checkpoint "
-                                f"or a run's output directory) nor a Hugging Face directory (config.json): {e}") from None
+        raise FileNotFoundError(
+            f"train.init_from: {p} is neither our checkpoint (final/, a training checkpoint "
+            f"or a run's output directory) nor a Hugging Face directory (config.json): {e}"
+        ) from None
     has_generator = model.discriminator is not None
     state = model.state_dict()
     if model.discriminator is None:  # an MLM run: its one encoder becomes the discriminator
-        state = {"discriminator." + k[len("generator."):]: v for k, v in state.items()
-                 if k.startswith("generator.") and not k.startswith(_HEADS)}
+        state = {
+            "discriminator." + k[len("generator.") :]: v
+            for k, v in state.items()
+            if k.startswith("generator.") and not k.startswith(_HEADS)
+        }
     return InitSource(str(p), "checkpoint", model.cfg, has_generator, state)
 
 
@@ -69,8 +74,12 @@ def apply_shape(cfg: Config, src: InitSource, explicit: set[str]) -> list[str]:
     pairs += [(f"model.discriminator.{k}", m.discriminator, k, getattr(w.discriminator, k)) for k in ENCODER_KEYS]
     if src.has_generator:
         pairs += [(f"model.generator.{k}", m.generator, k, getattr(w.generator, k)) for k in ENCODER_KEYS]
-    problems = [f"{key}={getattr(obj, k)} contradicts the weights in train.init_from={src.path} ({value}): drop it, "
-                f"the shape is the weights'" for key, obj, k, value in pairs if key in explicit and getattr(obj, k) != value]
+    problems = [
+        f"{key}={getattr(obj, k)} contradicts the weights in train.init_from={src.path} ({value}): drop it, "
+        f"the shape is the weights'"
+        for key, obj, k, value in pairs
+        if key in explicit and getattr(obj, k) != value
+    ]
     if problems:
         raise ConfigError(problems)
     changed = []
@@ -98,15 +107,17 @@ def initial_weights(model, src: InitSource, log: Callable[[str], None]) -> dict[
         if mlm:  # the MLM objective's one encoder is `generator.*`: the discriminator's encoder, a fresh MLM head
             if not name.startswith("discriminator.") or name.startswith("discriminator.discriminator_predictions."):
                 continue
-            name = "generator." + name[len("discriminator."):]
+            name = "generator." + name[len("discriminator.") :]
         if name in targets:
             out[name] = _fit_rows(t, parallel.full_shape(targets[name], model.factory.tp_size), name)
     if not mlm and not src.has_generator:  # a fresh generator over the discriminator's embeddings
         for name in [n for n in out if n.startswith("discriminator.embeddings.")]:
-            out["generator" + name[len("discriminator"):]] = out[name]
+            out["generator" + name[len("discriminator") :]] = out[name]
     fresh = sorted({n.split(".")[0] + "." + n.split(".")[1] for n in targets if n not in out})
-    log(f"electra-dist: init from {src.path} ({src.kind}): {len(out)} of {len(targets)} weights"
-        + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
+    log(
+        f"electra-dist: init from {src.path} ({src.kind}): {len(out)} of {len(targets)} weights"
+        + (f"; fresh: {', '.join(fresh)}" if fresh else "")
+    )
     return out
 
 

@@ -52,10 +52,17 @@ def fake_batch(cfg: Config, micro_batch: int, mode) -> Batch:
     S, P = cfg.train.seq_len, max_predictions(cfg.train.seq_len, cfg.objective.mask_prob)
     with mode:
         ids = torch.zeros(micro_batch, S, dtype=torch.long)
-        return Batch(input_ids=ids, original_ids=ids, attention_mask=torch.ones(micro_batch, S, dtype=torch.long),
-                     token_type_ids=ids, masked_positions=torch.zeros(micro_batch, S, dtype=torch.bool),
-                     masked_index=torch.zeros(micro_batch, P, dtype=torch.long), masked_weights=torch.ones(micro_batch, P),
-                     sample_ids=torch.zeros(micro_batch, dtype=torch.long), padded=False)
+        return Batch(
+            input_ids=ids,
+            original_ids=ids,
+            attention_mask=torch.ones(micro_batch, S, dtype=torch.long),
+            token_type_ids=ids,
+            masked_positions=torch.zeros(micro_batch, S, dtype=torch.bool),
+            masked_index=torch.zeros(micro_batch, P, dtype=torch.long),
+            masked_weights=torch.ones(micro_batch, P),
+            sample_ids=torch.zeros(micro_batch, dtype=torch.long),
+            padded=False,
+        )
 
 
 def activation_bytes(cfg: Config, micro_batch: int) -> int:
@@ -106,8 +113,13 @@ def estimate(cfg: Config, micro_batch: int, dp: int = 1, zero_stage: int = 2) ->
         n = count_parameters(ElectraPretrainer(cfg.model, cfg.objective))
     shards = dp if zero_stage >= 1 else 1
     gib = 2**30
-    return Memory(micro_batch, 2 * n / gib, (2 * n + 4 * n / (dp if zero_stage >= 2 else 1)) / gib,
-                  12 * n / shards / gib, activation_bytes(cfg, micro_batch) / gib)
+    return Memory(
+        micro_batch,
+        2 * n / gib,
+        (2 * n + 4 * n / (dp if zero_stage >= 2 else 1)) / gib,
+        12 * n / shards / gib,
+        activation_bytes(cfg, micro_batch) / gib,
+    )
 
 
 def largest_micro_batch(cfg: Config, budget_gib: float, dp: int = 1, zero_stage: int = 2) -> Memory:

@@ -15,11 +15,11 @@ import torch
 
 from electra_dist import parallel
 from electra_dist.errors import writing
+from electra_dist.tracking import Tracker, make_tracker
+from electra_dist.tracking.lifecycle import finish_record, start_record
 from electra_dist.training.build import Run
 from electra_dist.training.checkpoints import HF_EXPORT, METRICS, TrainState
 from electra_dist.training.step import NonFiniteError, StepResult
-from electra_dist.tracking import Tracker, make_tracker
-from electra_dist.tracking.lifecycle import finish_record, start_record
 
 
 class MetricsLogger:
@@ -74,9 +74,11 @@ class MetricsLogger:
         first, last = self.step_keys[0][0], self.step_keys[-1][0]
         if bad_steps:
             step, keys = bad_steps[0]
-            where = (f"first at step {step} on rank {run.layout.rank} (steps {[s for s, _ in bad_steps]} of the "
-                     f"window {first}-{last}); that step's batch held samples {', '.join(keys[:16])}"
-                     f"{' …' if len(keys) > 16 else ''}")
+            where = (
+                f"first at step {step} on rank {run.layout.rank} (steps {[s for s, _ in bad_steps]} of the "
+                f"window {first}-{last}); that step's batch held samples {', '.join(keys[:16])}"
+                f"{' …' if len(keys) > 16 else ''}"
+            )
         else:
             where = f"in the window of steps {first}-{last} on another rank (rank {run.layout.rank} was finite)"
         msg = f"non-finite loss or gradients {where}; no checkpoint was written from this state"
@@ -97,7 +99,9 @@ class MetricsLogger:
         self.check_finite()
         run, seconds = self.run, time.perf_counter() - self.t0
         keys = sorted(self.window)
-        vec = torch.stack([torch.as_tensor(self.window[k], dtype=torch.float64, device=run.layout.device) for k in keys])
+        vec = torch.stack(
+            [torch.as_tensor(self.window[k], dtype=torch.float64, device=run.layout.device) for k in keys]
+        )
         s = dict(zip(keys, parallel.data_parallel_sum(vec).tolist()))
         if run.cfg.train.precision == "fp16":  # DeepSpeed's loss scaler skips overflowing steps; count them
             state.skipped_steps = int(getattr(run.engine, "skipped_steps", 0))
@@ -131,7 +135,9 @@ class MetricsLogger:
                 f.write(json.dumps({"step": state.step, "time": time.time(), **m}) + "\n")
             self.tracker.log_metrics(m, state.step)
             state.run_id = self.tracker.run_id
-            run.log(_console_line(state.step, run.cfg.train.max_steps, self._pace(seconds - m.get("eval/seconds", 0.0)), m))
+            run.log(
+                _console_line(state.step, run.cfg.train.max_steps, self._pace(seconds - m.get("eval/seconds", 0.0)), m)
+            )
         self._reset()
         return m
 
@@ -139,8 +145,10 @@ class MetricsLogger:
         run = self.run
         start_record(self.tracker, run.cfg, run.ds_config, run.layout, self.file, state.resumed_from, state.changed)
         if not run.peak_tflops:
-            run.log(f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
-                    f"{run.cfg.train.precision} (set ELECTRA_DIST_PEAK_TFLOPS to its dense peak)")
+            run.log(
+                f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
+                f"{run.cfg.train.precision} (set ELECTRA_DIST_PEAK_TFLOPS to its dense peak)"
+            )
 
     def _run_id_on_disk(self) -> str | None:
         f = self.output_dir / "tracking.json"
@@ -167,11 +175,17 @@ def _console_line(step: int, max_steps: int, seconds_per_step: float, m: dict[st
     """One line per log step: progress and ETA, losses, accuracies, LR, speed (MFU "—" without a known peak)."""
     eta = _duration((max_steps - step) * seconds_per_step)
     mfu = f"mfu {m['throughput/mfu']:.1%}" if "throughput/mfu" in m else "mfu —"
-    disc = (f" disc {m['loss/discriminator']:.4f}", f" disc {m['acc/discriminator']:.3f}") if "loss/discriminator" in m else ("", "")
+    disc = (
+        (f" disc {m['loss/discriminator']:.4f}", f" disc {m['acc/discriminator']:.3f}")
+        if "loss/discriminator" in m
+        else ("", "")
+    )
     held_out = f" | eval loss {m['eval/loss']:.4f}" if "eval/loss" in m else ""
-    return (f"step {step:>7}/{max_steps} ({step / max_steps:4.0%}, ETA {eta}) | loss {m['loss/total']:.4f} gen "
-            f"{m['loss/generator']:.4f}{disc[0]} | acc gen {m['acc/generator']:.3f}{disc[1]} | lr {m['optim/lr']:.2e} | "
-            f"{m['throughput/tokens_per_s']:,.0f} tok/s {mfu}{held_out}")
+    return (
+        f"step {step:>7}/{max_steps} ({step / max_steps:4.0%}, ETA {eta}) | loss {m['loss/total']:.4f} gen "
+        f"{m['loss/generator']:.4f}{disc[0]} | acc gen {m['acc/generator']:.3f}{disc[1]} | lr {m['optim/lr']:.2e} | "
+        f"{m['throughput/tokens_per_s']:,.0f} tok/s {mfu}{held_out}"
+    )
 
 
 def _duration(seconds: float) -> str:

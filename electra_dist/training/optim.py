@@ -37,7 +37,7 @@ class Schedule:
     def state(self) -> dict[str, Any]:
         return {"warmup": self.warmup, "total": self.total, "start": list(self.start) if self.start else None}
 
-    def extended(self, step: int, total: int) -> "Schedule":
+    def extended(self, step: int, total: int) -> Schedule:
         """This schedule, continued from `step` to a new `total` (see the class)."""
         if total == self.total:
             return self
@@ -60,8 +60,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(groups: list[dict[str, Any]], o: OptimConfig, device: torch.device,
-                    log: Callable[[str], None] = print) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: list[dict[str, Any]], o: OptimConfig, device: torch.device, log: Callable[[str], None] = print
+) -> torch.optim.Optimizer:
     """AdamW over `groups` (optim.implementation): torch's, fused on GPU; or DeepSpeed's FusedAdam on GPU,
     torch's fused AdamW when that op cannot be had (said once per process)."""
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
@@ -88,18 +89,26 @@ def continue_schedule(run, state, saved: dict[str, Any], where: Path) -> None:
     """On resume (`run`: training.build.Run, `state`: its TrainState), the checkpoint's LR schedule
     continued to this run's train.max_steps (see Schedule); a changed max_steps is recorded in the state."""
     t = run.cfg.train
-    old = saved.get("schedule") or {"warmup": run.cfg.optim.warmup_steps,
-                                    "total": (saved.get("config") or {}).get("train", {}).get("max_steps", t.max_steps)}
+    old = saved.get("schedule") or {
+        "warmup": run.cfg.optim.warmup_steps,
+        "total": (saved.get("config") or {}).get("train", {}).get("max_steps", t.max_steps),
+    }
     before = Schedule(old["warmup"], old["total"], tuple(old["start"]) if old.get("start") else None)
     after = before.extended(state.step, t.max_steps)
     if after is before:
         run.scheduler.lr_lambdas = [before] * len(run.scheduler.lr_lambdas)
         return
     if before(state.step) == 0.0 and after.start is not None:
-        raise ConfigError([f"--resume: {where} finished its LR schedule at step {state.step} (train.max_steps="
-                           f"{before.total}; the LR is 0): training on would change nothing. Start a new run from "
-                           f"its weights instead, or resume with train.max_steps={before.total}"])
+        raise ConfigError(
+            [
+                f"--resume: {where} finished its LR schedule at step {state.step} (train.max_steps="
+                f"{before.total}; the LR is 0): training on would change nothing. Start a new run from "
+                f"its weights instead, or resume with train.max_steps={before.total}"
+            ]
+        )
     run.scheduler.lr_lambdas = [after] * len(run.scheduler.lr_lambdas)
     state.changed["train.max_steps"] = f"{before.total} -> {t.max_steps} at step {state.step}"
-    run.log(f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
-            f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}")
+    run.log(
+        f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
+        f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}"
+    )

@@ -50,8 +50,11 @@ class StopSignals:
     def describe(self, signum: int = 0) -> str:
         signum = signum or self.received
         name = signal.Signals(signum).name if signum else "no signal"
-        gone = launcher_gone() or (f"the launcher (pid {self.launcher}) is gone"
-                                   if self.launcher is not None and os.getppid() != self.launcher else None)
+        gone = launcher_gone() or (
+            f"the launcher (pid {self.launcher}) is gone"
+            if self.launcher is not None and os.getppid() != self.launcher
+            else None
+        )
         return f"{name}: {gone}" if gone else name
 
     def arm(self, stop_timeout: float | None, who: str) -> None:
@@ -85,7 +88,7 @@ class StopSignals:
         while not self.received:
             try:
                 data = self._wakeup.recv(1)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return None
@@ -104,10 +107,15 @@ class StopSignals:
             if self._busy:
                 deadline = time.monotonic() + self.stop_timeout
             elif time.monotonic() > deadline:
-                os.write(2, (f"electra-dist: {self.who}: got {self.describe(signum)} but the ranks did not "
-                             f"agree to stop within parallel.stop_timeout={self.stop_timeout:g}s: this rank is "
-                             "blocked waiting for another that is hung, stopped or gone. Exiting without a "
-                             "checkpoint; the newest complete one is kept for the resume.\n").encode())
+                os.write(
+                    2,
+                    (
+                        f"electra-dist: {self.who}: got {self.describe(signum)} but the ranks did not "
+                        f"agree to stop within parallel.stop_timeout={self.stop_timeout:g}s: this rank is "
+                        "blocked waiting for another that is hung, stopped or gone. Exiting without a "
+                        "checkpoint; the newest complete one is kept for the resume.\n"
+                    ).encode(),
+                )
                 os._exit(128 + signum)
 
     def restore(self) -> None:

@@ -49,8 +49,10 @@ class StepResult:
 
 
 def loader_worker_died(e: Exception) -> str:
-    return (f"a data-loader worker died: {str(e).splitlines()[0].strip()} The newest complete checkpoint is kept; "
-            "resume with the same command (if it was killed for memory, lower data.num_workers or data.shuffle_buffer)")
+    return (
+        f"a data-loader worker died: {str(e).splitlines()[0].strip()} The newest complete checkpoint is kept; "
+        "resume with the same command (if it was killed for memory, lower data.num_workers or data.shuffle_buffer)"
+    )
 
 
 def fetch(batches: Iterator[Batch], n: int, stop: Callable[[], bool]) -> tuple[list[Batch], bool]:
@@ -81,35 +83,49 @@ def train_step(run, batches: Iterator[Batch], stop: Callable[[], bool] | bool = 
     return engine_step(run.engine, batches, run.grad_accum, run.layout.device, stop, **run.grad_norm_mode)
 
 
-def engine_step(engine, batches: Iterator[Batch], grad_accum: int, device: torch.device,
-                stop: Callable[[], bool] | bool = False, check_grad_norm: bool = True,
-                own_grad_norm: bool = False) -> StepResult | Stopped:
+def engine_step(
+    engine,
+    batches: Iterator[Batch],
+    grad_accum: int,
+    device: torch.device,
+    stop: Callable[[], bool] | bool = False,
+    check_grad_norm: bool = True,
+    own_grad_norm: bool = False,
+) -> StepResult | Stopped:
     """All micro-batches of one optimizer step of `engine`; `Stopped` (nothing trained) when any rank was
     asked to stop. `own_grad_norm`: measure the gradient norm here (after the last backward, before the
     step) where DeepSpeed keeps none (ZeRO-0, torch optimizer, fp32)."""
     asked = stop if callable(stop) else (lambda: bool(stop))
     micro, whole = fetch(batches, grad_accum, asked)
-    tokens, masked, stopping = parallel.global_counts(sum(b.tokens for b in micro), sum(b.masked for b in micro),
-                                                      not whole or asked())
+    tokens, masked, stopping = parallel.global_counts(
+        sum(b.tokens for b in micro), sum(b.masked for b in micro), not whole or asked()
+    )
     if stopping:
         return Stopped(len(micro))
     n = parallel.MPU().get_data_parallel_world_size() * grad_accum
     # tensors, not floats: a float would be a constant of a compiled graph, recompiled every step
     host = torch.tensor([masked / n, tokens / n], dtype=torch.float32)
-    masked_normalizer, token_normalizer = (host.pin_memory() if device.type == "cuda" else host).to(
-        device, non_blocking=True).unbind()
+    masked_normalizer, token_normalizer = (
+        (host.pin_memory() if device.type == "cuda" else host).to(device, non_blocking=True).unbind()
+    )
     sums: dict[str, torch.Tensor] = {}
     norm = None
     for i, b in enumerate(micro):
         if b.dropout_seed is not None:  # the same dropout wherever (which rank, which micro-step) this slice runs
             torch.manual_seed(b.dropout_seed)
-        out = engine(**b.to(device).model_inputs(), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer)
+        out = engine(
+            **b.to(device).model_inputs(), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer
+        )
         engine.backward(out.loss)
         if own_grad_norm and i == len(micro) - 1:  # gradients are reduced over DP by now, not yet clipped
             norm = parallel.grad_norm(engine.module)
         engine.step()
-        for k, v in (("loss", out.loss), ("generator_loss", out.generator_loss),
-                     ("discriminator_loss", out.discriminator_loss), *out.stats.items()):
+        for k, v in (
+            ("loss", out.loss),
+            ("generator_loss", out.generator_loss),
+            ("discriminator_loss", out.discriminator_loss),
+            *out.stats.items(),
+        ):
             sums[k] = sums.get(k, 0) + v.detach().float()
     nonfinite = (~torch.isfinite(sums["loss"])).float()
     if norm is None:
