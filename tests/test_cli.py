@@ -53,11 +53,13 @@ def test_bad_config_one_error_naming_all(cli):
         assert needle in r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_params_counts_large_without_allocating(cli):
     r = cli("params", "--config", "electra-large")
     assert r.returncode == 0 and "discriminator 335." in r.stdout
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_bench_train_with_hf_baseline_runs(capsys, one_rank_env):
     from electra_dist.commands.cli import main
 

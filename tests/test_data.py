@@ -87,6 +87,7 @@ def test_sentence_split():
 # ---- tokenizer --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_tokenizer_specials_and_real_text(tok_dir, real_documents):
     tok = SentencePieceTokenizer(tok_dir)
     assert tok.vocab_size == 2000
@@ -144,6 +145,7 @@ def test_example_builder_follows_the_official_packing():
     assert 0.05 < single < 0.3  # ~10 % single-segment by design, plus document tails
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_shards_format_manifest_and_token_types(shard_dir, tok_dir):
     m = read_manifest(shard_dir)
     tok = SentencePieceTokenizer(tok_dir)
@@ -169,6 +171,7 @@ def test_shards_format_manifest_and_token_types(shard_dir, tok_dir):
         assert tt[: first_sep + 1].eq(0).all() and tt[first_sep + 1 :][ids[first_sep + 1 :] != 0].eq(1).all()
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_shards_deterministic_whatever_the_workers(tmp_path, tok_dir, shard_dir):
     build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=500, workers=2, progress=False)
     names = sorted(p.name for p in shard_dir.glob("*.tar"))
@@ -179,6 +182,7 @@ def test_shards_deterministic_whatever_the_workers(tmp_path, tok_dir, shard_dir)
         build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, progress=False)
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_array_parts_merge_to_the_same_samples(tmp_path, tok_dir):
     single = tmp_path / "single"
     build_shards(
@@ -214,6 +218,7 @@ def test_array_parts_merge_to_the_same_samples(tmp_path, tok_dir):
 # ---- loader -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_every_sample_exactly_once_per_epoch_across_ranks_and_workers(shard_dir):
     urls, m = resolve_shards(str(shard_dir))
     all_keys = [k for u in urls for k, _ in iter_shard(u)]
@@ -228,6 +233,7 @@ def test_every_sample_exactly_once_per_epoch_across_ranks_and_workers(shard_dir)
         assert sorted(seen) == sorted(all_keys), consumers
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 @pytest.mark.parametrize("split", ["batch", "shards"])
 def test_exact_resume_2_ranks_x_2_workers(shard_dir, split):
     def loader(rank):
@@ -248,6 +254,7 @@ def test_exact_resume_2_ranks_x_2_workers(shard_dir, split):
     assert not {k for b in r0 for k in b.keys} & {k for b in r1 for k in b.keys}
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_global_batches_are_the_same_for_any_dp_size_and_accumulation_and_resume_across_them(shard_dir):
     """dp_split=batch: slice k of step s holds the same samples and dropout seed whether DP 1 × 4
     micro-steps, DP 2 × 2 or DP 4 × 1 computes it; a position saved at one layout resumes at another."""
@@ -293,6 +300,7 @@ def test_resume_with_other_workers_is_refused(shard_dir):
         other.load_state_dict(first.state_dict())
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_multiple_epochs_reshuffle(tmp_path, tok_dir):
     build_shards([str(SAMPLE)], tok_dir, SEQ, tmp_path, samples_per_shard=10000, workers=1, progress=False)
     m = read_manifest(tmp_path)
@@ -342,6 +350,7 @@ def test_corrupt_shard_error_names_shard_and_offset_or_skips(tmp_path, shard_dir
     assert len(_take(loader, 200)) == 200  # goes on past the broken shard
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_compatibility_checks(shard_dir, tmp_path):
     m = read_manifest(shard_dir)
     train_tokenizer([str(SAMPLE)], 1500, tmp_path / "other", input_sentence_size=2000)
@@ -350,6 +359,7 @@ def test_compatibility_checks(shard_dir, tmp_path):
     assert "tokenizer sha256" in str(e.value) and "train.seq_len=128" in str(e.value)
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_cli_tokenizer_shards_bench(tmp_path, cli):
 
     r = cli("tokenizer", "train", "--input", str(SAMPLE), "--vocab-size", "1000", "--out", str(tmp_path / "tok"))
@@ -387,6 +397,7 @@ def test_cli_tokenizer_shards_bench(tmp_path, cli):
     assert r.returncode == 2 and "missing.txt" in r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_full_packing_leaves_no_padding_and_official_packing_does(tmp_path, tok_dir, shard_dir):
     """The default (full) packing: every sequence exactly seq_len, so no batch is ever padded; the
     official packing pads (document ends, 5 % short targets) — what full packing is chosen over."""
@@ -417,6 +428,7 @@ def test_a_manifest_never_smuggles_in_a_pipe_command_or_another_path(tmp_path, s
     assert not Path("/tmp/owned-by-a-manifest").exists()
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_one_line_10mb_document_is_cut_into_pieces_and_kept(tmp_path, cli, real_documents):
     """No sentence ends for megabytes: SentencePiece would skip it (then fail with `!sentences_.empty()`)
     and the packer kept one example of it. Both now cut it into pieces, keep it, and say so."""
@@ -459,6 +471,7 @@ def test_a_one_line_10mb_document_is_cut_into_pieces_and_kept(tmp_path, cli, rea
     assert manifest["samples"] > 10_000 and "had no sentence end" in r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_zero_filled_shard_is_caught_by_the_manifest_count(tmp_path, shard_dir):
     for p in shard_dir.glob("*.tar"):
         shutil.copy(p, tmp_path / p.name)
@@ -473,6 +486,7 @@ def test_a_zero_filled_shard_is_caught_by_the_manifest_count(tmp_path, shard_dir
     assert len(_take(loader, 200)) == 200
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_shards_hold_out_an_eval_split_by_document_the_same_whatever_the_workers(tmp_path, tok_dir):
     a = build_shards(
         [str(SAMPLE)],

@@ -143,6 +143,7 @@ def test_no_room_for_a_checkpoint_is_refused_at_once(tmp_path, data):
     assert r.returncode == 2 and f"output_dir={small / 'run'}: 0.00 GiB free, but one checkpoint needs" in r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_disk_that_fills_mid_run_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, data):
     from electra_dist.training.checkpoints import complete_checkpoints, verify
 
@@ -160,6 +161,7 @@ def test_a_disk_that_fills_mid_run_stops_with_one_line_and_keeps_the_last_checkp
 # ---- resumes that must not happen silently -----------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_resume_on_other_shards_or_another_tokenizer_is_refused_naming_both(tmp_path, data):
     from electra_dist.data.shards import build_shards
     from electra_dist.data.tokenizer import train_tokenizer
@@ -182,6 +184,7 @@ def test_resume_on_other_shards_or_another_tokenizer_is_refused_naming_both(tmp_
     assert r.returncode == 2 and "tokenizer_sha256: checkpoint" in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_another_model_under_the_same_output_dir_is_one_line(tmp_path, data):
     train_here(tmp_path, data, "--max-steps", "2", "train.save_interval=2")
     r = train_here(tmp_path, data, "--max-steps", "4", "model.discriminator.intermediate_size=96", check=False)
@@ -189,6 +192,7 @@ def test_another_model_under_the_same_output_dir_is_one_line(tmp_path, data):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_damaged_metrics_line_is_kept_aside_not_dropped(tmp_path, data):
     train_here(tmp_path, data, "--max-steps", "4", "train.save_interval=4")
     f = tmp_path / "metrics.jsonl"
@@ -201,6 +205,7 @@ def test_a_damaged_metrics_line_is_kept_aside_not_dropped(tmp_path, data):
     assert [m["step"] for m in metrics(tmp_path)] == [1, 3, 4, 5, 6]
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_damaged_complete_checkpoint_is_skipped_then_written_anew(tmp_path, data):
     from electra_dist.training.checkpoints import verify
 
@@ -290,6 +295,7 @@ def test_a_truncated_gzip_keeps_what_was_read_and_says_so(tmp_path):
     assert stats.problems[-1].startswith(f"{cut}: damaged or truncated gzip after line {len(docs)}")
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_export_and_finetune_never_write_over_other_files(tmp_path, data, cli):
     train_here(tmp_path / "run", data, "--max-steps", "2")
     final = tmp_path / "run" / "final"

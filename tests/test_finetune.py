@@ -38,6 +38,7 @@ def test_mlm_objective_is_one_encoder_of_discriminator_size(tiny):
     assert flops_per_token(cfg.model, 64, 0.15, "mlm") < flops_per_token(tiny.model, 64, 0.15, "electra")
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_mlm_checkpoint_exports_as_masked_lm(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = tiny_config(**{"objective.kind": "mlm"})
@@ -87,6 +88,7 @@ def _labeled(tmp_path, n=300, sources=("sotu", "janeausten"), name=""):
     return train, test
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_finetune_learns_a_real_classification_task(tmp_path, tok_dir):
     cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir)})
     torch.manual_seed(0)
@@ -158,6 +160,7 @@ def test_experiment_runs_end_to_end_small_on_two_sets_and_goes_on_where_it_stopp
     assert results.read_text().count("## ELECTRA vs MLM") == 2
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_finetune_cli_saves_a_transformers_classifier_and_a_finished_mlflow_run(tmp_path, tok_dir, cli):
     """--out: the best seed (on the dev split) as ElectraForSequenceClassification + tokenizer, which
     transformers' Auto classes load and which scores as we reported; --experiment: one FINISHED run

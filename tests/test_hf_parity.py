@@ -122,6 +122,7 @@ def test_export_import_round_trip(tmp_path):
     assert back.padded_vocab == m.padded_vocab
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_cli_export_writes_loadable_models_with_a_tokenizer_that_gives_our_ids(tmp_path, cli, tok_dir, real_documents):
     """The export's tokenizer loads with AutoTokenizer and gives exactly our ids (it used to load a
     BertTokenizer that mapped every word to [UNK]), with [CLS] A [SEP] B [SEP] and token types as in

@@ -82,6 +82,7 @@ def final_eval(out: Path) -> dict:
     return [r for r in read_metrics(out / "metrics.jsonl") if "eval/loss" in r][-1]
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_published_wordpiece_vocabulary_tokenizes_as_transformers_does(tmp_path):
     from transformers import AutoTokenizer
 
@@ -106,6 +107,7 @@ def test_a_published_wordpiece_vocabulary_tokenizes_as_transformers_does(tmp_pat
         load_tokenizer(tmp_path / "bad")
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_shards_record_the_vocabularys_special_ids_and_masking_uses_them(minilm_shards):
     from electra_dist.data.loader import LoaderSettings, PretrainLoader
     from electra_dist.data.shards import read_manifest

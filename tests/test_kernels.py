@@ -10,6 +10,7 @@ from electra_dist.model.kernels import fused_gumbel_scores
 from conftest import requires_cuda, tiny_config, train_here
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_compiled_blocks_and_gumbel_match_eager():
     cfg = tiny_config()
     torch.manual_seed(0)
@@ -192,6 +193,7 @@ def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     assert fused._tail.fused, "the compiled tail ran (no fallback)"
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_an_attention_backend_order_gives_the_same_numbers_eager_and_compiled():
     """train.attention_backends: SDPA kernels in order of preference (on GPU: cudnn,flash,efficient,math).
     Here every order that can run on CPU — the math kernel, CPU flash attention, an order whose first

@@ -127,6 +127,7 @@ def test_gradients_of_both_losses_reach_shared_embeddings_and_disc_never_reaches
     assert all(p.grad is not None for n, p in m.discriminator.named_parameters() if "encoder" in n)
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_training_steps_reduce_the_loss(tiny):
     torch.manual_seed(0)
     m = ElectraPretrainer(tiny.model, tiny.objective)
@@ -159,6 +160,7 @@ def test_padding_changes_nothing_but_its_rows():
     assert m.padded_vocab == 1024 and m.embeddings.word_embeddings.weight.shape[0] == 1024
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_counter_based_gumbel_follows_the_distribution_and_slices_by_vocab(tiny):
     from electra_dist import rng
 

@@ -102,6 +102,7 @@ def test_padded_and_unpadded_computation_give_the_same_losses(tiny):
     assert torch.isfinite(padded.loss)
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile():
     """Generator, Gumbel sampling, discriminator, both losses and backward under
     torch.compile(fullgraph=True): any graph break fails. Batches of new content (and new loss
@@ -127,6 +128,7 @@ def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile
         run(_batch(cfg, 4, pad_from=30), (17.0, 230.0))
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 @pytest.mark.parametrize("flavor", ["electra-small", "electra-base", "electra-large"])
 def test_flop_accounting_matches_torch_flop_counter(flavor):
     """training.flops (what MFU is computed from) against FlopCounterMode over a real forward and
@@ -143,6 +145,7 @@ def test_flop_accounting_matches_torch_flop_counter(flavor):
     assert abs(counted - expected) / expected < 0.01, (counted, expected, counted / expected)
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_zero2_accumulates_bf16_gradients_in_fp32():
     """configs/zero2.json under bf16: gradients of the micro-batches are summed in fp32 partitions (ELECTRA-
     Large accumulates 64 micro-batches a step: in bf16 the late ones would round away), through DeepSpeed's

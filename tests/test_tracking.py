@@ -115,6 +115,7 @@ def steps(client: MlflowClient, rid: str, key: str = "loss/total") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(rid, key))
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_embedded_default_store_logs_everything(tmp_path, data, monkeypatch, capsys):
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path)
@@ -401,6 +402,7 @@ def test_a_misspelled_tracking_scheme_is_a_config_error_and_compare_says_a_serve
     assert r.returncode == 2 and "does not answer" in r.stderr and time.time() - t0 < 30, r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_step_backfilled_and_queued_live_is_sent_once(tmp_path):
     """The back-fill (read from the JSONL when the tracker connects) and the live queue can hold the
     same step, and the JSONL's last line may be half written when the back-fill reads it: every
@@ -461,6 +463,7 @@ def test_server_unreachable_from_the_start_then_sync_creates_the_whole_run(tmp_p
         server.stop()
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 @pytest.mark.parametrize("x", ["step", "flops"])
 def test_the_compare_figure_keeps_its_legend_outside_the_curves_and_its_ticks_apart(x):
     """Long run names, several runs: the legend sits beside the axes (not over the curves or the y label)

@@ -14,6 +14,7 @@ import pytest
 from conftest import EXACT, SAMPLE, losses, metrics, start_training, train, train_here, wait_for
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_single_process_run_writes_metrics_checkpoint_and_final_model(tmp_path, data, baseline):
     assert len(baseline) == 10 and baseline[-1] < baseline[0]
     out = tmp_path / "run"
@@ -55,6 +56,7 @@ def test_an_mlm_run_records_no_discriminator_curves(tmp_path, data):
     assert not [k for k in metrics(tmp_path)[-1] if "discriminator" in k] and " disc " not in r.stdout
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_gradient_accumulation_equals_one_big_batch(tmp_path, data, baseline):
     train_here(tmp_path, data, "--max-steps", "10", *EXACT, "train.micro_batch_size=4")
     acc = losses(tmp_path)
@@ -108,6 +110,7 @@ def test_resume_after_kill_9_is_exact(tmp_path, data, straight):
     assert [m["loss/total"] for m in resumed] == straight
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_incomplete_checkpoint_is_not_resumed(tmp_path, data):
     train_here(tmp_path, data, "--max-steps", "4", "train.save_interval=2", "train.keep_last=5")
     ckpts = tmp_path / "checkpoints"
@@ -148,6 +151,7 @@ def test_bad_configs_fail_before_training(tmp_path, data, args, nproc, needle):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_tokenizer_shard_mismatch_is_named(tmp_path, data):
     from electra_dist.data.tokenizer import train_tokenizer
 
@@ -256,6 +260,7 @@ def _model_file(ckpt):
     return next(f for f in ckpt.rglob("*model_states.pt"))
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 @pytest.mark.parametrize("damage", ["truncate", "flip_a_bit", "delete_rng"])
 def test_a_damaged_newest_checkpoint_is_skipped_naming_why_and_the_run_resumes_from_the_one_before(
     tmp_path, data, damage
@@ -281,6 +286,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_naming_why_and_the_run_resumes_f
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_an_explicit_resume_path_that_fails_verification_is_refused(tmp_path, data):
     train_here(tmp_path, data, "--max-steps", "2", "train.save_interval=2")
     ckpt = tmp_path / "checkpoints" / "step00000002"
@@ -289,6 +295,7 @@ def test_an_explicit_resume_path_that_fails_verification_is_refused(tmp_path, da
     assert r.returncode == 2 and "cannot be trusted" in r.stderr and "holds 0 bytes" in r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_torn_last_metrics_line_does_not_stop_the_resume(tmp_path, data):
     train_here(tmp_path, data, "--max-steps", "4", "train.save_interval=2")
     with open(tmp_path / "metrics.jsonl", "a") as f:
@@ -297,6 +304,7 @@ def test_a_torn_last_metrics_line_does_not_stop_the_resume(tmp_path, data):
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_zero0_reports_the_gradient_norm_and_a_non_finite_gradient_stops_the_run(tmp_path, data, monkeypatch):
     """With ZeRO-0 and a torch optimizer DeepSpeed keeps no gradient norm: the trainer measures it
     (it was logged as 0.0 and a NaN gradient went unnoticed while the loss stayed finite)."""
@@ -336,6 +344,7 @@ class _Payload:
         return (os.system, ("touch PWNED",))
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_a_crafted_checkpoint_cannot_run_code_on_resume(tmp_path, data, monkeypatch):
     """Even with a COMPLETE marker whose checksums match (whoever crafted it rewrote them), every
     checkpoint file is unpickled weights-only: the one that would run code is refused by name."""
@@ -383,6 +392,7 @@ def test_a_longer_max_steps_on_resume_continues_the_lr_down_instead_of_jumping_u
     assert r.returncode == 2 and "finished its LR schedule at step 40" in r.stderr
 
 
+@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_held_out_evaluation_is_logged_with_the_official_metrics(tmp_path, data):
     shards, _ = data
     r = train_here(
