@@ -166,29 +166,55 @@ def uninterrupted_job(cluster, tmp_path_factory, data) -> list[float]:
     return losses(ref)
 
 
-def test_preemption_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path, data, uninterrupted_job):
-    out = tmp_path / "run"
-    rc, job = sbatch(
-        "pretrain_large.sh",
-        "--nodes=1",
-        "--gpus-per-node=2",
-        *CPU_FLAGS,
-        env=train_env(tmp_path, data, out, REQUEUE_ARGS),
-        cwd=tmp_path,
-        wait=False,
+def test_preemption_in_a_container_with_container_paths_checkpoints_requeues_and_resumes_exactly(
+    cluster, tmp_path, data, uninterrupted_job
+):
+    """USR1 as --signal=USR1@300 sends it, to a job whose steps run in a container (an apptainer-style
+    runtime: a stub that applies real bind mounts) with DATA, TOKENIZER and OUTPUT_DIR paths only the
+    container sees: checkpoint, PREEMPTED (found by the batch script on the host through the mounts),
+    requeue, and the resumed job's curve and MLflow run are the uninterrupted job's, bit for bit."""
+    shards, tok = data
+    inside = Path(f"/electra-ctr-{os.getpid()}")  # exists only as a mount point inside the container
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    image = tmp_path / "electra-dist.sif"
+    image.write_text("stand-in image")
+    container = dict(
+        CONTAINER_IMAGE=str(image),
+        CONTAINER_RUNTIME=str(ROOT / "tests" / "assets" / "stub-container-runtime"),
+        CONTAINER_MOUNTS=f"{shards.parent}:{inside}/data,{runs}:{inside}/runs",
     )
-    assert rc == 0 and job
-    log = _preempt_and_wait_for_the_end(tmp_path, job, out / "metrics.jsonl", lines=6)
-    assert final_state(job) == "COMPLETED", log[-4000:]
-    assert "signal received" in log and "restart 1" in log and "resumed from" in log
-    assert [m["step"] for m in metrics(out)] == list(range(1, 17))
-    assert losses(out) == uninterrupted_job  # bit-identical to the uninterrupted job
-    from mlflow.tracking import MlflowClient
+    env = {
+        **train_env(tmp_path, data, Path(f"{inside}/runs/out"), REQUEUE_ARGS, **container),
+        "DATA": f"{inside}/data/{shards.name}",
+        "TOKENIZER": f"{inside}/data/{tok.name}",
+    }
+    out = runs / "out"
+    try:
+        rc, job = sbatch(
+            "pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=env, cwd=tmp_path, wait=False
+        )
+        assert rc == 0 and job
+        log = _preempt_and_wait_for_the_end(tmp_path, job, out / "metrics.jsonl", lines=6)
+        assert final_state(job) == "COMPLETED", log[-4000:]
+        assert f"in container {image} (" in log and "stub-container-runtime: image" in log and "--nv yes" in log
+        assert "signal received" in log and "restart 1" in log and "requeueing" in log and "resumed from" in log
+        assert [m["step"] for m in metrics(out)] == list(range(1, 17))
+        assert losses(out) == uninterrupted_job  # bit-identical to the uninterrupted job
+        assert not list(inside.glob("runs/out/*"))  # on the host, the container path is an empty mount point
+        from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    rid = json.loads((out / "tracking.json").read_text())["run_id"]
-    assert sorted(m.step for m in client.get_metric_history(rid, "loss/total")) == list(range(1, 17))
-    assert client.get_run(rid).info.status == "FINISHED"
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        rid = json.loads((out / "tracking.json").read_text())["run_id"]
+        assert sorted(m.step for m in client.get_metric_history(rid, "loss/total")) == list(range(1, 17))
+        assert client.get_run(rid).info.status == "FINISHED"
+
+        # an output dir that no mount covers could never be requeued: refused up front, saying why
+        bad = {**env, "OUTPUT_DIR": "/nowhere-on-the-host/out"}
+        rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=bad, cwd=tmp_path)
+        assert rc != 0 and "lies only inside the container" in job_log(tmp_path, "electra-large", job)
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
 
 
 def test_sigterm_to_every_process_of_the_steps_requeues_and_resumes_exactly(cluster, tmp_path, data, uninterrupted_job):
@@ -244,48 +270,6 @@ def _preempt_and_wait_for_the_end(
             return job_log(tmp_path, name, job)
         assert time.time() < deadline + 300, state
         time.sleep(1)
-
-
-def test_in_a_container_with_container_paths_preemption_still_requeues(cluster, tmp_path, data):
-    """The job steps run in a container (an apptainer-style runtime: a stub that applies real bind
-    mounts); DATA, TOKENIZER and OUTPUT_DIR are paths only the container sees. The batch script on the
-    host still finds the PREEMPTED marker through the mounts, requeues, and the run completes."""
-    shards, tok = data
-    inside = Path(f"/electra-ctr-{os.getpid()}")  # exists only as a mount point inside the container
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    image = tmp_path / "electra-dist.sif"
-    image.write_text("stand-in image")
-    container = dict(
-        CONTAINER_IMAGE=str(image),
-        CONTAINER_RUNTIME=str(ROOT / "tests" / "assets" / "stub-container-runtime"),
-        CONTAINER_MOUNTS=f"{shards.parent}:{inside}/data,{runs}:{inside}/runs",
-    )
-    env = {
-        **train_env(
-            tmp_path, data, Path(f"{inside}/runs/out"), "train.max_steps=12 train.save_interval=1000", **container
-        ),
-        "DATA": f"{inside}/data/{shards.name}",
-        "TOKENIZER": f"{inside}/data/{tok.name}",
-    }
-    try:
-        rc, job = sbatch(
-            "pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=env, cwd=tmp_path, wait=False
-        )
-        assert rc == 0 and job
-        log = _preempt_and_wait_for_the_end(tmp_path, job, runs / "out" / "metrics.jsonl", lines=4)
-        assert final_state(job) == "COMPLETED", log[-4000:]
-        assert f"in container {image} (" in log and "stub-container-runtime: image" in log and "--nv yes" in log
-        assert "requeueing" in log and "resumed from" in log
-        assert [m["step"] for m in metrics(runs / "out")] == list(range(1, 13))
-        assert not list(inside.glob("runs/out/*"))  # on the host, the container path is an empty mount point
-
-        # an output dir that no mount covers could never be requeued: refused up front, saying why
-        bad = {**env, "OUTPUT_DIR": "/nowhere-on-the-host/out"}
-        rc, job = sbatch("pretrain_large.sh", "--nodes=1", "--gpus-per-node=2", *CPU_FLAGS, env=bad, cwd=tmp_path)
-        assert rc != 0 and "lies only inside the container" in job_log(tmp_path, "electra-large", job)
-    finally:
-        shutil.rmtree(inside, ignore_errors=True)
 
 
 def test_the_documented_cpu_try_of_the_batch_scripts_passes(cluster, tmp_path, data):
