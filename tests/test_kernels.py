@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from electra_dist import rng
-from electra_dist.model import ElectraPretrainer
+from electra_dist.model import ElectraPretrainer, kernels
 from electra_dist.model.kernels import fused_gumbel_scores
 
 from conftest import requires_cuda, tiny_config, train_here
@@ -15,7 +15,7 @@ def test_compiled_blocks_and_gumbel_match_eager():
     cfg = tiny_config()
     torch.manual_seed(0)
     eager = ElectraPretrainer(cfg.model, cfg.objective)
-    fused = ElectraPretrainer(cfg.model, cfg.objective, fused=True, compile_blocks=True)
+    fused = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective), blocks={})
     fused.load_state_dict(eager.state_dict())
     assert list(fused.state_dict()) == list(eager.state_dict())  # names unchanged: checkpoints interchange
     ids = torch.randint(5, 1000, (4, 64))
@@ -90,7 +90,7 @@ def test_bf16_training_step_is_finite_and_close_to_fp32():
 def test_fused_model_samples_the_same(tiny):
     torch.manual_seed(0)
     plain = ElectraPretrainer(tiny.model, tiny.objective)
-    fused = ElectraPretrainer(tiny.model, tiny.objective, fused=True)
+    fused = kernels.apply(ElectraPretrainer(tiny.model, tiny.objective))
     fused.load_state_dict(plain.state_dict())
     logits = torch.randn(200, plain.padded_vocab)
     keys = rng.row_keys(torch.arange(200), torch.zeros(200, dtype=torch.long), rng.GUMBEL)
@@ -107,7 +107,7 @@ def test_block_compilation_falls_back_to_eager_once_with_one_line():
     torch.manual_seed(0)
     eager = ElectraPretrainer(cfg.model, cfg.objective).eval()
     lines = []
-    model = ElectraPretrainer(cfg.model, cfg.objective, compile_blocks={"backend": broken}).eval()
+    model = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective), gumbel=False, blocks={"backend": broken}).eval()
     model.compiled.log = lines.append
     model.load_state_dict(eager.state_dict())
     ids = torch.randint(5, 1000, (2, 16))
@@ -118,7 +118,7 @@ def test_block_compilation_falls_back_to_eager_once_with_one_line():
     assert model.compiled.eager and len(lines) == 1, lines
     assert "compiling the encoder blocks failed" in lines[0] and "no such compiler" in lines[0]
     # the caller's own error is not a compiler failure: it surfaces, and compiling stays on
-    other = ElectraPretrainer(cfg.model, cfg.objective, compile_blocks={"backend": "eager"})
+    other = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective), gumbel=False, blocks={"backend": "eager"})
     try:
         other.discriminator(torch.randint(5, 1000, (2, 999)), torch.ones(2, 999, dtype=torch.long))
     except (IndexError, RuntimeError):
@@ -161,8 +161,8 @@ def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     step tail: the same samples and predictions, the same loss and gradients (TP=1, counter-based noise)."""
     cfg = tiny_config(**{"model.vocab_size": 1000})
     torch.manual_seed(0)
-    plain = ElectraPretrainer(cfg.model, cfg.objective, fused=True)
-    fused = ElectraPretrainer(cfg.model, cfg.objective, fused=True, fused_tail=True)
+    plain = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective))
+    fused = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective), vocab_tail=True)
     fused.load_state_dict(plain.state_dict())
     from electra_dist.data.batch import masked_slots
     from electra_dist.data.masking import mask_tokens, max_predictions
@@ -190,7 +190,7 @@ def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     f.loss.backward()
     for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
-    assert fused._tail.fused, "the compiled tail ran (no fallback)"
+    assert fused.vocab_tail_fn.fused, "the compiled tail ran (no fallback)"
 
 
 @pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
@@ -231,7 +231,9 @@ def test_blocks_compiled_in_the_cuda_graph_mode_give_eager_numbers():
     cfg = tiny_config()
     torch.manual_seed(0)
     eager = ElectraPretrainer(cfg.model, cfg.objective)
-    graphs = ElectraPretrainer(cfg.model, cfg.objective, compile_blocks={"mode": "reduce-overhead"})
+    graphs = kernels.apply(
+        ElectraPretrainer(cfg.model, cfg.objective), gumbel=False, blocks={"mode": "reduce-overhead"}
+    )
     graphs.load_state_dict(eager.state_dict())
     ids = torch.randint(5, 1000, (4, 64))
     am = torch.ones_like(ids)

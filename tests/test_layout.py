@@ -164,6 +164,26 @@ def test_the_model_sees_data_only_through_the_batch_and_tokenizer_contracts():
     assert not offenders, offenders
 
 
+def test_the_model_is_plain_and_its_speed_ups_are_applied_from_outside():
+    """model/electra.py and layers.py build a plain torch model: they neither import model.kernels nor call
+    torch.compile; kernels.apply (in the engine build) puts the fused paths in."""
+    offenders = []
+    for name, (path, tree) in modules().items():
+        if not name.startswith("electra_dist.model") or name == "electra_dist.model.kernels":
+            continue
+        offenders += [
+            f"{path.relative_to(ROOT)}:{line} imports {mod}"
+            for mod, line in imported_names(tree)
+            if mod == "electra_dist.model.kernels" and name != "electra_dist.model"
+        ]
+        offenders += [
+            f"{path.relative_to(ROOT)}:{node.lineno} calls torch.compile"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr == "compile" and ast.unparse(node.value) == "torch"
+        ]
+    assert not offenders, offenders
+
+
 def test_both_tokenizers_keep_the_one_tokenizer_contract(tok_dir):
     """Ours and a published model's tokenizer are the same `data.vocab.Tokenizer` (runtime-checked
     protocol: every member present) with the five specials ELECTRA needs."""

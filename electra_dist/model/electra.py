@@ -17,7 +17,7 @@ from torch import nn
 
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
 from electra_dist.data.batch import masked_slots
-from electra_dist.model import kernels, tail
+from electra_dist.model import tail
 from electra_dist.model.layers import Encoder, LayerFactory
 
 
@@ -207,14 +207,9 @@ class ElectraPretrainer(nn.Module):
         cfg: ModelConfig,
         objective: ObjectiveConfig | None = None,
         factory: LayerFactory | None = None,
-        fused: bool = False,
-        compile_blocks: bool | dict = False,
-        fused_tail: bool = False,
     ):
-        """`fused`: the Gumbel noise as one compiled kernel (same numbers); `compile_blocks`:
-        torch.compile each encoder block (fuses bias+GeLU, residual+LayerNorm); a dict: torch.compile's
-        arguments (backend, mode); `fused_tail`: the generator's vocabulary tail (loss, argmax, Gumbel
-        sample) as one compiled function at TP=1. See kernels.py."""
+        """A plain model: the fused Gumbel kernel, the fused vocabulary tail and compiled encoder blocks are
+        applied from outside, by `kernels.apply` (what the trainer's engine build does)."""
         super().__init__()
         self.cfg = cfg
         self.objective = objective or ObjectiveConfig()
@@ -232,12 +227,9 @@ class ElectraPretrainer(nn.Module):
             self.discriminator = ElectraDiscriminator(
                 cfg, embeddings, self.factory, gdes=self.objective.embedding_sharing == "gdes"
             )
-        self._scores = kernels.fused_gumbel_scores(ElectraPretrainer.gumbel_scores) if fused else self.gumbel_scores
-        self._tail = kernels.fused_vocab_tail() if fused_tail else None
-        self.compiled = None
-        if compile_blocks:
-            kwargs = compile_blocks if isinstance(compile_blocks, dict) else {}
-            self.compiled = kernels.compile_blocks(self, towers=1 if self.discriminator is None else 2, **kwargs)
+        self.scores_fn = tail.gumbel_scores  # the Gumbel noise: kernels.apply may put its compiled kernel here
+        self.vocab_tail_fn = None  # the generator's fused vocabulary tail, where kernels.apply sets one
+        self.compiled = None  # kernels.CompiledBlocks, where kernels.apply compiled the encoder blocks
 
     @property
     def embeddings(self) -> ElectraEmbeddings:
@@ -371,7 +363,7 @@ class ElectraPretrainer(nn.Module):
         """
         lo, hi = self.factory.vocab_range(self.padded_vocab)
         if keys is not None:
-            scores = self._scores(logits, keys, lo, hi, self.objective.temperature)
+            scores = self.scores_fn(logits, keys, lo, hi, self.objective.temperature)
         else:
             u = torch.rand(logits.shape[0], self.padded_vocab, device=logits.device, dtype=torch.float32)[:, lo:hi]
             scores = logits.float() / self.objective.temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)

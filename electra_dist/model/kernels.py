@@ -1,5 +1,6 @@
-"""Fused paths, chosen when the model is built (`ElectraPretrainer(..., fused=True, compile_blocks=...)`),
-each with the plain-torch path as fallback and a parity test (tests/test_kernels.py).
+"""Fused paths, applied to a plain model from outside (`apply(model, gumbel=True, blocks={...},
+vocab_tail=True)`, what the trainer's engine build does), each with the plain-torch path as fallback
+and a parity test (tests/test_kernels.py).
 
 What runs fused where:
 - attention: `F.scaled_dot_product_attention` (layers.py) — flash / memory-efficient kernels on
@@ -8,11 +9,11 @@ What runs fused where:
 - generator head and its cross-entropy only at the masked positions (electra.py), vocab-parallel
   under TP (megatron-core's vocab_parallel_cross_entropy);
 - bias + GeLU, residual-add + LayerNorm: `torch.compile` of each encoder block
-  (`compile_blocks=True`; `train.compile=auto` turns it on on GPU, where it pays, off on CPU). The
+  (`blocks=`; `train.compile=auto` turns it on on GPU, where it pays, off on CPU). The
   first failure to compile (no Triton, a compiler bug) turns every block back to eager for the rest of
   the process, with one line saying why; Dynamo's recompile limit is raised to what a run needs (see
   `CompiledBlocks`), so no variant silently drops to eager;
-- Gumbel sampling: the counter-based noise + log + scale as one compiled kernel (`fused=True`,
+- Gumbel sampling: the counter-based noise + log + scale as one compiled kernel (`gumbel=True`,
   what the trainer and `bench train` build): on 2 CPU cores 37 ms instead of 680 ms for 614
   masked rows × 30 592 tokens. If torch.compile cannot build it here, the plain path runs, with
   one warning;
@@ -158,3 +159,23 @@ def compile_blocks(model: nn.Module, towers: int = 2, log: Callable[[str], None]
         if isinstance(module, Block):
             blocks.wrap(module)
     return blocks
+
+
+def apply(
+    model: nn.Module,
+    gumbel: bool = True,
+    blocks: dict | None = None,
+    vocab_tail: bool = False,
+    log: Callable[[str], None] = print,
+) -> nn.Module:
+    """Put the fused paths into a plain ElectraPretrainer, in place: the Gumbel noise as one compiled kernel
+    (`gumbel`), every encoder block through torch.compile (`blocks`: torch.compile's arguments, e.g.
+    backend and mode; None: eager), the generator's vocabulary tail as one compiled function at TP=1
+    (`vocab_tail`). Each has its plain path as fallback; the numbers are the plain model's."""
+    if gumbel:
+        model.scores_fn = fused_gumbel_scores(type(model).gumbel_scores)
+    if vocab_tail:
+        model.vocab_tail_fn = fused_vocab_tail()
+    if blocks is not None:
+        model.compiled = compile_blocks(model, towers=1 if model.discriminator is None else 2, log=log, **blocks)
+    return model

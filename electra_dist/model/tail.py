@@ -1,7 +1,7 @@
 """The generator's vocabulary tail: from its logits at the masked slots to the MLM loss, its argmax
 predictions and the Gumbel-max replacements the discriminator sees.
 
-Step by step (any TP size, vocab-parallel under TP), or — `ElectraPretrainer(fused_tail=True)`, TP=1,
+Step by step (any TP size, vocab-parallel under TP), or — `kernels.apply(model, vocab_tail=True)`, TP=1,
 counter-based noise — as one compiled function (kernels.vocab_tail) that never writes an fp32 copy of
 the (slots × vocabulary) logits and computes the noise's row keys inside. tests/test_kernels.py holds
 both to the same numbers.
@@ -32,8 +32,15 @@ def generator_tail(
     """(weighted MLM loss sum, argmax predictions, replacements at the filled slots — None for the MLM
     objective) of `model` (an ElectraPretrainer). `rows`: each slot's sample id (counter-based noise, the
     trainer's path), or None for torch's RNG."""
-    if model._tail is not None and rows is not None and model.discriminator is not None and model.factory.tp_size == 1:
-        ce, predicted, sampled = model._tail(logits, targets, rows, positions, model.objective.temperature, rng.GUMBEL)
+    if (
+        model.vocab_tail_fn is not None
+        and rows is not None
+        and model.discriminator is not None
+        and model.factory.tp_size == 1
+    ):
+        ce, predicted, sampled = model.vocab_tail_fn(
+            logits, targets, rows, positions, model.objective.temperature, rng.GUMBEL
+        )
         return (ce * weights).sum(), predicted, torch.where(weights > 0, sampled, targets)
     gen_sum = (model.factory.vocab_cross_entropy(logits, targets) * weights).sum()
     with torch.no_grad():

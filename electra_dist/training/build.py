@@ -16,7 +16,7 @@ import torch
 from electra_dist import parallel
 from electra_dist.config import Config
 from electra_dist.data.vocab import SpecialIds
-from electra_dist.model import ElectraPretrainer
+from electra_dist.model import ElectraPretrainer, kernels
 from electra_dist.training.datacheck import check_data
 from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups
@@ -105,18 +105,13 @@ def build_engine(
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
     if cfg.train.attention_backends != "torch":
         factory.attention_backends = tuple(n.strip() for n in cfg.train.attention_backends.split(","))
-    compiled = (
-        {
-            "backend": cfg.train.compile_backend,
-            **({"mode": cfg.train.compile_mode} if cfg.train.compile_mode != "default" else {}),
-        }
-        if compiles_blocks(cfg, layout.device)
-        else False
-    )
-    fused_tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and bool(compiled))
-    model = ElectraPretrainer(
-        cfg.model, cfg.objective, factory, fused=True, compile_blocks=compiled, fused_tail=fused_tail
-    )
+    blocks = None
+    if compiles_blocks(cfg, layout.device):
+        blocks = {"backend": cfg.train.compile_backend}
+        if cfg.train.compile_mode != "default":
+            blocks["mode"] = cfg.train.compile_mode
+    tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and blocks is not None)
+    model = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective, factory), blocks=blocks, vocab_tail=tail, log=log)
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
