@@ -27,6 +27,7 @@ from electra_dist import parallel
 from electra_dist.model.electra import AUC_BINS
 from electra_dist.training.build import Run
 from electra_dist.training.datacheck import eval_urls
+from electra_dist.training.step import rtd_ratios
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -115,7 +116,8 @@ class Evaluator:
         replaced_hist, original_hist = summed[len(keys) :].view(2, AUC_BINS)
         obj = run.cfg.objective
         gen_loss = t["gen_sum"] / max(1.0, t["masked"])
-        m = {"eval/generator_loss": gen_loss, "eval/generator_accuracy": t["generator_correct"] / max(1.0, t["masked"])}
+        r = rtd_ratios(t)
+        m = {"eval/generator_loss": gen_loss, "eval/generator_accuracy": r["generator_accuracy"]}
         if obj.kind == "electra":
             disc_loss = t["disc_sum"] / max(1.0, t["tokens"])
             m.update(
@@ -123,9 +125,9 @@ class Evaluator:
                     "eval/loss": obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss,
                     "eval/sampled_accuracy": 1.0 - t["replaced"] / max(1.0, t["masked"]),
                     "eval/discriminator_loss": disc_loss,
-                    "eval/discriminator_accuracy": t["discriminator_correct"] / max(1.0, t["tokens"]),
-                    "eval/discriminator_precision": t["true_positive"] / max(1.0, t["predicted_positive"]),
-                    "eval/discriminator_recall": t["true_positive"] / max(1.0, t["replaced"]),
+                    "eval/discriminator_accuracy": r["discriminator_accuracy"],
+                    "eval/discriminator_precision": r["discriminator_precision"],
+                    "eval/discriminator_recall": r["discriminator_recall"],
                     "eval/discriminator_auc": auc(replaced_hist, original_hist),
                 }
             )

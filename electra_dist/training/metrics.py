@@ -19,7 +19,7 @@ from electra_dist.tracking import Tracker, make_tracker
 from electra_dist.tracking.lifecycle import finish_record, start_record
 from electra_dist.training.build import Run
 from electra_dist.training.checkpoints import HF_EXPORT, METRICS, TrainState
-from electra_dist.training.step import NonFiniteError, StepResult
+from electra_dist.training.step import NonFiniteError, StepResult, rtd_ratios
 
 
 class MetricsLogger:
@@ -107,15 +107,16 @@ class MetricsLogger:
             state.skipped_steps = int(getattr(run.engine, "skipped_steps", 0))
         micro_total = self.steps * run.grad_accum * run.layout.dp_size
         tflops = self.tokens * run.flops_per_token / seconds / 1e12 / run.layout.world
+        r = rtd_ratios(s)
         m = {
             "loss/total": s["loss"] / micro_total,
             "loss/generator": s["generator_loss"] / micro_total,
             "loss/discriminator": s["discriminator_loss"] / micro_total,
-            "acc/generator": s["generator_correct"] / max(1.0, s["masked"]),
-            "acc/discriminator": s["discriminator_correct"] / max(1.0, s["tokens"]),
-            "discriminator/precision": s["true_positive"] / max(1.0, s["predicted_positive"]),
-            "discriminator/recall": s["true_positive"] / max(1.0, s["replaced"]),
-            "discriminator/replaced_fraction": s["replaced"] / max(1.0, s["tokens"]),
+            "acc/generator": r["generator_accuracy"],
+            "acc/discriminator": r["discriminator_accuracy"],
+            "discriminator/precision": r["discriminator_precision"],
+            "discriminator/recall": r["discriminator_recall"],
+            "discriminator/replaced_fraction": r["replaced_fraction"],
             "optim/lr": float(run.scheduler.get_last_lr()[0]),
             "optim/grad_norm": float(self.grad_norm if self.grad_norm is not None else float("nan")),
             "throughput/tokens_per_s": self.tokens / seconds,

@@ -135,3 +135,16 @@ def engine_step(
     elif check_grad_norm and norm is not None and not math.isfinite(float(norm)):  # DeepSpeed read it back
         nonfinite = nonfinite + 1.0
     return StepResult(sums, tokens, nonfinite, [k for b in micro for k in b.keys], norm)
+
+
+def rtd_ratios(s: dict[str, float]) -> dict[str, float]:
+    """The accuracy-type numbers of replaced-token detection from summed counts (over steps or held-out
+    batches, all ranks): the generator's accuracy at the masked positions, and the discriminator's
+    accuracy, precision and recall over the non-pad tokens, and the share of them that was replaced."""
+    return {
+        "generator_accuracy": s["generator_correct"] / max(1.0, s["masked"]),
+        "discriminator_accuracy": s["discriminator_correct"] / max(1.0, s["tokens"]),
+        "discriminator_precision": s["true_positive"] / max(1.0, s["predicted_positive"]),
+        "discriminator_recall": s["true_positive"] / max(1.0, s["replaced"]),
+        "replaced_fraction": s["replaced"] / max(1.0, s["tokens"]),
+    }
