@@ -10,6 +10,7 @@ that launcher dies (kill -9 of torchrun's agent), so it never runs on unsupervis
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import threading
@@ -141,7 +142,7 @@ def launcher_gone() -> str | None:
     return _GONE[0] if _GONE else None
 
 
-def own_extensions_dir(say=print) -> Path:
+def own_extensions_dir() -> Path:
     """torch's JIT-built ops (DeepSpeed's CPU communication op on a first start) in a directory of this
     Python environment's own: two virtualenvs no longer rebuild one directory in turn, each waiting on the
     other's lock. Says so when the build is still ahead (a minute or more, once)."""
@@ -153,8 +154,8 @@ def own_extensions_dir(say=print) -> Path:
         os.environ["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "torch_extensions" / f"electra-dist-{tag}")
     where = Path(os.environ["TORCH_EXTENSIONS_DIR"])
     if not any(where.glob("*/deepspeed_shm_comm*")) and not any(where.glob("deepspeed_shm_comm*")):
-        say(
-            f"electra-dist: the first start in this environment builds DeepSpeed's CPU communication op into "
+        logging.getLogger(__name__).info(
+            f"the first start in this environment builds DeepSpeed's CPU communication op into "
             f"{where} (a minute or more, once)"
         )
     return where

@@ -18,8 +18,12 @@ import sys
 if __package__ in (None, ""):  # run as a script (the deepspeed/torchrun way): make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import logging  # noqa: E402
+
 from electra_dist.config import Config, keys_help, suggest_key  # noqa: E402
 from electra_dist.errors import take_debug_flag  # noqa: E402
+
+log = logging.getLogger("electra_dist.train")  # also when run as a script (__name__ is then __main__)
 
 
 def train(run, ckpts, state, until: int | None = None, signals=None) -> str:
@@ -67,8 +71,8 @@ def _stop_here(run, signals, stopped, unsaved: bool, step: int) -> None:
     """Every rank agreed to stop before this step: the batches it fetched go back to the loader."""
     signals.agreed()
     run.loader.rewind(stopped.fetched)  # the batches just fetched were not trained on
-    run.log(
-        f"electra-dist: signal received ({signals.describe() if signals.received else 'by another rank'}): "
+    log.info(
+        f"signal received ({signals.describe() if signals.received else 'by another rank'}): "
         f"{'checkpointing' if unsaved else 'nothing trained since the checkpoint'} at step {step} and exiting"
     )
 
@@ -145,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 for f in flags
             )
         )
-    import logging
     import warnings
 
+    from electra_dist import logs
     from electra_dist.training.signals import StopSignals
+
+    logs.setup()  # the package's one logger: stdout, global rank 0
 
     # megatron-core says this once per module and rank; we use neither (the fused paths are ours)
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
@@ -181,9 +187,9 @@ def _main(args: argparse.Namespace, signals) -> int:
         cfg = Config.build(args.config, overrides)
         lock = prepare_output_dir(cfg.validate(), rank0)  # seconds in, before DeepSpeed's imports
         # (with init_from the shape, vocabulary included, comes from the weights first: build_run checks then)
-        special = None if cfg.train.init_from else check_data(cfg, print if rank0 else (lambda _: None))
+        special = None if cfg.train.init_from else check_data(cfg)
         if not cuda_visible():
-            own_extensions_dir(print if rank0 else (lambda _: None))
+            own_extensions_dir()
         from electra_dist import parallel
         from electra_dist.training.build import build_run
         from electra_dist.training.checkpoints import CheckpointManager
@@ -196,7 +202,7 @@ def _main(args: argparse.Namespace, signals) -> int:
         )
         ckpts = CheckpointManager(run)
         state = ckpts.resume(args.resume, allow_data_change=args.allow_data_change)
-        run.log(f"electra-dist: steps {state.step} → {cfg.train.max_steps}")
+        log.info(f"steps {state.step} → {cfg.train.max_steps}")
         train(run, ckpts, state, args.until_step, signals)
     except Exception as e:
         started = "state" in locals()

@@ -277,3 +277,26 @@ def baseline_dir(tmp_path_factory, data):
 @pytest.fixture(scope="session")
 def baseline(baseline_dir):
     return losses(baseline_dir)
+
+
+@pytest.fixture
+def logged():
+    """The lines the package logs during the test, as users see them (`electra-dist: …`)."""
+    import logging
+
+    from electra_dist import logs
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    logger, handler = logging.getLogger(logs.PACKAGE), Collect()
+    handler.setFormatter(logs._Format())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)

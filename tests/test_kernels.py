@@ -97,7 +97,7 @@ def test_fused_model_samples_the_same(tiny):
     assert torch.equal(fused.gumbel_sample(logits, keys), plain.gumbel_sample(logits, keys))
 
 
-def test_block_compilation_falls_back_to_eager_once_with_one_line():
+def test_block_compilation_falls_back_to_eager_once_with_one_line(logged):
     """A compiler that fails (no Triton, a compiler bug): the blocks run eager, same numbers, one line."""
 
     def broken(gm, inputs):
@@ -106,9 +106,8 @@ def test_block_compilation_falls_back_to_eager_once_with_one_line():
     cfg = tiny_config()
     torch.manual_seed(0)
     eager = ElectraPretrainer(cfg.model, cfg.objective).eval()
-    lines = []
+    lines = logged
     model = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective), gumbel=False, blocks={"backend": broken}).eval()
-    model.compiled.log = lines.append
     model.load_state_dict(eager.state_dict())
     ids = torch.randint(5, 1000, (2, 16))
     for _ in range(2):

@@ -184,6 +184,32 @@ def test_the_model_is_plain_and_its_speed_ups_are_applied_from_outside():
     assert not offenders, offenders
 
 
+def test_the_library_logs_through_one_logger():
+    """Outside the commands, what a run says goes through `logging.getLogger(__name__)` (electra_dist.logs
+    gives the package logger its one handler): no `log=`/`say=` callables threaded through signatures, no
+    print to stdout (a rank's own error or warning may still go straight to stderr)."""
+    offenders = []
+    for name, (path, tree) in modules().items():
+        if name.startswith("electra_dist.commands") or name in ("electra_dist.errors", "electra_dist.__main__"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.args + node.args.kwonlyargs
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({a.arg}=…)"
+                    for a in args
+                    if a.arg in ("log", "say")
+                ]
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "print"
+                and not any(k.arg == "file" and "stderr" in ast.unparse(k.value) for k in node.keywords)
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} print to stdout")
+    assert not offenders, offenders
+
+
 def test_both_tokenizers_keep_the_one_tokenizer_contract(tok_dir):
     """Ours and a published model's tokenizer are the same `data.vocab.Tokenizer` (runtime-checked
     protocol: every member present) with the five specials ELECTRA needs."""

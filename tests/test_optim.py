@@ -37,7 +37,7 @@ def test_flops_per_token_matches_the_design():
     assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0 and peak_tflops("cpu", "fp32") is None
 
 
-def test_the_gpu_optimizer_is_torch_fused_adamw_and_fusedadam_falls_back_once(monkeypatch, tmp_path):
+def test_the_gpu_optimizer_is_torch_fused_adamw_and_fusedadam_falls_back_once(monkeypatch, tmp_path, logged):
     """On CUDA the default is torch's AdamW(fused=True) (no build); optim.implementation=deepspeed asks
     for FusedAdam and, where it cannot be had, says so once and uses torch's. (CPU here: the device is
     only named "cuda"; torch's fused AdamW runs on CPU tensors too.)"""
@@ -49,7 +49,8 @@ def test_the_gpu_optimizer_is_torch_fused_adamw_and_fusedadam_falls_back_once(mo
 
     params = [torch.nn.Parameter(torch.randn(4, 4))]
     cuda = torch.device("cuda")
-    opt = optim.build_optimizer([{"params": params}], OptimConfig(), cuda, log=pytest.fail)
+    opt = optim.build_optimizer([{"params": params}], OptimConfig(), cuda)
+    assert logged == []  # nothing to say
     assert type(opt) is torch.optim.AdamW and opt.defaults["fused"]
     assert not optim.build_optimizer([{"params": params}], OptimConfig(), torch.device("cpu")).defaults["fused"]
 
@@ -57,9 +58,9 @@ def test_the_gpu_optimizer_is_torch_fused_adamw_and_fusedadam_falls_back_once(mo
         raise RuntimeError("not prebuilt, and CUDA_HOME=/usr is not a CUDA toolkit")
 
     monkeypatch.setattr(parallel, "fused_adam", unavailable)
-    lines = []
+    lines = logged
     for _ in range(3):  # every model a process builds (bench, gpu-check) asks again: said once
-        opt = optim.build_optimizer([{"params": params}], OptimConfig(implementation="deepspeed"), cuda, lines.append)
+        opt = optim.build_optimizer([{"params": params}], OptimConfig(implementation="deepspeed"), cuda)
         assert type(opt) is torch.optim.AdamW and opt.defaults["fused"]
     assert lines == [
         "electra-dist: DeepSpeed FusedAdam unavailable: not prebuilt, and CUDA_HOME=/usr is not a CUDA "

@@ -170,7 +170,7 @@ def test_zero2_accumulates_bf16_gradients_in_fp32():
     with one_rank():
         layout = parallel.setup(1)
         ds = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
-        engine, _ = build_engine(cfg, ds, layout, log=lambda line: None)
+        engine, _ = build_engine(cfg, ds, layout)
         assert next(engine.module.parameters()).dtype == torch.bfloat16
         assert (
             engine.optimizer.gradient_accumulation_dtype == torch.float32 and engine.optimizer.use_separate_grad_accum

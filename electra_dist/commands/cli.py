@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import Callable, Sequence
 
-from electra_dist import errors
+from electra_dist import errors, logs
 from electra_dist.commands import parsers
 
 Handler = Callable[[argparse.Namespace], int]
@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    logs.setup(rank=0)  # what the library says goes to stdout, `electra-dist: …`
     func: Handler | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

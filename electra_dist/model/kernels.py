@@ -24,10 +24,13 @@ What runs fused where:
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 ScoresFn = Callable[[torch.Tensor, torch.Tensor, int, int, float], torch.Tensor]
 
@@ -36,8 +39,8 @@ class Fused:
     """`plain`'s numbers from one compiled function; `plain` itself (for good, one line saying why) when
     torch.compile cannot build it on this machine."""
 
-    def __init__(self, plain: Callable, name: str, log: Callable[[str], None] = print, dynamic: bool | None = True):
-        self.plain, self.name, self.log = plain, name, log
+    def __init__(self, plain: Callable, name: str, dynamic: bool | None = True):
+        self.plain, self.name = plain, name
         self.compiled = torch.compile(plain, dynamic=dynamic)
         self.fused = True
 
@@ -49,7 +52,7 @@ class Fused:
                 if not _compiler_failure(e):
                     raise
                 self.fused = False
-                self.log(f"electra-dist: {self.name} unavailable ({_cause(e)}); using the plain path")
+                log.info(f"{self.name} unavailable ({_cause(e)}); using the plain path")
         return self.plain(*args)
 
 
@@ -106,9 +109,9 @@ class CompiledBlocks:
 
     built_variants = 0  # over every model compiled in this process
 
-    def __init__(self, towers: int, log: Callable[[str], None] = print, **kwargs):
+    def __init__(self, towers: int, **kwargs):
         self.variants = towers * 2 * 2
-        self.kwargs, self.log, self.eager = kwargs, log, False
+        self.kwargs, self.eager = kwargs, False
         CompiledBlocks.built_variants += self.variants
         limit = 4 * CompiledBlocks.built_variants
         if torch._dynamo.config.recompile_limit < limit:
@@ -127,8 +130,8 @@ class CompiledBlocks:
                     raise
                 out = eager(*args, **kwargs)  # raises the caller's own error again: then it was not compiling
                 self.eager = True
-                self.log(
-                    f"electra-dist: compiling the encoder blocks failed ({_cause(e)}); they run eager from "
+                log.info(
+                    f"compiling the encoder blocks failed ({_cause(e)}); they run eager from "
                     "here (train.compile=false skips the attempt)"
                 )
                 return out
@@ -150,11 +153,11 @@ def _cause(e: BaseException) -> str:
     return type(e).__name__ + (f": {type(root).__name__}: {first}" if root is not e else f": {first}")
 
 
-def compile_blocks(model: nn.Module, towers: int = 2, log: Callable[[str], None] = print, **kwargs) -> CompiledBlocks:
+def compile_blocks(model: nn.Module, towers: int = 2, **kwargs) -> CompiledBlocks:
     """torch.compile every encoder block of `model` in place, with fallback (see CompiledBlocks)."""
     from electra_dist.model.layers import Block
 
-    blocks = CompiledBlocks(towers, log, **kwargs)
+    blocks = CompiledBlocks(towers, **kwargs)
     for module in model.modules():
         if isinstance(module, Block):
             blocks.wrap(module)
@@ -166,7 +169,6 @@ def apply(
     gumbel: bool = True,
     blocks: dict | None = None,
     vocab_tail: bool = False,
-    log: Callable[[str], None] = print,
 ) -> nn.Module:
     """Put the fused paths into a plain ElectraPretrainer, in place: the Gumbel noise as one compiled kernel
     (`gumbel`), every encoder block through torch.compile (`blocks`: torch.compile's arguments, e.g.
@@ -177,5 +179,5 @@ def apply(
     if vocab_tail:
         model.vocab_tail_fn = fused_vocab_tail()
     if blocks is not None:
-        model.compiled = compile_blocks(model, towers=1 if model.discriminator is None else 2, log=log, **blocks)
+        model.compiled = compile_blocks(model, towers=1 if model.discriminator is None else 2, **blocks)
     return model

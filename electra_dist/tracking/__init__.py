@@ -3,11 +3,14 @@ background thread (mlflow_tracker.py), and what a run records about itself (reco
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from electra_dist.tracking.base import Tracker, resolve_tracking_uri
 from electra_dist.tracking.record import git_commit, package_versions, plot_run, read_header, read_metrics, run_params
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Tracker",
@@ -50,15 +53,15 @@ def default_run_name(cfg) -> str:
     return " ".join([cfg.flavor, *differs[:6], time.strftime("%Y%m%d-%H%M%S")])
 
 
-def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = None, log=print) -> Tracker:
+def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = None) -> Tracker:
     """MLflow on global rank 0 when tracking is on (and mlflow importable); a no-op tracker elsewhere."""
     if not is_main or not cfg.tracking.enabled:
         return Tracker()
     try:
         import mlflow  # noqa: F401
     except ImportError:
-        log(
-            "electra-dist: warning: tracking.enabled=true but mlflow is not installed; metrics go to "
+        log.warning(
+            "tracking.enabled=true but mlflow is not installed; metrics go to "
             f"{metrics_file} only (install mlflow, or set tracking.enabled=false)"
         )
         return Tracker()
@@ -84,6 +87,5 @@ def make_tracker(cfg, is_main: bool, metrics_file: Path, run_id: str | None = No
         metrics_file,
         run_id=run_id,
         tags=tags,
-        log=log,
         flush_timeout=cfg.tracking.flush_timeout,
     )

@@ -13,6 +13,7 @@ metrics, from the JSONL) later, creating the run if the server was never reached
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -23,6 +24,8 @@ from typing import Any
 from electra_dist.io import write_atomic
 from electra_dist.tracking.base import Tracker
 from electra_dist.tracking.record import read_metrics
+
+log = logging.getLogger(__name__)
 
 TRACKING_JSON = "tracking.json"
 PENDING_JSON = "tracking_pending.json"
@@ -71,14 +74,12 @@ class MLflowTracker(Tracker):
         run_id: str | None = None,
         tags: dict[str, str] | None = None,
         system_metrics: bool = True,
-        log=print,
         retry_max_seconds: float = 10.0,
         flush_timeout: float = 30.0,
     ):
         _quiet_http()
         self.uri = uri
         self.metrics_file = Path(metrics_file) if metrics_file else None  # None: nothing to back-fill from
-        self._log = log
         self._flush_timeout = flush_timeout
         if self.metrics_file is not None and self.metrics_file.parent.is_dir():  # `sync` finds the run by it
             _write_json(
@@ -99,7 +100,6 @@ class MLflowTracker(Tracker):
             run_id,
             dict(tags or {}),
             system_metrics,
-            log,
             retry_max_seconds,
         )
         pending = self.metrics_file.parent / PENDING_JSON if self.metrics_file is not None else None
@@ -155,7 +155,7 @@ class MLflowTracker(Tracker):
                 f"; the metrics are all in {self.metrics_file}, the rest in {pending}: send them later with "
                 f"`electra-dist sync --output-dir {self.metrics_file.parent}`"
             )
-        self._log(msg)
+        log.info(msg.removeprefix("electra-dist: "))
         return msg
 
 
@@ -171,17 +171,10 @@ class _Sender:
         run_id: str | None,
         tags: dict[str, str],
         system_metrics: bool,
-        log,
         retry_max: float,
     ):
         self.uri, self.experiment, self.run_name, self.metrics_file = uri, experiment, run_name, metrics_file
-        self.run_id, self.tags, self.system_metrics, self.log, self.retry_max = (
-            run_id,
-            tags,
-            system_metrics,
-            log,
-            retry_max,
-        )
+        self.run_id, self.tags, self.system_metrics, self.retry_max = run_id, tags, system_metrics, retry_max
         self.queue: queue.Queue = queue.Queue()
         self.pending: list[tuple[str, Any]] = []  # (kind, payload) not yet sent, in order
         self.logged_steps: set[int] = set()  # steps the run already has
@@ -242,8 +235,8 @@ class _Sender:
     def warn(self, e: Exception) -> None:
         if not self.warned:
             self.warned = True
-            self.log(
-                f"electra-dist: warning: MLflow at {self.uri} is unreachable ({type(e).__name__}: "
+            log.warning(
+                f"MLflow at {self.uri} is unreachable ({type(e).__name__}: "
                 f"{str(e)[:200]}); training continues, metrics stay in {self.metrics_file or 'the queue'} "
                 "and are sent when the server answers again"
             )
@@ -271,10 +264,10 @@ class _Sender:
             }
             _write_json(self.metrics_file.parent / TRACKING_JSON, info)
         if self.warned:
-            self.log(f"electra-dist: MLflow at {self.uri} answers again; back-filling")
+            log.info(f"MLflow at {self.uri} answers again; back-filling")
         self.backfill()
         if self.system_metrics and self.monitor is None:
-            self.monitor = _start_system_metrics(self.run_id, self.uri, self.log)
+            self.monitor = _start_system_metrics(self.run_id, self.uri)
 
     def backfill(self) -> None:
         """Queue every JSONL record the run lacks (before anything pending for later steps)."""
@@ -379,7 +372,7 @@ def _create_run(client, uri: str, experiment: str, run_name: str, tags: dict[str
     return client.create_run(exp_id, run_name=run_name, tags={**tags, "status": "running"}).info.run_id
 
 
-def _start_system_metrics(run_id: str, uri: str, log):
+def _start_system_metrics(run_id: str, uri: str):
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -387,5 +380,5 @@ def _start_system_metrics(run_id: str, uri: str, log):
         monitor.start()
         return monitor
     except Exception as e:
-        log(f"electra-dist: MLflow system metrics unavailable: {e}")
+        log.info(f"MLflow system metrics unavailable: {e}")
         return None

@@ -4,6 +4,7 @@ and a plot of its metrics JSONL."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 from electra_dist.config import flatten
 from electra_dist.errors import writing
 from electra_dist.io import git_commit, write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def run_params(cfg, ds_config: dict, world: int, tp: int, dp: int) -> dict[str, Any]:
@@ -119,7 +122,7 @@ def plot_run(metrics_file: Path, out: Path) -> Path | None:
     return out
 
 
-def truncate_metrics(path: Path, step: int, log=print) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop records after `step` (logged after the checkpoint we resume from): one continuous history.
     A line that is not a record (torn by a crash, or damaged) is never dropped silently: it is kept
     in metrics.jsonl.bad with its line number, and said."""
@@ -131,8 +134,8 @@ def truncate_metrics(path: Path, step: int, log=print) -> None:
         aside = path.with_name(path.name + ".bad")
         with writing(aside), open(aside, "a") as f:
             f.writelines(f"{path}:{n}: {line}\n" for n, line in bad)
-        log(
-            f"electra-dist: warning: {path}: {len(bad)} line(s) that are not records (line "
+        log.warning(
+            f"{path}: {len(bad)} line(s) that are not records (line "
             f"{', '.join(str(n) for n, _ in bad[:5])}{' …' if len(bad) > 5 else ''}) kept in {aside}"
         )
     with writing(path):

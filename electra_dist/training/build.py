@@ -8,8 +8,9 @@ schedule → DeepSpeed engine → loader. The result is a `Run`: plain data the 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -22,6 +23,8 @@ from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups
 from electra_dist.training.step import grad_norm_flags
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Run:
@@ -32,7 +35,6 @@ class Run:
     engine: Any  # deepspeed.DeepSpeedEngine
     scheduler: Any
     loader: Any
-    log: Callable[[str], None]
 
     @property
     def model(self) -> ElectraPretrainer:
@@ -61,10 +63,6 @@ class Run:
         return peak_tflops(self.layout.device_name, self.cfg.train.precision)
 
 
-def rank0_printer(layout: parallel.Layout) -> Callable[[str], None]:
-    return (lambda msg: print(msg, flush=True)) if layout.is_main else (lambda msg: None)
-
-
 def build_run(
     cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozenset(), special: SpecialIds | None = None
 ) -> Run:
@@ -72,7 +70,6 @@ def build_run(
     `special`: what `check_data` returned when the caller already ran it (it reads every shard's header)."""
     cfg.validate()
     layout = parallel.setup(cfg.parallel.tensor_parallel_size, cfg.parallel.collective_timeout)
-    log = rank0_printer(layout)
     ds_config = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
     source = None
     if cfg.train.init_from:
@@ -80,25 +77,23 @@ def build_run(
 
         source = read_source(cfg.train.init_from)
         for change in apply_shape(cfg, source, explicit):
-            log(f"electra-dist: {change} (the shape of {cfg.train.init_from})")
+            log.info(f"{change} (the shape of {cfg.train.init_from})")
         cfg.validate()  # the new shape against the rest (heads divide widths, TP divides heads)
     if special is None:
-        special = check_data(cfg, log)
-    engine, scheduler = build_engine(cfg, ds_config, layout, log, source)
-    run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout), log)
+        special = check_data(cfg)
+    engine, scheduler = build_engine(cfg, ds_config, layout, source)
+    run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout))
     n_params = sum(p.numel() for p in run.model.parameters())
     t = cfg.train
-    log(
-        f"electra-dist: world {layout.world} = TP {layout.tp_size} × DP {layout.dp_size}, ZeRO-{run.zero_stage}, "
+    log.info(
+        f"world {layout.world} = TP {layout.tp_size} × DP {layout.dp_size}, ZeRO-{run.zero_stage}, "
         f"{t.precision}, device {layout.device_name}; {n_params / 1e6:.2f}M parameters per TP rank; global batch "
         f"{t.global_batch_size} = {t.micro_batch_size} × {layout.dp_size} DP × {run.grad_accum} accumulation"
     )
     return run
 
 
-def build_engine(
-    cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout, log: Callable[[str], None] = print, source=None
-):
+def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout, source=None):
     """Model (from `source`'s weights: train.init_from), optimizer, schedule and the DeepSpeed engine over
     them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
@@ -111,15 +106,15 @@ def build_engine(
         if cfg.train.compile_mode != "default":
             blocks["mode"] = cfg.train.compile_mode
     tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and blocks is not None)
-    model = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective, factory), blocks=blocks, vocab_tail=tail, log=log)
+    model = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective, factory), blocks=blocks, vocab_tail=tail)
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
-        parallel.load_full_weights(model, initial_weights(model, source, log), layout.tp_size, layout.tp_rank)
+        parallel.load_full_weights(model, initial_weights(model, source), layout.tp_size, layout.tp_rank)
     # dropout differs between data-parallel ranks, agrees within a tensor-parallel group (with
     # data.dp_split=batch each micro-batch reseeds it from its place in the global batch)
     torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)
-    optimizer = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg.optim, layout.device, log)
+    optimizer = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg.optim, layout.device)
     schedule = lr_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
     return parallel.build_engine(model, optimizer, schedule, ds_config)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import sys
 import time
@@ -33,6 +34,8 @@ from electra_dist.tracking.record import truncate_metrics
 from electra_dist.training.build import Run
 from electra_dist.training.guard import data_changes, data_identity
 from electra_dist.training.optim import continue_schedule
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
@@ -112,7 +115,7 @@ class CheckpointManager:
         run, tag = self.run, f"step{state.step:08d}"
         final, tmp = self.dir / tag, self.dir / (tag + ".tmp")
         if _sound(final, run):
-            run.log(f"electra-dist: {final} is already complete; not written again")
+            log.info(f"{final} is already complete; not written again")
             self.last_saved = state.step
             return final
         if run.layout.is_main:
@@ -152,7 +155,7 @@ class CheckpointManager:
                 latest.replace(self.dir / LATEST)
             for old in complete_checkpoints(self.dir)[: -run.cfg.train.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-            run.log(f"electra-dist: saved checkpoint {final}")
+            log.info(f"saved checkpoint {final}")
         parallel.barrier()
         self.last_saved = state.step
         return final
@@ -204,8 +207,8 @@ class CheckpointManager:
             if rng.get("cuda") is not None and run.layout.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])
         if run.layout.is_main:
-            truncate_metrics(self.output_dir / METRICS, state.step, run.log)
-        run.log(f"electra-dist: resumed from {path} at step {state.step}")
+            truncate_metrics(self.output_dir / METRICS, state.step)
+        log.info(f"resumed from {path} at step {state.step}")
         self.last_saved = state.step
         return state
 
@@ -224,10 +227,7 @@ class CheckpointManager:
                 strict=True,
             )
             save_model(out, plain, run.cfg)
-            run.log(
-                f"electra-dist: wrote the final model to {out} (export with `electra-dist export "
-                f"--checkpoint {out} --out DIR`)"
-            )
+            log.info(f"wrote the final model to {out} (export with `electra-dist export --checkpoint {out} --out DIR`)")
             if run.cfg.tracking.log_hf_export:  # logged as the run's artifact when it closes
                 export_hf(plain, self.output_dir / HF_EXPORT, run.cfg.data.tokenizer or None)
         parallel.barrier()
@@ -296,7 +296,7 @@ def _data_changes(run: Run, path: Path, saved: dict | None, now: dict, allowed: 
             ]
         )
     if changes:
-        run.log("electra-dist: warning: resuming on other data (--allow-data-change): " + "; ".join(changes))
+        log.warning("resuming on other data (--allow-data-change): " + "; ".join(changes))
     return changes
 
 
@@ -309,7 +309,7 @@ def _load_engine_state(run: Run, path: Path, recorded: dict | None, group_names:
         )
         if resharded is not None:
             saved, was = resharded
-            run.log(f"electra-dist: {path} was written by {was}: re-sharded onto {parallel.current_layout(run.engine)}")
+            log.info(f"{path} was written by {was}: re-sharded onto {parallel.current_layout(run.engine)}")
             return saved
         load_path, saved = run.engine.load_checkpoint(str(path.parent), tag=path.name)
     except RuntimeError as e:

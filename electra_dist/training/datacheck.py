@@ -4,13 +4,15 @@ its size and a tar header. Everything found goes into one ConfigError."""
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
 
 from electra_dist.config import Config, ConfigError
 from electra_dist.data.vocab import SpecialIds
 
+log = logging.getLogger(__name__)
 
-def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
+
+def check_data(cfg: Config) -> SpecialIds:
     """Tokenizer and shards exist and agree with each other and the config (vocab size taken from
     the tokenizer); every problem in one ConfigError. Returns the special-token ids."""
     from electra_dist.data.loader import resolve_shards
@@ -51,7 +53,7 @@ def check_data(cfg: Config, log: Callable[[str], None]) -> SpecialIds:
             f"(`electra-dist shards build --tokenizer {cfg.train.init_from} ...`)"
         )
     elif vocab is not None and vocab != cfg.model.vocab_size:
-        log(f"electra-dist: model.vocab_size {cfg.model.vocab_size} → {vocab} (the tokenizer's)")
+        log.info(f"model.vocab_size {cfg.model.vocab_size} → {vocab} (the tokenizer's)")
         cfg.model.vocab_size = vocab
     if problems:
         raise ConfigError(problems)

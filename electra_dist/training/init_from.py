@@ -13,14 +13,16 @@ checkpoint wins over PATH.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from electra_dist import parallel
 from electra_dist.config import Config, ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
 
 SHAPE_KEYS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
 ENCODER_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
@@ -90,7 +92,7 @@ def apply_shape(cfg: Config, src: InitSource, explicit: set[str]) -> list[str]:
     return changed
 
 
-def initial_weights(model, src: InitSource, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+def initial_weights(model, src: InitSource) -> dict[str, torch.Tensor]:
     """The full (TP=1) tensors to copy into `model`, by its parameter names; the rest keep their fresh init."""
     targets = dict(model.named_parameters(remove_duplicate=False))
     mlm = model.discriminator is None
@@ -101,7 +103,7 @@ def initial_weights(model, src: InitSource, log: Callable[[str], None]) -> dict[
             name = k.split(".embeddings_delta.")[1].replace("__", ".")
             merged = state[f"discriminator.embeddings.{name}"] + state.pop(k)
             state[f"discriminator.embeddings.{name}"] = state[f"generator.embeddings.{name}"] = merged
-        log(f"electra-dist: {src.path} shares embeddings by GDES: the tied table starts as the discriminator's sum")
+        log.info(f"{src.path} shares embeddings by GDES: the tied table starts as the discriminator's sum")
     out = {}
     for name, t in state.items():
         if mlm:  # the MLM objective's one encoder is `generator.*`: the discriminator's encoder, a fresh MLM head
@@ -114,8 +116,8 @@ def initial_weights(model, src: InitSource, log: Callable[[str], None]) -> dict[
         for name in [n for n in out if n.startswith("discriminator.embeddings.")]:
             out["generator" + name[len("discriminator") :]] = out[name]
     fresh = sorted({n.split(".")[0] + "." + n.split(".")[1] for n in targets if n not in out})
-    log(
-        f"electra-dist: init from {src.path} ({src.kind}): {len(out)} of {len(targets)} weights"
+    log.info(
+        f"init from {src.path} ({src.kind}): {len(out)} of {len(targets)} weights"
         + (f"; fresh: {', '.join(fresh)}" if fresh else "")
     )
     return out

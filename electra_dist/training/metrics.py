@@ -7,6 +7,7 @@ log steps and before every checkpoint (`check_finite`), so a poisoned state is n
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -15,11 +16,14 @@ import torch
 
 from electra_dist import parallel
 from electra_dist.errors import writing
+from electra_dist.logs import PLAIN
 from electra_dist.tracking import Tracker, make_tracker
 from electra_dist.tracking.lifecycle import finish_record, start_record
 from electra_dist.training.build import Run
 from electra_dist.training.checkpoints import HF_EXPORT, METRICS, TrainState
 from electra_dist.training.step import NonFiniteError, StepResult, rtd_ratios
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLogger:
@@ -28,7 +32,7 @@ class MetricsLogger:
         self.output_dir = Path(run.cfg.output_dir)
         self.file = self.output_dir / METRICS
         run_id = state.run_id or (self._run_id_on_disk() if state.resumed_from else None)
-        self.tracker = tracker or make_tracker(run.cfg, run.layout.is_main, self.file, run_id=run_id, log=run.log)
+        self.tracker = tracker or make_tracker(run.cfg, run.layout.is_main, self.file, run_id=run_id)
         state.run_id = self.tracker.run_id
         self.pace: list[float] = []  # seconds per step of each window, evaluation left out: the ETA's
         self._reset()
@@ -136,9 +140,8 @@ class MetricsLogger:
                 f.write(json.dumps({"step": state.step, "time": time.time(), **m}) + "\n")
             self.tracker.log_metrics(m, state.step)
             state.run_id = self.tracker.run_id
-            run.log(
-                _console_line(state.step, run.cfg.train.max_steps, self._pace(seconds - m.get("eval/seconds", 0.0)), m)
-            )
+            pace = self._pace(seconds - m.get("eval/seconds", 0.0))
+            log.info(_console_line(state.step, run.cfg.train.max_steps, pace, m), extra=PLAIN)
         self._reset()
         return m
 
@@ -146,8 +149,8 @@ class MetricsLogger:
         run = self.run
         start_record(self.tracker, run.cfg, run.ds_config, run.layout, self.file, state.resumed_from, state.changed)
         if not run.peak_tflops:
-            run.log(
-                f"electra-dist: MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
+            log.info(
+                f"MFU not shown: no peak TFLOP/s known for {run.layout.device_name!r} in "
                 f"{run.cfg.train.precision} (set ELECTRA_DIST_PEAK_TFLOPS to its dense peak)"
             )
 

@@ -4,14 +4,17 @@ LR = linear decay to 0 × min(1, step / warm-up)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from electra_dist import parallel
 from electra_dist.config import ConfigError, OptimConfig
+
+log = logging.getLogger(__name__)
 
 
 def lr_multiplier(step: int, warmup: int, total: int) -> float:
@@ -60,9 +63,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(
-    groups: list[dict[str, Any]], o: OptimConfig, device: torch.device, log: Callable[[str], None] = print
-) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict[str, Any]], o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over `groups` (optim.implementation): torch's, fused on GPU; or DeepSpeed's FusedAdam on GPU,
     torch's fused AdamW when that op cannot be had (said once per process)."""
     kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
@@ -72,17 +73,17 @@ def build_optimizer(
         try:
             return parallel.fused_adam(groups, **kw)
         except RuntimeError as e:
-            _say_once(log, f"electra-dist: DeepSpeed FusedAdam unavailable: {e}; using torch AdamW(fused=True)")
+            _say_once(f"DeepSpeed FusedAdam unavailable: {e}; using torch AdamW(fused=True)")
     return torch.optim.AdamW(groups, fused=True, **kw)
 
 
 _said: set[str] = set()
 
 
-def _say_once(log: Callable[[str], None], line: str) -> None:
+def _say_once(line: str) -> None:
     if line not in _said:
         _said.add(line)
-        log(line)
+        log.info(line)
 
 
 def continue_schedule(run, state, saved: dict[str, Any], where: Path) -> None:
@@ -108,7 +109,7 @@ def continue_schedule(run, state, saved: dict[str, Any], where: Path) -> None:
         )
     run.scheduler.lr_lambdas = [after] * len(run.scheduler.lr_lambdas)
     state.changed["train.max_steps"] = f"{before.total} -> {t.max_steps} at step {state.step}"
-    run.log(
-        f"electra-dist: train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
+    log.info(
+        f"train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
         f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}"
     )
