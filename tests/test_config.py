@@ -193,3 +193,13 @@ def test_a_flat_flag_points_to_its_config_key(capsys):
     assert (
         "--micro-batch-size is not a flag; set config keys as KEY=VALUE (did you mean train.micro_batch_size?)" in err
     )
+
+
+def test_flavors_are_data_every_key_a_config_key():
+    """A flavor is the dotted overrides of the base defaults (no code, no import side effect)."""
+    from electra_dist.config.flavors import FLAVORS
+
+    known = {k for k, _, _ in Config().fields()}
+    for name, overrides in FLAVORS.items():
+        assert isinstance(overrides, dict) and set(overrides) <= known, (name, set(overrides) - known)
+        assert Config.from_name(name).flavor == name

@@ -1,15 +1,14 @@
 """The typed configuration tree: dataclasses with help text, named flavors, YAML and dotted overrides.
 
     schema    the sections (model, objective, optim, train, parallel, data, tracking) with help text
-    tree      `Config`: YAML, dotted `key.sub=value` overrides, the FLAVORS registry
-    flavors   `debug`, `electra-small`, `-base`, `-large`: the paper's hyperparameters
+    tree      `Config`: YAML, dotted `key.sub=value` overrides, a flavor by name
+    flavors   `debug`, `electra-small`, `-base`, `-large` as data: the paper's hyperparameters
     validate  every problem found without devices, raised once
 
 ZeRO and engine settings live only in the DeepSpeed JSON (electra_dist.parallel.engine checks it
 against the config).
 """
 
-from electra_dist.config import flavors as _flavors  # noqa: F401  (fills FLAVORS)
 from electra_dist.config.schema import (
     ConfigError,
     DataConfig,

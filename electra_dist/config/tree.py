@@ -1,6 +1,6 @@
 """One `Config` per run: the tree of sections, YAML loading, dotted `key.sub=value` overrides.
 
-FLAVORS is the registry of named starting points; flavors.py fills it with the paper's.
+A named flavor (flavors.py) is data: the dotted overrides of the base defaults.
 """
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import yaml
 
+from electra_dist.config.flavors import FLAVORS
 from electra_dist.config.schema import (
     ConfigError,
     DataConfig,
@@ -25,7 +26,6 @@ from electra_dist.config.schema import (
 )
 from electra_dist.config.validate import validate
 
-FLAVORS: dict[str, Callable[[], Config]] = {}  # name → factory; filled by electra_dist.config.flavors
 UNNAMED_FLAVORS = ("custom", "imported")  # start from the base defaults (`import-hf` writes "imported")
 
 
@@ -50,7 +50,7 @@ class Config:
         key = name.replace("_", "-")
         if key not in FLAVORS:
             raise ConfigError([f"flavor: {name!r} is unknown; choose one of {sorted(FLAVORS)}"])
-        cfg = FLAVORS[key]()
+        cfg = flavor_config(key)
         if overrides:
             cfg.apply_overrides({k.replace("__", "."): v for k, v in overrides.items()})
         return cfg
@@ -197,11 +197,19 @@ def suggest_key(name: str) -> str:
     return _did_you_mean(name.lstrip("-").replace("-", "_"), {k: t for k, t, _ in Config().fields()})
 
 
+def flavor_config(name: str) -> Config:
+    """The base defaults with the flavor's overrides (a fresh Config each call)."""
+    cfg = Config(flavor=name)
+    problems = cfg._set_all(dict(FLAVORS[name]))
+    assert not problems, problems  # the flavors are ours: tests/test_config.py holds them valid
+    return cfg
+
+
 def _from_mapping(data: dict[str, Any]) -> tuple[Config, list[str]]:
     """A nested mapping (YAML, a checkpoint's config): its `flavor` the base, every other key an override."""
     flavor = str(data.get("flavor", "custom"))
     if flavor.replace("_", "-") in FLAVORS:
-        cfg = FLAVORS[flavor.replace("_", "-")]()
+        cfg = flavor_config(flavor.replace("_", "-"))
     elif flavor in UNNAMED_FLAVORS:
         cfg = Config(flavor=flavor)
     else:  # a typo would otherwise silently start from the base defaults

@@ -28,11 +28,11 @@ __all__ = [
 def default_run_name(cfg) -> str:
     """flavor, what differs from the flavor's defaults (data, output and tracking aside), time:
     `electra-small lr=0.001 tensor_parallel_size=2 20261124-183000`."""
-    from electra_dist.config import FLAVORS, flatten
+    from electra_dist.config import FLAVORS, Config, flatten
 
     differs = []
     if cfg.flavor in FLAVORS:
-        base = dict(flatten(FLAVORS[cfg.flavor]().to_dict()))
+        base = dict(flatten(Config.from_name(cfg.flavor).to_dict()))
         # a run from published weights is named by them, not by the shape it took from them
         skip = (
             "data.",
