@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, signals) -> int:
     from electra_dist.procs import cuda_visible, own_extensions_dir
-    from electra_dist.training.datacheck import check_data
     from electra_dist.training.guard import prepare_output_dir
+    from electra_dist.training.resolve import resolve
 
     overrides = list(args.overrides)
     for flag, key in (
@@ -184,22 +184,17 @@ def _main(args: argparse.Namespace, signals) -> int:
     rank0 = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
     lock = None
     try:
-        cfg = Config.build(args.config, overrides)
-        lock = prepare_output_dir(cfg.validate(), rank0)  # seconds in, before DeepSpeed's imports
-        # (with init_from the shape, vocabulary included, comes from the weights first: build_run checks then)
-        special = None if cfg.train.init_from else check_data(cfg)
+        cfg = Config.build(args.config, overrides)  # the user's config: every problem in one error
+        lock = prepare_output_dir(cfg, rank0)  # seconds in, before DeepSpeed's imports
+        resolved = resolve(cfg, explicit={o.split("=", 1)[0] for o in args.overrides})  # validated, frozen
         if not cuda_visible():
             own_extensions_dir()
         from electra_dist import parallel
         from electra_dist.training.build import build_run
         from electra_dist.training.checkpoints import CheckpointManager
 
-        run = build_run(
-            cfg,
-            parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed else parallel.DEFAULT_DEEPSPEED,
-            explicit={o.split("=", 1)[0] for o in args.overrides},
-            special=special,
-        )
+        ds_json = parallel.load_deepspeed_json(args.deepspeed) if args.deepspeed else parallel.DEFAULT_DEEPSPEED
+        run = build_run(resolved, ds_json)
         ckpts = CheckpointManager(run)
         state = ckpts.resume(args.resume, allow_data_change=args.allow_data_change)
         log.info(f"steps {state.step} → {cfg.train.max_steps}")

@@ -203,3 +203,22 @@ def test_flavors_are_data_every_key_a_config_key():
     for name, overrides in FLAVORS.items():
         assert isinstance(overrides, dict) and set(overrides) <= known, (name, set(overrides) - known)
         assert Config.from_name(name).flavor == name
+
+
+def test_a_run_config_is_resolved_validated_once_more_and_frozen(data):
+    """The tokenizer's vocabulary goes into the config before the build, the result is validated, and from
+    then on nothing changes it: an assignment is an error naming the field."""
+    from electra_dist.training.resolve import resolve
+
+    shards, tok = data
+    cfg = Config.build(
+        "debug",
+        [f"data.shards={shards}", f"data.tokenizer={tok}", "train.seq_len=64", "model.max_position_embeddings=64"],
+    )
+    assert cfg.model.vocab_size == 8000 and not cfg.frozen
+    resolved = resolve(cfg)
+    assert resolved.cfg.frozen and resolved.cfg.model.vocab_size == 2000 and resolved.special.mask >= 0
+    with pytest.raises(AttributeError, match="ModelConfig.vocab_size: the config is frozen"):
+        resolved.cfg.model.vocab_size = 3000
+    with pytest.raises(AttributeError, match="EncoderConfig.num_heads"):
+        resolved.cfg.model.discriminator.num_heads = 4

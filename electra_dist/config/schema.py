@@ -25,8 +25,27 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata=meta)
 
 
+class Section:
+    """A config section: set freely while the config is built and resolved, read-only once its Config is
+    frozen (after the one validation of the resolved config: what a run is built from never changes)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(
+                f"{type(self).__name__}.{name}: the config is frozen once resolved and validated; "
+                "derive a changed copy with dataclasses.replace"
+            )
+        object.__setattr__(self, name, value)
+
+    def _freeze(self) -> None:
+        for value in vars(self).values():
+            if isinstance(value, Section):
+                value._freeze()
+        object.__setattr__(self, "_frozen", True)
+
+
 @dataclass
-class EncoderConfig:
+class EncoderConfig(Section):
     """A post-LN BERT encoder stack."""
 
     num_layers: int = _f(12, "transformer blocks")
@@ -36,7 +55,7 @@ class EncoderConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Shared embeddings + generator + discriminator."""
 
     vocab_size: int = _f(30522, "tokenizer vocabulary size (taken from the tokenizer when one is given)")
@@ -59,7 +78,7 @@ class ModelConfig:
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(Section):
     """What is learned: ELECTRA replaced-token detection, or BERT-style MLM as a baseline."""
 
     kind: str = _f("electra", "pre-training objective", ("electra", "mlm"))
@@ -80,7 +99,7 @@ class ObjectiveConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Section):
     """AdamW with linear warm-up and linear decay to zero, as the official recipe."""
 
     lr: float = _f(5e-4, "peak learning rate")
@@ -100,7 +119,7 @@ class OptimConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Batch, length, steps and precision of the run."""
 
     seq_len: int = _f(128, "tokens per sequence (must match the shards)")
@@ -151,7 +170,7 @@ class TrainConfig:
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(Section):
     """Tensor parallelism (megatron-core); data parallelism is whatever ranks remain."""
 
     tensor_parallel_size: int = _f(1, "ranks that split each layer")
@@ -168,7 +187,7 @@ class ParallelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the shards and tokenizer are and how they are streamed."""
 
     shards: str = _f("", "shard directory (with manifest.json), glob, brace list or URL")
@@ -192,7 +211,7 @@ class DataConfig:
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(Section):
     """MLflow tracking."""
 
     enabled: bool = _f(True, "log to MLflow from global rank 0")

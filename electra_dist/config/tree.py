@@ -20,6 +20,7 @@ from electra_dist.config.schema import (
     ObjectiveConfig,
     OptimConfig,
     ParallelConfig,
+    Section,
     TrackingConfig,
     TrainConfig,
     _f,
@@ -30,7 +31,7 @@ UNNAMED_FLAVORS = ("custom", "imported")  # start from the base defaults (`impor
 
 
 @dataclass
-class Config:
+class Config(Section):
     """One pre-training run."""
 
     flavor: str = _f("custom", "the named flavor this config started from")
@@ -168,6 +169,15 @@ class Config:
         Path(path).write_text(self.to_yaml())
 
     # ---- validation ---------------------------------------------------------------------
+    def freeze(self) -> Config:
+        """Read-only from now on, every section too (see schema.Section)."""
+        self._freeze()
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.__dict__.get("_frozen"))
+
     def validate(self) -> Config:
         """Check everything that can be checked without devices; raise one error naming all problems."""
         return validate(self)

@@ -18,9 +18,9 @@ from electra_dist import parallel
 from electra_dist.config import Config
 from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer, kernels
-from electra_dist.training.datacheck import check_data
 from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups
+from electra_dist.training.resolve import Resolved
 from electra_dist.training.step import grad_norm_flags
 
 log = logging.getLogger(__name__)
@@ -63,24 +63,12 @@ class Run:
         return peak_tflops(self.layout.device_name, self.cfg.train.precision)
 
 
-def build_run(
-    cfg: Config, ds_json: dict[str, Any], explicit: set[str] = frozenset(), special: SpecialIds | None = None
-) -> Run:
-    """`explicit`: the config keys the user set on the command line (train.init_from's shape check);
-    `special`: what `check_data` returned when the caller already ran it (it reads every shard's header)."""
-    cfg.validate()
+def build_run(resolved: Resolved, ds_json: dict[str, Any]) -> Run:
+    """Processes and groups, the DeepSpeed JSON against the config, the engine (model, optimizer,
+    schedule) and the loader, from a resolved config."""
+    cfg, special, source = resolved.cfg, resolved.special, resolved.source
     layout = parallel.setup(cfg.parallel.tensor_parallel_size, cfg.parallel.collective_timeout)
     ds_config = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
-    source = None
-    if cfg.train.init_from:
-        from electra_dist.training.init_from import apply_shape, read_source
-
-        source = read_source(cfg.train.init_from)
-        for change in apply_shape(cfg, source, explicit):
-            log.info(f"{change} (the shape of {cfg.train.init_from})")
-        cfg.validate()  # the new shape against the rest (heads divide widths, TP divides heads)
-    if special is None:
-        special = check_data(cfg)
     engine, scheduler = build_engine(cfg, ds_config, layout, source)
     run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout))
     n_params = sum(p.numel() for p in run.model.parameters())
