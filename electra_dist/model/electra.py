@@ -186,9 +186,6 @@ class ElectraDiscriminator(_Tower):
             self.embeddings_delta = None
 
 
-AUC_BINS = 1000  # discriminator-score histogram bins of the held-out AUC (error < 1/AUC_BINS)
-
-
 @dataclass
 class PretrainOutput:
     loss: torch.Tensor  # generator_weight · generator_loss + λ · discriminator_loss
@@ -196,7 +193,7 @@ class PretrainOutput:
     discriminator_loss: torch.Tensor
     replaced: torch.Tensor  # (B, S) bool: the discriminator's labels
     stats: dict[str, torch.Tensor]  # detached counts for metrics (summed, not averaged)
-    score_histograms: torch.Tensor | None = None  # eval mode: (2, AUC_BINS) replaced / original score counts
+    discriminator_logits: torch.Tensor | None = None  # (B, S); None for the MLM objective
 
 
 class ElectraPretrainer(nn.Module):
@@ -309,17 +306,7 @@ class ElectraPretrainer(nn.Module):
                 "true_positive": (pred & rep).sum(),
                 "predicted_positive": pred.sum(),
             }
-            hists = None
-            if not self.training:  # held-out evaluation: score histograms, for an AUC summed over ranks
-                scores = torch.nan_to_num(torch.sigmoid(disc_logits.float()), nan=0.0)  # NaN: the loss says so
-                bins = (scores * AUC_BINS).long().clamp(0, AUC_BINS - 1).flatten()
-                hists = torch.stack(
-                    [
-                        torch.zeros(AUC_BINS, device=bins.device).scatter_add_(0, bins, c.flatten().float())
-                        for c in (rep, nonpad & ~replaced)
-                    ]
-                )
-        return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats, hists)
+        return PretrainOutput(loss, gen_loss, disc_loss, replaced, stats, disc_logits)
 
     _vocab_tail = tail.generator_tail  # (weighted MLM loss sum, argmax predictions, samples): see tail.py
 

@@ -24,10 +24,25 @@ from typing import Any, Callable
 import torch
 
 from electra_dist import parallel
-from electra_dist.model.electra import AUC_BINS
 from electra_dist.training.build import Run
 from electra_dist.training.datacheck import eval_urls
 from electra_dist.training.step import rtd_ratios
+
+AUC_BINS = 1000  # discriminator-score histogram bins of the held-out AUC (error < 1/AUC_BINS)
+
+
+def score_histograms(logits: torch.Tensor, replaced: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(2, AUC_BINS) counts of the discriminator's sigmoid scores of the replaced and of the original
+    non-pad tokens: summed over batches and ranks, they give an exact-to-1/AUC_BINS AUC."""
+    nonpad = attention_mask.bool()
+    scores = torch.nan_to_num(torch.sigmoid(logits.float()), nan=0.0)  # NaN: the loss says so
+    bins = (scores * AUC_BINS).long().clamp(0, AUC_BINS - 1).flatten()
+    return torch.stack(
+        [
+            torch.zeros(AUC_BINS, dtype=torch.float64, device=bins.device).scatter_add_(0, bins, c.flatten().double())
+            for c in (replaced & nonpad, nonpad & ~replaced)
+        ]
+    )
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -104,11 +119,12 @@ class Evaluator:
         hist = torch.zeros(2, AUC_BINS, dtype=torch.float64, device=device)  # replaced, original
         try:
             for b in self.batches:
-                out = model(**b.to(device).model_inputs(), masked_normalizer=one, token_normalizer=one)  # sums
+                b = b.to(device)
+                out = model(**b.model_inputs(), masked_normalizer=one, token_normalizer=one)  # losses as sums
                 s = {**out.stats, "gen_sum": out.generator_loss, "disc_sum": out.discriminator_loss}
                 total += torch.stack([torch.as_tensor(s[k], device=device).double() for k in keys])
-                if out.score_histograms is not None:
-                    hist += out.score_histograms.double()
+                if out.discriminator_logits is not None:
+                    hist += score_histograms(out.discriminator_logits, out.replaced, b.attention_mask)
         finally:
             model.train(was_training)
         summed = parallel.data_parallel_sum(torch.cat([total, hist.flatten()])).cpu()
