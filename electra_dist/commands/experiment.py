@@ -27,6 +27,7 @@ from pathlib import Path
 from electra_dist.commands import child_env, train_launcher
 from electra_dist.config import Config
 from electra_dist.io import git_commit, write_atomic
+from electra_dist.rundir import OutputDir
 from electra_dist.tracking import read_metrics
 from electra_dist.training.flops import flops_per_token
 
@@ -158,7 +159,7 @@ def run(
     ):
         run_dir = out / name
         clock = run_dir / "experiment_seconds.json"  # pre-training time over every invocation (resumes)
-        if not (run_dir / "final" / "model.pt").is_file():
+        if not (OutputDir(run_dir).final / "model.pt").is_file():
             _pretrain(
                 sh,
                 [*launcher, "--config", p.flavor, "--data", str(shards), "--tokenizer", str(tok)],
@@ -168,7 +169,7 @@ def run(
                 clock,
             )
         rows[name] = _pretraining_row(run_dir, steps, clock)
-        models[name] = run_dir / "final"
+        models[name] = OutputDir(run_dir).final
     if control:  # the same fine-tuning from random weights: does pre-training help at this budget?
         _random_init(out / "random_init", p, common + [f"model.vocab_size={p.vocab_size}", f"data.tokenizer={tok}"])
         rows["random init (control)"] = dict(CONTROL_ROW)
@@ -247,7 +248,7 @@ def _pretrain(sh, launch: list[str], run_dir: Path, steps: int, overrides: list[
 
 def _pretraining_row(run_dir: Path, steps: int, clock: Path) -> dict:
     """One pre-training run's line of the results: budget, time, speed, last loss and held-out metrics."""
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(OutputDir(run_dir).metrics)
     evals = [r for r in records if "eval/loss" in r]
     seconds = json.loads(clock.read_text()) if clock.is_file() else float("nan")
     last = evals[-1] if evals else {}

@@ -44,6 +44,7 @@ from electra_dist.commands.gpuprofile import profile, profile_step
 from electra_dist.commands.gpureport import markdown
 from electra_dist.errors import UserError
 from electra_dist.io import git_commit, write_atomic
+from electra_dist.rundir import OutputDir
 
 REPO = PACKAGE_DIR.parent
 SHARES = {"sanity": 0.04, "gpu_tests": 0.12, "training_run": 0.20, "throughput": 0.40, "levers": 0.20, "profile": 0.04}
@@ -251,7 +252,7 @@ def training_run(check: Check, result: dict, slice_s: float) -> None:
     r = _run(cmd, check.out / "training_run.log", slice_s)
     if r.returncode != 0:
         raise RuntimeError(f"training exited {r.returncode} (see {check.out / 'training_run.log'})")
-    losses = [rec["loss/total"] for rec in read_metrics(run_dir / "metrics.jsonl")]
+    losses = [rec["loss/total"] for rec in read_metrics(OutputDir(run_dir).metrics)]
     k = max(1, len(losses) // 5)
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     result.update(

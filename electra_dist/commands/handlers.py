@@ -12,6 +12,7 @@ from pathlib import Path
 
 from electra_dist.config import Config
 from electra_dist.errors import UserError, claim_output_dir
+from electra_dist.rundir import OutputDir
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -210,13 +211,13 @@ def _finetune_tracker(args: argparse.Namespace):
     import json
 
     from electra_dist.tracking import resolve_tracking_uri
-    from electra_dist.tracking.mlflow_tracker import TRACKING_JSON, MLflowTracker
+    from electra_dist.tracking.mlflow_tracker import MLflowTracker
 
     model = Path(args.model).resolve()
     tags = {"task": Path(args.train).stem, "model": str(model)}
     for run_dir in (model, *model.parents[:3]):  # RUN/final, RUN/checkpoints/stepN: the pre-training run
-        if (run_dir / TRACKING_JSON).is_file():
-            tags["pretraining_run_id"] = str(json.loads((run_dir / TRACKING_JSON).read_text()).get("run_id"))
+        if OutputDir(run_dir).tracking.is_file():
+            tags["pretraining_run_id"] = str(json.loads(OutputDir(run_dir).tracking.read_text()).get("run_id"))
             break
     model_name = model.parent.name if model.name in ("final", "discriminator") else model.name
     name = f"finetune-{model_name}-{Path(args.train).stem}"
@@ -281,12 +282,12 @@ def _reachable(uri: str) -> None:
 def cmd_sync(args: argparse.Namespace) -> int:
     import json
 
-    from electra_dist.tracking.mlflow_tracker import PENDING_JSON, TRACKING_JSON, MLflowTracker
+    from electra_dist.tracking.mlflow_tracker import MLflowTracker
 
     out = Path(args.output_dir)
-    info_file, pending_file = out / TRACKING_JSON, out / PENDING_JSON
-    if not (out / "metrics.jsonl").is_file():
-        raise FileNotFoundError(f"{out / 'metrics.jsonl'} does not exist: is {out} a run's output directory?")
+    info_file, pending_file = OutputDir(out).tracking, OutputDir(out).pending
+    if not OutputDir(out).metrics.is_file():
+        raise FileNotFoundError(f"{OutputDir(out).metrics} does not exist: is {out} a run's output directory?")
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     uri = args.tracking_uri or info.get("uri")
     experiment = args.experiment or info.get("experiment")
@@ -298,12 +299,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     _reachable(uri)
     pending = [tuple(item) for item in json.loads(pending_file.read_text())] if pending_file.is_file() else []
     status = next((p for kind, p in pending if kind == "end"), None)
-    status = status or ("finished" if (out / "final").is_dir() else "preempted")
+    status = status or ("finished" if OutputDir(out).final.is_dir() else "preempted")
     t = MLflowTracker(
         uri,
         experiment,
         info.get("run_name") or out.name,
-        out / "metrics.jsonl",
+        OutputDir(out).metrics,
         run_id=info.get("run_id"),
         tags=info.get("tags"),
         system_metrics=False,
@@ -313,7 +314,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if msg:
         return 1
     print(
-        f"run {t.run_id} at {uri} holds every record of {out / 'metrics.jsonl'}"
+        f"run {t.run_id} at {uri} holds every record of {OutputDir(out).metrics}"
         + (f" and the {len(pending)} item(s) that were pending" if pending else "")
         + f"; status {status}"
     )

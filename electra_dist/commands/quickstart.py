@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from electra_dist.commands import SAMPLE, ZERO2_AUTO, child_env, train_launcher
+from electra_dist.rundir import OutputDir
 
 
 def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 8000, seq_len: int = 128) -> int:
@@ -39,7 +40,7 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
                               f"train.eval_interval={max(1, steps // 4)}", "train.eval_samples=64",
                               f"train.save_interval={max(1, steps // 2)}", f"tracking.uri={uri}",
                               "tracking.experiment=quickstart", "data.num_workers=1"]),
-        ("export", me + ["export", "--checkpoint", str(run_dir / "final"), "--out", str(hf)]),
+        ("export", me + ["export", "--checkpoint", str(OutputDir(run_dir).final), "--out", str(hf)]),
     ]
     # fmt: on
     env = child_env()
@@ -54,7 +55,7 @@ def run(out: str | Path, steps: int = 200, nproc: int = 1, vocab_size: int = 800
     _check_export(hf)
     print(f"""
 quickstart finished. Look at:
-  {run_dir / "metrics.jsonl"}      the training record ({run_dir / "curves.png"} as a plot)
+  {OutputDir(run_dir).metrics}      the training record ({OutputDir(run_dir).curves} as a plot)
   {hf}/discriminator, {hf}/generator   Hugging Face ELECTRA models (from_pretrained)
   mlflow ui --backend-store-uri {uri}
   electra-dist compare --tracking-uri {uri} --experiment quickstart --x tokens --out {out / "compare.png"}""")

@@ -13,6 +13,7 @@ import torch
 
 from electra_dist.config import Config
 from electra_dist.model import ElectraPretrainer
+from electra_dist.rundir import OutputDir
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
@@ -31,7 +32,7 @@ def save_model(directory: str | Path, model: ElectraPretrainer, config: Config) 
 
 def _training_checkpoint(path: Path) -> Path | None:
     """The training checkpoint `path` names (itself, its `latest`, or its run's), if it names one."""
-    for candidate in (path, path / "checkpoints"):
+    for candidate in (path, OutputDir(path).checkpoints):
         if (candidate / "latest").is_file():
             candidate = candidate / (candidate / "latest").read_text().strip()
         if candidate.is_dir() and any(candidate.glob("*model_states.pt")):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from electra_dist.errors import writing
+from electra_dist.rundir import OutputDir
 from electra_dist.tracking.base import Tracker
 from electra_dist.tracking.record import HEADER, plot_run, run_params
 
@@ -26,10 +27,10 @@ def start_record(
     """OUTPUT/config.yaml and deepspeed.json (every start: what THIS attempt ran with); for a run from
     step 0 the metrics header, the tracker's parameters and the config, DeepSpeed JSON and tokenizer
     as artifacts; the tracker's status and resume tags."""
-    out = metrics_file.parent
-    with writing(out):
-        cfg.save(out / "config.yaml")
-        (out / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
+    out = OutputDir(metrics_file.parent)
+    with writing(out.root):
+        cfg.save(out.config)
+        out.deepspeed.write_text(json.dumps(ds_config, indent=2))
     if resumed_from is None:
         header = {
             "init_from": cfg.train.init_from or None,
@@ -42,8 +43,8 @@ def start_record(
         with writing(metrics_file), open(metrics_file, "w") as f:  # a run from step 0 starts its record
             f.write(json.dumps({"step": 0, HEADER: header}) + "\n")
         tracker.log_params(run_params(cfg, ds_config, layout.world, layout.tp_size, layout.dp_size))
-        tracker.log_artifact(out / "config.yaml")
-        tracker.log_artifact(out / "deepspeed.json")
+        tracker.log_artifact(out.config)
+        tracker.log_artifact(out.deepspeed)
         if cfg.data.tokenizer:
             from electra_dist.data.tokenizer import tokenizer_files
 
@@ -63,7 +64,7 @@ def finish_record(tracker: Tracker, metrics_file: Path, status: str, export: Pat
     save) when the run finished, then the tracker closed with `status`."""
     if metrics_file.is_file() and tracker.enabled:
         tracker.log_artifact(metrics_file)
-        png = plot_run(metrics_file, metrics_file.parent / "curves.png")
+        png = plot_run(metrics_file, OutputDir(metrics_file.parent).curves)
         if png:
             tracker.log_artifact(png)
     if status == "finished" and export is not None and export.is_dir():

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from electra_dist.io import write_atomic
+from electra_dist.rundir import OutputDir
 from electra_dist.tracking.base import Tracker
 from electra_dist.tracking.record import read_metrics
 
 log = logging.getLogger(__name__)
 
-TRACKING_JSON = "tracking.json"
-PENDING_JSON = "tracking_pending.json"
 STATUS_TO_MLFLOW = {
     "finished": "FINISHED",
     "failed": "FAILED",
@@ -83,7 +82,7 @@ class MLflowTracker(Tracker):
         self._flush_timeout = flush_timeout
         if self.metrics_file is not None and self.metrics_file.parent.is_dir():  # `sync` finds the run by it
             _write_json(
-                self.metrics_file.parent / TRACKING_JSON,
+                OutputDir(self.metrics_file.parent).tracking,
                 {
                     "uri": uri,
                     "experiment": experiment,
@@ -102,7 +101,7 @@ class MLflowTracker(Tracker):
             system_metrics,
             retry_max_seconds,
         )
-        pending = self.metrics_file.parent / PENDING_JSON if self.metrics_file is not None else None
+        pending = OutputDir(self.metrics_file.parent).pending if self.metrics_file is not None else None
         if pending is not None and pending.is_file():  # what an earlier session (or sync) could not send
             self._resend(json.loads(pending.read_text()))
 
@@ -136,7 +135,7 @@ class MLflowTracker(Tracker):
         left = self._sender.finish(self._flush_timeout if timeout is None else timeout)
         n_metrics = sum(1 for kind, _ in left if kind == "metrics")
         other = [(kind, payload) for kind, payload in left if kind != "metrics"]
-        pending = self.metrics_file.parent / PENDING_JSON if self.metrics_file is not None else None
+        pending = OutputDir(self.metrics_file.parent).pending if self.metrics_file is not None else None
         if pending is not None and pending.parent.is_dir():
             if other:
                 _write_json(pending, [[kind, payload] for kind, payload in other])
@@ -262,7 +261,7 @@ class _Sender:
                 "run_id": self.run_id,
                 "tags": self.tags,
             }
-            _write_json(self.metrics_file.parent / TRACKING_JSON, info)
+            _write_json(OutputDir(self.metrics_file.parent).tracking, info)
         if self.warned:
             log.info(f"MLflow at {self.uri} answers again; back-filling")
         self.backfill()

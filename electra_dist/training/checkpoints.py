@@ -30,6 +30,7 @@ from electra_dist.errors import writing
 from electra_dist.io import sha256_file
 from electra_dist.model import ElectraPretrainer
 from electra_dist.model.electra import fit_vocab_rows
+from electra_dist.rundir import OutputDir
 from electra_dist.tracking.record import truncate_metrics
 from electra_dist.training.build import Run
 from electra_dist.training.guard import data_changes, data_identity
@@ -37,13 +38,8 @@ from electra_dist.training.optim import continue_schedule
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 COMPLETE = "COMPLETE"
 LATEST = "latest"
-METRICS = "metrics.jsonl"
-FINAL = "final"
-HF_EXPORT = "hf"  # the final model in Hugging Face format, with tracking.log_hf_export
-PREEMPTED = "PREEMPTED"
 
 
 @dataclass
@@ -67,14 +63,14 @@ class TrainState:
 class CheckpointManager:
     def __init__(self, run: Run):
         self.run = run
-        self.output_dir = Path(run.cfg.output_dir)
-        self.dir = self.output_dir / CHECKPOINTS
+        self.out = OutputDir(run.cfg.output_dir)
+        self.dir = self.out.checkpoints
         self.data = data_identity(run.cfg)  # the same for the whole run: recorded in every checkpoint
         self.last_saved = 0  # the step of the newest checkpoint on disk (resume sets it)
         self.before_save: Callable[[], None] = lambda: None  # raises rather than save a poisoned state
         self.busy: Callable[[], ContextManager] = contextlib.nullcontext  # a signal waits for a save
         if run.layout.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.out.root.mkdir(parents=True, exist_ok=True)
 
     def guard(self, before_save: Callable[[], None], busy: Callable[[], ContextManager]) -> None:
         """What every save of the loop goes through: `before_save` (the metrics' finiteness check) first,
@@ -101,7 +97,7 @@ class CheckpointManager:
         if not preempted and state.step < self.run.cfg.train.max_steps:
             return "stopped"
         if self.run.layout.is_main:  # OUTPUT/PREEMPTED while steps are left: what a batch script checks to requeue
-            marker = self.output_dir / PREEMPTED
+            marker = self.out.preempted
             if preempted:
                 marker.write_text(json.dumps({"step": state.step, "signal": signal, "time": time.time()}))
             else:
@@ -207,7 +203,7 @@ class CheckpointManager:
             if rng.get("cuda") is not None and run.layout.device.type == "cuda":
                 torch.cuda.set_rng_state(rng["cuda"])
         if run.layout.is_main:
-            truncate_metrics(self.output_dir / METRICS, state.step)
+            truncate_metrics(self.out.metrics, state.step)
         log.info(f"resumed from {path} at step {state.step}")
         self.last_saved = state.step
         return state
@@ -218,7 +214,7 @@ class CheckpointManager:
 
         run = self.run
         full = parallel.full_state_dict(run.model, run.zero_stage)
-        out = self.output_dir / FINAL
+        out = self.out.final
         if run.layout.is_main:
             plain = ElectraPretrainer(run.cfg.model, run.cfg.objective)
             shapes = {k: v.shape for k, v in plain.state_dict().items()}  # TP=1's vocabulary padding
@@ -229,7 +225,7 @@ class CheckpointManager:
             save_model(out, plain, run.cfg)
             log.info(f"wrote the final model to {out} (export with `electra-dist export --checkpoint {out} --out DIR`)")
             if run.cfg.tracking.log_hf_export:  # logged as the run's artifact when it closes
-                export_hf(plain, self.output_dir / HF_EXPORT, run.cfg.data.tokenizer or None)
+                export_hf(plain, self.out.hf_export, run.cfg.data.tokenizer or None)
         parallel.barrier()
         return out
 

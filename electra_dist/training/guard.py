@@ -19,9 +19,8 @@ from typing import IO
 
 from electra_dist.config import Config
 from electra_dist.errors import UserError, check_writable, writing
+from electra_dist.rundir import OutputDir
 from electra_dist.training.flops import encoder_matmul_params
-
-LOCK = ".lock"
 
 
 class OutputDirBusy(UserError):
@@ -32,7 +31,7 @@ class OutputDirLock:
     """Held from `acquire` to `release` (or the end of the process)."""
 
     def __init__(self, output_dir: str | Path):
-        self.path = Path(output_dir) / LOCK
+        self.path = OutputDir(output_dir).lock
         self._file: IO[str] | None = None
 
     def acquire(self) -> OutputDirLock:

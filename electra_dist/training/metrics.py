@@ -10,17 +10,17 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from electra_dist import parallel
 from electra_dist.errors import writing
 from electra_dist.logs import PLAIN
+from electra_dist.rundir import OutputDir
 from electra_dist.tracking import Tracker, make_tracker
 from electra_dist.tracking.lifecycle import finish_record, start_record
 from electra_dist.training.build import Run
-from electra_dist.training.checkpoints import HF_EXPORT, METRICS, TrainState
+from electra_dist.training.checkpoints import TrainState
 from electra_dist.training.step import NonFiniteError, StepResult, rtd_ratios
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class MetricsLogger:
     def __init__(self, run: Run, state: TrainState, tracker: Tracker | None = None):
         self.run = run
-        self.output_dir = Path(run.cfg.output_dir)
-        self.file = self.output_dir / METRICS
+        self.out = OutputDir(run.cfg.output_dir)
+        self.file = self.out.metrics
         run_id = state.run_id or (self._run_id_on_disk() if state.resumed_from else None)
         self.tracker = tracker or make_tracker(run.cfg, run.layout.is_main, self.file, run_id=run_id)
         state.run_id = self.tracker.run_id
@@ -155,13 +155,13 @@ class MetricsLogger:
             )
 
     def _run_id_on_disk(self) -> str | None:
-        f = self.output_dir / "tracking.json"
+        f = self.out.tracking
         return json.loads(f.read_text()).get("run_id") if f.is_file() else None
 
     def close(self, status: str) -> None:
         """The run's record closed (curves, the HF export if asked), the tracker with `status`."""
         if self.run.layout.is_main:
-            hf = self.output_dir / HF_EXPORT if self.run.cfg.tracking.log_hf_export else None
+            hf = self.out.hf_export if self.run.cfg.tracking.log_hf_export else None
             finish_record(self.tracker, self.file, status, hf)
         else:
             self.tracker.close(status)
