@@ -256,9 +256,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from electra_dist.commands import compare
     from electra_dist.tracking import resolve_tracking_uri
+    from electra_dist.tracking.sync import reachable
 
     uri = resolve_tracking_uri(args.tracking_uri or "")
-    _reachable(uri)
+    reachable(uri)
     curves = compare.load_runs(uri, args.experiment, args.runs, args.metric, args.x)
     print(compare.table(curves, args.metric))
     if args.out:
@@ -267,56 +268,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reachable(uri: str) -> None:
-    """A URI MLflow knows, and (http) a server that answers within seconds, not after MLflow's minutes."""
-    from electra_dist.config.validate import uri_problem
-    from electra_dist.tracking.base import check_server
-    from electra_dist.tracking.mlflow_tracker import _quiet_http
-
-    if (problem := uri_problem(uri)) is not None:
-        raise UserError(f"--tracking-uri: {problem}")
-    _quiet_http()
-    check_server(uri)
-
-
 def cmd_sync(args: argparse.Namespace) -> int:
-    import json
+    from electra_dist.tracking.sync import sync_run
 
-    from electra_dist.tracking.mlflow_tracker import MLflowTracker
-
-    out = Path(args.output_dir)
-    info_file, pending_file = OutputDir(out).tracking, OutputDir(out).pending
-    if not OutputDir(out).metrics.is_file():
-        raise FileNotFoundError(f"{OutputDir(out).metrics} does not exist: is {out} a run's output directory?")
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    uri = args.tracking_uri or info.get("uri")
-    experiment = args.experiment or info.get("experiment")
-    if not uri or not experiment:
-        raise FileNotFoundError(
-            f"{info_file} does not exist (a run from before it was written): pass "
-            "--tracking-uri and --experiment to create an MLflow run for it"
-        )
-    _reachable(uri)
-    pending = [tuple(item) for item in json.loads(pending_file.read_text())] if pending_file.is_file() else []
-    status = next((p for kind, p in pending if kind == "end"), None)
-    status = status or ("finished" if OutputDir(out).final.is_dir() else "preempted")
-    t = MLflowTracker(
-        uri,
-        experiment,
-        info.get("run_name") or out.name,
-        OutputDir(out).metrics,
-        run_id=info.get("run_id"),
-        tags=info.get("tags"),
-        system_metrics=False,
-    )
-    # the tracker queues tracking_pending.json's params/tags/artifacts itself
-    msg = t.close(status, timeout=args.timeout)
-    if msg:
+    r = sync_run(args.output_dir, args.tracking_uri, args.experiment, timeout=args.timeout)
+    if r.unsent:
         return 1
     print(
-        f"run {t.run_id} at {uri} holds every record of {OutputDir(out).metrics}"
-        + (f" and the {len(pending)} item(s) that were pending" if pending else "")
-        + f"; status {status}"
+        f"run {r.run_id} at {r.uri} holds every record of {OutputDir(args.output_dir).metrics}"
+        + (f" and the {r.pending} item(s) that were pending" if r.pending else "")
+        + f"; status {r.status}"
     )
     return 0
 
