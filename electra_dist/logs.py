@@ -1,7 +1,7 @@
 """One logger for the package: every module logs to `logging.getLogger(__name__)`, a child of the
 `electra_dist` logger, and `setup` (the trainer's and the command line's first step) gives that one
 logger its handler: standard output, `electra-dist: message` (`electra-dist: warning: …` for warnings),
-on global rank 0 only, unless a record says `extra=ALL_RANKS`. `extra=PLAIN` writes the message as is
+on global rank 0 only (a rank's own error goes to its stderr directly). `extra=PLAIN` writes the message as is
 (the progress line). Used as a library without `setup`, records go wherever the application's logging
 sends them."""
 
@@ -13,7 +13,6 @@ import sys
 
 PACKAGE = "electra_dist"
 PLAIN = {"plain": True}
-ALL_RANKS = {"all_ranks": True}
 
 
 class _Stdout(logging.Handler):
@@ -44,7 +43,7 @@ class _Rank0(logging.Filter):
         self.rank = rank
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.rank == 0 or getattr(record, "all_ranks", False)
+        return self.rank == 0
 
 
 def global_rank() -> int:

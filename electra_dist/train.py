@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, signals) -> int:
+    from electra_dist import logs
     from electra_dist.procs import cuda_visible, own_extensions_dir
     from electra_dist.training.guard import prepare_output_dir
     from electra_dist.training.resolve import resolve
@@ -181,7 +182,7 @@ def _main(args: argparse.Namespace, signals) -> int:
     ):
         if flag is not None:
             overrides.append(f"{key}={flag}")
-    rank0 = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+    rank0 = logs.global_rank() == 0
     lock = None
     try:
         cfg = Config.build(args.config, overrides)  # the user's config: every problem in one error

@@ -216,8 +216,9 @@ def _finetune_tracker(args: argparse.Namespace):
     model = Path(args.model).resolve()
     tags = {"task": Path(args.train).stem, "model": str(model)}
     for run_dir in (model, *model.parents[:3]):  # RUN/final, RUN/checkpoints/stepN: the pre-training run
-        if OutputDir(run_dir).tracking.is_file():
-            tags["pretraining_run_id"] = str(json.loads(OutputDir(run_dir).tracking.read_text()).get("run_id"))
+        tracking = OutputDir(run_dir).tracking
+        if tracking.is_file():
+            tags["pretraining_run_id"] = str(json.loads(tracking.read_text()).get("run_id"))
             break
     model_name = model.parent.name if model.name in ("final", "discriminator") else model.name
     name = f"finetune-{model_name}-{Path(args.train).stem}"

@@ -79,10 +79,11 @@ class MLflowTracker(Tracker):
         _quiet_http()
         self.uri = uri
         self.metrics_file = Path(metrics_file) if metrics_file else None  # None: nothing to back-fill from
+        self.out = OutputDir(self.metrics_file.parent) if self.metrics_file is not None else None
         self._flush_timeout = flush_timeout
-        if self.metrics_file is not None and self.metrics_file.parent.is_dir():  # `sync` finds the run by it
+        if self.out is not None and self.out.root.is_dir():  # `sync` finds the run by it
             _write_json(
-                OutputDir(self.metrics_file.parent).tracking,
+                self.out.tracking,
                 {
                     "uri": uri,
                     "experiment": experiment,
@@ -101,7 +102,7 @@ class MLflowTracker(Tracker):
             system_metrics,
             retry_max_seconds,
         )
-        pending = OutputDir(self.metrics_file.parent).pending if self.metrics_file is not None else None
+        pending = self.out.pending if self.out is not None else None
         if pending is not None and pending.is_file():  # what an earlier session (or sync) could not send
             self._resend(json.loads(pending.read_text()))
 
@@ -135,7 +136,7 @@ class MLflowTracker(Tracker):
         left = self._sender.finish(self._flush_timeout if timeout is None else timeout)
         n_metrics = sum(1 for kind, _ in left if kind == "metrics")
         other = [(kind, payload) for kind, payload in left if kind != "metrics"]
-        pending = OutputDir(self.metrics_file.parent).pending if self.metrics_file is not None else None
+        pending = self.out.pending if self.out is not None else None
         if pending is not None and pending.parent.is_dir():
             if other:
                 _write_json(pending, [[kind, payload] for kind, payload in other])
