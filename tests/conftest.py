@@ -130,21 +130,17 @@ def launcher(nproc: int, kind: str = "torchrun") -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), TRAIN]
 
 
+def run_args(out: Path, data, *args: str) -> list[str]:
+    """train.py's arguments for a tiny-model run on the shared shards and tokenizer, into `out`."""
+    shards, tok = data
+    return ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+
+
 def train(
     out: Path, data, *args: str, nproc: int = 1, kind: str = "torchrun", check: bool = True, timeout: int = 300
 ) -> subprocess.CompletedProcess:
     """electra_dist/train.py on the shared shards, under a real launcher, to completion."""
-    shards, tok = data
-    cmd = launcher(nproc, kind) + [
-        "--data",
-        str(shards),
-        "--tokenizer",
-        str(tok),
-        "--output-dir",
-        str(out),
-        *TINY,
-        *args,
-    ]
+    cmd = launcher(nproc, kind) + run_args(out, data, *args)
     r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout, cwd=ROOT)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)}\nexit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
@@ -174,22 +170,10 @@ def one_rank(env: dict | None = None):
 def train_here(out: Path, data, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """electra_dist/train.py's main() in THIS process (one rank, gloo), answered like `train`. Saves
     the ~6 s a new process spends importing torch, DeepSpeed and megatron-core."""
-    shards, tok = data
     # no loader worker processes: forking this test process, which holds the threads of earlier
     # in-process runs (OpenMP, compile workers), can crash the child; workers are tested where the
     # trainer runs in its own process (test_parallel, test_slurm) and in test_data
-    argv = [
-        "--data",
-        str(shards),
-        "--tokenizer",
-        str(tok),
-        "--output-dir",
-        str(out),
-        *TINY,
-        "data.num_workers=0",
-        *args,
-    ]
-    return main_here(argv, check=check, env=env)
+    return main_here(run_args(out, data, "data.num_workers=0", *args), check=check, env=env)
 
 
 def main_here(argv: list[str], check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -231,8 +215,7 @@ def start_training(
     out: Path, data, *args: str, nproc: int = 1, env: dict | None = None, cwd: Path = ROOT
 ) -> subprocess.Popen:
     """The same, in the background (its own session, so a test can signal the whole group)."""
-    shards, tok = data
-    cmd = launcher(nproc) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+    cmd = launcher(nproc) + run_args(out, data, *args)
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

@@ -52,12 +52,15 @@ def test_every_link_resolves():
 
 
 def test_the_pages_hold_commands_to_check():
-    pages = {page for page, _ in commands()}
+    pages = {page for page, _ in COMMANDS}
     assert {"README.md", "docs/training.md", "docs/performance.md", "docs/finetuning.md"} <= pages, pages
-    assert len(commands()) >= 20, commands()
+    assert len(COMMANDS) >= 20, COMMANDS
 
 
-@pytest.mark.parametrize("page,line", commands(), ids=[f"{p}:{line[:60]}" for p, line in commands()])
+COMMANDS = commands()
+
+
+@pytest.mark.parametrize("page,line", COMMANDS, ids=[f"{p}:{line[:60]}" for p, line in COMMANDS])
 def test_a_documented_command_parses_with_valid_config(page, line, monkeypatch):
     from electra_dist import train
     from electra_dist.commands.cli import build_parser
@@ -86,6 +89,6 @@ def test_a_documented_command_parses_with_valid_config(page, line, monkeypatch):
     "argv", [["config", "show", "--config", "electra-small"], ["params", "--config", "electra-large"]]
 )
 def test_cheap_documented_commands_run(cli, argv):
-    assert any(line == " ".join(["electra-dist", *argv]) for _, line in commands()), argv
+    assert any(line == " ".join(["electra-dist", *argv]) for _, line in COMMANDS), argv
     r = cli(*argv)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr

@@ -346,23 +346,17 @@ def test_a_wrong_shard_path_is_refused_within_seconds(tmp_path, data):
 def test_the_deepspeed_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data, how):
     """Ctrl-C (SIGINT to the terminal's whole process group) and `kill` of the deepspeed runner alone (which
     left launch.py and the ranks running): every rank checkpoints, PREEMPTED is written, nobody is left."""
-    from conftest import TINY, child_env, launcher
+    from conftest import child_env, launcher, run_args
 
-    shards, tok = data
-    cmd = launcher(2, "deepspeed") + [
-        "--data",
-        str(shards),
-        "--tokenizer",
-        str(tok),
-        "--output-dir",
-        str(tmp_path),
-        *TINY,
+    cmd = launcher(2, "deepspeed") + run_args(
+        tmp_path,
+        data,
         "--max-steps",
         "2000",
         "train.micro_batch_size=8",
         "data.num_workers=2",
         "train.save_interval=1000",
-    ]
+    )
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True
     )

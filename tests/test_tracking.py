@@ -16,7 +16,7 @@ import pytest
 
 from electra_dist.tracking import read_metrics
 
-from conftest import TINY, child_env, free_port, launcher, metrics, train_here, wait_for
+from conftest import child_env, free_port, launcher, metrics, run_args, train_here, wait_for
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -89,18 +89,7 @@ def server(tmp_path_factory):
 
 def run(out: Path, data, *args: str, cwd: Path, env: dict | None = None, nproc: int = 1, check: bool = True):
     env = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2", **(env or {})}
-    shards, tok = data
-    cmd = launcher(nproc) + [
-        "--data",
-        str(shards),
-        "--tokenizer",
-        str(tok),
-        "--output-dir",
-        str(out),
-        *TINY,
-        "tracking.enabled=true",
-        *args,
-    ]
+    cmd = launcher(nproc) + run_args(out, data, "tracking.enabled=true", *args)
     r = subprocess.run(cmd, capture_output=True, text=True, env={**child_env(), **(env or {})}, cwd=cwd, timeout=300)
     if check:
         assert r.returncode == 0, r.stderr[-4000:]
@@ -250,9 +239,8 @@ def test_real_server_two_runs_compared(tmp_path, data, server):
 def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
     env = {**child_env(), "MLFLOW_TRACKING_URI": server.url}
     out = tmp_path / "run"
-    shards, tok = data
     args = ["--max-steps", "20", "train.save_interval=10", "tracking.enabled=true", "tracking.experiment=resume"]
-    cmd = launcher(1) + ["--data", str(shards), "--tokenizer", str(tok), "--output-dir", str(out), *TINY, *args]
+    cmd = launcher(1) + run_args(out, data, *args)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True
     )
@@ -280,18 +268,7 @@ def test_kill_and_resume_is_one_continuous_run(tmp_path, data, server):
 
 def _start_tracked(out: Path, data, env: dict, *args: str) -> subprocess.Popen:
     """One training process with MLflow on, in the background (its own session), run from out's parent."""
-    shards, tok = data
-    cmd = launcher(1) + [
-        "--data",
-        str(shards),
-        "--tokenizer",
-        str(tok),
-        "--output-dir",
-        str(out),
-        *TINY,
-        "tracking.enabled=true",
-        *args,
-    ]
+    cmd = launcher(1) + run_args(out, data, "tracking.enabled=true", *args)
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent, start_new_session=True
     )
