@@ -82,12 +82,16 @@ class StopSignals:
 
     def _wait_for_a_signal(self) -> int | None:
         """The signal's number as soon as the C-level handler wrote it (the main thread may be blocked in
-        a collective, where Python's handler cannot run), or one that came before `arm`."""
-        assert self._wakeup is not None
-        self._wakeup.settimeout(0.2)
+        a collective, where Python's handler cannot run), or one that came before `arm`. None once `restore`
+        (on the main thread) closed the socket: it is read through this thread's own reference, never the
+        attribute `restore` sets to None."""
+        wakeup = self._wakeup
+        if wakeup is None:
+            return None
+        wakeup.settimeout(0.2)
         while not self.received:
             try:
-                data = self._wakeup.recv(1)
+                data = wakeup.recv(1)
             except TimeoutError:
                 continue
             except OSError:
