@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from electra_dist.commands.finetune import Classifier, finetune, layer_lr_groups
+from electra_dist.data.batch import Batch
 from electra_dist.data.masking import mask_tokens
 from electra_dist.data.vocab import SpecialIds
 from electra_dist.interop import export_hf, save_model
@@ -29,7 +30,7 @@ def test_mlm_objective_is_one_encoder_of_discriminator_size(tiny):
     b = mask_tokens(
         ids, SpecialIds(), 0.15, mask_fraction=0.8, random_fraction=0.1, vocab_size=1000, sample_ids=torch.arange(4)
     )
-    out = m(b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)
+    out = m(Batch.of(b, torch.arange(4)))
     assert out.loss == out.generator_loss and out.discriminator_loss == 0
     out.loss.backward()
     electra = ElectraPretrainer(tiny.model, tiny.objective)

@@ -76,14 +76,15 @@ def test_bf16_training_step_is_finite_and_close_to_fp32():
     torch.manual_seed(0)
     m = ElectraPretrainer(cfg.model, cfg.objective).cuda()
     ids = torch.randint(5, 1000, (4, 64), device="cuda")
+    from electra_dist.data.batch import Batch
     from electra_dist.data.masking import mask_tokens
     from electra_dist.data.vocab import SpecialIds
 
-    b = mask_tokens(ids.cpu(), SpecialIds(), 0.15, sample_ids=torch.arange(4))
-    args = [t.cuda() for t in (b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)]
-    ref = m(*args, sample_ids=torch.arange(4, device="cuda")).loss
+    b = Batch.of(mask_tokens(ids.cpu(), SpecialIds(), 0.15, sample_ids=torch.arange(4)), torch.arange(4))
+    b = b.to(torch.device("cuda"))
+    ref = m(b).loss
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = m(*args, sample_ids=torch.arange(4, device="cuda")).loss
+        out = m(b).loss
     assert torch.isfinite(out) and abs(out.item() - ref.item()) / ref.item() < 0.02
 
 
@@ -163,24 +164,14 @@ def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     plain = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective))
     fused = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective), vocab_tail=True)
     fused.load_state_dict(plain.state_dict())
-    from electra_dist.data.batch import masked_slots
+    from electra_dist.data.batch import Batch
     from electra_dist.data.masking import mask_tokens, max_predictions
     from electra_dist.data.vocab import SpecialIds
 
     ids = torch.randint(5, 1000, (4, 64), generator=torch.Generator().manual_seed(1))
-    b = mask_tokens(ids, SpecialIds(), 0.15, sample_ids=torch.arange(4) + 7)
-    index, weights = masked_slots(b.masked_positions, max_predictions(64, 0.15))
-    args = dict(
-        input_ids=b.input_ids,
-        original_ids=b.original_ids,
-        masked_positions=b.masked_positions,
-        attention_mask=b.attention_mask,
-        sample_ids=torch.arange(4) + 7,
-        masked_index=index,
-        masked_weights=weights,
-        padded=False,
-    )
-    a, f = plain(**args), fused(**args)
+    sample_ids = torch.arange(4) + 7
+    b = Batch.of(mask_tokens(ids, SpecialIds(), 0.15, sample_ids=sample_ids), sample_ids, max_predictions(64, 0.15))
+    a, f = plain(b), fused(b)
     assert torch.equal(a.replaced, f.replaced)  # the very same replacements
     assert a.stats["generator_correct"] == f.stats["generator_correct"] and a.stats["masked"] == f.stats["masked"]
     torch.testing.assert_close(f.generator_loss, a.generator_loss, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from electra_dist import rng
 from electra_dist.config import Config
+from electra_dist.data.batch import Batch
 from electra_dist.data.masking import mask_tokens
 from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer, count_parameters
@@ -19,11 +21,12 @@ def _batch(cfg, B=4, seed=0):
     ids[:, 0], ids[:, S // 2], ids[:, -1] = 2, 3, 3
     ids[1, 40:] = 0
     ids[1, 39] = 3
-    return mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, generator=g)
+    sample_ids = torch.arange(B) + 100 * seed
+    return Batch.of(mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=sample_ids), sample_ids)
 
 
 def _run(model, b):
-    return model(b.input_ids, b.original_ids, b.masked_positions, b.attention_mask)
+    return model(b)
 
 
 def test_embeddings_are_the_same_parameter_objects(tiny):
@@ -59,7 +62,6 @@ def test_loss_is_gen_plus_50_disc_and_matches_a_manual_computation(tiny):
     torch.manual_seed(0)
     m = ElectraPretrainer(tiny.model, tiny.objective).eval()
     b = _batch(tiny)
-    torch.manual_seed(1)
     out = _run(m, b)
     torch.testing.assert_close(out.loss, out.generator_loss + 50.0 * out.discriminator_loss)
 
@@ -67,8 +69,9 @@ def test_loss_is_gen_plus_50_disc_and_matches_a_manual_computation(tiny):
     logits = m.generator(b.input_ids, b.attention_mask, None, b.masked_positions)
     torch.testing.assert_close(out.generator_loss, F.cross_entropy(logits, b.original_ids[b.masked_positions]))
     # discriminator: BCE over non-pad tokens, summed / non-pad count, on the sampled input
-    torch.manual_seed(1)
-    sampled = m.gumbel_sample(logits)
+    r, c = b.masked_positions.nonzero(as_tuple=True)  # the noise of each masked token: (its sample, its position)
+    keys = rng.row_keys(b.sample_ids[r], c, rng.GUMBEL)
+    sampled = m.gumbel_sample(logits, keys)
     disc_in = b.original_ids.clone()
     disc_in[b.masked_positions] = sampled
     labels = (disc_in != b.original_ids).float()
@@ -83,27 +86,16 @@ def test_loss_is_gen_plus_50_disc_and_matches_a_manual_computation(tiny):
 def test_sample_equal_to_original_is_labeled_original(tiny, monkeypatch):
     m = ElectraPretrainer(tiny.model, tiny.objective)
     b = _batch(tiny)
-    targets = b.original_ids[b.masked_positions]
-    n = targets.numel()
-    half = torch.arange(n) % 2 == 0
-    fake = torch.where(half, targets, (targets + 1) % 1000)  # even: the original token; odd: another
-    monkeypatch.setattr(m, "gumbel_sample", lambda logits, keys=None: fake)
+    targets = b.original_ids.gather(1, b.masked_index).reshape(-1)  # every slot's original, in slot order
+    half = torch.arange(targets.numel()) % 2 == 0
+    fake = torch.where(half, targets, (targets + 1) % 1000)  # even slots: the original token; odd: another
+    monkeypatch.setattr(m, "gumbel_sample", lambda logits, keys: fake)
     out = _run(m, b)
-    labels_at_mask = out.replaced[b.masked_positions]
-    assert torch.equal(labels_at_mask, ~half)
+    filled = b.masked_weights.reshape(-1)
+    labels_at_mask = out.replaced.gather(1, b.masked_index).reshape(-1)[filled]
+    assert torch.equal(labels_at_mask, ~half[filled])
     assert not out.replaced[~b.masked_positions].any()
-    assert int(out.stats["replaced"]) == int((~half).sum())
-
-
-def test_gumbel_sampling_follows_the_generator_distribution(tiny):
-    m = ElectraPretrainer(tiny.model, tiny.objective)
-    logits = torch.full((20000, m.padded_vocab), -1e9)
-    logits[:, 10], logits[:, 11], logits[:, 12] = 0.0, torch.log(torch.tensor(2.0)), torch.log(torch.tensor(5.0))
-    torch.manual_seed(0)
-    s = m.gumbel_sample(logits)
-    freq = torch.bincount(s, minlength=13)[10:13].float() / s.numel()
-    torch.testing.assert_close(freq, torch.tensor([1 / 8, 2 / 8, 5 / 8]), atol=0.015, rtol=0)
-    assert s.dtype == torch.long
+    assert int(out.stats["replaced"]) == int((~half[filled]).sum())
 
 
 def test_gradients_of_both_losses_reach_shared_embeddings_and_disc_never_reaches_generator(tiny):
@@ -162,8 +154,6 @@ def test_padding_changes_nothing_but_its_rows():
 
 @pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
 def test_counter_based_gumbel_follows_the_distribution_and_slices_by_vocab(tiny):
-    from electra_dist import rng
-
     m = ElectraPretrainer(tiny.model, tiny.objective)
     logits = torch.full((20000, m.padded_vocab), -1e9)
     logits[:, 10], logits[:, 11], logits[:, 12] = 0.0, torch.log(torch.tensor(2.0)), torch.log(torch.tensor(5.0))
@@ -171,6 +161,7 @@ def test_counter_based_gumbel_follows_the_distribution_and_slices_by_vocab(tiny)
     s = m.gumbel_sample(logits, keys)
     freq = torch.bincount(s, minlength=13)[10:13].float() / s.numel()
     torch.testing.assert_close(freq, torch.tensor([1 / 8, 2 / 8, 5 / 8]), atol=0.015, rtol=0)
+    assert s.dtype == torch.long
     # a vocab shard's noise is the same columns of the full noise: what TP relies on
     full = rng.uniform(keys[:5], torch.arange(0, 1024))
     torch.testing.assert_close(rng.uniform(keys[:5], torch.arange(512, 1024)), full[:, 512:])
@@ -189,11 +180,8 @@ def test_sample_ids_make_the_loss_independent_of_batch_composition(tiny):
     full = mask_tokens(ids, SpecialIds(), 0.15, sample_ids=sid)
     halves = [mask_tokens(ids[i : i + 2], SpecialIds(), 0.15, sample_ids=sid[i : i + 2]) for i in (0, 2)]
     assert torch.equal(full.input_ids, torch.cat([h.input_ids for h in halves]))
-    out = m(full.input_ids, full.original_ids, full.masked_positions, full.attention_mask, sample_ids=sid)
-    parts = [
-        m(h.input_ids, h.original_ids, h.masked_positions, h.attention_mask, sample_ids=sid[i : i + 2])
-        for h, i in zip(halves, (0, 2))
-    ]
+    out = m(Batch.of(full, sid))
+    parts = [m(Batch.of(h, sid[i : i + 2])) for h, i in zip(halves, (0, 2))]
     assert torch.equal(out.replaced, torch.cat([p.replaced for p in parts]))
 
 

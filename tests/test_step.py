@@ -29,18 +29,7 @@ def _batch(cfg, seed: int, B: int = 4, pad_from: int | None = None) -> Batch:
         ids[1, pad_from - 1] = 3
     sample_ids = torch.arange(B) + 1000 * seed
     m = mask_tokens(ids, SpecialIds(), cfg.objective.mask_prob, sample_ids=sample_ids)
-    index, weights = masked_slots(m.masked_positions, max_predictions(S, cfg.objective.mask_prob))
-    return Batch(
-        input_ids=m.input_ids,
-        original_ids=m.original_ids,
-        masked_positions=m.masked_positions,
-        masked_index=index,
-        masked_weights=weights,
-        attention_mask=m.attention_mask,
-        token_type_ids=torch.zeros_like(ids),
-        sample_ids=sample_ids,
-        padded=pad_from is not None,
-    )
+    return Batch.of(m, sample_ids, max_predictions(S, cfg.objective.mask_prob))
 
 
 def test_masked_slots_hold_exactly_the_masked_positions_in_row_order():
@@ -56,24 +45,23 @@ def test_masked_slots_hold_exactly_the_masked_positions_in_row_order():
     assert max_predictions(128, 0.15) == 19 and max_predictions(512, 0.25) == 128
 
 
-def test_slots_and_boolean_masking_give_the_same_losses(tiny):
-    """The trainer's path (fixed slots, `padded` from the loader) equals the boolean-mask path."""
+def test_fixed_slots_and_boolean_masking_give_the_same_losses(tiny):
+    """The trainer's path (the loader's fixed number of slots, empty ones weighing 0) equals the losses
+    taken at the boolean masked positions (as many slots as the fullest row has: none empty there)."""
     torch.manual_seed(0)
     m = ElectraPretrainer(tiny.model, tiny.objective).eval()
-    b = _batch(tiny, 0, pad_from=40).model_inputs()
-    fast = m(**b)
-    legacy = m(
-        b["input_ids"],
-        b["original_ids"],
-        b["masked_positions"],
-        b["attention_mask"],
-        b["token_type_ids"],
-        sample_ids=b["sample_ids"],
-    )
+    b = _batch(tiny, 0, pad_from=40)
+    tight = Batch.of(b, b.sample_ids)  # MaskedBatch's fields are the batch's own
+    assert tight.masked_index.shape[1] == int(b.masked_positions.sum(1).max()) and tight.padded
+    assert not b.masked_weights.all()  # the fixed slots have empty ones
+    fast, exact = m(b), m(tight)
     for name in ("loss", "generator_loss", "discriminator_loss"):
-        torch.testing.assert_close(getattr(fast, name), getattr(legacy, name), rtol=1e-6, atol=1e-6)
-    assert torch.equal(fast.replaced, legacy.replaced)
-    assert {k: int(v) for k, v in fast.stats.items()} == {k: int(v) for k, v in legacy.stats.items()}
+        torch.testing.assert_close(getattr(fast, name), getattr(exact, name), rtol=1e-6, atol=1e-6)
+    assert torch.equal(fast.replaced, exact.replaced)
+    assert {k: int(v) for k, v in fast.stats.items()} == {k: int(v) for k, v in exact.stats.items()}
+    logits = m.generator(b.input_ids, b.attention_mask, b.token_type_ids, b.masked_positions)
+    ce = torch.nn.functional.cross_entropy(logits, b.original_ids[b.masked_positions])
+    torch.testing.assert_close(fast.generator_loss, ce, rtol=1e-6, atol=1e-6)  # the boolean-mask MLM loss
 
 
 def test_padded_and_unpadded_computation_give_the_same_losses(tiny):
@@ -81,21 +69,15 @@ def test_padded_and_unpadded_computation_give_the_same_losses(tiny):
     (the flash path): the same per-sequence losses."""
     torch.manual_seed(0)
     m = ElectraPretrainer(tiny.model, tiny.objective).eval()
-    b = _batch(tiny, 3, B=2, pad_from=40).model_inputs()
-    padded = m(**b)
+    b = _batch(tiny, 3, B=2, pad_from=40)
+    padded = m(b)
+    padded_row = m(b.rows(slice(1, 2)))
     # row 1 alone, trimmed to its 40 real tokens: no padding, no mask
-    row = {
-        k: (v[1:2, :40] if k not in ("masked_index", "masked_weights", "sample_ids", "padded") else v)
-        for k, v in b.items()
-    }
-    row.update(
-        sample_ids=b["sample_ids"][1:2],
-        masked_index=b["masked_index"][1:2],
-        masked_weights=b["masked_weights"][1:2],
-        padded=False,
-    )
-    alone = m(**row)
-    padded_row = m(**{k: (v[1:2] if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
+    alone = b.rows(slice(1, 2))
+    for k in ("input_ids", "original_ids", "attention_mask", "token_type_ids", "masked_positions"):
+        setattr(alone, k, getattr(alone, k)[:, :40])
+    alone.padded = False
+    alone = m(alone)
     torch.testing.assert_close(alone.loss, padded_row.loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(alone.discriminator_loss, padded_row.discriminator_loss, rtol=1e-5, atol=1e-5)
     assert torch.equal(alone.replaced, padded_row.replaced[:, :40])
@@ -115,7 +97,7 @@ def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile
 
     def run(batch, normalizers):  # tensors, as engine_step passes them: a float would be a constant of the graph
         masked, tokens = torch.tensor(normalizers).unbind()
-        out = step(**batch.model_inputs(), masked_normalizer=masked, token_normalizer=tokens)
+        out = step(batch, masked_normalizer=masked, token_normalizer=tokens)
         out.loss.backward()
         assert torch.isfinite(out.loss) and model.discriminator.encoder.layers[0].output.weight.grad is not None
         model.zero_grad(set_to_none=True)
@@ -137,9 +119,9 @@ def test_flop_accounting_matches_torch_flop_counter(flavor):
     cfg = Config.build(flavor, [f"train.seq_len={S}"])
     with torch.device("meta"):
         model = ElectraPretrainer(cfg.model, cfg.objective)
-    batch = _batch(cfg, 0, B=B).to(torch.device("meta")).model_inputs()
+    batch = _batch(cfg, 0, B=B).to(torch.device("meta"))
     with FlopCounterMode(display=False) as counter:
-        model(**batch).loss.backward()
+        model(batch).loss.backward()
     expected = B * flops_per_sequence(cfg.model, S, max_predictions(S, cfg.objective.mask_prob))
     counted = counter.get_total_flops()
     assert abs(counted - expected) / expected < 0.01, (counted, expected, counted / expected)
@@ -199,20 +181,17 @@ def test_forward_and_backward_read_nothing_back_to_the_host(flavor):
     mode = FakeTensorMode()
     model = fake_model(cfg, mode, device)
     for pad_from in (None, 300):
-        batch = {
-            k: mode.from_tensor(v).to(device) if isinstance(v, torch.Tensor) else v
-            for k, v in _batch(cfg, 1, B=2, pad_from=pad_from).model_inputs().items()
-        }
+        batch = _batch(cfg, 1, B=2, pad_from=pad_from).apply(lambda t: mode.from_tensor(t).to(device))
         with mode:
             one = torch.ones((), device=device)
-            out = model(**batch, masked_normalizer=one, token_normalizer=one)
+            out = model(batch, masked_normalizer=one, token_normalizer=one)
             out.loss.backward()
             assert out.loss.device.type == device and out.loss.shape == ()
             grad = model.discriminator.encoder.layers[-1].output.weight.grad
             assert grad is not None and grad.dtype == torch.bfloat16
             model.zero_grad(set_to_none=True)
     with mode, pytest.raises(DataDependentOutputException):  # the detector works: asking the device raises
-        model(**{**batch, "padded": None}, masked_normalizer=one, token_normalizer=one)
+        model.discriminator(batch.input_ids, batch.attention_mask)  # `padded` not given: the tower asks
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Tensor fields go to the device (`to`); the rest is what the host knows without asking the device:
 whether any row is padded, the sample keys (for error messages), the epoch and the dropout seed
-of this slice of the global batch. `model_inputs()` is what the model's forward takes.
+of this slice of the global batch. The model's forward takes a Batch (on its device).
 """
 
 from __future__ import annotations
@@ -48,23 +48,46 @@ class Batch:
     def masked(self) -> float:
         return float(self.masked_positions.sum())
 
-    def _map(self, fn) -> Batch:
+    def apply(self, fn) -> Batch:
         return dataclasses.replace(self, **{k: fn(getattr(self, k)) for k in TENSORS})
 
     def to(self, device: torch.device) -> Batch:
-        return self._map(lambda t: t.to(device, non_blocking=True))
+        return self.apply(lambda t: t.to(device, non_blocking=True))
 
     def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this
-        return self._map(lambda t: t.pin_memory())
+        return self.apply(lambda t: t.pin_memory())
 
     def rows(self, part: slice, dropout_seed: int | None = None) -> Batch:
         """Rows `part` as a batch of their own (their `padded` recomputed)."""
-        b = dataclasses.replace(self._map(lambda t: t[part]), keys=self.keys[part], dropout_seed=dropout_seed)
+        b = dataclasses.replace(self.apply(lambda t: t[part]), keys=self.keys[part], dropout_seed=dropout_seed)
         b.padded = bool((b.attention_mask == 0).any())
         return b
 
-    def model_inputs(self) -> dict[str, torch.Tensor | bool]:
-        return {**{k: getattr(self, k) for k in TENSORS}, "padded": self.padded}
+    @classmethod
+    def of(
+        cls,
+        masked,
+        sample_ids: torch.Tensor,
+        slots: int | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **host,
+    ) -> Batch:
+        """The batch of a masked (B, S) block (data.masking.MaskedBatch, made with these `sample_ids`): its
+        masked positions as `slots` fixed slots each (None: as many as the fullest row has), `padded` read
+        from its attention mask on the host. `host`: keys, epoch, dropout_seed."""
+        index, weights = masked_slots(masked.masked_positions, slots)
+        return cls(
+            input_ids=masked.input_ids,
+            original_ids=masked.original_ids,
+            attention_mask=masked.attention_mask,
+            token_type_ids=token_type_ids if token_type_ids is not None else torch.zeros_like(masked.input_ids),
+            masked_positions=masked.masked_positions,
+            masked_index=index,
+            masked_weights=weights,
+            sample_ids=sample_ids,
+            padded=bool((masked.attention_mask == 0).any()),
+            **host,
+        )
 
 
 def masked_slots(positions: torch.Tensor, slots: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

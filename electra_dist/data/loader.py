@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from electra_dist import procs, rng
-from electra_dist.data.batch import Batch, masked_slots
+from electra_dist.data.batch import Batch
 from electra_dist.data.masking import mask_tokens, max_predictions
 from electra_dist.data.shards import MANIFEST, read_manifest
 from electra_dist.data.vocab import SpecialIds
@@ -240,17 +240,11 @@ class ShardStream(IterableDataset):
         )
         is_sep = ids_t == s.special.sep
         token_type = ((is_sep.long().cumsum(1) - is_sep.long()) > 0).long()  # 1 after the first [SEP]
-        index, weights = masked_slots(m.masked_positions, max_predictions(S, s.mask_prob))
-        return Batch(
-            input_ids=m.input_ids,
-            original_ids=m.original_ids,
-            attention_mask=m.attention_mask,
-            token_type_ids=token_type,
-            masked_positions=m.masked_positions,
-            masked_index=index,
-            masked_weights=weights,
-            sample_ids=sample_ids,
-            padded=bool((ids == s.special.pad).any()),  # known here, on the CPU: the model never asks the device
+        return Batch.of(  # `padded` known here, on the CPU: the model never asks the device
+            m,
+            sample_ids,
+            max_predictions(S, s.mask_prob),
+            token_type,
             keys=[key for _, key, _ in batch],
             epoch=batch[0][0],
         )

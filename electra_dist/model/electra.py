@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
-from electra_dist.data.batch import masked_slots
+from electra_dist.data.batch import Batch
 from electra_dist.model import tail
 from electra_dist.model.layers import Encoder, LayerFactory
 
@@ -239,35 +239,24 @@ class ElectraPretrainer(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
-        original_ids: torch.Tensor,
-        masked_positions: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        sample_ids: torch.Tensor | None = None,
+        batch: Batch,
         masked_normalizer: torch.Tensor | float | None = None,
         token_normalizer: torch.Tensor | float | None = None,
-        masked_index: torch.Tensor | None = None,
-        masked_weights: torch.Tensor | None = None,
-        padded: bool | None = None,
     ) -> PretrainOutput:
-        """input_ids: masked tokens (B, S); original_ids: before masking; masked_positions: bool (B, S).
+        """One micro-batch as the loader makes it (data.batch.Batch): masked tokens, the originals, the masked
+        positions as fixed slots (`masked_index` / `masked_weights`, B × P) and whether any row is padded,
+        all known on the host, so the forward never asks the device.
 
-        `masked_index` / `masked_weights` (B, P): the masked positions as fixed slots (the loader's,
-        data.masking.masked_slots); without them they are derived here, at the cost of a host sync.
-        `padded`: whether any row is padded, known to the loader; None asks the device.
-        With `sample_ids` (B,) the Gumbel noise is a function of (sample, position, token), so
-        the result does not depend on how samples are spread over ranks (electra_dist.rng).
-        The losses are sums divided by `masked_normalizer` / `token_normalizer` (default: this
-        batch's masked / non-pad token counts, i.e. means). The trainer passes the global-batch
-        counts ÷ (DP size × micro-steps), so averaging over ranks and micro-steps gives exactly the
-        loss of the whole global batch, however it is split.
+        The Gumbel noise is a function of (sample id, position, token) (electra_dist.rng), so the result
+        does not depend on how samples are spread over ranks. The losses are sums divided by
+        `masked_normalizer` / `token_normalizer` (default: this batch's masked / non-pad token counts, i.e.
+        means). The trainer passes the global-batch counts ÷ (DP size × micro-steps), so averaging over ranks
+        and micro-steps gives exactly the loss of the whole global batch, however it is split.
         """
         obj = self.objective
-        if masked_index is None:
-            masked_index, masked_weights = masked_slots(masked_positions)
-        if padded is None:
-            padded = not bool(attention_mask.all())
+        input_ids, original_ids, attention_mask = batch.input_ids, batch.original_ids, batch.attention_mask
+        token_type_ids, masked_index, padded = batch.token_type_ids, batch.masked_index, batch.padded
+        masked_weights = batch.masked_weights
         B, P = masked_index.shape
         weights = masked_weights.reshape(-1).float()
         # 1. Generator: MLM loss at the masked slots only (empty slots weigh 0).
@@ -275,7 +264,7 @@ class ElectraPretrainer(nn.Module):
             input_ids, attention_mask, token_type_ids, index=masked_index, padded=padded
         )  # (B·P, V_local)
         targets = original_ids.gather(1, masked_index).reshape(-1)  # (B·P,)
-        rows = sample_ids[:, None].expand(B, P).reshape(-1) if sample_ids is not None else None
+        rows = batch.sample_ids[:, None].expand(B, P).reshape(-1)
         # 2. (with it) Sample replacements: Gumbel-max in fp32, no gradient into the generator.
         gen_sum, predicted, sampled = self._vocab_tail(gen_logits, targets, weights, rows, masked_index.reshape(-1))
         gen_loss = gen_sum / (masked_normalizer if masked_normalizer is not None else weights.sum().clamp(min=1))
@@ -341,20 +330,12 @@ class ElectraPretrainer(nn.Module):
             stats,
         )
 
-    def gumbel_sample(self, logits: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
-        """argmax(logits / T + Gumbel noise) over the whole (possibly TP-sharded) vocabulary.
-
-        With `keys` (one per row) the noise is counter-based: a function of (key, token id), so
-        each TP rank computes just its vocab slice and every TP size draws the same sample.
-        Without, noise for the full vocabulary comes from torch's RNG and each rank slices it.
-        """
+    def gumbel_sample(self, logits: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """argmax(logits / T + Gumbel noise) over the whole (possibly TP-sharded) vocabulary. The noise is
+        counter-based, a function of (key, token id) with one key per row: each TP rank computes just its
+        vocab slice and every TP size draws the same sample."""
         lo, hi = self.factory.vocab_range(self.padded_vocab)
-        if keys is not None:
-            scores = self.scores_fn(logits, keys, lo, hi, self.objective.temperature)
-        else:
-            u = torch.rand(logits.shape[0], self.padded_vocab, device=logits.device, dtype=torch.float32)[:, lo:hi]
-            scores = logits.float() / self.objective.temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)
-        return self.factory.vocab_argmax(scores)
+        return self.factory.vocab_argmax(self.scores_fn(logits, keys, lo, hi, self.objective.temperature))
 
     gumbel_scores = staticmethod(tail.gumbel_scores)
 

@@ -26,18 +26,13 @@ def generator_tail(
     logits: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor,
-    rows: torch.Tensor | None,
+    rows: torch.Tensor,
     positions: torch.Tensor,
 ):
     """(weighted MLM loss sum, argmax predictions, replacements at the filled slots — None for the MLM
-    objective) of `model` (an ElectraPretrainer). `rows`: each slot's sample id (counter-based noise, the
-    trainer's path), or None for torch's RNG."""
-    if (
-        model.vocab_tail_fn is not None
-        and rows is not None
-        and model.discriminator is not None
-        and model.factory.tp_size == 1
-    ):
+    objective) of `model` (an ElectraPretrainer). `rows`: each slot's sample id, `positions` its position:
+    the keys of its counter-based noise."""
+    if model.vocab_tail_fn is not None and model.discriminator is not None and model.factory.tp_size == 1:
         ce, predicted, sampled = model.vocab_tail_fn(
             logits, targets, rows, positions, model.objective.temperature, rng.GUMBEL
         )
@@ -47,10 +42,5 @@ def generator_tail(
         predicted = model.factory.vocab_argmax(logits.float())
         if model.discriminator is None:
             return gen_sum, predicted, None
-        if rows is not None:  # counter-based noise: every slot, static shapes
-            keys = rng.row_keys(rows, positions, rng.GUMBEL)
-            return gen_sum, predicted, torch.where(weights > 0, model.gumbel_sample(logits, keys), targets)
-        filled = weights > 0  # torch's RNG, drawn for the filled slots only, in row order
-        sampled = targets.clone()
-        sampled[filled] = model.gumbel_sample(logits[filled])
-        return gen_sum, predicted, sampled
+        keys = rng.row_keys(rows, positions, rng.GUMBEL)  # every slot, static shapes; empty slots keep the target
+        return gen_sum, predicted, torch.where(weights > 0, model.gumbel_sample(logits, keys), targets)

@@ -120,7 +120,7 @@ class Evaluator:
         try:
             for b in self.batches:
                 b = b.to(device)
-                out = model(**b.model_inputs(), masked_normalizer=one, token_normalizer=one)  # losses as sums
+                out = model(b, masked_normalizer=one, token_normalizer=one)  # losses as sums
                 s = {**out.stats, "gen_sum": out.generator_loss, "disc_sum": out.discriminator_loss}
                 total += torch.stack([torch.as_tensor(s[k], device=device).double() for k in keys])
                 if out.discriminator_logits is not None:

@@ -88,7 +88,7 @@ def activation_bytes(cfg: Config, micro_batch: int) -> int:
 
     with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         one = torch.ones(())
-        model(**fake_batch(cfg, micro_batch, mode).model_inputs(), masked_normalizer=one, token_normalizer=one)
+        model(fake_batch(cfg, micro_batch, mode), masked_normalizer=one, token_normalizer=one)
     return sum(saved.values())
 
 

@@ -113,9 +113,7 @@ def engine_step(
     for i, b in enumerate(micro):
         if b.dropout_seed is not None:  # the same dropout wherever (which rank, which micro-step) this slice runs
             torch.manual_seed(b.dropout_seed)
-        out = engine(
-            **b.to(device).model_inputs(), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer
-        )
+        out = engine(b.to(device), masked_normalizer=masked_normalizer, token_normalizer=token_normalizer)
         engine.backward(out.loss)
         if own_grad_norm and i == len(micro) - 1:  # gradients are reduced over DP by now, not yet clipped
             norm = parallel.grad_norm(engine.module)
