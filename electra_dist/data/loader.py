@@ -290,6 +290,24 @@ class PretrainLoader:
         self.pin_memory = pin_memory  # page-locked batches: their copy to the GPU overlaps compute
         self.consumed = 0  # batches handed to the caller
 
+    def held_out(self, urls: list[str], samples: int) -> tuple[int, list[Batch]]:
+        """The first `samples` sequences of the held-out shards `urls`, in order, as micro-batches of this
+        DP rank (sequence i goes to rank i mod DP), masked as training masks them (a function of the
+        sample, so every evaluation sees the same corruption); and how many sequences there are in all."""
+        rows: list[tuple[int, str, Any]] = []
+        for url in urls:
+            for key, ids in iter_shard(url):
+                rows.append((0, key, ids))
+                if len(rows) >= samples:
+                    break
+            if len(rows) >= samples:
+                break
+        if not rows:
+            raise ValueError(f"the eval shards ({', '.join(urls[:3])}) hold no samples")
+        mine, B = rows[self.dp_rank :: self.dp_size], self.settings.micro_batch_size
+        stream = ShardStream(urls, self.settings)
+        return len(rows), [stream.collate(mine[i : i + B]) for i in range(0, len(mine), B)]
+
     @property
     def global_batch_size(self) -> int:
         return self.settings.micro_batch_size * self.dp_size * self.grad_accum

@@ -19,7 +19,7 @@ counts, so the numbers do not depend on the DP (or TP) size.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -67,25 +67,8 @@ def make_evaluator(run: Run) -> Evaluator | NoEvaluation:
 
 class Evaluator:
     def __init__(self, run: Run, urls: list[str], samples: int):
-        from electra_dist.data.loader import ShardStream, iter_shard
-
         self.run = run
-        loader = run.loader
-        rows: list[tuple[int, str, Any]] = []
-        for url in urls:
-            for key, ids in iter_shard(url):
-                rows.append((0, key, ids))
-                if len(rows) >= samples:
-                    break
-            if len(rows) >= samples:
-                break
-        if not rows:
-            raise ValueError(f"the eval shards ({', '.join(urls[:3])}) hold no samples")
-        self.samples = len(rows)
-        mine = rows[run.layout.dp_rank :: run.layout.dp_size]
-        stream = ShardStream(urls, loader.settings)
-        B = run.cfg.train.micro_batch_size
-        self.batches = [stream.collate(mine[i : i + B]) for i in range(0, len(mine), B)]
+        self.samples, self.batches = run.loader.held_out(urls, samples)
 
     def maybe_run(self, step: int, before: Callable[[], None] = lambda: None) -> dict[str, float] | None:
         """The held-out metrics at every train.eval_interval-th step and the last, after `before` (the
