@@ -222,3 +222,23 @@ def test_a_run_config_is_resolved_validated_once_more_and_frozen(data):
         resolved.cfg.model.vocab_size = 3000
     with pytest.raises(AttributeError, match="EncoderConfig.num_heads"):
         resolved.cfg.model.discriminator.num_heads = 4
+
+
+def test_each_section_checks_itself_and_the_config_joins_them():
+    from electra_dist.config import EncoderConfig, ObjectiveConfig
+
+    assert EncoderConfig(2, 64, 3, 128).problems("model.generator.") == [
+        "model.generator.hidden_size: 64 is not divisible by model.generator.num_heads=3"
+    ]
+    # a field out of its bounds is named; the checks across fields wait until the fields are sound
+    assert EncoderConfig(2, 64, 0, 128).problems() == ["num_heads: 0 must be a positive integer"]
+    assert ObjectiveConfig(mask_prob=0.0, temperature=float("nan")).problems("objective.") == [
+        "objective.mask_prob: 0.0 must lie in (0, 1)",
+        "objective.temperature: nan must be a finite number",
+    ]
+    cfg = Config.from_name("debug", **{"model.generator.num_heads": 3, "parallel.tensor_parallel_size": 2})
+    assert cfg.problems() == [
+        "model.generator.hidden_size: 32 is not divisible by model.generator.num_heads=3",
+        "model.generator.num_heads: 3 is not divisible by parallel.tensor_parallel_size=2",
+    ]
+    assert Config.from_name("debug").problems() == []

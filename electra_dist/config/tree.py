@@ -23,9 +23,9 @@ from electra_dist.config.schema import (
     Section,
     TrackingConfig,
     TrainConfig,
+    _divides,
     _f,
 )
-from electra_dist.config.validate import validate
 
 UNNAMED_FLAVORS = ("custom", "imported")  # start from the base defaults (`import-hf` writes "imported")
 
@@ -178,9 +178,29 @@ class Config(Section):
     def frozen(self) -> bool:
         return bool(self.__dict__.get("_frozen"))
 
+    def check(self, prefix: str = "") -> list[str]:
+        """Across sections: the tensor-parallel split of each encoder, the sequence length against the
+        position table. (Each section checks its own fields and their relations: schema.py.)"""
+        m, t, tp = self.model, self.train, self.parallel.tensor_parallel_size
+        p = []
+        for side in ("discriminator", "generator"):
+            enc = getattr(m, side)
+            for key in ("num_heads", "intermediate_size"):
+                if not _divides(getattr(enc, key), tp):
+                    p.append(
+                        f"model.{side}.{key}: {getattr(enc, key)} is not divisible by "
+                        f"parallel.tensor_parallel_size={tp}"
+                    )
+        if t.seq_len > m.max_position_embeddings:
+            p.append(f"train.seq_len: {t.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
+        return p
+
     def validate(self) -> Config:
-        """Check everything that can be checked without devices; raise one error naming all problems."""
-        return validate(self)
+        """Check everything that can be checked without devices (`problems()`); raise one error naming them
+        all, or return the config."""
+        if problems := self.problems():
+            raise ConfigError(problems)
+        return self
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -295,5 +315,6 @@ def keys_help() -> str:
     defaults = Config().flat()
     for key, typ, meta in Config().fields():
         choices = f" {{{','.join(meta['choices'])}}}" if meta.get("choices") else ""
+        choices += f" {meta['bounds']}" if meta.get("bounds") else ""
         lines.append(f"  {key} ({typ.__name__}{choices}, default {defaults[key]!r})\n      {meta.get('help', '')}")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ class Synced:
 
 def reachable(uri: str) -> None:
     """A URI MLflow knows, and (http) a server that answers within seconds, not after MLflow's minutes."""
-    from electra_dist.config.validate import uri_problem
+    from electra_dist.config.schema import uri_problem
     from electra_dist.tracking.base import check_server
     from electra_dist.tracking.mlflow_tracker import _quiet_http
 
