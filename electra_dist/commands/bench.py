@@ -189,16 +189,10 @@ def bench_train(
     import torch
 
     from electra_dist import parallel
-    from electra_dist.config import Config
     from electra_dist.training.build import compiles_blocks
     from electra_dist.training.flops import flops_per_token
 
-    # fmt: off
-    cfg = Config.build(flavor, [f"train.seq_len={seq_len}", f"model.max_position_embeddings={max(512, seq_len)}",
-                                f"train.micro_batch_size={micro_batch}",
-                                f"train.global_batch_size={micro_batch * grad_accum}", f"train.precision={precision}",
-                                f"train.compile={'true' if compile else 'auto'}", *(overrides or [])])
-    # fmt: on
+    cfg = _bench_config(flavor, seq_len, micro_batch, grad_accum, precision, compile, overrides or [])
     batches = real_batches(
         shards or sample_shards(seq_len), seq_len, micro_batch, cfg.objective.mask_prob, (warmup + steps) * grad_accum
     )
@@ -215,10 +209,6 @@ def bench_train(
                           fpt, peak, _peak_memory(device))
         # fmt: on
 
-    if deepspeed is None:
-        from electra_dist.commands import training_deepspeed_json
-
-        deepspeed = training_deepspeed_json()[0]
     try:
         ours = _our_step(cfg, batches, grad_accum, layout, deepspeed)
         results.append(
@@ -233,21 +223,41 @@ def bench_train(
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if baseline == "hf":
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-            autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
-            hf_step = _hf_step(cfg, batches, grad_accum, device, autocast)
+            hf_step = _hf_step(cfg, batches, grad_accum, device, precision)
             results.append(result("hf", _time_steps(hf_step, steps, warmup, device)))
     finally:
         parallel.destroy()
     return results
 
 
-def _our_step(cfg, batches, grad_accum: int, layout, deepspeed: dict):
+def _bench_config(flavor, seq_len, micro_batch, grad_accum, precision, compile, overrides):
+    from electra_dist.config import Config
+
+    return Config.build(
+        flavor,
+        [
+            f"train.seq_len={seq_len}",
+            f"model.max_position_embeddings={max(512, seq_len)}",
+            f"train.micro_batch_size={micro_batch}",
+            f"train.global_batch_size={micro_batch * grad_accum}",
+            f"train.precision={precision}",
+            f"train.compile={'true' if compile else 'auto'}",
+            *overrides,
+        ],
+    )
+
+
+def _our_step(cfg, batches, grad_accum: int, layout, deepspeed: dict | None):
     """One optimizer step exactly as training runs it: the trainer's model, optimizer, schedule and
-    DeepSpeed engine (training.build.build_engine) from training's JSON, stepped by engine_step."""
+    DeepSpeed engine (training.build.build_engine) from `deepspeed` (None: training's JSON), stepped by
+    engine_step."""
     import itertools
 
     from electra_dist import parallel
+    from electra_dist.commands import training_deepspeed_json
+
+    if deepspeed is None:
+        deepspeed = training_deepspeed_json()[0]
     from electra_dist.training.build import build_engine
     from electra_dist.training.step import engine_step, grad_norm_flags
 
@@ -263,12 +273,9 @@ def _our_step(cfg, batches, grad_accum: int, layout, deepspeed: dict):
     return step
 
 
-def _hf_step(cfg, batches, grad_accum: int, device, autocast):
-    """transformers' ELECTRA pre-training as users compose it: two models sharing the embeddings,
-    the generator's MLM loss over its full logits with -100 labels, Gumbel sampling, and
-    ElectraForPreTraining's loss, total = gen + 50 · disc; torch AdamW (fused on GPU)."""
-    import itertools
-
+def _hf_models(cfg, device):
+    """transformers' ElectraForMaskedLM (generator) and ElectraForPreTraining (discriminator) of the config's
+    shapes, sharing their embeddings as ELECTRA does."""
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
@@ -292,6 +299,20 @@ def _hf_step(cfg, batches, grad_accum: int, device, autocast):
     gen = ElectraForMaskedLM(hf_config(m.generator)).to(device)
     disc = ElectraForPreTraining(hf_config(m.discriminator)).to(device)
     disc.electra.embeddings = gen.electra.embeddings  # shared token/position/type embeddings + LayerNorm
+    return gen, disc
+
+
+def _hf_step(cfg, batches, grad_accum: int, device, precision: str):
+    """transformers' ELECTRA pre-training as users compose it: two models sharing the embeddings,
+    the generator's MLM loss over its full logits with -100 labels, Gumbel sampling, and
+    ElectraForPreTraining's loss, total = gen + 50 · disc; torch AdamW (fused on GPU)."""
+    import itertools
+
+    import torch
+
+    gen, disc = _hf_models(cfg, device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
     params = list({id(p): p for p in [*gen.parameters(), *disc.parameters()]}.values())
     opt = torch.optim.AdamW(
         params,

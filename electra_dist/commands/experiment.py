@@ -146,6 +146,20 @@ def run(
         "tracking.experiment=electra-vs-mlm",
         f"data.num_workers={p.workers}",
     ]
+    rows, models = _pretrain_both(sh, out, shards, tok, p, nproc, common)
+    if control:  # the same fine-tuning from random weights: does pre-training help at this budget?
+        _random_init(out / "random_init", p, common + [f"model.vocab_size={p.vocab_size}", f"data.tokenizer={tok}"])
+        rows["random init (control)"] = dict(CONTROL_ROW)
+        models["random init (control)"] = out / "random_init"
+    _finetune_all(out, models, rows, dict(zip(names, tasks)), tok, p, finetune_lr)
+    _write_results(Path(results), rows, corpus, tasks, preset, p, nproc)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def _pretrain_both(sh, out: Path, shards: Path, tok: Path, p: Preset, nproc: int, common: list[str]):
+    """ELECTRA for its steps and the MLM baseline for the same pre-training FLOPs (each skipped where its
+    final model exists): their result rows and final model directories."""
     electra_cfg = Config.build(p.flavor, common)
     mlm_cfg = Config.build(p.flavor, common + ["objective.kind=mlm"])
     budget = p.electra_steps * p.batch * p.seq_len * flops_per_token(electra_cfg.model, p.seq_len, 0.15, "electra")
@@ -170,14 +184,7 @@ def run(
             )
         rows[name] = _pretraining_row(run_dir, steps, clock)
         models[name] = OutputDir(run_dir).final
-    if control:  # the same fine-tuning from random weights: does pre-training help at this budget?
-        _random_init(out / "random_init", p, common + [f"model.vocab_size={p.vocab_size}", f"data.tokenizer={tok}"])
-        rows["random init (control)"] = dict(CONTROL_ROW)
-        models["random init (control)"] = out / "random_init"
-    _finetune_all(out, models, rows, dict(zip(names, tasks)), tok, p, finetune_lr)
-    _write_results(Path(results), rows, corpus, tasks, preset, p, nproc)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    return rows
+    return rows, models
 
 
 def _prepare_data(

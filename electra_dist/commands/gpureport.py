@@ -35,8 +35,24 @@ def markdown(report: dict) -> str:
         if name in s:
             body = {k: v for k, v in s[name].items() if k not in ("trace",)}
             lines += [f"## {name.replace('_', ' ')}", "", f"`{json.dumps(body)}`", ""]
-    if "throughput" in s:
+    lines += _throughput_lines(s) + _lever_lines(s)
+    if "profile" in s:
         lines += [
+            f"## Top kernels ({s['profile'].get('flavor', '?')} step)",
+            "",
+            "| kernel | calls | ms |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{t['name']}` | {t['calls']} | {t['ms']} |" for t in s["profile"].get("top", [])]
+    failed = [f"- {n}: {v['error']}" for n, v in s.items() if v.get("error")]
+    return "\n".join(lines + ([""] + ["## Failures", ""] + failed if failed else []) + [""])
+
+
+def _throughput_lines(s: dict) -> list[str]:
+    """The throughput table (tokens/s, TFLOP/s, MFU, memory per flavor and implementation)."""
+    lines: list[str] = []
+    if "throughput" in s:
+        lines = [
             "## Throughput (the trainer's ZeRO-2 engine; HF on the same real batches)",
             "",
             "| flavor | implementation | tokens/s | TFLOP/s | MFU | peak memory GiB |",
@@ -49,9 +65,15 @@ def markdown(report: dict) -> str:
                 f"{r['peak_memory_gib']:.1f} |"
             )
         lines.append("")
+    return lines
+
+
+def _lever_lines(s: dict) -> list[str]:
+    """The MFU levers table: each option alone against the defaults."""
+    lines: list[str] = []
     if "levers" in s:
         lv = s["levers"]
-        lines += [
+        lines = [
             f"## MFU levers, each alone against the defaults ({lv.get('flavor', '?')}, "
             f"{lv.get('default_tokens_per_s', 0):,.0f} tokens/s)",
             "",
@@ -66,13 +88,4 @@ def markdown(report: dict) -> str:
             )
             lines.append(f"| {r['lever']} (`{r['override']}`) | {got} |")
         lines.append("")
-    if "profile" in s:
-        lines += [
-            f"## Top kernels ({s['profile'].get('flavor', '?')} step)",
-            "",
-            "| kernel | calls | ms |",
-            "|---|---|---|",
-        ]
-        lines += [f"| `{t['name']}` | {t['calls']} | {t['ms']} |" for t in s["profile"].get("top", [])]
-    failed = [f"- {n}: {v['error']}" for n, v in s.items() if v.get("error")]
-    return "\n".join(lines + ([""] + ["## Failures", ""] + failed if failed else []) + [""])
+    return lines

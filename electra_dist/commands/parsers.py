@@ -113,6 +113,11 @@ def add_model_commands(sub) -> None:
 
 def add_data_commands(sub) -> None:
     """tokenizer, shards: text to training data"""
+    _add_tokenizer_command(sub)
+    _add_shards_command(sub)
+
+
+def _add_tokenizer_command(sub) -> None:
     p = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer")
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     t = tsub.add_parser(
@@ -137,6 +142,8 @@ def add_data_commands(sub) -> None:
     t.add_argument("--seed", type=int, default=0, help="sampling seed")
     t.set_defaults(func=h.cmd_tokenizer_train)
 
+
+def _add_shards_command(sub) -> None:
     p = sub.add_parser("shards", help="build WebDataset shards from raw text")
     ssub = p.add_subparsers(dest="shards_command", metavar="ACTION")
     b = ssub.add_parser(
@@ -329,6 +336,11 @@ def add_experiment_command(sub) -> None:
 
 def add_gpu_commands(sub) -> None:
     """gpu-check, bench: the hardware"""
+    _add_gpu_check_command(sub)
+    _add_bench_command(sub)
+
+
+def _add_gpu_check_command(sub) -> None:
     p = sub.add_parser(
         "gpu-check",
         help="validate a GPU node inside one short allocation: sanity, kernel tests, a bf16 run, MFU",
@@ -359,6 +371,8 @@ def add_gpu_commands(sub) -> None:
     p.add_argument("--allow-cpu", action="store_true", help="run without CUDA (with --quick: how it is tested)")
     p.set_defaults(func=h.cmd_gpu_check)
 
+
+def _add_bench_command(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
     d = bsub.add_parser("data", help="loading + masking throughput in tokens/s per worker")

@@ -109,7 +109,6 @@ def train_tokenizer(
     num_threads: int | None = None,
 ) -> tuple[Tokenizer, TextStats]:
     """Train SentencePiece on the sentences of `inputs`; sample `input_sentence_size` of them."""
-    import os
 
     import sentencepiece as spm
 
@@ -127,6 +126,41 @@ def train_tokenizer(
         raise ValueError(
             f"no text found in {', '.join(map(str, files))} ({stats.documents} documents, {stats.bad_lines} bad lines)"
         )
+
+    model = _train_sentencepiece(sample, vocab_size, model_type, lowercase, character_coverage, num_threads)
+    (out / MODEL).write_bytes(model)
+    proc = spm.SentencePieceProcessor(model_proto=model)
+    (out / VOCAB).write_text(
+        "".join(f"{proc.id_to_piece(i)}\t{proc.get_score(i)}\n" for i in range(proc.get_piece_size())), encoding="utf-8"
+    )
+    specials = {k: proc.piece_to_id(p) for k, p in SPECIAL_PIECES.items()}
+    meta = {
+        **specials,
+        "vocab_size": proc.get_piece_size(),
+        "model_type": model_type,
+        "lowercase": lowercase,
+        "sha256": sha256_file(out / MODEL),
+        "sentences_sampled": len(sample),
+        "sentences_seen": seen,
+        "inputs": [str(f) for f in files],
+        **stats.to_dict(),
+    }
+    (out / SPECIALS).write_text(json.dumps(meta, indent=2))
+    return SentencePieceTokenizer(out), stats
+
+
+def _train_sentencepiece(
+    sample: list[str],
+    vocab_size: int,
+    model_type: str,
+    lowercase: bool,
+    character_coverage: float,
+    num_threads: int | None,
+) -> bytes:
+    """The serialized SentencePiece model of `sample`, with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0-4."""
+    import os
+
+    import sentencepiece as spm
 
     model = io.BytesIO()
     try:
@@ -154,25 +188,7 @@ def train_tokenizer(
         raise ValueError(
             f"SentencePiece could not train a {vocab_size}-piece vocabulary on {len(sample)} sentences: {e}"
         ) from None
-    (out / MODEL).write_bytes(model.getvalue())
-    proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    (out / VOCAB).write_text(
-        "".join(f"{proc.id_to_piece(i)}\t{proc.get_score(i)}\n" for i in range(proc.get_piece_size())), encoding="utf-8"
-    )
-    specials = {k: proc.piece_to_id(p) for k, p in SPECIAL_PIECES.items()}
-    meta = {
-        **specials,
-        "vocab_size": proc.get_piece_size(),
-        "model_type": model_type,
-        "lowercase": lowercase,
-        "sha256": sha256_file(out / MODEL),
-        "sentences_sampled": len(sample),
-        "sentences_seen": seen,
-        "inputs": [str(f) for f in files],
-        **stats.to_dict(),
-    }
-    (out / SPECIALS).write_text(json.dumps(meta, indent=2))
-    return SentencePieceTokenizer(out), stats
+    return model.getvalue()
 
 
 def _sample_sentences(files: list, stats: TextStats, text_field: str, size: int, seed: int) -> tuple[list[str], int]:

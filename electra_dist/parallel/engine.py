@@ -72,6 +72,18 @@ def resolve_deepspeed_config(
                 f"{source}: {prec}.enabled is {given!r} but train.precision={t.precision!r} "
                 f'(set it to "auto" or train.precision={prec if given else "fp32"})'
             )
+    problems += _engine_problems(cfg, ds, source)
+    if problems:
+        raise ConfigError(problems)
+    ds.setdefault("steps_per_print", 10**9)  # we log ourselves
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def _engine_problems(cfg: Config, ds: dict[str, Any], source: str) -> list[str]:
+    """What the JSON may not hold beside our config: its own optimizer or schedule, an unknown ZeRO stage,
+    ZeRO-3 with tensor parallelism."""
+    problems: list[str] = []
     for block in ("optimizer", "scheduler"):
         if block in ds:
             problems.append(
@@ -88,11 +100,7 @@ def resolve_deepspeed_config(
             f"ZeRO stage 3 with parallel.tensor_parallel_size={tp} is not supported: use "
             "configs/zero2.json (or zero1/zero0) with tensor parallelism, or TP=1 with ZeRO-3"
         )
-    if problems:
-        raise ConfigError(problems)
-    ds.setdefault("steps_per_print", 10**9)  # we log ourselves
-    ds.setdefault("wall_clock_breakdown", False)
-    return ds
+    return problems
 
 
 def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
