@@ -1,16 +1,12 @@
 """`electra-dist finetune`: sequence classification from a pre-trained checkpoint, over several seeds.
 
-The encoder is the one pre-training keeps (ELECTRA's discriminator, or the MLM baseline's
-encoder), from our checkpoint or a Hugging Face export. Head: [CLS] → dense → gelu → dropout →
-linear (as ElectraClassificationHead). Layer-wise LR decay done right: the head gets lr, the top
-encoder layer lr·d, layer i (1-based) lr·d^(L+1-i), the embeddings lr·d^(L+1). (The official code
-gives the head depth L+2, so its top layer gets lr·d² and every layer one power too many.)
-AdamW and the schedule of pre-training (electra_dist.training.optim: linear decay × 10 % warm-up,
-as the official fine-tuning). LR and layer decay default by model size, as the paper (Small 3e-4 /
-0.8, Base 1e-4 / 0.8, Large 5e-5 / 0.9). A dev split carved from train picks the best seed; test
-accuracy and macro-F1 per seed, mean ± std, the majority-class baseline beside them, and a warning
-when a model predicts one class. `out`: the best seed's model as a Hugging Face
-ElectraForSequenceClassification with its tokenizer.
+The encoder pre-training keeps (ELECTRA's discriminator or the MLM encoder), from our checkpoint or an HF
+export; head [CLS] → dense → gelu → dropout → linear (ElectraClassificationHead). Layer-wise LR decay: the
+head gets lr, layer i (1-based) of L lr·d^(L+1-i), the embeddings lr·d^(L+1) (the official code gives every
+layer one power too many). AdamW and pre-training's schedule (10 % warm-up). LR and layer decay by size, as
+the paper (Small 3e-4 / 0.8, Base 1e-4 / 0.8, Large 5e-5 / 0.9). A dev split carved from train picks the
+best seed; test accuracy and macro-F1 per seed, the majority baseline beside them, a warning when a model
+predicts one class. `out`: the best seed as a transformers ElectraForSequenceClassification + tokenizer.
 """
 
 from __future__ import annotations
@@ -324,24 +320,12 @@ def finetune(
     majority = float((yte == torch.bincount(ytr[fit]).argmax()).float().mean())
     device = _device(threads, log)
     result = FinetuneResult([], 0.0, names, majority=majority, lr=lr, layer_decay=layer_decay)
-    best = None
+    best, hp = None, dict(epochs=epochs, batch_size=batch_size, lr=lr, layer_decay=layer_decay, warmup=warmup)
+    data = ((xtr, mtr, ttr, ytr), (xte, mte, tte, yte), dev, fit)
     for seed in range(seeds):
-        torch.manual_seed(seed)
-        tower = load_encoder(model_dir)[0]  # fresh weights per seed
-        model = Classifier(tower, hidden, len(names)).to(device)
-        opt = build_optimizer(layer_lr_groups(model, lr, layer_decay, weight_decay), OptimConfig(lr=lr), device)
-        steps = epochs * math.ceil(len(fit) / batch_size)
-        sched = lr_schedule(opt, max(1, int(warmup * steps)), steps)
-        _fit(model, opt, sched, fit, (xtr, mtr, ttr, ytr), epochs, batch_size, seed, steps, device, log)
-        dev_acc = (
-            _accuracy(predict(model, xtr[dev], mtr[dev], ttr[dev], device, batch_size * 4), ytr[dev]) if n_dev else 0.0
-        )
-        pred = predict(model, xte, mte, tte, device, batch_size * 4)
-        acc, f1 = _accuracy(pred, yte), macro_f1(pred, yte, len(names))
-        _report_seed(
-            result, seed, acc, f1, dev_acc if n_dev else None, pred, f"{epochs} epochs, {steps} steps", log, tracker
-        )
-        if best is None or dev_acc > best[0]:
+        model, dev_acc = _one_seed(model_dir, hidden, names, seed, data, result, hp | {"weight_decay": weight_decay},
+                                   device, log, tracker)  # fmt: skip
+        if best is None or dev_acc > best[0]:  # the best seed on dev is the one saved
             best, result.best_seed = (
                 (dev_acc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}),
                 seed,
@@ -355,6 +339,29 @@ def finetune(
             "(transformers: AutoModelForSequenceClassification + AutoTokenizer)"
         )
     return result
+
+
+def _one_seed(model_dir, hidden, names, seed, data, result, hp, device, log, tracker):
+    """Fine-tune fresh weights with `seed` on the rows `fit` of `train`; score on `dev` and `test`; report."""
+    train, test, dev, fit = data
+    torch.manual_seed(seed)
+    tower = load_encoder(model_dir)[0]  # fresh weights per seed
+    model = Classifier(tower, hidden, len(names)).to(device)
+    groups = layer_lr_groups(model, hp["lr"], hp["layer_decay"], hp["weight_decay"])
+    opt = build_optimizer(groups, OptimConfig(lr=hp["lr"]), device)
+    epochs, batch_size = hp["epochs"], hp["batch_size"]
+    steps = epochs * math.ceil(len(fit) / batch_size)
+    sched = lr_schedule(opt, max(1, int(hp["warmup"] * steps)), steps)
+    _fit(model, opt, sched, fit, train, epochs, batch_size, seed, steps, device, log)
+    (xtr, mtr, ttr, ytr), (xte, mte, tte, yte) = train, test
+    dev_acc = (
+        _accuracy(predict(model, xtr[dev], mtr[dev], ttr[dev], device, batch_size * 4), ytr[dev]) if len(dev) else 0.0
+    )
+    pred = predict(model, xte, mte, tte, device, batch_size * 4)
+    acc, f1 = _accuracy(pred, yte), macro_f1(pred, yte, len(names))
+    budget = f"{epochs} epochs, {steps} steps"
+    _report_seed(result, seed, acc, f1, dev_acc if len(dev) else None, pred, budget, log, tracker)
+    return model, dev_acc
 
 
 def save_classifier(state: dict[str, torch.Tensor], model_cfg, names: list[str], tokenizer_dir, out) -> Path:
@@ -388,12 +395,10 @@ def save_classifier(state: dict[str, torch.Tensor], model_cfg, names: list[str],
 
 
 def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_labels: int) -> float:
-    scores = []
-    for c in range(num_labels):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp, fn = int(((pred == c) & (gold != c)).sum()), int(((pred != c) & (gold == c)).sum())
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return statistics.mean(scores)
+    """The unweighted mean of each label's F1 (a label never predicted nor present scores 0)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, pred, labels=list(range(num_labels)), average="macro", zero_division=0.0))
 
 
 def _accuracy(pred: torch.Tensor, gold: torch.Tensor) -> float:
