@@ -1,4 +1,5 @@
-"""The MLM baseline objective and downstream fine-tuning (layer-wise LR decay done right)."""
+"""The MLM baseline objective, the ELECTRA-vs-MLM experiment and fine-tuning's CPU threads (the fine-tuning
+itself: tests/test_downstream.py)."""
 
 import gzip
 import json
@@ -7,11 +8,10 @@ import random
 import pytest
 import torch
 
-from electra_dist.commands.finetune import Classifier, finetune, layer_lr_groups
 from electra_dist.data.batch import Batch
 from electra_dist.data.masking import mask_tokens
 from electra_dist.data.vocab import SpecialIds
-from electra_dist.interop import export_hf, save_model
+from electra_dist.interop import export_hf
 from electra_dist.model import ElectraPretrainer, count_parameters
 from electra_dist.tracking import read_metrics
 from electra_dist.training.flops import flops_per_token
@@ -52,24 +52,6 @@ def test_mlm_checkpoint_exports_as_masked_lm(tmp_path):
         assert (hf(ids).logits - m.generator(ids, None, None)[..., :1000]).abs().max() < 1e-5
 
 
-def test_layer_wise_lr_decay_has_no_off_by_one(tiny):
-    m = ElectraPretrainer(tiny.model, tiny.objective)
-    clf = Classifier(m.encoder_tower, 64, 2)
-    groups = layer_lr_groups(clf, lr=1.0, decay=0.5, weight_decay=0.01)
-    scale = {}
-    for g in groups:
-        for p in g["params"]:
-            scale[id(p)] = g["lr"]
-    L = len(clf.tower.encoder.layers)
-    assert L == 2
-    assert scale[id(clf.out_proj.weight)] == 1.0 and scale[id(clf.dense.weight)] == 1.0  # head: lr
-    assert scale[id(clf.tower.encoder.layers[1].output.weight)] == 0.5  # top layer: lr·d, not lr·d²
-    assert scale[id(clf.tower.encoder.layers[0].output.weight)] == 0.25
-    assert scale[id(clf.tower.embeddings.word_embeddings.weight)] == 0.125  # embeddings: lr·d^(L+1)
-    no_decay = [g for g in groups if g["weight_decay"] == 0.0]
-    assert all(p.ndim == 1 for g in no_decay for p in g["params"])
-
-
 def _labeled(tmp_path, n=300, sources=("sotu", "janeausten"), name=""):
     """Real sentences, labeled by their source: State of the Union vs Jane Austen by default."""
     from electra_dist.data.text import split_sentences
@@ -87,19 +69,6 @@ def _labeled(tmp_path, n=300, sources=("sotu", "janeausten"), name=""):
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[: int(0.8 * len(rows))]))
     test.write_text("".join(json.dumps(r) + "\n" for r in rows[int(0.8 * len(rows)) :]))
     return train, test
-
-
-@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
-def test_finetune_learns_a_real_classification_task(tmp_path, tok_dir):
-    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir)})
-    torch.manual_seed(0)
-    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
-    train, test = _labeled(tmp_path)
-    r = finetune(str(tmp_path / "ckpt"), str(train), str(test), seeds=2, epochs=4, lr=1e-3, batch_size=16)
-    assert r.labels == ["janeausten", "sotu"] and len(r.accuracies) == 2
-    assert r.mean > 0.75, r.accuracies
-    with pytest.raises(ValueError, match=r"train.jsonl:1: has no field 'stars' \(it has \['label', 'text'\]\)"):
-        finetune(str(tmp_path / "ckpt"), str(train), str(test), label_field="stars")
 
 
 @pytest.mark.slow
@@ -159,100 +128,6 @@ def test_experiment_runs_end_to_end_small_on_two_sets_and_goes_on_where_it_stopp
     assert all(after[s] == before[s] for s in range(1, 8))  # checkpoint, not from step 0
     assert again["mlm"]["tasks"]["austen-sotu"] == rows["mlm"]["tasks"]["austen-sotu"]
     assert results.read_text().count("## ELECTRA vs MLM") == 2
-
-
-@pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
-def test_finetune_cli_saves_a_transformers_classifier_and_a_finished_mlflow_run(tmp_path, tok_dir, cli):
-    """--out: the best seed (on the dev split) as ElectraForSequenceClassification + tokenizer, which
-    transformers' Auto classes load and which scores as we reported; --experiment: one FINISHED run
-    with every seed's metrics and the summary."""
-    transformers = pytest.importorskip("transformers")
-    from mlflow.tracking import MlflowClient
-
-    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir)})
-    torch.manual_seed(0)
-    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
-    train, test = _labeled(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'ft.db'}"
-    r = cli(
-        "finetune",
-        "--model",
-        tmp_path / "ckpt",
-        "--train",
-        train,
-        "--test",
-        test,
-        "--seeds",
-        "2",
-        "--epochs",
-        "4",
-        "--lr",
-        "1e-3",
-        "--batch-size",
-        "16",
-        "--out",
-        tmp_path / "clf",
-        "--experiment",
-        "ft",
-        "--tracking-uri",
-        uri,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "majority baseline" in r.stdout and "macro-F1" in r.stdout
-    best = int(r.stdout.split("wrote seed ")[1].split("'")[0])
-    reported = float(r.stdout.split(f"finetune seed {best}: test accuracy ")[1].split(",")[0])
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "clf").eval()
-    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "clf")
-    rows = [json.loads(line) for line in test.read_text().splitlines()]
-    with torch.no_grad():
-        batch = tok([x["text"] for x in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
-        pred = model(**batch).logits.argmax(-1)
-    acc = sum(model.config.id2label[int(p)] == x["label"] for p, x in zip(pred, rows)) / len(rows)
-    assert abs(acc - reported) <= 1.5 / len(rows), (acc, reported)
-    assert acc > 0.75
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("ft").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "finetune-ckpt-train"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "finetune/accuracy")) == [0, 1]
-    assert {"finetune/accuracy_mean", "finetune/macro_f1_mean", "finetune/majority_baseline"} <= set(run.data.metrics)
-    assert run.data.params["chosen_lr"] == "0.001"
-
-
-def test_finetune_defaults_by_size_pairs_and_the_one_class_warning(tmp_path, tok_dir, monkeypatch):
-    from electra_dist.commands import finetune as ft
-
-    assert ft.size_defaults(256) == (3e-4, 0.8) and ft.size_defaults(768) == (1e-4, 0.8)
-    assert ft.size_defaults(1024) == (5e-5, 0.9)
-    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir)})
-    save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
-    rows = [{"a": f"the cat sat {i}", "b": f"on the mat {i}", "y": ["x", "y", "z"][i % 3]} for i in range(60)]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(ft, "predict", lambda model, x, *a: torch.zeros(len(x), dtype=torch.long))
-    lines = []
-    threads = torch.get_num_threads()
-    try:
-        r = ft.finetune(
-            str(tmp_path / "ckpt"),
-            str(data),
-            str(data),
-            text_field="a",
-            pair_field="b",
-            label_field="y",
-            seeds=1,
-            epochs=1,
-            batch_size=16,
-            log=lines.append,
-            threads=1,
-        )
-        assert torch.get_num_threads() == 1 and "finetune: 1 CPU thread (--threads)" in lines
-    finally:
-        torch.set_num_threads(threads)
-    assert r.labels == ["x", "y", "z"] and abs(r.majority - 1 / 3) < 0.02
-    assert "lr 0.0003, layer decay 0.8 (the paper's for this size)" in lines[0]
-    assert any("predicts only 'x'" in line for line in lines)
-    # no terminal here (as in a SLURM log): plain progress lines instead of a silent bar
-    assert any(line.startswith("finetune seed 0: step ") and ", loss " in line for line in lines), lines
 
 
 def test_cpu_threads_follow_the_job_not_the_machine(monkeypatch):

@@ -198,7 +198,7 @@ def test_init_from_continues_under_tensor_parallelism_and_exports_with_its_own_v
     the discriminator's embeddings being GDES's sums, and fine-tunes from there."""
     from transformers import AutoTokenizer, ElectraForPreTraining
 
-    from electra_dist.commands.finetune import finetune
+    from electra_dist.finetune import Hyper, finetune, load_task
     from electra_dist.interop import load_model
 
     args = [
@@ -259,8 +259,8 @@ def test_init_from_continues_under_tensor_parallelism_and_exports_with_its_own_v
         for v in ("like", "hate")
     ] * 4
     train.write_text("".join(json.dumps(x) + "\n" for x in rows))
-    ft = finetune(str(disc), str(train), str(train), seeds=1, epochs=1, max_len=32, dev_fraction=0.0)
-    assert len(ft.accuracies) == 1 and 0 <= ft.accuracies[0] <= 1
+    ft = finetune(str(disc), load_task(train, train), Hyper(epochs=1, lr=1e-4, max_len=32, dev_fraction=0.0), seeds=1)
+    assert len(ft.test) == 1 and 0 <= ft.test[0]["accuracy"] <= 1
 
 
 def test_shape_and_vocabulary_contradictions_are_one_clear_error(tmp_path, minilm_shards, tok_dir):

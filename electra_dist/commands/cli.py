@@ -12,7 +12,7 @@ import textwrap
 from typing import Callable, Sequence
 
 from electra_dist import errors, logs
-from electra_dist.commands import parsers
+from electra_dist.commands import downstream_parsers, parsers
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers.add_model_commands(sub)
     parsers.add_data_commands(sub)
     parsers.add_tracking_commands(sub)
-    parsers.add_downstream_commands(sub)
+    downstream_parsers.add_downstream_commands(sub)
     parsers.add_gpu_commands(sub)
     _show_defaults(parser)
     return parser

@@ -290,13 +290,21 @@ def _finetune_cached(
     if cache.is_file():
         print(f"\n=== fine-tune {label}: done before ({cache})", flush=True)
         return json.loads(cache.read_text())
-    from electra_dist.commands.finetune import finetune
+    from electra_dist.finetune import Hyper, finetune, load_task
 
     print(f"\n=== fine-tune {label}", flush=True)
-    ft = finetune(
-        str(model_dir), task[0], task[1], str(tok), seeds=p.seeds, epochs=p.finetune_epochs, lr=lr, max_len=p.seq_len
-    )
-    r = {**asdict(ft), "mean": ft.mean, "std": ft.std}
+    hp = Hyper(epochs=p.finetune_epochs, lr=lr or "auto", max_len=p.seq_len)
+    ft = finetune(str(model_dir), load_task(task[0], task[1]), hp, seeds=p.seeds, tokenizer_dir=str(tok))
+    r = {
+        "accuracies": ft.scores("accuracy"),
+        "macro_f1": ft.scores("macro_f1"),
+        "mean": ft.mean,
+        "std": ft.std,
+        "majority": ft.baseline[1]["accuracy"],
+        "lr": ft.lr,
+        "lr_grid": {f"{k:.3g}": v for k, v in ft.grid.items()},
+        "seconds": ft.seconds,
+    }
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cache, json.dumps(r, indent=2))
     return r

@@ -7,12 +7,16 @@ MLflow can still build shards.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from pathlib import Path
 
 from electra_dist.config import Config
 from electra_dist.errors import UserError, claim_output_dir
 from electra_dist.rundir import OutputDir
+
+log = logging.getLogger(__name__)
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -166,46 +170,66 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from electra_dist.commands.finetune import finetune
+    from electra_dist.finetune import finetune, load_task
+
+    task = load_task(args.train, args.test, args.task, args.text_field, args.label_field, args.text_pair_field)
+    with _finetune_session(args, "finetune", Path(args.train).stem) as tracker:
+        finetune(args.model, task, _hyper(args), args.seeds, args.tokenizer, args.out, tracker)
+        if args.out:
+            log.info("finetune: wrote the best seed's model to %s (transformers: %s + AutoTokenizer)", args.out,
+                     {"qa": "AutoModelForQuestionAnswering", "token": "AutoModelForTokenClassification"}.get(
+                         task.kind, "AutoModelForSequenceClassification"))  # fmt: skip
+    return 0
+
+
+def cmd_glue(args: argparse.Namespace) -> int:
+    from electra_dist.finetune.glue import glue_score, markdown_table, run_glue
+
+    with _finetune_session(args, "glue", "glue") as tracker:
+        table = run_glue(args.model, args.data_dir, args.tasks, _hyper(args), args.seeds, args.from_mnli, tracker,
+                         args.out, args.tokenizer)  # fmt: skip
+        if tracker is not None:
+            dev = {f"glue/{t}_{m}": v for t, row in table.items() for m, v in row.items() if m != "score"}
+            tracker.log_metrics(dev | {"glue/score": glue_score(table)}, step=0)
+    print(markdown_table(table))
+    return 0
+
+
+def _hyper(args: argparse.Namespace):
+    from electra_dist.finetune import Hyper
+
+    keys = ("epochs", "lr", "layer_decay", "batch_size", "max_len", "stride", "dev_fraction")
+    return Hyper(**{k: getattr(args, k) for k in keys if hasattr(args, k)})
+
+
+@contextlib.contextmanager
+def _finetune_session(args: argparse.Namespace, command: str, task: str):
+    """CPU threads, the --out claim and the MLflow run (FINISHED, or FAILED on an error) around one command."""
+    import torch
+
+    from electra_dist.procs import cpu_threads
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: at least 1")
+    if not torch.cuda.is_available():
+        n, why = (args.threads, "--threads") if args.threads else cpu_threads()
+        torch.set_num_threads(n)
+        log.info("%s: %d CPU thread%s (%s)", command, n, "s" if n > 1 else "", why)
     if args.out:
-        claim_output_dir(args.out, "finetune", args.force)
-    tracker = _finetune_tracker(args)
+        claim_output_dir(args.out, command, args.force)
+    tracker = _finetune_tracker(args, command, task)
     status = "failed"
     try:
-        r = finetune(
-            args.model,
-            args.train,
-            args.test,
-            args.tokenizer,
-            args.text_field,
-            args.label_field,
-            args.seeds,
-            args.epochs,
-            args.lr,
-            args.layer_decay,
-            args.batch_size,
-            args.max_len,
-            tracker=tracker,
-            pair_field=args.text_pair_field,
-            dev_fraction=args.dev_fraction,
-            out=args.out,
-            threads=args.threads,
-        )
-        if tracker is not None:
-            tracker.log_params({"chosen_lr": r.lr, "chosen_layer_decay": r.layer_decay, "best_seed": r.best_seed})
-            if args.out:
-                tracker.log_artifact(args.out, "model")
+        yield tracker
+        if tracker is not None and args.out:
+            tracker.log_artifact(args.out, "model")
         status = "finished"
     finally:
         if tracker is not None:
             tracker.close(status)
-    return 0
 
 
-def _finetune_tracker(args: argparse.Namespace):
+def _finetune_tracker(args: argparse.Namespace, command: str = "finetune", task: str | None = None):
     if not args.experiment:
         return None
     import json
@@ -214,14 +238,14 @@ def _finetune_tracker(args: argparse.Namespace):
     from electra_dist.tracking.mlflow_tracker import MLflowTracker
 
     model = Path(args.model).resolve()
-    tags = {"task": Path(args.train).stem, "model": str(model)}
+    tags = {"task": task, "model": str(model)}
     for run_dir in (model, *model.parents[:3]):  # RUN/final, RUN/checkpoints/stepN: the pre-training run
         tracking = OutputDir(run_dir).tracking
         if tracking.is_file():
             tags["pretraining_run_id"] = str(json.loads(tracking.read_text()).get("run_id"))
             break
     model_name = model.parent.name if model.name in ("final", "discriminator") else model.name
-    name = f"finetune-{model_name}-{Path(args.train).stem}"
+    name = f"{command}-{model_name}-{task}"
     t = MLflowTracker(
         resolve_tracking_uri(args.tracking_uri or ""), args.experiment, name, None, tags=tags, system_metrics=False
     )
