@@ -222,8 +222,9 @@ def test_glue_files_are_read_as_published(tmp_path):
 @pytest.mark.slow
 def test_glue_command_prints_the_dev_table_of_all_nine_tasks(ckpt, tmp_path, cli):
     d = fd.glue(tmp_path / "GLUE")
+    uri = f"sqlite:///{tmp_path / 'glue.db'}"
     r = cli("glue", "--model", ckpt, "--data-dir", d, "--epochs", "1", "--lr", "1e-3", "--max-len", "32",
-            "--batch-size", "8", "--from-mnli")  # fmt: skip
+            "--batch-size", "8", "--from-mnli", "--experiment", "glue", "--tracking-uri", uri)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ")}
     for task, metric in (("cola", "mcc"), ("sst2", "accuracy"), ("mrpc", "f1/accuracy"), ("stsb", "pearson/spearman"),
@@ -231,6 +232,15 @@ def test_glue_command_prints_the_dev_table_of_all_nine_tasks(ckpt, tmp_path, cli
                          ("rte", "accuracy"), ("wnli", "accuracy")):  # fmt: skip
         assert f"| {metric} |" in rows[task], rows
     assert "GLUE score (no WNLI)" in rows
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = {x.info.run_name: x for x in client.search_runs([client.get_experiment_by_name("glue").experiment_id])}
+    assert {f"glue-{ckpt.name}-{t}" for t in ("cola", "mnli", "summary")} <= set(runs) and len(runs) == 10
+    assert all(x.info.status == "FINISHED" for x in runs.values())
+    score = float(rows["GLUE score (no WNLI)"].split("|")[3])
+    assert runs[f"glue-{ckpt.name}-summary"].data.metrics["glue/score"] == pytest.approx(score, abs=0.05)
+    assert "finetune/mcc" in runs[f"glue-{ckpt.name}-cola"].data.metrics
 
 
 # ---- the command -------------------------------------------------------------------------------------------
@@ -265,7 +275,7 @@ def test_finetune_cli_chooses_the_lr_on_dev_saves_the_best_seed_and_finishes_its
     assert sorted(model.config.id2label.values()) == task.label_names
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("ft").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "finetune-ckpt-sources.train"
+    assert run.info.status == "FINISHED" and run.info.run_name == f"finetune-{ckpt.name}-sources.train"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "finetune/accuracy")) == [0, 1]
     assert {"finetune/accuracy_mean", "finetune/accuracy_median", "finetune/baseline_accuracy"} <= set(run.data.metrics)
     assert {"finetune/lr_grid_dev_0.0001", "finetune/lr_grid_dev_0.0009"} <= set(run.data.metrics)

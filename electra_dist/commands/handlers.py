@@ -185,8 +185,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_glue(args: argparse.Namespace) -> int:
     from electra_dist.finetune.glue import glue_score, markdown_table, run_glue
 
-    with _finetune_session(args, "glue", "glue") as tracker:
-        table = run_glue(args.model, args.data_dir, args.tasks, _hyper(args), args.seeds, args.from_mnli, tracker,
+    with _finetune_session(args, "glue", "summary") as tracker:  # the table's run; each task has its own
+        per_task = (lambda name: _finetune_tracker(args, "glue", name)) if args.experiment else None
+        table = run_glue(args.model, args.data_dir, args.tasks, _hyper(args), args.seeds, args.from_mnli, per_task,
                          args.out, args.tokenizer)  # fmt: skip
         if tracker is not None:
             dev = {f"glue/{t}_{m}": v for t, row in table.items() for m, v in row.items() if m != "score"}

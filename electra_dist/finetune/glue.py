@@ -15,8 +15,10 @@ import csv
 import logging
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from electra_dist.finetune.run import Hyper, finetune
 from electra_dist.finetune.tasks import Split, Task
@@ -88,12 +90,13 @@ def run_glue(
     hp: Hyper,
     seeds: int = 1,
     from_mnli: bool = False,
-    tracker=None,
+    tracker_for: Callable[[str], Any] | None = None,
     out: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """Fine-tune every task in `tasks` (MNLI's model on both dev sets); the table's numbers per task row, in
-    GLUE's order. `from_mnli`: RTE, MRPC and STS-B start from MNLI's best model (kept in `out`, or for the run)."""
+    GLUE's order. `from_mnli`: RTE, MRPC and STS-B start from MNLI's best model (kept in `out`, or for the run).
+    `tracker_for(task)`: an MLflow run of each task (closed FINISHED after it, FAILED on an error)."""
     data_dir = Path(data_dir)
     if unknown := [t for t in tasks if t not in TASKS]:
         raise ValueError(f"--tasks: {unknown} are not GLUE tasks ({', '.join(TASKS)})")
@@ -106,28 +109,20 @@ def run_glue(
             init = mnli_model if from_mnli and name in FROM_MNLI else None
             keep = Path(out) / name if out else (Path(work) / name if name == "mnli" and from_mnli else None)
             also = {"mnli-mm": task(name, data_dir, spec.dev[1]).test} if name == "mnli" else None
-            per_task = _Prefixed(tracker, name) if tracker is not None else None
-            r = finetune(model, task(name, data_dir), epochs, seeds, tokenizer_dir, keep, per_task, spec.metrics[0],
-                         init, also)  # fmt: skip
+            tracker, status = (tracker_for(name) if tracker_for else None), "failed"
+            try:
+                r = finetune(model, task(name, data_dir), epochs, seeds, tokenizer_dir, keep, tracker, spec.metrics[0],
+                             init, also)  # fmt: skip
+                status = "finished"
+            finally:
+                if tracker is not None:
+                    tracker.close(status)
             table[name if name != "mnli" else "mnli-m"] = _row(r.test, spec.metrics)
             if name == "mnli":
                 mnli_model = keep
                 table["mnli-mm"] = _row(r.also["mnli-mm"], spec.metrics)
     rows = [k for t in TASKS for k in ((f"{t}-m", f"{t}-mm") if t == "mnli" else (t,))]
     return {k: table[k] for k in rows if k in table}
-
-
-class _Prefixed:
-    """One MLflow run for all of GLUE: each task's metrics under `task/`, its parameters as `task.name`."""
-
-    def __init__(self, tracker, task: str):
-        self.tracker, self.task = tracker, task
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.tracker.log_metrics({f"{self.task}/{k.split('/', 1)[-1]}": v for k, v in metrics.items()}, step=step)
-
-    def log_params(self, params: dict) -> None:
-        self.tracker.log_params({f"{self.task}.{k}": v for k, v in params.items()})
 
 
 def _row(seeds: list[dict[str, float]], metrics: tuple[str, ...]) -> dict[str, float]:

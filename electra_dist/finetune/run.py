@@ -113,7 +113,7 @@ def finetune(
         result.baseline = E.baseline(task, fit, task.test)
         log.info("finetune %s (%s, %d train, %d dev, %d test): hidden %d",
                  task.name, task.kind, len(fit), len(dev), len(task.test), hidden)  # fmt: skip
-        result.lr = _choose_lr(result, start, sets, hp, default_lr, tracker)
+        result.lr = _choose_lr(result, start, sets, hp, default_lr)
         for seed in range(seeds):
             _seed(result, seed, start, sets, hp, work, extra, out, tracker)
     result.seconds = time.perf_counter() - t0
@@ -132,10 +132,10 @@ def _seed(result: Result, seed: int, start: Path, sets: _Sets, hp: Hyper, work: 
     for name, (split, enc) in extra.items():
         result.also.setdefault(name, []).append(sets.score(trainer, split, enc))
     log.info("finetune %s seed %d: test %s, dev %s %.4f", task.name, seed, _fmt(test), result.metric, dev_score)
-    if tracker is not None:
-        tracker.log_metrics(
-            {f"finetune/{k}": v for k, v in test.items()} | {"finetune/dev_score": dev_score}, step=seed
-        )
+    if tracker is not None:  # one record a step (the tracker sends each step once): the LR grid with seed 0's
+        grid = {f"finetune/lr_grid_dev_{lr:.3g}": v for lr, v in result.grid.items()} if seed == 0 else {}
+        record = {f"finetune/{k}": v for k, v in test.items()} | {"finetune/dev_score": dev_score}
+        tracker.log_metrics(record | grid, step=seed)
     if not result.dev or dev_score > max(result.dev):
         result.best_seed = seed
         if out is not None:
@@ -149,6 +149,7 @@ class _Sets:
 
     def __init__(self, task: Task, tokenizer, hp: Hyper, fit, dev):
         self.task, self.tokenizer, self.fit_split, self.dev_split = task, tokenizer, fit, dev
+        self.auto = hp.lr == "auto"  # the LR was chosen on dev
         self.fit = E.encode(task, tokenizer, fit, hp.max_len, hp.stride)
         self.dev = E.encode(task, tokenizer, dev, hp.max_len, hp.stride) if len(dev) else None
         self.test = E.encode(task, tokenizer, task.test, hp.max_len, hp.stride)
@@ -164,10 +165,9 @@ class _Sets:
             trainer.predict([{k: v for k, v in r.items() if k not in drop} for r in enc.rows]).predictions,
         )
         if warn and self.task.kind == "classification" and len(set(pred)) == 1 and self.task.num_labels > 1:
-            log.warning(
-                "finetune %s %s predicts only %r: the LR (%.3g) may be too low or too high for this model (try --lr "
-                "auto), or the task needs more epochs", self.task.name, warn, self.task.label_names[pred[0]], lr,
-            )  # fmt: skip
+            hint = "more epochs or seeds" if self.auto else "--lr auto, or more epochs"
+            log.warning("finetune %s %s predicts only %r: the LR (%.3g) may be too low or too high for this model; "
+                        "try %s", self.task.name, warn, self.task.label_names[pred[0]], lr, hint)  # fmt: skip
         return E.score(self.task, split, pred)
 
     def score_dev(self, trainer, metric: str) -> float:
@@ -182,7 +182,7 @@ def _shape(model_dir: Path) -> tuple[int, int]:
     return int(c["hidden_size"]), int(c.get("max_position_embeddings", 512))
 
 
-def _choose_lr(result: Result, start: Path, sets: _Sets, hp: Hyper, default_lr: float, tracker) -> float:
+def _choose_lr(result: Result, start: Path, sets: _Sets, hp: Hyper, default_lr: float) -> float:
     """`hp.lr` if a number; "auto": the grid point with the best dev score after a short run (one seed, a third
     of the epochs), the size default on ties and where there is no dev split."""
     if hp.lr != "auto":
@@ -211,8 +211,6 @@ def _choose_lr(result: Result, start: Path, sets: _Sets, hp: Hyper, default_lr: 
         grid,
         chosen,
     )
-    if tracker is not None:
-        tracker.log_metrics({f"finetune/lr_grid_dev_{lr:.3g}": s for lr, s in result.grid.items()}, step=0)
     return chosen
 
 
@@ -236,7 +234,12 @@ def _train(start: Path, sets: _Sets, hp: Hyper, lr: float, decay: float, seed: i
             "id2label": dict(enumerate(task.label_names)),
             "label2id": {n: i for i, n in enumerate(task.label_names)},
         }
-    model = auto.from_pretrained(str(start), ignore_mismatched_sizes=True, **extra)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its table of the new head's "MISSING" weights, every seed
+    try:
+        model = auto.from_pretrained(str(start), ignore_mismatched_sizes=True, **extra)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(work / "trainer"),
