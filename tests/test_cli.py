@@ -108,4 +108,5 @@ def test_every_option_with_a_default_shows_it(cli):
                     missing.append(f"{parser.prog} {action.option_strings[0]}")
     assert not missing, missing
     r = cli("finetune", "--help")
-    assert "(default: 3)" in r.stdout and "Small 3e-4, Base 1e-4, Large 5e-5" in r.stdout
+    text = " ".join(r.stdout.split())  # as read, not as wrapped
+    assert "(default: 3)" in text and "Small 3e-4, Base 1e-4, Large 5e-5" in text
