@@ -190,7 +190,7 @@ def test_pairs_and_squad_v2_run_with_their_inputs_and_split(ckpt, tmp_path, tok_
     sep = row["input_ids"].index(3)  # the first [SEP]: A's end
     assert set(row["token_type_ids"][: sep + 1]) == {0} and set(row["token_type_ids"][sep + 1 :]) == {1}
     r = finetune(ckpt, pairs, Hyper(epochs=1, lr=1e-3, batch_size=16, max_len=64), seeds=1)
-    assert set(r.test[0]) == {"accuracy", "macro_f1", "mcc", "f1"}
+    assert set(r.test[0]) == {"accuracy", "macro_f1", "mcc", "f1", "loss"}
     v2 = load_task(*fd.squad(tmp_path, n=60, version_2=True))
     r = finetune(ckpt, v2, Hyper(epochs=1, lr=1e-3, batch_size=16, max_len=64, stride=16), seeds=1)
     assert {"HasAns_f1", "NoAns_f1", "exact", "f1"} <= set(r.test[0])
@@ -289,3 +289,27 @@ def test_a_classifier_that_predicts_one_class_is_named(ckpt, tmp_path, monkeypat
     r = finetune(ckpt, task, Hyper(epochs=1, lr=1e-3, batch_size=16, max_len=32), seeds=1)
     assert r.test[0]["accuracy"] == pytest.approx(task.test.labels.count("janeausten") / len(task.test))
     assert any("seed 0 predicts only 'janeausten'" in line and "try --lr auto" in line for line in logged), logged
+
+
+def test_lr_auto_takes_the_best_dev_score_and_breaks_ties_by_dev_loss(monkeypatch):
+    """Where every grid point predicts the majority class (the same accuracy), the one whose dev loss fell
+    most is the one that learns: a tie does not fall back to the size default that collapsed."""
+    from electra_dist.finetune import run
+
+    class Sets:
+        dev, task = object(), None
+
+        def __init__(self, dev):
+            self.points = dev
+
+        def score_dev(self, trainer, metric):
+            return self.points[trainer]
+
+    monkeypatch.setattr(run, "_train", lambda start, sets, hp, lr, *a, **k: round(lr, 8))
+    result = run.Result("t", "classification", "accuracy")
+    tie = Sets({1e-4: (0.6, 0.69), 3e-4: (0.6, 0.68), 9e-4: (0.6, 0.61)})
+    assert run._choose_lr(result, None, tie, Hyper(), 3e-4) == pytest.approx(9e-4)
+    assert sorted(result.grid.values()) == [0.6, 0.6, 0.6] and len(result.grid) == 3
+    best = Sets({1e-4: (0.7, 0.69), 3e-4: (0.6, 0.5), 9e-4: (0.65, 0.4)})
+    assert run._choose_lr(run.Result("t", "classification", "accuracy"), None, best, Hyper(), 3e-4) == 1e-4
+    assert run._choose_lr(result, None, best, Hyper(lr=2e-3), 3e-4) == 2e-3  # a number is taken as given

@@ -126,7 +126,7 @@ def _seed(result: Result, seed: int, start: Path, sets: _Sets, hp: Hyper, work: 
     best on dev so far."""
     task = sets.task
     trainer = _train(start, sets, hp, result.lr, result.layer_decay, seed, work, epochs=hp.epochs)
-    dev_score = sets.score_dev(trainer, result.metric)
+    dev_score, _ = sets.score_dev(trainer, result.metric)
     test = sets.score(trainer, task.test, sets.test, warn=f"seed {seed}", lr=result.lr)
     result.test.append(test)
     for name, (split, enc) in extra.items():
@@ -155,23 +155,22 @@ class _Sets:
         self.test = E.encode(task, tokenizer, task.test, hp.max_len, hp.stride)
 
     def score(self, trainer, split, enc, warn: str = "", lr: float = 0.0) -> dict[str, float]:
-        """Metrics of `trainer`'s model on `split`; with `warn` (which seed), a warning when a classifier
-        predicts one class only."""
-        drop = ("labels", "start_positions", "end_positions")
-        pred = E.decode(
-            self.task,
-            split,
-            enc,
-            trainer.predict([{k: v for k, v in r.items() if k not in drop} for r in enc.rows]).predictions,
-        )
+        """Metrics of `trainer`'s model on `split` and, as `loss`, its loss there; with `warn` (which seed), a
+        warning when a classifier predicts one class only."""
+        out = trainer.predict(enc.rows)  # with their labels: the predictions and the loss
+        pred = E.decode(self.task, split, enc, out.predictions)
         if warn and self.task.kind == "classification" and len(set(pred)) == 1 and self.task.num_labels > 1:
             hint = "more epochs or seeds" if self.auto else "--lr auto, or more epochs"
             log.warning("finetune %s %s predicts only %r: the LR (%.3g) may be too low or too high for this model; "
                         "try %s", self.task.name, warn, self.task.label_names[pred[0]], lr, hint)  # fmt: skip
-        return E.score(self.task, split, pred)
+        return E.score(self.task, split, pred) | {"loss": float(out.metrics.get("test_loss", float("nan")))}
 
-    def score_dev(self, trainer, metric: str) -> float:
-        return self.score(trainer, self.dev_split, self.dev)[metric] if self.dev is not None else 0.0
+    def score_dev(self, trainer, metric: str) -> tuple[float, float]:
+        """(score, loss) on the dev split; (0, inf) where there is none."""
+        if self.dev is None:
+            return 0.0, float("inf")
+        m = self.score(trainer, self.dev_split, self.dev)
+        return m[metric], m["loss"]
 
 
 def _shape(model_dir: Path) -> tuple[int, int]:
@@ -184,7 +183,8 @@ def _shape(model_dir: Path) -> tuple[int, int]:
 
 def _choose_lr(result: Result, start: Path, sets: _Sets, hp: Hyper, default_lr: float) -> float:
     """`hp.lr` if a number; "auto": the grid point with the best dev score after a short run (one seed, a third
-    of the epochs), the size default on ties and where there is no dev split."""
+    of the epochs), the lowest dev loss among those that tie (all predicting the majority class, say); the size
+    default where there is no dev split."""
     if hp.lr != "auto":
         return float(hp.lr)
     if sets.dev is None:
@@ -195,14 +195,15 @@ def _choose_lr(result: Result, start: Path, sets: _Sets, hp: Hyper, default_lr: 
         )
         return default_lr
     short = max(1, math.ceil(hp.epochs / 3))
+    losses: dict[float, float] = {}
     with tempfile.TemporaryDirectory(prefix="lr-grid-") as work:
         for scale in LR_GRID:
-            lr = default_lr * scale
+            lr = float(f"{default_lr * scale:.3g}")  # 1e-4, not 9.999999999999999e-05
             trainer = _train(start, sets, hp, lr, result.layer_decay, 0, Path(work), epochs=short)
-            result.grid[lr] = sets.score_dev(trainer, result.metric)
+            result.grid[lr], losses[lr] = sets.score_dev(trainer, result.metric)
             del trainer
-    chosen = max(result.grid, key=lambda lr: (result.grid[lr], lr == default_lr))
-    grid = ", ".join(f"{lr:.3g}: {s:.4f}" for lr, s in result.grid.items())
+    chosen = max(result.grid, key=lambda lr: (round(result.grid[lr], 6), -losses[lr]))
+    grid = ", ".join(f"{lr:.3g}: {s:.4f} (loss {losses[lr]:.4f})" for lr, s in result.grid.items())
     log.info(
         "finetune %s: --lr auto: dev %s after %d epoch(s) at lr %s → %.3g",
         result.task,
