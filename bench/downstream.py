@@ -33,14 +33,18 @@ HEADER = (
 )
 
 
-def kinds(out: Path) -> dict:
-    small = {"batch_size": 16, "max_len": 64}
+def kinds(out: Path, fixed: bool) -> dict:
+    """Each kind's set and settings; `fixed`: the LRs tests/test_downstream.py uses (else --lr auto)."""
+
+    def hp(epochs: int, lr: float, **kw) -> Hyper:
+        return Hyper(epochs=epochs, lr=lr if fixed else "auto", batch_size=16, max_len=64, **kw)
+
     return {
-        "classification (source)": (load_task(*fd.sources(out)), Hyper(epochs=4, **small)),
-        "regression (STS-style)": (load_task(*fd.regression(out), pair_field="pair"), Hyper(epochs=12, **small)),
-        "token (CoNLL entities)": (load_task(*fd.conll(out)), Hyper(epochs=12, **small)),
-        "qa (SQuAD v1.1)": (load_task(*fd.squad(out, version_2=False)), Hyper(epochs=3, stride=16, **small)),
-        "qa (SQuAD v2.0)": (load_task(*fd.squad(out, version_2=True)), Hyper(epochs=3, stride=16, **small)),
+        "classification (source)": (load_task(*fd.sources(out)), hp(4, 1e-3)),
+        "regression (STS-style)": (load_task(*fd.regression(out), pair_field="pair"), hp(12, 3e-3)),
+        "token (CoNLL entities)": (load_task(*fd.conll(out)), hp(12, 3e-3)),
+        "qa (SQuAD v1.1)": (load_task(*fd.squad(out, version_2=False)), hp(3, 1e-3, stride=16)),
+        "qa (SQuAD v2.0)": (load_task(*fd.squad(out, version_2=True)), hp(3, 1e-3, stride=16)),
     }
 
 
@@ -82,11 +86,15 @@ def main() -> None:
     p.add_argument("--reviews", nargs=2, metavar=("TRAIN", "TEST"))
     p.add_argument("--review-rows", type=int, default=2000)
     p.add_argument("--only-reviews", action="store_true")
+    p.add_argument("--fixed-lr", action="store_true", help="the task kinds at the tests' LRs, not --lr auto")
     a = p.parse_args()
     logs.setup()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [kind_row(n, a.model, t, hp, a.seeds, out) for n, (t, hp) in ({} if a.only_reviews else kinds(out)).items()]
+    rows = [
+        kind_row(n, a.model, t, hp, a.seeds, out)
+        for n, (t, hp) in ({} if a.only_reviews else kinds(out, a.fixed_lr)).items()
+    ]
     if a.reviews:
         train, test = subset(a.reviews[0], a.review_rows, out), subset(a.reviews[1], 10**9, out)
         rows += [review_row(a.model, load_task(train, test), lr, a.seeds) for lr in (3e-4, "auto")]
