@@ -172,8 +172,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from electra_dist.finetune import finetune, load_task
 
-    task = load_task(args.train, args.test, args.task, args.text_field, args.label_field, args.text_pair_field)
-    with _finetune_session(args, "finetune", Path(args.train).stem) as tracker:
+    with _finetune_session(args, "finetune", Path(args.train).stem) as tracker:  # --out is claimed first
+        task = load_task(args.train, args.test, args.task, args.text_field, args.label_field, args.text_pair_field)
         finetune(args.model, task, _hyper(args), args.seeds, args.tokenizer, args.out, tracker)
         if args.out:
             log.info("finetune: wrote the best seed's model to %s (transformers: %s + AutoTokenizer)", args.out,
