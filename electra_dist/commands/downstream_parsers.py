@@ -27,18 +27,12 @@ def add_downstream_commands(sub) -> None:
         choices=["auto", "classification", "regression", "token", "qa"],
         help="the task kind; auto: SQuAD JSON → qa, CoNLL or tokens/tags → token, fractional labels → regression",
     )
-    p.add_argument("--tokenizer", default=None, help="default: the one the model names or holds")
     p.add_argument("--text-field", default="text")
     p.add_argument("--text-pair-field", default=None, help="second text of sentence-pair tasks: [CLS] A [SEP] B [SEP]")
     p.add_argument("--label-field", default="label", help="any number of distinct labels, or a number (regression)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=_lr, default="auto", help=LR_HELP)
-    p.add_argument(
-        "--layer-decay", type=float, default=None, help="layer-wise LR decay; default 0.8 (Small, Base), 0.9 (Large)"
-    )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-len", type=int, default=128, help="tokens per example (QA: per window)")
+    _add_recipe_args(p, "tokens per example (QA: per window)")
     p.add_argument("--stride", type=int, default=128, help="QA: tokens the windows of a long context overlap by")
     p.add_argument("--dev-fraction", type=float, default=0.1, help="of --train, held out to choose the LR and seed")
     _add_finetune_run_args(p, "write the best seed's model here with its tokenizer, for transformers' Auto classes")
@@ -60,6 +54,17 @@ def _lr(value: str) -> float | str:
         return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number or auto") from None
+
+
+def _add_recipe_args(p: argparse.ArgumentParser, max_len_help: str) -> None:
+    """What finetune and glue both take: the tokenizer and the recipe's LR, layer decay, batch and length."""
+    p.add_argument("--tokenizer", default=None, help="default: the one the model names or holds")
+    p.add_argument("--lr", type=_lr, default="auto", help=LR_HELP)
+    p.add_argument(
+        "--layer-decay", type=float, default=None, help="layer-wise LR decay; default 0.8 (Small, Base), 0.9 (Large)"
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=128, help=max_len_help)
 
 
 def _add_finetune_run_args(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -102,11 +107,7 @@ def _add_glue_command(sub) -> None:
     )
     p.add_argument("--seeds", type=int, default=1, help="seeds per task; the table shows medians")
     p.add_argument("--epochs", type=int, default=0, help="default: the paper's per task (3; RTE, STS-B 10)")
-    p.add_argument("--lr", type=_lr, default="auto", help=LR_HELP)
-    p.add_argument("--layer-decay", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-len", type=int, default=128)
-    p.add_argument("--tokenizer", default=None, help="default: the one the model names or holds")
+    _add_recipe_args(p, "tokens per example")
     p.add_argument(
         "--from-mnli",
         action="store_true",

@@ -12,6 +12,7 @@ several seeds each number is the median, as the paper reports.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import statistics
 import tempfile
@@ -105,10 +106,11 @@ def run_glue(
     with tempfile.TemporaryDirectory(prefix="glue-") as work:
         for name in sorted(tasks, key=lambda t: t != "mnli"):  # MNLI first: the others may start from it
             spec = TASKS[name]
-            epochs = Hyper(**{**vars(hp), "epochs": hp.epochs or spec.epochs})
+            epochs = dataclasses.replace(hp, epochs=hp.epochs or spec.epochs)
             init = mnli_model if from_mnli and name in FROM_MNLI else None
             keep = Path(out) / name if out else (Path(work) / name if name == "mnli" and from_mnli else None)
-            also = {"mnli-mm": task(name, data_dir, spec.dev[1]).test} if name == "mnli" else None
+            mismatched = data_dir / spec.folder / spec.dev[1] if name == "mnli" else None
+            also = {"mnli-mm": read_tsv(mismatched, spec)} if mismatched else None  # not train.tsv again
             tracker, status = (tracker_for(name) if tracker_for else None), "failed"
             try:
                 r = finetune(model, task(name, data_dir), epochs, seeds, tokenizer_dir, keep, tracker, spec.metrics[0],

@@ -10,6 +10,7 @@ mean ± std and median, and the trivial baseline are printed and logged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
@@ -97,7 +98,7 @@ def finetune(
         start = Path(init) if init else hf_dir
         hidden, positions = _shape(start)
         if hp.max_len > positions:  # a longer example would run past the position table
-            hp = Hyper(**{**vars(hp), "max_len": positions})
+            hp = dataclasses.replace(hp, max_len=positions)
         default_lr, default_decay = size_defaults(hidden)
         result = Result(
             task.name, task.kind, metric or E.MAIN_METRIC[task.kind], layer_decay=hp.layer_decay or default_decay
@@ -148,7 +149,7 @@ class _Sets:
     """The encoded fit, dev and test rows of a task, and their scoring with a trained model."""
 
     def __init__(self, task: Task, tokenizer, hp: Hyper, fit, dev):
-        self.task, self.tokenizer, self.fit_split, self.dev_split = task, tokenizer, fit, dev
+        self.task, self.tokenizer, self.dev_split = task, tokenizer, dev
         self.auto = hp.lr == "auto"  # the LR was chosen on dev
         self.fit = E.encode(task, tokenizer, fit, hp.max_len, hp.stride)
         self.dev = E.encode(task, tokenizer, dev, hp.max_len, hp.stride) if len(dev) else None

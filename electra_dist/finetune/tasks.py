@@ -136,8 +136,11 @@ def read_labeled(path, text_field: str, label_field: str, pair_field: str | None
 def read_tagged(path: str | Path) -> Split:
     """Token classification: CoNLL columns (the first the token, the last its tag; -DOCSTART- lines and blank
     lines between sentences) or JSONL with `tokens` and `tags` lists of the same length."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    text = Path(path).read_text(encoding="utf-8")
     words, tags = [], []
-    if Path(path).is_file() and Path(path).read_text(encoding="utf-8").lstrip().startswith("{"):
+    if text.lstrip().startswith("{"):
         for n, obj in _jsonl(path):
             if len(obj.get("tokens", [])) != len(obj.get("tags", [None])):
                 raise ValueError(f"{path}:{n}: needs `tokens` and `tags` lists of the same length")
@@ -145,10 +148,7 @@ def read_tagged(path: str | Path) -> Split:
             tags.append([str(t) for t in obj["tags"]])
     else:
         sent: list[tuple[str, str]] = []
-        lines = Path(path).read_text(encoding="utf-8").splitlines() if Path(path).is_file() else None
-        if lines is None:
-            raise FileNotFoundError(f"{path}: no such file")
-        for n, line in enumerate([*lines, ""], 1):
+        for n, line in enumerate([*text.splitlines(), ""], 1):
             cols = line.split()
             if not cols or cols[0] == "-DOCSTART-":
                 if sent:
