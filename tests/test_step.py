@@ -104,6 +104,7 @@ def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile
 
     run(_batch(cfg, 1), (19.0, 256.0))
     with torch._dynamo.config.patch(error_on_recompile=True):
+        model.temperature.fill_(1.7)  # a temperature schedule's next value
         run(_batch(cfg, 2), (18.5, 250.0))  # other tokens, other masks, other normalizers
     run(_batch(cfg, 3, pad_from=40), (19.0, 256.0))  # the padded variant: its own graph, once
     with torch._dynamo.config.patch(error_on_recompile=True):

@@ -151,7 +151,16 @@ class ObjectiveConfig(Section):
     )
     generator_weight: float = _f(1.0, "weight of the generator MLM loss", bounds=">=0")
     discriminator_weight: float = _f(50.0, "λ: weight of the discriminator loss", bounds=">=0")
-    temperature: float = _f(1.0, "Gumbel sampling temperature", bounds=">0")
+    temperature: float = _f(
+        1.0, "Gumbel sampling temperature (with a schedule: the one it ends at, on the last step)", bounds=">0"
+    )
+    temperature_schedule: str = _f(
+        "constant",
+        "how the sampling temperature goes from objective.temperature_start to objective.temperature over "
+        "train.max_steps (Fast-ELECTRA anneals from high to 1: easy replacements first)",
+        ("constant", "linear", "cosine", "exponential"),
+    )
+    temperature_start: float = _f(1.0, "the sampling temperature at step 1 under a schedule", bounds=">0")
     embedding_sharing: str = _f(
         "tied",
         "how the two models share embeddings: 'tied' (one table, both losses move "

@@ -224,6 +224,9 @@ class ElectraPretrainer(nn.Module):
             self.discriminator = ElectraDiscriminator(
                 cfg, embeddings, self.factory, gdes=self.objective.embedding_sharing == "gdes"
             )
+        # the Gumbel sampling temperature: a 0-dim fp32 tensor that the trainer sets each step (a schedule changes
+        # it without recompiling a graph, as a float would); a CPU scalar works beside tensors on any device
+        self.temperature = torch.tensor(float(self.objective.temperature), device="cpu")
         self.scores_fn = tail.gumbel_scores  # the Gumbel noise: kernels.apply may put its compiled kernel here
         self.vocab_tail_fn = None  # the generator's fused vocabulary tail, where kernels.apply sets one
         self.compiled = None  # kernels.CompiledBlocks, where kernels.apply compiled the encoder blocks
@@ -335,7 +338,7 @@ class ElectraPretrainer(nn.Module):
         counter-based, a function of (key, token id) with one key per row: each TP rank computes just its
         vocab slice and every TP size draws the same sample."""
         lo, hi = self.factory.vocab_range(self.padded_vocab)
-        return self.factory.vocab_argmax(self.scores_fn(logits, keys, lo, hi, self.objective.temperature))
+        return self.factory.vocab_argmax(self.scores_fn(logits, keys, lo, hi, self.temperature))
 
     gumbel_scores = staticmethod(tail.gumbel_scores)
 

@@ -61,7 +61,7 @@ def vocab_tail(
     targets: torch.Tensor,
     sample_ids: torch.Tensor,
     positions: torch.Tensor,
-    temperature: float,
+    temperature: torch.Tensor | float,
     stream: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The generator's whole vocabulary tail at TP=1, from its (B·P, V) logits in the model's dtype: per-row

@@ -14,7 +14,9 @@ import torch
 from electra_dist import rng
 
 
-def gumbel_scores(logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: float) -> torch.Tensor:
+def gumbel_scores(
+    logits: torch.Tensor, keys: torch.Tensor, lo: int, hi: int, temperature: torch.Tensor | float
+) -> torch.Tensor:
     """logits / T + counter-based Gumbel noise for vocab columns [lo, hi): the plain path of
     the fused kernel (kernels.fused_gumbel_scores), which gives the same numbers."""
     u = rng.uniform(keys, torch.arange(lo, hi, device=logits.device))
@@ -33,9 +35,7 @@ def generator_tail(
     objective) of `model` (an ElectraPretrainer). `rows`: each slot's sample id, `positions` its position:
     the keys of its counter-based noise."""
     if model.vocab_tail_fn is not None and model.discriminator is not None and model.factory.tp_size == 1:
-        ce, predicted, sampled = model.vocab_tail_fn(
-            logits, targets, rows, positions, model.objective.temperature, rng.GUMBEL
-        )
+        ce, predicted, sampled = model.vocab_tail_fn(logits, targets, rows, positions, model.temperature, rng.GUMBEL)
         return (ce * weights).sum(), predicted, torch.where(weights > 0, sampled, targets)
     gen_sum = (model.factory.vocab_cross_entropy(logits, targets) * weights).sum()
     with torch.no_grad():

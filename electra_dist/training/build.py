@@ -19,7 +19,7 @@ from electra_dist.config import Config
 from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer, kernels
 from electra_dist.training.flops import flops_per_sequence, peak_tflops
-from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups
+from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups, temperature_at
 from electra_dist.training.resolve import Resolved
 from electra_dist.training.step import grad_norm_flags
 
@@ -51,6 +51,13 @@ class Run:
     @property
     def grad_norm_mode(self) -> dict[str, bool]:
         return grad_norm_flags(self.cfg.train.precision, self.zero_stage)
+
+    def temperature(self, step: int) -> float:
+        """The Gumbel sampling temperature of optimizer step `step` (objective.temperature_schedule)."""
+        o = self.cfg.objective
+        return temperature_at(
+            step, self.cfg.train.max_steps, o.temperature_start, o.temperature, o.temperature_schedule
+        )
 
     @functools.cached_property
     def flops_per_token(self) -> float:

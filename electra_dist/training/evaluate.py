@@ -84,8 +84,9 @@ class Evaluator:
         run = self.run
         model, device = run.model, run.layout.device
         t0 = time.perf_counter()
-        was_training = model.training
+        was_training, temperature = model.training, float(model.temperature)
         model.eval()
+        model.temperature.fill_(run.cfg.objective.temperature)  # a schedule's end: evaluations compare over a run
         one = torch.ones((), device=device)
         keys = (
             "gen_sum",
@@ -110,6 +111,7 @@ class Evaluator:
                     hist += score_histograms(out.discriminator_logits, out.replaced, b.attention_mask)
         finally:
             model.train(was_training)
+            model.temperature.fill_(temperature)
         summed = parallel.data_parallel_sum(torch.cat([total, hist.flatten()])).cpu()
         t = dict(zip(keys, summed[: len(keys)].tolist()))
         replaced_hist, original_hist = summed[len(keys) :].view(2, AUC_BINS)

@@ -42,6 +42,7 @@ def fake_model(cfg: Config, mode, device: str = "cpu", dtype: torch.dtype = torc
                         e = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
                         memo[id(t)] = nn.Parameter(e, requires_grad=t.requires_grad) if param else e
                     store[name] = memo[id(t)]
+        model.temperature = torch.ones((), device="cpu")  # the sampling temperature: a fake CPU scalar too
     return model
 
 

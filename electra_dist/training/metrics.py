@@ -131,6 +131,8 @@ class MetricsLogger:
         }
         if run.peak_tflops:
             m["throughput/mfu"] = tflops / run.peak_tflops
+        if run.cfg.objective.temperature_schedule != "constant":
+            m["objective/temperature"] = float(run.model.temperature)  # this (the last) step's
         if run.cfg.objective.kind == "mlm":  # one encoder, no discriminator: no fake zero curves
             m = {k: v for k, v in m.items() if "discriminator" not in k}
         m.update(_memory(run.layout.device))

@@ -5,6 +5,7 @@ LR = linear decay to 0 × min(1, step / warm-up)."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,19 @@ def continue_schedule(run, state, saved: dict[str, Any], where: Path) -> None:
         f"train.max_steps {before.total} → {t.max_steps}: the LR multiplier goes on from "
         f"{after(state.step):.4f} at step {state.step} linearly to 0 at step {t.max_steps}"
     )
+
+
+def temperature_at(step: int, total: int, start: float, end: float, shape: str) -> float:
+    """The Gumbel sampling temperature of optimizer step `step` (1-based) of `total`: `start` at step 1,
+    `end` at the last step, between them linear, cosine (slow at both ends) or exponential (a constant ratio
+    per step); `constant`: `end` throughout."""
+    if shape == "constant" or total <= 1:
+        return end
+    p = min(1.0, max(0.0, (step - 1) / (total - 1)))
+    if shape == "linear":
+        return start + (end - start) * p
+    if shape == "cosine":
+        return end + (start - end) * (1 + math.cos(math.pi * p)) / 2
+    if shape == "exponential":
+        return start * (end / start) ** p
+    raise ValueError(f"objective.temperature_schedule: {shape!r} is not constant, linear, cosine or exponential")

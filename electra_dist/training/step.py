@@ -79,7 +79,9 @@ def grad_norm_flags(precision: str, zero_stage: int) -> dict[str, bool]:
 
 def train_step(run, batches: Iterator[Batch], stop: Callable[[], bool] | bool = False) -> StepResult | Stopped:
     """One optimizer step of a training run (`training.build.Run`): its engine, accumulation, device and
-    gradient-norm mode; `Stopped` (nothing trained) when any rank was asked to stop."""
+    gradient-norm mode, its sampling temperature at this step; `Stopped` (nothing trained) when any rank was
+    asked to stop."""
+    run.model.temperature.fill_(run.temperature(run.scheduler.last_epoch + 1))  # the step about to run
     return engine_step(run.engine, batches, run.grad_accum, run.layout.device, stop, **run.grad_norm_mode)
 
 
