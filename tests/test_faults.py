@@ -220,6 +220,7 @@ def test_a_damaged_complete_checkpoint_is_skipped_then_written_anew(tmp_path, da
     assert list((tmp_path / "checkpoints").glob("step00000004.damaged-*"))
 
 
+@pytest.mark.slow  # a training run: 9 s warm, 22 s with a cold compile cache
 def test_a_complete_marker_listing_no_files_does_not_verify(tmp_path, data):
     from electra_dist.training.checkpoints import verify
 

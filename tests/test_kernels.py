@@ -156,6 +156,7 @@ def test_a_training_run_with_evaluation_compiles_a_counted_number_of_variants(tm
     assert compiled <= torch._dynamo.config.recompile_limit and torch._dynamo.config.recompile_limit >= 32
 
 
+@pytest.mark.slow  # compiles forward and backward: 6 s with a warm Inductor cache, 93-127 s cold (a fresh CI machine)
 def test_the_fused_vocabulary_tail_gives_the_step_by_step_numbers():
     """One compiled function for MLM loss, argmax and Gumbel sample (with its row keys) against the step-by-
     step tail: the same samples and predictions, the same loss and gradients (TP=1, counter-based noise)."""
