@@ -36,11 +36,12 @@ def cmd_params(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     with torch.device("meta"):
         model = ElectraPretrainer(cfg.model, cfg.objective)
-    d, g, t = (count_parameters(m) for m in (model.discriminator, model.generator, model))
-    print(
-        f"flavor {cfg.flavor}: discriminator {d / 1e6:.2f}M, generator {g / 1e6:.2f}M "
-        f"(shared embeddings counted in both), total {t / 1e6:.2f}M"
-    )
+    d, t = count_parameters(model.encoder_tower), count_parameters(model)
+    if model.generator is None:  # objective.generator=frozen: trained parameters are the discriminator's
+        gen = f"generator frozen ({cfg.model.generator_from}, not trained)"
+    else:
+        gen = f"generator {count_parameters(model.generator) / 1e6:.2f}M (shared embeddings counted in both)"
+    print(f"flavor {cfg.flavor}: discriminator {d / 1e6:.2f}M, {gen}, total {t / 1e6:.2f}M")
     if args.memory:
         from electra_dist.training.memory import estimate, largest_micro_batch
 
@@ -67,9 +68,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, cfg = load_model(args.checkpoint)
     tokenizer = args.tokenizer or cfg.data.tokenizer or None
     _requires("transformers", "export writes Hugging Face models and their tokenizer with transformers")
+    if args.with_frozen_generator and cfg.objective.generator != "frozen":
+        raise UserError(
+            f"--with-frozen-generator: {args.checkpoint} was trained with a joint generator (it is exported)"
+        )
+    if args.with_frozen_generator:
+        from electra_dist.interop.mlm import read_mlm
+        from electra_dist.model.layers import LayerFactory
+        from electra_dist.training.build import frozen_generator
+
+        model.attach_generator(
+            frozen_generator(read_mlm(cfg.model.generator_from), cfg, LayerFactory(cfg.model.initializer_range), 0)
+        )
     claim_output_dir(args.out, "export", args.force)
     out = export_hf(model, args.out, tokenizer)
-    print(f"wrote {out / 'discriminator'} (ElectraForPreTraining) and {out / 'generator'} (ElectraForMaskedLM)")
+    wrote = [f"{out / 'discriminator'} (ElectraForPreTraining)"] if model.discriminator is not None else []
+    if model.generator is not None or model.frozen_generator is not None:
+        wrote.append(f"{out / 'generator'} (ElectraForMaskedLM)")
+    print("wrote " + " and ".join(wrote))
     return 0
 
 

@@ -96,6 +96,12 @@ def add_model_commands(sub) -> None:
         default=None,
         help="tokenizer directory to copy beside the weights (default: the one named in the checkpoint's config)",
     )
+    p.add_argument(
+        "--with-frozen-generator",
+        action="store_true",
+        help="a run trained with objective.generator=frozen holds no generator: also write OUT/generator from its "
+        "model.generator_from (as ElectraForMaskedLM); without it only OUT/discriminator is written",
+    )
     p.set_defaults(func=h.cmd_export)
 
     p = sub.add_parser(

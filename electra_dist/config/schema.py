@@ -124,10 +124,22 @@ class ModelConfig(Section):
     layer_norm_eps: float = _f(1e-12, "LayerNorm epsilon (BERT/ELECTRA use 1e-12)")
     initializer_range: float = _f(0.02, "std of the normal weight init")
     discriminator: EncoderConfig = _f(EncoderConfig(), "the discriminator encoder (the model we keep)")
-    generator: EncoderConfig = _f(EncoderConfig(12, 64, 1, 256), "the generator encoder (a small MLM)")
+    generator: EncoderConfig = _f(
+        EncoderConfig(12, 64, 1, 256), "the generator encoder (a small MLM; a frozen one's shape is its weights')"
+    )
+    generator_from: str = _f(
+        "",
+        "objective.generator=frozen: the masked LM that corrupts the input, frozen — a Hugging Face *ForMaskedLM "
+        "directory (BERT, ELECTRA generator, RoBERTa-style; the same vocabulary), our export's generator/, or one "
+        "of our runs (an MLM-objective run, an ELECTRA run's generator)",
+    )
 
     def check(self, prefix: str) -> list[str]:
         gen, disc = self.generator.hidden_size, self.discriminator.hidden_size
+        if (
+            self.generator_from
+        ):  # a frozen generator may be as wide as it is: it is not trained against the discriminator
+            return []
         if isinstance(gen, int) and isinstance(disc, int) and gen > disc:
             return [
                 f"{prefix}generator.hidden_size: {gen} is wider than {prefix}discriminator.hidden_size={disc}; "
@@ -151,6 +163,13 @@ class ObjectiveConfig(Section):
     )
     generator_weight: float = _f(1.0, "weight of the generator MLM loss", bounds=">=0")
     discriminator_weight: float = _f(50.0, "λ: weight of the discriminator loss", bounds=">=0")
+    generator: str = _f(
+        "joint",
+        "joint: the generator trains with the discriminator (the paper's); frozen: a published or earlier masked "
+        "LM (model.generator_from) corrupts the input without training — no generator backward nor optimizer "
+        "state (Fast-ELECTRA, with objective.temperature_schedule)",
+        ("joint", "frozen"),
+    )
     temperature: float = _f(
         1.0, "Gumbel sampling temperature (with a schedule: the one it ends at, on the last step)", bounds=">0"
     )

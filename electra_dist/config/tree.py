@@ -191,6 +191,7 @@ class Config(Section):
                         f"model.{side}.{key}: {getattr(enc, key)} is not divisible by "
                         f"parallel.tensor_parallel_size={tp}"
                     )
+        p += _generator_problems(self.objective, m)
         if t.seq_len > m.max_position_embeddings:
             p.append(f"train.seq_len: {t.seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}")
         return p
@@ -204,6 +205,27 @@ class Config(Section):
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def _generator_problems(o, m) -> list[str]:
+    """objective.generator against model.generator_from, the objective and the embedding sharing."""
+    if o.generator != "frozen":
+        return (
+            [f"model.generator_from: {m.generator_from!r} is for objective.generator=frozen (it is {o.generator!r})"]
+            if m.generator_from
+            else []
+        )
+    p = []
+    if not m.generator_from:
+        p.append("objective.generator=frozen needs model.generator_from=PATH (the masked LM that corrupts)")
+    if o.kind != "electra":
+        p.append(f"objective.generator=frozen: objective.kind={o.kind!r} has no discriminator to train")
+    if o.embedding_sharing != "tied":
+        p.append(
+            f"objective.embedding_sharing={o.embedding_sharing!r}: a frozen generator shares no embeddings "
+            "(the discriminator owns its own)"
+        )
+    return p
 
 
 def _leaf_fields(cls: type, prefix: str) -> Iterator[tuple[str, type, dict]]:

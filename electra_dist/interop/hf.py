@@ -167,10 +167,14 @@ def to_hf(model: ElectraPretrainer) -> tuple[dict[str, torch.Tensor], dict[str, 
         state.update({f"discriminator.embeddings.{name}": t.detach() for name, t in merged.items()})
     if model.discriminator is None:  # MLM baseline: its one encoder has the discriminator's shape
         return {}, tower_to_hf(state, "generator", cfg.discriminator, cfg.vocab_size)
-    return (
-        tower_to_hf(state, "discriminator", cfg.discriminator, cfg.vocab_size),
-        tower_to_hf(state, "generator", cfg.generator, cfg.vocab_size),
-    )
+    disc = tower_to_hf(state, "discriminator", cfg.discriminator, cfg.vocab_size)
+    if model.generator is None:  # objective.generator=frozen: its masked LM, where one is attached, in its own shape
+        frozen = model.frozen_generator
+        if frozen is None:
+            return disc, {}
+        gen_state = {"generator." + k: v for k, v in frozen.state_dict().items()}
+        return disc, tower_to_hf(gen_state, "generator", frozen.cfg.generator, frozen.cfg.vocab_size)
+    return disc, tower_to_hf(state, "generator", cfg.generator, cfg.vocab_size)
 
 
 def _our_state(
@@ -217,17 +221,19 @@ def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Pa
     out = Path(out)
     cfg = model.cfg
     disc, gen = to_hf(model)
-    gen.pop("generator_lm_head.weight")  # tied: transformers re-ties it to the word embeddings
-    gen_shape = cfg.discriminator if model.discriminator is None else cfg.generator
-    for name, weights, enc, arch in (
-        ("discriminator", disc, cfg.discriminator, "ElectraForPreTraining"),
-        ("generator", gen, gen_shape, "ElectraForMaskedLM"),
+    gen.pop("generator_lm_head.weight", None)  # tied: transformers re-ties it to the word embeddings
+    gen_cfg, gen_shape = cfg, cfg.discriminator if model.discriminator is None else cfg.generator
+    if model.generator is None and model.frozen_generator is not None:  # a frozen one: its own widths
+        gen_cfg, gen_shape = model.frozen_generator.cfg, model.frozen_generator.cfg.generator
+    for name, weights, shape, enc, arch in (
+        ("discriminator", disc, cfg, cfg.discriminator, "ElectraForPreTraining"),
+        ("generator", gen, gen_cfg, gen_shape, "ElectraForMaskedLM"),
     ):
         if not weights:
             continue
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
-        hf_cfg = hf_config_dict(cfg, enc, architectures=[arch], tie_word_embeddings=True)
+        hf_cfg = hf_config_dict(shape, enc, architectures=[arch], tie_word_embeddings=True)
         (d / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer_dir:

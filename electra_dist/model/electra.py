@@ -8,6 +8,7 @@ ELECTRA wherever a weight has a counterpart there, so export is a renaming.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -214,7 +215,14 @@ class ElectraPretrainer(nn.Module):
         self.padded_vocab = cfg.padded_vocab_size(self.factory.tp_size)
         embeddings = ElectraEmbeddings(cfg, self.factory, self.padded_vocab)
         self.discriminator: ElectraDiscriminator | None
-        if self.objective.kind == "mlm":
+        self.generator: ElectraGenerator | None
+        # objective.generator=frozen: a masked LM outside the module tree (no gradient, not in the optimizer,
+        # the state dict or ZeRO's partitions), attached by `attach_generator`; the discriminator owns its embeddings
+        self.frozen_generator: ElectraGenerator | None = None
+        if self.objective.generator == "frozen":
+            self.generator = None
+            self.discriminator = ElectraDiscriminator(cfg, embeddings, self.factory)
+        elif self.objective.kind == "mlm":
             # the BERT-style baseline: ONE encoder of the discriminator's size with the MLM head
             mlm = dataclasses.replace(cfg, generator=cfg.discriminator)
             self.generator = ElectraGenerator(mlm, embeddings, self.factory, self.padded_vocab)
@@ -233,7 +241,36 @@ class ElectraPretrainer(nn.Module):
 
     @property
     def embeddings(self) -> ElectraEmbeddings:
-        return self.generator.embeddings
+        return (self.generator if self.generator is not None else self.discriminator).embeddings
+
+    def attach_generator(self, generator: ElectraGenerator) -> None:
+        """objective.generator=frozen: `generator` (already loaded) fills the masked positions, in inference mode.
+        It is kept outside the module tree, so parameters(), state_dict() and the optimizer never see it;
+        `.to()` and the dtype casts reach it through `_apply`."""
+        rows, ours = (
+            generator.embeddings.word_embeddings.weight.shape[0],
+            self.embeddings.word_embeddings.weight.shape[0],
+        )
+        if generator.factory.tp_size != self.factory.tp_size or rows != ours:
+            raise ValueError(f"a frozen generator of {rows} vocabulary rows per rank for a model of {ours}")
+        generator.requires_grad_(False).eval()
+        self.__dict__["frozen_generator"] = generator  # not nn.Module.__setattr__: not a submodule
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.frozen_generator is not None:
+            self.frozen_generator._apply(fn, recurse)
+        return self
+
+    def _corrupter(self) -> ElectraGenerator:
+        if self.generator is not None:
+            return self.generator
+        if self.frozen_generator is None:
+            raise RuntimeError(
+                "objective.generator=frozen: no generator attached (model.generator_from="
+                f"{self.cfg.generator_from!r}); this model can be exported or fine-tuned, not pre-trained, as loaded"
+            )
+        return self.frozen_generator
 
     @property
     def encoder_tower(self) -> _Tower:
@@ -263,16 +300,17 @@ class ElectraPretrainer(nn.Module):
         B, P = masked_index.shape
         weights = masked_weights.reshape(-1).float()
         # 1. Generator: MLM loss at the masked slots only (empty slots weigh 0).
-        gen_logits = self.generator(
-            input_ids, attention_mask, token_type_ids, index=masked_index, padded=padded
-        )  # (B·P, V_local)
+        with torch.no_grad() if self.generator is None else contextlib.nullcontext():  # a frozen one: no graph
+            gen_logits = self._corrupter()(
+                input_ids, attention_mask, token_type_ids, index=masked_index, padded=padded
+            )  # (B·P, V_local)
         targets = original_ids.gather(1, masked_index).reshape(-1)  # (B·P,)
         rows = batch.sample_ids[:, None].expand(B, P).reshape(-1)
         # 2. (with it) Sample replacements: Gumbel-max in fp32, no gradient into the generator.
         gen_sum, predicted, sampled = self._vocab_tail(gen_logits, targets, weights, rows, masked_index.reshape(-1))
         gen_loss = gen_sum / (masked_normalizer if masked_normalizer is not None else weights.sum().clamp(min=1))
         if self.discriminator is None:  # MLM baseline: that is the whole loss
-            return self._mlm_output(predicted, targets, weights, gen_loss, attention_mask)
+            return _mlm_output(obj.generator_weight, predicted, targets, weights, gen_loss, attention_mask)
         with torch.no_grad():
             disc_input = original_ids.scatter(1, masked_index, sampled.view(B, P))  # empty slots rewrite the original
             replaced = disc_input != original_ids  # a sample equal to the original counts as original
@@ -286,12 +324,14 @@ class ElectraPretrainer(nn.Module):
             token_normalizer if token_normalizer is not None else n_tokens.clamp(min=1)
         )
 
-        loss = obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss
+        loss = obj.discriminator_weight * disc_loss
+        if self.generator is not None:  # a frozen generator's MLM loss is a metric, not a term to train
+            loss = obj.generator_weight * gen_loss + loss
         with torch.no_grad():
             pred = (disc_logits > 0) & nonpad
             rep = replaced & nonpad
             stats = {
-                **self._generator_stats(predicted, targets, weights),
+                **_generator_stats(predicted, targets, weights),
                 "tokens": n_tokens,
                 "replaced": rep.sum(),
                 "discriminator_correct": ((pred == rep) & nonpad).sum(),
@@ -302,37 +342,6 @@ class ElectraPretrainer(nn.Module):
 
     _vocab_tail = tail.generator_tail  # (weighted MLM loss sum, argmax predictions, samples): see tail.py
 
-    @staticmethod
-    def _generator_stats(predicted: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> dict:
-        filled = weights > 0
-        return {"masked": filled.sum(), "generator_correct": ((predicted == targets) & filled).sum()}
-
-    def _mlm_output(
-        self,
-        predicted: torch.Tensor,
-        targets: torch.Tensor,
-        weights: torch.Tensor,
-        loss: torch.Tensor,
-        attention_mask: torch.Tensor,
-    ) -> PretrainOutput:
-        with torch.no_grad():
-            zero = targets.new_zeros(())
-            stats = {
-                **self._generator_stats(predicted, targets, weights),
-                "tokens": attention_mask.sum(),
-                "replaced": zero,
-                "discriminator_correct": zero,
-                "true_positive": zero,
-                "predicted_positive": zero,
-            }
-        return PretrainOutput(
-            self.objective.generator_weight * loss,
-            loss,
-            loss.new_zeros(()),
-            torch.zeros_like(attention_mask, dtype=torch.bool),
-            stats,
-        )
-
     def gumbel_sample(self, logits: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """argmax(logits / T + Gumbel noise) over the whole (possibly TP-sharded) vocabulary. The noise is
         counter-based, a function of (key, token id) with one key per row: each TP rank computes just its
@@ -341,6 +350,35 @@ class ElectraPretrainer(nn.Module):
         return self.factory.vocab_argmax(self.scores_fn(logits, keys, lo, hi, self.temperature))
 
     gumbel_scores = staticmethod(tail.gumbel_scores)
+
+
+def _generator_stats(predicted: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> dict:
+    filled = weights > 0
+    return {"masked": filled.sum(), "generator_correct": ((predicted == targets) & filled).sum()}
+
+
+def _mlm_output(
+    generator_weight: float,
+    predicted: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    loss: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> PretrainOutput:
+    """The MLM objective's output: its loss is the whole loss; the discriminator's counts are zeros."""
+    with torch.no_grad():
+        zero = targets.new_zeros(())
+        stats = {
+            **_generator_stats(predicted, targets, weights),
+            "tokens": attention_mask.sum(),
+            "replaced": zero,
+            "discriminator_correct": zero,
+            "true_positive": zero,
+            "predicted_positive": zero,
+        }
+    return PretrainOutput(
+        generator_weight * loss, loss, loss.new_zeros(()), torch.zeros_like(attention_mask, dtype=torch.bool), stats
+    )
 
 
 def _init_linear(layer: nn.Linear, std: float) -> None:

@@ -7,6 +7,7 @@ schedule → DeepSpeed engine → loader. The result is a `Run`: plain data the 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from electra_dist import parallel
 from electra_dist.config import Config
 from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer, kernels
+from electra_dist.model.electra import ElectraEmbeddings, ElectraGenerator, fit_vocab_rows
 from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups, temperature_at
 from electra_dist.training.resolve import Resolved
@@ -63,7 +65,8 @@ class Run:
     def flops_per_token(self) -> float:
         """Training FLOPs per non-pad token at the configured mask rate (generator head at masked positions)."""
         c, seq = self.cfg, self.cfg.train.seq_len
-        return flops_per_sequence(c.model, seq, c.objective.mask_prob * seq, c.objective.kind) / seq
+        frozen = getattr(self.model.frozen_generator, "cfg", None)
+        return flops_per_sequence(c.model, seq, c.objective.mask_prob * seq, c.objective.kind, frozen) / seq
 
     @property
     def peak_tflops(self) -> float | None:
@@ -76,7 +79,7 @@ def build_run(resolved: Resolved, ds_json: dict[str, Any]) -> Run:
     cfg, special, source = resolved.cfg, resolved.special, resolved.source
     layout = parallel.setup(cfg.parallel.tensor_parallel_size, cfg.parallel.collective_timeout)
     ds_config = parallel.resolve_deepspeed_config(cfg, ds_json, layout.dp_size)
-    engine, scheduler = build_engine(cfg, ds_config, layout, source)
+    engine, scheduler = build_engine(cfg, ds_config, layout, source, resolved.generator)
     run = Run(cfg, layout, ds_config, special, engine, scheduler, build_loader(cfg, special, layout))
     n_params = sum(p.numel() for p in run.model.parameters())
     t = cfg.train
@@ -88,9 +91,9 @@ def build_run(resolved: Resolved, ds_json: dict[str, Any]) -> Run:
     return run
 
 
-def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout, source=None):
-    """Model (from `source`'s weights: train.init_from), optimizer, schedule and the DeepSpeed engine over
-    them: (engine, scheduler)."""
+def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout, source=None, generator=None):
+    """Model (from `source`'s weights: train.init_from; with `generator`'s masked LM frozen beside it:
+    objective.generator=frozen), optimizer, schedule and the DeepSpeed engine over them: (engine, scheduler)."""
     torch.manual_seed(cfg.train.seed)  # every rank builds the same full weights
     factory = parallel.layer_factory(layout.tp_size, cfg.model.initializer_range)
     if cfg.train.attention_backends != "torch":
@@ -101,7 +104,10 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
         if cfg.train.compile_mode != "default":
             blocks["mode"] = cfg.train.compile_mode
     tail = cfg.train.fused_vocab_tail == "true" or (cfg.train.fused_vocab_tail == "auto" and blocks is not None)
-    model = kernels.apply(ElectraPretrainer(cfg.model, cfg.objective, factory), blocks=blocks, vocab_tail=tail)
+    model = ElectraPretrainer(cfg.model, cfg.objective, factory)
+    if generator is not None:
+        model.attach_generator(frozen_generator(generator, cfg, factory, layout.tp_rank))
+    model = kernels.apply(model, blocks=blocks, vocab_tail=tail)
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
@@ -111,7 +117,29 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     torch.manual_seed(cfg.train.seed + 1 + layout.dp_rank)
     optimizer = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg.optim, layout.device)
     schedule = lr_schedule(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
-    return parallel.build_engine(model, optimizer, schedule, ds_config)
+    engine, scheduler = parallel.build_engine(model, optimizer, schedule, ds_config)
+    if model.frozen_generator is not None:  # where the engine put the model, in its dtype (ZeRO-3 moves no module)
+        p = next(model.parameters())
+        model.frozen_generator.to(device=layout.device, dtype=p.dtype if p.is_floating_point() else None)
+    return engine, scheduler
+
+
+def frozen_generator(src, cfg: Config, factory, tp_rank: int) -> ElectraGenerator:
+    """model.generator_from's masked LM (`src`, interop.mlm.MlmSource) as an ElectraGenerator over its own
+    embeddings, this TP rank's slices of its weights loaded, its vocabulary padded as the model's."""
+    g = dataclasses.replace(src.cfg, pad_vocab_multiple=cfg.model.pad_vocab_multiple)
+    padded = g.padded_vocab_size(factory.tp_size)
+    with torch.random.fork_rng(devices=[]):  # its fresh init is overwritten: the run's random stream stays
+        gen = ElectraGenerator(g, ElectraEmbeddings(g, factory, padded), factory, padded)
+    shapes = {n: parallel.full_shape(p, factory.tp_size) for n, p in gen.named_parameters()}
+    missing = sorted(set(shapes) - set(src.state))
+    if missing:
+        raise ValueError(f"model.generator_from: {src.path} has no weights for {', '.join(missing[:5])}")
+    full = {n: fit_vocab_rows(t.float(), shapes[n]) for n, t in src.state.items() if n in shapes}
+    with torch.no_grad():
+        parallel.load_full_weights(gen, full, factory.tp_size, tp_rank)
+    gen.cfg, gen.source = g, {"path": src.path, "checksum": src.checksum}  # its shape (FLOPs); what checkpoints record
+    return gen
 
 
 def compiles_blocks(cfg: Config, device: torch.device) -> bool:

@@ -168,6 +168,7 @@ class CheckpointManager:
             "world_size": self.run.layout.world,
             "skipped_steps": state.skipped_steps,
             "schedule": self.run.scheduler.lr_lambdas[0].state(),
+            "frozen_generator": getattr(self.run.model.frozen_generator, "source", None),  # its path and checksum
         }
 
     def resume(self, spec: str = "auto", allow_data_change: bool = False) -> TrainState:
@@ -182,6 +183,7 @@ class CheckpointManager:
         marker = json.loads((path / COMPLETE).read_text())
         changes = _data_changes(run, path, marker.get("data"), self.data, allow_data_change)
         saved = _load_engine_state(run, path, marker.get("layout"), _group_names(run.model))
+        _same_generator(run, path, saved.get("frozen_generator"))
         state = TrainState(
             int(saved["step"]),
             int(saved.get("tokens_seen", 0)),
@@ -294,6 +296,20 @@ def _data_changes(run: Run, path: Path, saved: dict | None, now: dict, allowed: 
     if changes:
         log.warning("resuming on other data (--allow-data-change): " + "; ".join(changes))
     return changes
+
+
+def _same_generator(run: Run, path: Path, saved: dict | None) -> None:
+    """A frozen generator is no part of the checkpoint: the one corrupting now must be the one it trained with."""
+    now = getattr(run.model.frozen_generator, "source", None)
+    if saved and now and saved["checksum"] != now["checksum"]:
+        raise ConfigError(
+            [
+                f"--resume: {path} was trained with the frozen generator {saved['path']} (checksum "
+                f"{saved['checksum'][:12]}); model.generator_from={now['path']} now holds other weights "
+                f"(checksum {now['checksum'][:12]}). Point it at the weights the run began with, or use another "
+                "--output-dir"
+            ]
+        )
 
 
 def _load_engine_state(run: Run, path: Path, recorded: dict | None, group_names: list[list[str]]) -> dict[str, Any]:

@@ -123,7 +123,8 @@ class Evaluator:
             disc_loss = t["disc_sum"] / max(1.0, t["tokens"])
             m.update(
                 {
-                    "eval/loss": obj.generator_weight * gen_loss + obj.discriminator_weight * disc_loss,
+                    "eval/loss": (obj.generator_weight * gen_loss if obj.generator == "joint" else 0.0)
+                    + obj.discriminator_weight * disc_loss,  # as trained: a frozen generator's loss is no term
                     "eval/sampled_accuracy": 1.0 - t["replaced"] / max(1.0, t["masked"]),
                     "eval/discriminator_loss": disc_loss,
                     "eval/discriminator_accuracy": r["discriminator_accuracy"],

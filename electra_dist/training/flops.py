@@ -2,8 +2,9 @@
 
 Per encoder and token: 6 · N_matmul (forward + backward of every weight matrix) + 12 · L · h · s
 for attention scores and values (bidirectional, so not halved). The generator's output layer
-counts only at masked positions. Embedding look-ups are free. ELECTRA-Large at s = 512 comes
-to ≈ 2.17 GFLOP per token, the generator ≈ 9 % of it.
+counts only at masked positions; of a frozen generator (objective.generator=frozen) its forward
+only. Embedding look-ups are free. ELECTRA-Large at s = 512 comes to ≈ 2.17 GFLOP per token, the
+generator ≈ 9 % of it.
 """
 
 from __future__ import annotations
@@ -32,20 +33,27 @@ def encoder_matmul_params(enc: EncoderConfig) -> int:
     return enc.num_layers * (4 * h * h + 2 * h * f)  # QKV + output, two FFN matrices
 
 
-def flops_per_sequence(cfg: ModelConfig, seq_len: int, masked: float, objective: str = "electra") -> float:
-    """Training FLOPs for one sequence of `seq_len` tokens with `masked` masked positions."""
-    s, e, v = seq_len, cfg.embedding_size, cfg.vocab_size
+def flops_per_sequence(
+    cfg: ModelConfig, seq_len: int, masked: float, objective: str = "electra", frozen: ModelConfig | None = None
+) -> float:
+    """Training FLOPs for one sequence of `seq_len` tokens with `masked` masked positions; with a `frozen`
+    generator (its own shape and embedding width) only its forward counts: a third of forward + backward."""
+    s, v = seq_len, cfg.vocab_size
     d, g = cfg.discriminator, cfg.generator
 
-    def encoder(enc: EncoderConfig) -> float:
+    def encoder(enc: EncoderConfig, e: int) -> float:
         proj = e * enc.hidden_size if e != enc.hidden_size else 0
         return 6 * (encoder_matmul_params(enc) + proj) * s + 12 * enc.num_layers * enc.hidden_size * s * s
 
+    def mlm(enc: EncoderConfig, e: int) -> float:
+        return encoder(enc, e) + 6 * masked * (enc.hidden_size * e + e * v)
+
     if objective == "mlm":  # one encoder of discriminator size with an MLM head
-        return encoder(d) + 6 * masked * (d.hidden_size * e + e * v)
-    disc = encoder(d) + 6 * (d.hidden_size * d.hidden_size + d.hidden_size) * s
-    gen = encoder(g) + 6 * masked * (g.hidden_size * e + e * v)
-    return disc + gen
+        return mlm(d, cfg.embedding_size)
+    disc = encoder(d, cfg.embedding_size) + 6 * (d.hidden_size * d.hidden_size + d.hidden_size) * s
+    if frozen is not None:
+        return disc + mlm(frozen.generator, frozen.embedding_size) / 3
+    return disc + mlm(g, cfg.embedding_size)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, mask_prob: float, objective: str = "electra") -> float:

@@ -57,7 +57,7 @@ def read_source(path: str | Path) -> InitSource:
             f"train.init_from: {p} is neither our checkpoint (final/, a training checkpoint "
             f"or a run's output directory) nor a Hugging Face directory (config.json): {e}"
         ) from None
-    has_generator = model.discriminator is not None
+    has_generator = model.discriminator is not None and model.generator is not None  # a frozen-generator run has none
     state = model.state_dict()
     if model.discriminator is None:  # an MLM run: its one encoder becomes the discriminator
         state = {
@@ -74,7 +74,7 @@ def apply_shape(cfg: Config, src: InitSource, explicit: set[str]) -> list[str]:
     m, w = cfg.model, src.model
     pairs = [(f"model.{k}", m, k, getattr(w, k)) for k in SHAPE_KEYS]
     pairs += [(f"model.discriminator.{k}", m.discriminator, k, getattr(w.discriminator, k)) for k in ENCODER_KEYS]
-    if src.has_generator:
+    if src.has_generator and cfg.objective.generator == "joint":  # a frozen one's shape is model.generator_from's
         pairs += [(f"model.generator.{k}", m.generator, k, getattr(w.generator, k)) for k in ENCODER_KEYS]
     problems = [
         f"{key}={getattr(obj, k)} contradicts the weights in train.init_from={src.path} ({value}): drop it, "
@@ -112,7 +112,7 @@ def initial_weights(model, src: InitSource) -> dict[str, torch.Tensor]:
             name = "generator." + name[len("discriminator.") :]
         if name in targets:
             out[name] = _fit_rows(t, parallel.full_shape(targets[name], model.factory.tp_size), name)
-    if not mlm and not src.has_generator:  # a fresh generator over the discriminator's embeddings
+    if not mlm and not src.has_generator and model.generator is not None:  # a fresh one over the discriminator's
         for name in [n for n in out if n.startswith("discriminator.embeddings.")]:
             out["generator" + name[len("discriminator") :]] = out[name]
     fresh = sorted({n.split(".")[0] + "." + n.split(".")[1] for n in targets if n not in out})

@@ -1,0 +1,240 @@
+"""A frozen generator (objective.generator=frozen, model.generator_from): a published masked LM — BERT,
+RoBERTa, ELECTRA's generator, saved by transformers — or one of our runs corrupts the input; it gets no
+gradient, no optimizer state, no place in checkpoints, and its predictions are transformers' own."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from electra_dist.config import Config, ConfigError
+from electra_dist.interop.mlm import read_mlm
+from electra_dist.model import ElectraPretrainer
+from electra_dist.model.layers import LayerFactory
+from electra_dist.training.build import frozen_generator
+from electra_dist.training.flops import flops_per_sequence
+
+from conftest import ROOT, tiny_config, train_here
+
+SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def save_mlm(out: Path, model_type: str, vocab_size: int = 1000, positions: int = 64, seed: int = 0) -> Path:
+    """A transformers *ForMaskedLM of `model_type`, every weight drawn (LayerNorms and biases off their init
+    values, so a wrong mapping shows), saved with save_pretrained."""
+    import transformers as t
+
+    cls, config_cls = {
+        "bert": (t.BertForMaskedLM, t.BertConfig),
+        "roberta": (t.RobertaForMaskedLM, t.RobertaConfig),
+        "electra": (t.ElectraForMaskedLM, t.ElectraConfig),
+    }[model_type]
+    extra = {"embedding_size": 16} if model_type == "electra" else {}
+    if model_type == "roberta":
+        positions += 2  # rows 0 and 1 sit below its first position (padding id 1)
+    c = config_cls(vocab_size=vocab_size, max_position_embeddings=positions, **SMALL, **extra)
+    torch.manual_seed(seed)
+    m = cls(c).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "word_embeddings" not in name:  # tied to the decoder: drawn once, by the model
+                p.add_(torch.randn_like(p) * 0.05)
+    m.save_pretrained(out)
+    return out
+
+
+def _ours(path: Path, cfg: Config | None = None):
+    cfg = cfg or tiny_config()
+    return frozen_generator(read_mlm(path), cfg, LayerFactory(0.02), 0).eval()
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra"])
+def test_a_published_masked_lm_predicts_what_transformers_predicts(tmp_path, model_type):
+    """Every logit of the frozen generator read from a transformers *ForMaskedLM directory is transformers'
+    (fp32, ≤ 1e-5), on padded rows too: BERT's cls.predictions, RoBERTa's lm_head (and its position offset),
+    ELECTRA's generator head with its embedding projection."""
+    import transformers as t
+
+    d = save_mlm(tmp_path / model_type, model_type)
+    ours = _ours(d)
+    theirs = t.AutoModelForMaskedLM.from_pretrained(d).eval()
+    ids = torch.randint(5, 1000, (3, 64), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0
+    ids[1, 40:] = 1 if model_type == "roberta" else 0  # the padding id
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, mask, None)[..., :1000]  # the vocabulary rows past 1000 are padding
+    keep = mask.bool()
+    assert got.shape == want.shape
+    torch.testing.assert_close(got[keep], want[keep], atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[keep].argmax(-1), want[keep].argmax(-1))
+
+
+def test_an_mlm_directory_without_its_head_or_of_another_vocabulary_is_refused_by_name(tmp_path):
+    import transformers as t
+
+    from electra_dist.training.resolve import _frozen_generator
+
+    c = t.BertConfig(vocab_size=1000, max_position_embeddings=64, **SMALL)
+    t.BertModel(c).save_pretrained(tmp_path / "encoder_only")
+    with pytest.raises(ConfigError, match=r"encoder_only holds no masked-LM head"):
+        read_mlm(tmp_path / "encoder_only")
+    with pytest.raises(FileNotFoundError, match="model.generator_from: .*nowhere does not exist"):
+        read_mlm(tmp_path / "nowhere")
+    d = save_mlm(tmp_path / "bert", "bert")
+    cfg = tiny_config(**{"objective.generator": "frozen", "model.generator_from": str(d), "model.vocab_size": 999})
+    with pytest.raises(ConfigError, match=r"vocabulary of 1000 tokens, the discriminator 999"):
+        _frozen_generator(cfg)
+
+
+def test_frozen_mode_config_rules_are_named():
+    def problems(**kv):
+        return Config.from_name("debug", **kv).problems()
+
+    assert any("needs model.generator_from" in p for p in problems(**{"objective.generator": "frozen"}))
+    assert any("is for objective.generator=frozen" in p for p in problems(**{"model.generator_from": "x"}))
+    frozen = {"objective.generator": "frozen", "model.generator_from": "x"}
+    assert any("has no discriminator" in p for p in problems(**frozen, **{"objective.kind": "mlm"}))
+    assert any("shares no embeddings" in p for p in problems(**frozen, **{"objective.embedding_sharing": "gdes"}))
+    # a frozen generator may be wider than the discriminator (a BERT corrupting for a small ELECTRA)
+    assert problems(**frozen, **{"model.generator.hidden_size": 1024}) == []
+
+
+def test_flops_count_a_frozen_generator_forward_only(tmp_path):
+    """A frozen generator costs a third of what training it would (forward, no backward), counted with its
+    own shape and embedding width; the discriminator's part is unchanged."""
+    import dataclasses
+
+    cfg = tiny_config()
+    g = read_mlm(save_mlm(tmp_path / "electra", "electra")).cfg  # embedding 16, hidden 32: not the model's
+
+    def as_mlm(m):  # what training it alone (an MLM of its shape) costs
+        return flops_per_sequence(dataclasses.replace(m, discriminator=m.generator), 64, 10, "mlm")
+
+    frozen = flops_per_sequence(cfg.model, 64, 10, frozen=g)
+    joint = flops_per_sequence(cfg.model, 64, 10)
+    assert frozen - as_mlm(g) / 3 == pytest.approx(joint - as_mlm(cfg.model))
+    assert as_mlm(g) != as_mlm(dataclasses.replace(g, embedding_size=cfg.model.embedding_size))
+
+
+def test_the_frozen_generator_is_outside_the_module_tree_and_follows_its_casts(tmp_path):
+    """Not in parameters(), state_dict() or named_modules(); `.to(dtype)` reaches it (what DeepSpeed's bf16
+    cast does); no gradient through it."""
+    d = save_mlm(tmp_path / "bert", "bert")
+    cfg = tiny_config(**{"objective.generator": "frozen", "model.generator_from": str(d)})
+    model = ElectraPretrainer(cfg.model, cfg.objective)
+    with pytest.raises(RuntimeError, match="no generator attached"):
+        model(_batch())
+    model.attach_generator(_ours(d, cfg))
+    assert model.generator is None and not any(k.startswith("generator") for k in model.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in model.discriminator.parameters())
+    out = model(_batch())
+    out.loss.backward()
+    assert all(p.grad is None for p in model.frozen_generator.parameters())
+    assert all(p.grad is not None for p in model.discriminator.parameters() if p.requires_grad)
+    assert float(out.loss) == pytest.approx(
+        50 * float(out.discriminator_loss.detach())
+    )  # its MLM loss is a metric only
+    model.to(torch.bfloat16)
+    assert next(model.frozen_generator.parameters()).dtype == torch.bfloat16
+
+
+def _batch():
+    from electra_dist.data.batch import Batch
+    from electra_dist.data.masking import mask_tokens
+    from electra_dist.data.vocab import SpecialIds
+
+    ids = torch.randint(5, 1000, (4, 64), generator=torch.Generator().manual_seed(3))
+    sid = torch.arange(4)
+    return Batch.of(mask_tokens(ids, SpecialIds(), 0.15, sample_ids=sid), sid)
+
+
+# ---- training with it ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory, tok_dir) -> Path:
+    """A BertForMaskedLM over the test tokenizer's vocabulary, saved by transformers."""
+    from electra_dist.data.tokenizer import load_tokenizer
+
+    vocab = load_tokenizer(tok_dir).vocab_size
+    return save_mlm(tmp_path_factory.mktemp("bert") / "bert", "bert", vocab_size=vocab)
+
+
+def frozen(d: Path) -> list[str]:
+    return ["objective.generator=frozen", f"model.generator_from={d}"]
+
+
+@pytest.mark.slow
+def test_a_frozen_run_trains_the_discriminator_alone_and_resumes_exactly(tmp_path, data, bert_dir, cli):
+    """Checkpoints hold the discriminator's weights and Adam state only, with the generator's path and
+    checksum; the export writes the discriminator, and the generator only when asked (transformers' own
+    predictions); a run resumed at step 3 logs the same losses and annealed temperatures; a resume with other
+    generator weights is refused, naming both checksums."""
+    from electra_dist.parallel import load_checkpoint_file
+    from electra_dist.tracking import read_metrics
+
+    schedule = ["objective.temperature_schedule=linear", "objective.temperature_start=3", "train.eval_interval=0"]
+    args = ["--max-steps", "6", "train.save_interval=3", "train.keep_last=5", "model.dropout=0.1", *frozen(bert_dir)]
+    args += schedule
+    train_here(tmp_path, data, *args)
+    straight = read_metrics(tmp_path / "metrics.jsonl")
+    state = load_checkpoint_file(tmp_path / "checkpoints" / "step00000006" / "mp_rank_00_model_states.pt")
+    assert state["module"] and not [k for k in state["module"] if k.startswith("generator")]
+    assert state["frozen_generator"] == {"path": str(bert_dir), "checksum": read_mlm(bert_dir).checksum}
+    adam = state["optimizer"]["state"].values()  # ZeRO-0: the torch AdamW's own state, one entry per parameter
+    assert sum(s["exp_avg"].numel() for s in adam) == sum(t.numel() for t in state["module"].values())
+    assert [r["objective/temperature"] for r in straight] == pytest.approx([3.0, 2.6, 2.2, 1.8, 1.4, 1.0])
+    assert all(0 <= r["acc/generator"] < 1 and r["loss/generator"] > 0 for r in straight)  # a metric, still kept
+
+    _exports(tmp_path / "final", bert_dir, cli)
+
+    shutil.rmtree(tmp_path / "checkpoints" / "step00000006")
+    shutil.rmtree(tmp_path / "final")
+    (tmp_path / "checkpoints" / "latest").write_text("step00000003")
+    assert "resumed from" in train_here(tmp_path, data, *args).stdout
+    resumed = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["loss/total"] for r in resumed] == [r["loss/total"] for r in straight]
+
+    other = save_mlm(tmp_path / "other", "bert", vocab_size=read_mlm(bert_dir).cfg.vocab_size, seed=1)
+    r = train_here(tmp_path, data, *args[:5], *frozen(other), *schedule, "--max-steps", "7", check=False)
+    assert r.returncode != 0 and "now holds other weights" in r.stderr + r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_frozen_mode_on_tp2_and_on_dp2_zero3_equals_one_process(tmp_path, data, bert_dir):
+    """The frozen generator under tensor parallelism (its vocab-parallel head, its sharded encoder) and beside
+    ZeRO-3 (outside its partitions) corrupts exactly as on one process: the same losses and generator
+    accuracy, step for step."""
+    from conftest import EXACT, metrics, train
+
+    base = ["--max-steps", "6", *EXACT, *frozen(bert_dir), "train.eval_interval=0"]
+    train_here(tmp_path / "one", data, *base)
+    train(tmp_path / "tp2", data, *base, "parallel.tensor_parallel_size=2", nproc=2)
+    zero3 = str(ROOT / "configs" / "zero3.json")
+    train(tmp_path / "dp2", data, *base, "train.micro_batch_size=8", "--deepspeed", zero3, nproc=2)
+    one = metrics(tmp_path / "one")
+    for layout in ("tp2", "dp2"):
+        other = metrics(tmp_path / layout)
+        for key in ("loss/total", "acc/generator", "loss/generator", "discriminator/replaced_fraction"):
+            a, b = [r[key] for r in one], [r[key] for r in other]
+            assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (layout, key, a, b)
+
+
+def _exports(final: Path, bert_dir: Path, cli) -> None:
+    import transformers as t
+
+    assert cli("export", "--checkpoint", final, "--out", final.parent / "hf").returncode == 0
+    assert sorted(p.name for p in (final.parent / "hf").iterdir()) == ["discriminator"]
+    t.ElectraForPreTraining.from_pretrained(final.parent / "hf" / "discriminator")
+    r = cli("export", "--checkpoint", final, "--out", final.parent / "hf2", "--with-frozen-generator")
+    assert r.returncode == 0 and "generator (ElectraForMaskedLM)" in r.stdout, r.stderr
+    exported = t.ElectraForMaskedLM.from_pretrained(final.parent / "hf2" / "generator").eval()
+    bert = t.BertForMaskedLM.from_pretrained(bert_dir).eval()
+    ids = torch.randint(5, bert.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, bert(ids).logits, atol=1e-5, rtol=1e-5)
