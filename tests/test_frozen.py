@@ -238,3 +238,33 @@ def _exports(final: Path, bert_dir: Path, cli) -> None:
     ids = torch.randint(5, bert.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, bert(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_the_memory_estimate_counts_a_frozen_generator_as_weights_alone(tmp_path):
+    """Its bf16 weights (shape read from its config.json), no gradient or Adam state, no saved activations:
+    the discriminator's own numbers are those of a joint run, plus the frozen weights."""
+    from electra_dist.training.memory import estimate
+
+    d = save_mlm(tmp_path / "bert", "bert")
+    joint = tiny_config()
+    frozen = tiny_config(**{"objective.generator": "frozen", "model.generator_from": str(d)})
+    j, f = estimate(joint, 4, 1, 2), estimate(frozen, 4, 1, 2)
+    with torch.device("meta"):
+        disc = sum(p.numel() for p in ElectraPretrainer(joint.model, joint.objective).discriminator.parameters())
+    gen = sum(p.numel() for p in _ours(d, frozen).parameters())
+    gib = 2**30
+    assert f.weights == pytest.approx(2 * (disc + gen) / gib) and f.optimizer == pytest.approx(12 * disc / gib)
+    assert f.gradients == pytest.approx(6 * disc / gib)
+    assert 0 < f.activations < j.activations  # the discriminator's alone: the generator saves nothing
+
+
+@pytest.mark.slow
+def test_rtd_continues_from_a_bert_as_both_the_starting_discriminator_and_the_corrupter(tmp_path, data, bert_dir):
+    """`--init-from bert/ objective.generator=frozen model.generator_from=bert/`: the discriminator starts as the
+    BERT (only the RTD head is fresh), the BERT with its MLM head corrupts."""
+    args = ["--max-steps", "2", "--init-from", str(bert_dir), *frozen(bert_dir), "train.eval_interval=0"]
+    r = train_here(tmp_path, data, *args)
+    assert "fresh: discriminator.discriminator_predictions\n" in r.stdout + "\n", r.stdout[-2000:]
+    assert f"frozen generator: {bert_dir} (huggingface" in r.stdout
+    cfg = Config.from_yaml(tmp_path / "config.yaml")
+    assert cfg.model.discriminator.hidden_size == cfg.model.generator.hidden_size == SMALL["hidden_size"]

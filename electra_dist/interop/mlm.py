@@ -48,6 +48,22 @@ def read_mlm(path: str | Path) -> MlmSource:
     return MlmSource(str(p), kind, cfg, state, checksum(state))
 
 
+def mlm_shape(path: str | Path) -> ModelConfig:
+    """The shape of the masked LM at `path`, from its config files where they tell it (no weights read)."""
+    from electra_dist.interop.hf import model_config_from_hf
+
+    p = Path(path)
+    hf_dir = p / "generator" if (p / "generator" / "config.json").is_file() else p
+    if (hf_dir / "config.json").is_file():
+        config = json.loads((hf_dir / "config.json").read_text())
+        cfg = model_config_from_hf(config)
+        if config.get("model_type") in _ROBERTA_STYLE:
+            offset = int(config.get("pad_token_id", 1)) + 1
+            cfg = dataclasses.replace(cfg, max_position_embeddings=cfg.max_position_embeddings - offset)
+        return cfg
+    return read_mlm(p).cfg
+
+
 def checksum(state: dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of `state` (however the files store them)."""
     h = hashlib.sha256()

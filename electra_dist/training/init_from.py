@@ -5,7 +5,8 @@ output directory), or a Hugging Face ELECTRA or BERT directory (config.json + we
 discriminator/ + generator/). The discriminator comes from it — BERT-family encoders included; their
 pre-training heads are dropped and the RTD head starts fresh. The generator comes from it too when PATH
 has one; otherwise it is a fresh generator of the configured size over the discriminator's embeddings
-(tied as usual, or GDES). The model's shape (vocabulary, widths, depths, positions) is the weights': the
+(tied as usual, or GDES) — with objective.generator=frozen there is none to train: model.generator_from
+corrupts (a BERT's MLM head included: interop/mlm.py). The model's shape (vocabulary, widths, depths, positions) is the weights': the
 config is set to it, and a shape key given on the command line that contradicts them is an error naming
 both values. The optimizer and LR schedule start fresh (warm-up included). A resume from the run's own
 checkpoint wins over PATH.

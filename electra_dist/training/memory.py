@@ -14,6 +14,7 @@ how configs/electra_{base,large}.yaml's micro batches were checked (README, Perf
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,32 @@ def fake_model(cfg: Config, mode, device: str = "cpu", dtype: torch.dtype = torc
                         memo[id(t)] = nn.Parameter(e, requires_grad=t.requires_grad) if param else e
                     store[name] = memo[id(t)]
         model.temperature = torch.ones((), device="cpu")  # the sampling temperature: a fake CPU scalar too
+    if cfg.objective.generator == "frozen":
+        model.attach_generator(_fake_frozen_generator(cfg, mode, device, dtype))
     return model
+
+
+def _fake_frozen_generator(cfg: Config, mode, device: str, dtype: torch.dtype):
+    """model.generator_from's masked LM in its shape (read from its config), every weight a FakeTensor."""
+    import dataclasses
+
+    from torch import nn
+
+    from electra_dist.interop.mlm import mlm_shape
+    from electra_dist.model.electra import ElectraEmbeddings, ElectraGenerator
+    from electra_dist.model.layers import LayerFactory
+
+    g = dataclasses.replace(mlm_shape(cfg.model.generator_from), pad_vocab_multiple=cfg.model.pad_vocab_multiple)
+    factory, padded = LayerFactory(), g.padded_vocab_size(1)
+    with torch.device("meta"):
+        gen = ElectraGenerator(g, ElectraEmbeddings(g, factory, padded), factory, padded)
+    with mode:
+        for module in gen.modules():
+            for name, t in list(module._parameters.items()):
+                module._parameters[name] = nn.Parameter(torch.empty(t.shape, dtype=dtype, device=device), False)
+            for name, t in list(module._buffers.items()):
+                module._buffers[name] = torch.empty(t.shape, dtype=t.dtype, device=device)
+    return gen
 
 
 def fake_batch(cfg: Config, micro_batch: int, mode) -> Batch:
@@ -112,11 +138,15 @@ def estimate(cfg: Config, micro_batch: int, dp: int = 1, zero_stage: int = 2) ->
 
     with torch.device("meta"):
         n = count_parameters(ElectraPretrainer(cfg.model, cfg.objective))
+    frozen = 0  # a frozen generator: its bf16 weights only (no gradient, no optimizer state, no saved activations)
+    if cfg.objective.generator == "frozen":
+        with torch.device("meta"):
+            frozen = count_parameters(_fake_frozen_generator(cfg, contextlib.nullcontext(), "meta", torch.bfloat16))
     shards = dp if zero_stage >= 1 else 1
     gib = 2**30
     return Memory(
         micro_batch,
-        2 * n / gib,
+        2 * (n + frozen) / gib,
         (2 * n + 4 * n / (dp if zero_stage >= 2 else 1)) / gib,
         12 * n / shards / gib,
         activation_bytes(cfg, micro_batch) / gib,
