@@ -7,9 +7,9 @@ pre-training heads are dropped and the RTD head starts fresh. The generator come
 has one; otherwise it is a fresh generator of the configured size over the discriminator's embeddings
 (tied as usual, or GDES) — with objective.generator=frozen there is none to train: model.generator_from
 corrupts (a BERT's MLM head included: interop/mlm.py). The model's shape (vocabulary, widths, depths,
-positions) is the weights': the config is set to it, and a shape key given on the command line that contradicts them is an error naming
-both values. The optimizer and LR schedule start fresh (warm-up included). A resume from the run's own
-checkpoint wins over PATH.
+positions) is the weights': the config is set to it, and a shape key given on the command line that
+contradicts them is an error naming both values. The optimizer and LR schedule start fresh (warm-up
+included). A resume from the run's own checkpoint wins over PATH.
 """
 
 from __future__ import annotations
