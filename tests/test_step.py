@@ -112,12 +112,16 @@ def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile
 
 
 @pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
-@pytest.mark.parametrize("flavor", ["electra-small", "electra-base", "electra-large"])
-def test_flop_accounting_matches_torch_flop_counter(flavor):
+@pytest.mark.parametrize(
+    "flavor,extra",
+    [("electra-small", []), ("electra-base", []), ("electra-large", []),
+     ("electra-base", ["model.architecture=modern", "model.local_window=32"])],  # GeGLU, local + global layers
+)  # fmt: skip
+def test_flop_accounting_matches_torch_flop_counter(flavor, extra):
     """training.flops (what MFU is computed from) against FlopCounterMode over a real forward and
     backward of the flavor's shapes (seq 64 here; the model runs on the meta device)."""
     S, B = 64, 2
-    cfg = Config.build(flavor, [f"train.seq_len={S}"])
+    cfg = Config.build(flavor, [f"train.seq_len={S}", *extra])
     with torch.device("meta"):
         model = ElectraPretrainer(cfg.model, cfg.objective)
     batch = _batch(cfg, 0, B=B).to(torch.device("meta"))

@@ -123,6 +123,19 @@ class ModelConfig(Section):
     attention_dropout: float = _f(0.1, "attention-probability dropout", bounds="[0, 1)")
     layer_norm_eps: float = _f(1e-12, "LayerNorm epsilon (BERT/ELECTRA use 1e-12)")
     initializer_range: float = _f(0.02, "std of the normal weight init")
+    architecture: str = _f(
+        "bert",
+        "bert: BERT/ELECTRA's post-LN block, learned absolute positions; modern: ModernBERT's — pre-norm without "
+        "biases, rotary positions, GeGLU, local attention with a global layer every model.global_every, a final "
+        "norm, no position table (long sequences)",
+        ("bert", "modern"),
+    )
+    global_every: int = _f(
+        3, "modern: every n-th layer (0, n, 2n, ...) attends globally, the rest locally", bounds=">=1"
+    )
+    local_window: int = _f(128, "modern: a local layer's window; each token sees those within half of it", bounds=">=1")
+    rope_theta_global: float = _f(160_000.0, "modern: rotary θ of the global layers", bounds=">0")
+    rope_theta_local: float = _f(10_000.0, "modern: rotary θ of the local layers", bounds=">0")
     discriminator: EncoderConfig = _f(EncoderConfig(), "the discriminator encoder (the model we keep)")
     generator: EncoderConfig = _f(
         EncoderConfig(12, 64, 1, 256), "the generator encoder (a small MLM; a frozen one's shape is its weights')"

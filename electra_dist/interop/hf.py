@@ -220,6 +220,12 @@ def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Pa
 
     out = Path(out)
     cfg = model.cfg
+    if cfg.architecture == "modern":  # transformers' ModernBERT classes
+        from electra_dist.interop.modernbert import export_modern
+
+        for d in export_modern(model, out):
+            _write_tokenizer(d, tokenizer_dir, cfg.max_position_embeddings)
+        return out
     disc, gen = to_hf(model)
     gen.pop("generator_lm_head.weight", None)  # tied: transformers re-ties it to the word embeddings
     gen_cfg, gen_shape = cfg, cfg.discriminator if model.discriminator is None else cfg.generator
@@ -236,17 +242,23 @@ def export_hf(model: ElectraPretrainer, out: str | Path, tokenizer_dir: str | Pa
         hf_cfg = hf_config_dict(shape, enc, architectures=[arch], tie_word_embeddings=True)
         (d / "config.json").write_text(json.dumps(hf_cfg, indent=2))
         save_file(weights, str(d / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer_dir:
-            from electra_dist.data.hf_vocab import is_hf_tokenizer_dir
-            from electra_dist.data.tokenizer import tokenizer_files
-
-            for f in tokenizer_files(tokenizer_dir):
-                shutil.copy2(f, d / f.name)
-            if not is_hf_tokenizer_dir(tokenizer_dir):  # a published model's files already are what it loads
-                from electra_dist.interop.hf_tokenizer import save_hf_tokenizer
-
-                save_hf_tokenizer(tokenizer_dir, d, cfg.max_position_embeddings)  # what AutoTokenizer loads
+        _write_tokenizer(d, tokenizer_dir, cfg.max_position_embeddings)
     return out
+
+
+def _write_tokenizer(d: Path, tokenizer_dir: str | Path | None, max_length: int) -> None:
+    """The tokenizer's files beside a model directory, and tokenizer.json that AutoTokenizer loads."""
+    if not tokenizer_dir:
+        return
+    from electra_dist.data.hf_vocab import is_hf_tokenizer_dir
+    from electra_dist.data.tokenizer import tokenizer_files
+
+    for f in tokenizer_files(tokenizer_dir):
+        shutil.copy2(f, d / f.name)
+    if not is_hf_tokenizer_dir(tokenizer_dir):  # a published model's files already are what it loads
+        from electra_dist.interop.hf_tokenizer import save_hf_tokenizer
+
+        save_hf_tokenizer(tokenizer_dir, d, max_length)
 
 
 def hf_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], bool]:

@@ -20,6 +20,7 @@ from electra_dist.config import EncoderConfig, ModelConfig, ObjectiveConfig
 from electra_dist.data.batch import Batch
 from electra_dist.model import tail
 from electra_dist.model.layers import Encoder, LayerFactory
+from electra_dist.model.modern import ModernEncoder, modern_blocks
 
 
 class ElectraEmbeddings(nn.Module):
@@ -33,14 +34,20 @@ class ElectraEmbeddings(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.word_embeddings = factory.vocab_embedding(padded_vocab, cfg.embedding_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.modern = cfg.architecture == "modern"
+        if self.modern:  # ModernBERT: rotary positions in attention, no segments, a bias-free norm
+            self.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps, bias=False)
+            return
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.embedding_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.embedding_size)
         self.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
         for emb in (self.position_embeddings, self.token_type_embeddings):
             nn.init.normal_(emb.weight, std=cfg.initializer_range)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        if self.modern:
+            return self.dropout(self.LayerNorm(self.word_embeddings(input_ids)))
         S = input_ids.shape[1]
         x = self.word_embeddings(input_ids) + self.position_embeddings.weight[:S]
         if token_type_ids is None:
@@ -86,16 +93,16 @@ class _Tower(nn.Module):
             self.embeddings_project = nn.Linear(cfg.embedding_size, enc.hidden_size)
             _init_linear(self.embeddings_project, cfg.initializer_range)
         self.embeddings_delta: EmbeddingDelta | None = None  # GDES (the discriminator only)
-        self.encoder = Encoder(
-            enc.num_layers,
-            enc.hidden_size,
-            enc.num_heads,
-            enc.intermediate_size,
-            cfg.dropout,
-            cfg.attention_dropout,
-            cfg.layer_norm_eps,
-            factory,
-        )
+        shape = (enc.num_layers, enc.hidden_size, enc.num_heads, enc.intermediate_size, cfg.dropout,
+                 cfg.attention_dropout, cfg.layer_norm_eps, factory)  # fmt: skip
+        self.encoder: nn.Module
+        if cfg.architecture == "modern":
+            blocks = modern_blocks(
+                *shape, cfg.global_every, cfg.local_window, cfg.rope_theta_global, cfg.rope_theta_local
+            )
+            self.encoder = ModernEncoder(blocks, enc.hidden_size, cfg.layer_norm_eps)
+        else:
+            self.encoder = Encoder(*shape)
 
     def encode(
         self,
@@ -120,7 +127,9 @@ class ElectraGenerator(_Tower):
         self.factory = factory
         self.generator_predictions = nn.Module()
         self.generator_predictions.dense = nn.Linear(cfg.generator.hidden_size, cfg.embedding_size)
-        self.generator_predictions.LayerNorm = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
+        self.generator_predictions.LayerNorm = nn.LayerNorm(
+            cfg.embedding_size, eps=cfg.layer_norm_eps, bias=cfg.architecture != "modern"
+        )  # modern: ModernBERT's prediction head, bias-free like all its norms
         _init_linear(self.generator_predictions.dense, cfg.initializer_range)
         lo, hi = factory.vocab_range(padded_vocab)
         self.generator_lm_head_bias = factory.vocab_bias(padded_vocab)

@@ -156,10 +156,11 @@ def _cause(e: BaseException) -> str:
 def compile_blocks(model: nn.Module, towers: int = 2, **kwargs) -> CompiledBlocks:
     """torch.compile every encoder block of `model` in place, with fallback (see CompiledBlocks)."""
     from electra_dist.model.layers import Block
+    from electra_dist.model.modern import ModernBlock
 
     blocks = CompiledBlocks(towers, **kwargs)
     for module in model.modules():
-        if isinstance(module, Block):
+        if isinstance(module, (Block, ModernBlock)):
             blocks.wrap(module)
     return blocks
 

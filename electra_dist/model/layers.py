@@ -180,11 +180,15 @@ class Encoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, padded: bool | None = None) -> torch.Tensor:
-        # (B, S) 1/0 → (B, 1, 1, S) bool, True = attend; None when nothing is padded (lets SDPA
-        # pick its fastest kernel). `padded` comes from the loader; None asks the device (a sync).
-        if padded is None:
-            padded = attention_mask is not None and not bool(attention_mask.all())
-        mask = attention_mask[:, None, None, :].bool() if padded and attention_mask is not None else None
+        mask = padding_mask(attention_mask, padded)
         for layer in self.layers:
             x = layer(x, mask)
         return x
+
+
+def padding_mask(attention_mask: torch.Tensor | None, padded: bool | None) -> torch.Tensor | None:
+    """(B, S) 1/0 → (B, 1, 1, S) bool, True = attend; None when nothing is padded (lets SDPA pick its
+    fastest kernel). `padded` comes from the loader; None asks the device (a sync)."""
+    if padded is None:
+        padded = attention_mask is not None and not bool(attention_mask.all())
+    return attention_mask[:, None, None, :].bool() if padded and attention_mask is not None else None

@@ -28,9 +28,10 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
 }
 
 
-def encoder_matmul_params(enc: EncoderConfig) -> int:
+def encoder_matmul_params(enc: EncoderConfig, architecture: str = "bert") -> int:
     h, f = enc.hidden_size, enc.intermediate_size
-    return enc.num_layers * (4 * h * h + 2 * h * f)  # QKV + output, two FFN matrices
+    ffn = 3 * h * f if architecture == "modern" else 2 * h * f  # GeGLU: value and gate in, one out
+    return enc.num_layers * (4 * h * h + ffn)  # QKV + output, the FFN matrices
 
 
 def flops_per_sequence(
@@ -41,18 +42,20 @@ def flops_per_sequence(
     s, v = seq_len, cfg.vocab_size
     d, g = cfg.discriminator, cfg.generator
 
-    def encoder(enc: EncoderConfig, e: int) -> float:
+    def encoder(enc: EncoderConfig, e: int, arch: str) -> float:
         proj = e * enc.hidden_size if e != enc.hidden_size else 0
-        return 6 * (encoder_matmul_params(enc) + proj) * s + 12 * enc.num_layers * enc.hidden_size * s * s
+        # attention: every layer's S × S scores, local ones too (SDPA computes them all under the window mask)
+        matmul = encoder_matmul_params(enc, arch)
+        return 6 * (matmul + proj) * s + 12 * enc.num_layers * enc.hidden_size * s * s
 
-    def mlm(enc: EncoderConfig, e: int) -> float:
-        return encoder(enc, e) + 6 * masked * (enc.hidden_size * e + e * v)
+    def mlm(enc: EncoderConfig, e: int, arch: str = cfg.architecture) -> float:
+        return encoder(enc, e, arch) + 6 * masked * (enc.hidden_size * e + e * v)
 
     if objective == "mlm":  # one encoder of discriminator size with an MLM head
         return mlm(d, cfg.embedding_size)
-    disc = encoder(d, cfg.embedding_size) + 6 * (d.hidden_size * d.hidden_size + d.hidden_size) * s
+    disc = encoder(d, cfg.embedding_size, cfg.architecture) + 6 * (d.hidden_size * d.hidden_size + d.hidden_size) * s
     if frozen is not None:
-        return disc + mlm(frozen.generator, frozen.embedding_size) / 3
+        return disc + mlm(frozen.generator, frozen.embedding_size, frozen.architecture) / 3
     return disc + mlm(g, cfg.embedding_size)
 
 

@@ -1,0 +1,82 @@
+"""model.architecture=modern: ModernBERT's block — transformers' ModernBertModel's numbers on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from electra_dist.model import ElectraPretrainer
+
+from conftest import tiny_config
+
+
+def modern_config(seq: int = 64, **kv):
+    return tiny_config(
+        **{
+            "model.architecture": "modern",
+            "model.embedding_size": 64,  # = the discriminator's width: ModernBERT has no projection
+            "model.discriminator.num_layers": 4,  # global, local, local, global
+            "model.max_position_embeddings": seq,
+            "model.layer_norm_eps": 1e-5,
+            "train.seq_len": seq,
+            **kv,
+        }
+    )
+
+
+def _drawn(model: torch.nn.Module) -> torch.nn.Module:
+    """Every norm weight off 1 (a norm left out or misplaced shows)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower():
+                p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def hf_modern(model: ElectraPretrainer):
+    import transformers as t
+
+    from electra_dist.interop.modernbert import modern_config_dict, modern_to_hf
+
+    cfg = model.cfg
+    config = t.ModernBertConfig(**modern_config_dict(cfg, cfg.discriminator))
+    config._attn_implementation = "sdpa"
+    hf = t.ModernBertModel(config).eval()
+    hf.load_state_dict(modern_to_hf(model.state_dict(), "discriminator", cfg, cfg.discriminator), strict=True)
+    return hf
+
+
+@pytest.mark.slow  # transformers' ModernBERT import and a 1024-token forward: seconds
+@pytest.mark.parametrize("seq,window", [(64, 16), (1024, 128)])
+def test_the_modern_discriminator_computes_what_transformers_modernbert_computes(seq, window):
+    """Local layers (a window shorter than the sequence) and global ones, with and without padding: every
+    hidden state of a non-pad token within 1e-5 of ModernBertModel's, fp32, CPU."""
+    cfg = modern_config(seq, **{"model.local_window": window})
+    torch.manual_seed(0)
+    model = _drawn(ElectraPretrainer(cfg.model, cfg.objective)).eval()
+    hf = hf_modern(model)
+    ids = torch.randint(5, 1000, (2, seq), generator=torch.Generator().manual_seed(1))
+    for mask in (torch.ones_like(ids), torch.ones_like(ids).index_fill(1, torch.arange(seq * 5 // 8, seq), 0)):
+        ids = ids.masked_fill(mask == 0, 0)
+        with torch.no_grad():
+            ours = model.discriminator.encode(ids, mask)
+            theirs = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        keep = mask.bool()
+        torch.testing.assert_close(ours[keep], theirs[keep], atol=1e-5, rtol=1e-5)
+    local = model.discriminator.encoder.layers[1].attention
+    assert local.half_window == window // 2 and model.discriminator.encoder.layers[3].attention.half_window is None
+
+
+def test_a_modernbert_checkpoint_reads_back_into_the_same_model():
+    from electra_dist.interop.modernbert import modern_from_hf
+
+    cfg = modern_config()
+    torch.manual_seed(0)
+    model = _drawn(ElectraPretrainer(cfg.model, cfg.objective))
+    hf = hf_modern(model)
+    back = modern_from_hf(hf.state_dict(), "discriminator", cfg.model.discriminator, model.padded_vocab)
+    ours = {k: v for k, v in model.state_dict().items() if k in back}
+    assert set(back) == set(ours)
+    rows = cfg.model.vocab_size  # the rows past it are padding: transformers' table has none, read back as zeros
+    assert [k for k in ours if not torch.equal(back[k][:rows], ours[k][:rows])] == []
+    assert len(ours) == len([k for k in model.state_dict() if k.startswith("discriminator.")]) - 4  # RTD head's 4
