@@ -80,3 +80,33 @@ def test_a_modernbert_checkpoint_reads_back_into_the_same_model():
     rows = cfg.model.vocab_size  # the rows past it are padding: transformers' table has none, read back as zeros
     assert [k for k in ours if not torch.equal(back[k][:rows], ours[k][:rows])] == []
     assert len(ours) == len([k for k in model.state_dict() if k.startswith("discriminator.")]) - 4  # RTD head's 4
+
+
+MODERN = ["model.architecture=modern", "model.embedding_size=64", "model.local_window=16",
+          "model.layer_norm_eps=1e-5", "model.discriminator.num_layers=4"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_modern_electra_trains_the_same_on_tp2_and_its_export_is_transformers_modernbert(tmp_path, data, cli):
+    """TP=2 (heads and GeGLU features split over two processes) takes one process's steps to 1e-5; the final
+    discriminator, exported, is a ModernBertModel with the trained model's hidden states."""
+    import transformers as t
+
+    from electra_dist.interop import load_model
+
+    from conftest import EXACT, losses, train, train_here
+
+    base = ["--max-steps", "6", *EXACT, *MODERN, "train.eval_interval=0"]
+    train_here(tmp_path / "one", data, *base)
+    train(tmp_path / "tp2", data, *base, "parallel.tensor_parallel_size=2", nproc=2)
+    one, tp2 = losses(tmp_path / "one"), losses(tmp_path / "tp2")
+    assert max(abs(a - b) for a, b in zip(one, tp2)) <= 1e-5, (one, tp2)
+
+    assert cli("export", "--checkpoint", tmp_path / "tp2" / "final", "--out", tmp_path / "hf").returncode == 0
+    hf = t.ModernBertModel.from_pretrained(tmp_path / "hf" / "discriminator", attn_implementation="sdpa").eval()
+    model, _ = load_model(tmp_path / "tp2" / "final")
+    ids = torch.randint(5, 1000, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model.eval().discriminator.encode(ids, torch.ones_like(ids))
+        torch.testing.assert_close(hf(input_ids=ids).last_hidden_state, ours, atol=1e-5, rtol=1e-5)
+    assert (tmp_path / "hf" / "discriminator" / "rtd_head.safetensors").is_file()

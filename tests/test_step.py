@@ -85,11 +85,14 @@ def test_padded_and_unpadded_computation_give_the_same_losses(tiny):
 
 
 @pytest.mark.slow  # over ~0.7 s: the fast layer stays under a minute
-def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile():
+@pytest.mark.parametrize("architecture", ["bert", "modern"])
+def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile(architecture):
     """Generator, Gumbel sampling, discriminator, both losses and backward under
     torch.compile(fullgraph=True): any graph break fails. Batches of new content (and new loss
-    normalizers) run the same graph; only the padded / unpadded switch may add a second one."""
-    cfg = tiny_config(**{"model.dropout": 0.1})
+    normalizers) run the same graph; only the padded / unpadded switch may add a second one. ModernBERT's
+    block too (rotary, GeGLU, a local window shorter than the sequence)."""
+    modern = {"model.architecture": "modern", "model.embedding_size": 64, "model.local_window": 16}
+    cfg = tiny_config(**{"model.dropout": 0.1, **(modern if architecture == "modern" else {})})
     torch.manual_seed(0)
     model = ElectraPretrainer(cfg.model, cfg.objective).train()
     torch._dynamo.reset()
@@ -99,7 +102,7 @@ def test_the_whole_training_step_is_one_graph_and_new_content_does_not_recompile
         masked, tokens = torch.tensor(normalizers).unbind()
         out = step(batch, masked_normalizer=masked, token_normalizer=tokens)
         out.loss.backward()
-        assert torch.isfinite(out.loss) and model.discriminator.encoder.layers[0].output.weight.grad is not None
+        assert torch.isfinite(out.loss) and model.discriminator.encoder.layers[0].attention.qkv.weight.grad is not None
         model.zero_grad(set_to_none=True)
 
     run(_batch(cfg, 1), (19.0, 256.0))
