@@ -110,3 +110,24 @@ def test_a_modern_electra_trains_the_same_on_tp2_and_its_export_is_transformers_
         ours = model.eval().discriminator.encode(ids, torch.ones_like(ids))
         torch.testing.assert_close(hf(input_ids=ids).last_hidden_state, ours, atol=1e-5, rtol=1e-5)
     assert (tmp_path / "hf" / "discriminator" / "rtd_head.safetensors").is_file()
+
+
+@pytest.mark.slow  # builds transformers' ModernBERT classes (their import: seconds)
+@pytest.mark.parametrize("flavor", ["modern-base", "modern-large"])
+def test_the_modern_flavors_are_modernbert_s_shapes(flavor):
+    """The discriminator of modern-base / modern-large at ModernBERT's vocabulary has exactly the parameters of
+    transformers' ModernBertModel of the exported config (149M / 395M, as published) plus the RTD head."""
+    import transformers as t
+
+    from electra_dist.config import Config
+    from electra_dist.interop.modernbert import modern_config_dict
+
+    cfg = Config.from_name(flavor, **{"model.vocab_size": 50368}).validate()
+    with torch.device("meta"):
+        ours = ElectraPretrainer(cfg.model, cfg.objective).discriminator
+        theirs = t.ModernBertModel(t.ModernBertConfig(**modern_config_dict(cfg.model, cfg.model.discriminator)))
+    head = sum(p.numel() for p in ours.discriminator_predictions.parameters())
+    padding = (cfg.model.padded_vocab_size(1) - 50368) * cfg.model.embedding_size  # rows for TP shards
+    n_ours = sum(p.numel() for p in ours.parameters()) - head - padding
+    assert n_ours == sum(p.numel() for p in theirs.parameters())
+    assert round(n_ours / 1e6) == {"modern-base": 149, "modern-large": 395}[flavor]
