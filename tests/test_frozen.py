@@ -31,11 +31,23 @@ def save_mlm(out: Path, model_type: str, vocab_size: int = 1000, positions: int 
         "bert": (t.BertForMaskedLM, t.BertConfig),
         "roberta": (t.RobertaForMaskedLM, t.RobertaConfig),
         "electra": (t.ElectraForMaskedLM, t.ElectraConfig),
+        "modernbert": (t.ModernBertForMaskedLM, t.ModernBertConfig),
     }[model_type]
-    extra = {"embedding_size": 16} if model_type == "electra" else {}
+    extra = {
+        "electra": {"embedding_size": 16},
+        "modernbert": {
+            "num_hidden_layers": 4,
+            "local_attention": 16,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            "cls_token_id": 2,
+            "sep_token_id": 3,
+        },  # fmt: skip
+    }.get(model_type, {})
     if model_type == "roberta":
         positions += 2  # rows 0 and 1 sit below its first position (padding id 1)
-    c = config_cls(vocab_size=vocab_size, max_position_embeddings=positions, **SMALL, **extra)
+    c = config_cls(vocab_size=vocab_size, max_position_embeddings=positions, **{**SMALL, **extra})
     torch.manual_seed(seed)
     m = cls(c).eval()
     with torch.no_grad():
@@ -51,11 +63,11 @@ def _ours(path: Path, cfg: Config | None = None):
     return frozen_generator(read_mlm(path), cfg, LayerFactory(0.02), 0).eval()
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra"])
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "electra", "modernbert"])
 def test_a_published_masked_lm_predicts_what_transformers_predicts(tmp_path, model_type):
     """Every logit of the frozen generator read from a transformers *ForMaskedLM directory is transformers'
     (fp32, ≤ 1e-5), on padded rows too: BERT's cls.predictions, RoBERTa's lm_head (and its position offset),
-    ELECTRA's generator head with its embedding projection."""
+    ELECTRA's generator head with its embedding projection, ModernBERT's head over local and global layers."""
     import transformers as t
 
     d = save_mlm(tmp_path / model_type, model_type)

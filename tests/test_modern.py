@@ -131,3 +131,24 @@ def test_the_modern_flavors_are_modernbert_s_shapes(flavor):
     n_ours = sum(p.numel() for p in ours.parameters()) - head - padding
     assert n_ours == sum(p.numel() for p in theirs.parameters())
     assert round(n_ours / 1e6) == {"modern-base": 149, "modern-large": 395}[flavor]
+
+
+@pytest.mark.slow
+def test_rtd_continues_from_a_modernbert_as_discriminator_and_corrupter(tmp_path, data, tok_dir):
+    """`--init-from modernbert/ objective.generator=frozen model.generator_from=modernbert/` on a
+    ModernBertForMaskedLM saved by transformers: the model takes its architecture and shape (local window,
+    rotary θ, layer kinds), only the RTD head starts fresh, and it trains."""
+    from electra_dist.config import Config
+    from electra_dist.data.tokenizer import load_tokenizer
+
+    from conftest import train_here
+    from test_frozen import frozen, save_mlm
+
+    d = save_mlm(tmp_path / "modernbert", "modernbert", vocab_size=load_tokenizer(tok_dir).vocab_size)
+    r = train_here(
+        tmp_path / "run", data, "--max-steps", "2", "--init-from", str(d), *frozen(d), "train.eval_interval=0"
+    )
+    assert "fresh: discriminator.discriminator_predictions\n" in r.stdout + "\n", r.stdout[-2000:]
+    assert "model.architecture bert → modern" in r.stdout and "model.local_window 128 → 16" in r.stdout
+    cfg = Config.from_yaml(tmp_path / "run" / "config.yaml")
+    assert cfg.model.architecture == "modern" and cfg.model.discriminator.num_layers == 4

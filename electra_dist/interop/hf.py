@@ -268,6 +268,10 @@ def hf_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], bo
     disc_dir = path / "discriminator" if (path / "discriminator").is_dir() else path
     gen_dir = path / "generator" if (path / "generator").is_dir() else None
     disc_cfg = json.loads((disc_dir / "config.json").read_text())
+    if disc_cfg.get("model_type") == "modernbert":  # its encoder (and our RTD head, from our export)
+        from electra_dist.interop.modernbert import modern_state
+
+        return (*modern_state(disc_dir), False)
     gen_cfg = json.loads((gen_dir / "config.json").read_text()) if gen_dir else None
     cfg = model_config_from_hf(disc_cfg, gen_cfg)
     state = _our_state(

@@ -79,6 +79,13 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
 
     config = json.loads((directory / "config.json").read_text())
     model_type = config.get("model_type", "")
+    if model_type == "modernbert":  # ModernBertForMaskedLM: head.dense/norm, decoder.bias onto the generator head
+        from electra_dist.interop.modernbert import modern_state
+
+        cfg, ours = modern_state(directory, "generator")
+        if not any(k.endswith("generator_lm_head_bias") for k in ours):
+            raise ConfigError([f"model.generator_from: {directory} holds no masked-LM head (a ModernBertModel)"])
+        return cfg, {k[len("generator.") :]: v for k, v in ours.items()}
     cfg = model_config_from_hf(config)
     hf = _mlm_head_names(_read_weights(directory), directory)
     if model_type in _ROBERTA_STYLE:  # positions start past the padding id: row pad+1 is position 0

@@ -158,3 +158,60 @@ def export_modern(model, out: Path) -> list[Path]:
                 "decoder.bias": state["generator.generator_lm_head_bias"][: cfg.vocab_size]}  # fmt: skip
     save_file({k: v.contiguous() for k, v in weights.items()}, str(d / "model.safetensors"))
     return [*written, d]
+
+
+def model_config_from_modern(directory: Path) -> ModelConfig:
+    """Our ModelConfig (architecture=modern) from a transformers ModernBERT directory's config, read by
+    transformers itself (old and new spellings of its rope and layer-kind fields); what we cannot compute
+    the same is refused by name."""
+    import transformers as t
+
+    c = t.ModernBertConfig.from_pretrained(directory)
+    kinds = list(c.layer_types)
+    every = next((i for i in range(1, len(kinds)) if kinds[i] == "full_attention"), len(kinds))
+    biases = ("attention_bias", "mlp_bias", "norm_bias")
+    problems = [f"{directory}: {k}={getattr(c, k)!r} is not supported" for k in biases if getattr(c, k)]
+    if c.hidden_activation != "gelu":
+        problems.append(f"{directory}: hidden_activation={c.hidden_activation!r} is not supported (only exact gelu)")
+    if any((kind == "full_attention") != (i % every == 0) for i, kind in enumerate(kinds)):
+        problems.append(f"{directory}: layer_types {kinds} is not a global layer every n-th")
+    if problems:
+        raise ConfigError(problems)
+    enc = EncoderConfig(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size)
+    rope = c.rope_parameters
+    return ModelConfig(
+        vocab_size=c.vocab_size,
+        embedding_size=c.hidden_size,
+        max_position_embeddings=c.max_position_embeddings,
+        dropout=float(c.embedding_dropout),
+        attention_dropout=float(c.attention_dropout),
+        layer_norm_eps=c.norm_eps,
+        initializer_range=c.initializer_range,
+        architecture="modern",
+        global_every=every,
+        local_window=c.local_attention,
+        rope_theta_global=float(rope["full_attention"]["rope_theta"]),
+        rope_theta_local=float(rope["sliding_attention"]["rope_theta"]),
+        discriminator=enc,
+        generator=enc,
+    )
+
+
+def modern_state(directory: Path, tower: str = "discriminator") -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A ModernBERT directory's shape and weights under `tower` (our export's rtd_head.safetensors included);
+    for the discriminator its MLM head, where it has one, is left out (ELECTRA's RTD head starts fresh)."""
+    from electra_dist.interop.hf import _read_weights
+
+    cfg = model_config_from_modern(directory)
+    hf = _read_weights(directory)
+    if tower == "discriminator":
+        hf = {k: v for k, v in hf.items() if not k.startswith(("head.", "decoder."))}
+    elif "head.dense.bias" not in hf and "head.dense.weight" in hf:  # classifier_bias=False: ours is a zero bias
+        hf["head.dense.bias"] = torch.zeros(cfg.generator.hidden_size)
+    state = modern_from_hf(hf, tower, cfg.discriminator, cfg.padded_vocab_size(1))
+    head = directory / "rtd_head.safetensors"
+    if tower == "discriminator" and head.is_file():
+        from safetensors.torch import load_file
+
+        state.update(load_file(str(head)))
+    return cfg, state

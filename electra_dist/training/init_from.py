@@ -25,7 +25,8 @@ from electra_dist.config import Config, ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
-SHAPE_KEYS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+SHAPE_KEYS = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+              "architecture", "global_every", "local_window", "rope_theta_global", "rope_theta_local")  # fmt: skip
 ENCODER_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 _HEADS = ("generator.generator_predictions.", "generator.generator_lm_head_bias")
 
