@@ -138,11 +138,12 @@ def test_rtd_continues_from_a_modernbert_as_discriminator_and_corrupter(tmp_path
     """`--init-from modernbert/ objective.generator=frozen model.generator_from=modernbert/` on a
     ModernBertForMaskedLM saved by transformers: the model takes its architecture and shape (local window,
     rotary θ, layer kinds), only the RTD head starts fresh, and it trains."""
+    from test_frozen import frozen, save_mlm
+
     from electra_dist.config import Config
     from electra_dist.data.tokenizer import load_tokenizer
 
     from conftest import train_here
-    from test_frozen import frozen, save_mlm
 
     d = save_mlm(tmp_path / "modernbert", "modernbert", vocab_size=load_tokenizer(tok_dir).vocab_size)
     r = train_here(
