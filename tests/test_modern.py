@@ -153,3 +153,24 @@ def test_rtd_continues_from_a_modernbert_as_discriminator_and_corrupter(tmp_path
     assert "model.architecture bert → modern" in r.stdout and "model.local_window 128 → 16" in r.stdout
     cfg = Config.from_yaml(tmp_path / "run" / "config.yaml")
     assert cfg.model.architecture == "modern" and cfg.model.discriminator.num_layers == 4
+
+
+def test_the_flexattention_band_gives_the_masked_sdpa_numbers():
+    """The local layers' block-sparse FlexAttention mask (what runs on GPU) and the band as SDPA's boolean
+    mask (CPU, or with attention dropout): the same hidden states, padded rows included (forward only:
+    FlexAttention has no backward on CPU)."""
+    cfg = modern_config(64, **{"model.local_window": 16})
+    torch.manual_seed(0)
+    model = _drawn(ElectraPretrainer(cfg.model, cfg.objective)).eval()
+    ids = torch.randint(5, 1000, (2, 64), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0
+    encoder = model.discriminator.encoder
+    outs, kinds = [], set()
+    for flex in (True, False):
+        encoder.flex = flex
+        kinds.add(type(encoder._local_mask(torch.zeros(2, 64, 1), None)).__name__)
+        with torch.no_grad():
+            outs.append(model.discriminator.encode(ids, mask)[mask.bool()])
+    assert kinds == {"BlockMask", "Tensor"}
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
