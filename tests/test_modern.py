@@ -155,6 +155,7 @@ def test_rtd_continues_from_a_modernbert_as_discriminator_and_corrupter(tmp_path
     assert cfg.model.architecture == "modern" and cfg.model.discriminator.num_layers == 4
 
 
+@pytest.mark.slow  # FlexAttention's eager reference path: seconds
 def test_the_flexattention_band_gives_the_masked_sdpa_numbers():
     """The local layers' block-sparse FlexAttention mask (what runs on GPU) and the band as SDPA's boolean
     mask (CPU, or with attention dropout): the same hidden states, padded rows included (forward only:
