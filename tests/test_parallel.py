@@ -118,28 +118,6 @@ def test_deepspeed_launcher(tmp_path, data):
     assert "DP 2, ZeRO-2" in r.stdout and len(losses(tmp_path)) == 3
 
 
-def test_resume_with_two_ranks_after_sigusr1_is_exact(tmp_path, data):
-    """SLURM signals every task of the step; the torchrun agent is spared (see slurm/)."""
-    import psutil
-
-    args = ["--max-steps", "12", "train.micro_batch_size=8", "train.save_interval=1000", "model.dropout=0.1"]
-    ref = tmp_path / "ref"
-    train(ref, data, *args, nproc=2)
-    part = tmp_path / "part"
-    proc = start_training(part, data, *args, nproc=2)
-    metrics_file = part / "metrics.jsonl"
-    wait_for(lambda: len(read_metrics(metrics_file)) >= 4, proc)
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        child.send_signal(signal.SIGUSR1)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    stopped = len(losses(part))
-    assert 4 <= stopped < 12
-    train(part, data, *args, nproc=2)
-    assert [m["step"] for m in metrics(part)] == list(range(1, 13))
-    assert losses(part) == losses(ref)
-
-
 @pytest.mark.parametrize("then", ["wait", "sigterm"])
 def test_a_hung_rank_ends_the_run_with_a_message_within_the_timeouts(tmp_path, data, then):
     """Rank 1 is SIGSTOPped mid-run. Rank 0 must not sit in a collective for the old 30-minute default:
