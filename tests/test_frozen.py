@@ -210,7 +210,8 @@ def test_a_frozen_run_trains_the_discriminator_alone_and_resumes_exactly(tmp_pat
     (tmp_path / "checkpoints" / "latest").write_text("step00000003")
     assert "resumed from" in train_here(tmp_path, data, *args).stdout
     resumed = read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["loss/total"] for r in resumed] == [r["loss/total"] for r in straight]
+    for key in ("loss/total", "objective/temperature"):
+        assert [r[key] for r in resumed] == [r[key] for r in straight], key
 
     other = save_mlm(tmp_path / "other", "bert", vocab_size=read_mlm(bert_dir).cfg.vocab_size, seed=1)
     r = train_here(tmp_path, data, *args[:5], *frozen(other), *schedule, "--max-steps", "7", check=False)
