@@ -87,20 +87,25 @@ MODERN = ["model.architecture=modern", "model.embedding_size=64", "model.local_w
 
 
 @pytest.mark.slow
-def test_a_modern_electra_trains_the_same_on_tp2_and_its_export_is_transformers_modernbert(tmp_path, data, cli):
-    """TP=2 (heads and GeGLU features split over two processes) takes one process's steps to 1e-5; the final
-    discriminator, exported, is a ModernBertModel with the trained model's hidden states."""
+def test_a_modern_electra_trains_the_same_on_tp2_and_dp2_and_its_export_is_modernbert(tmp_path, data, cli):
+    """TP=2 (heads and GeGLU features split over two processes) and DP=2 under ZeRO-3 each take one process's
+    steps to 1e-5; the final discriminator, exported, is a ModernBertModel with the trained model's hidden
+    states."""
     import transformers as t
 
     from electra_dist.interop import load_model
 
-    from conftest import EXACT, losses, train, train_here
+    from conftest import EXACT, ROOT, losses, train, train_here
 
     base = ["--max-steps", "6", *EXACT, *MODERN, "train.eval_interval=0"]
     train_here(tmp_path / "one", data, *base)
     train(tmp_path / "tp2", data, *base, "parallel.tensor_parallel_size=2", nproc=2)
-    one, tp2 = losses(tmp_path / "one"), losses(tmp_path / "tp2")
-    assert max(abs(a - b) for a, b in zip(one, tp2)) <= 1e-5, (one, tp2)
+    zero3 = str(ROOT / "configs" / "zero3.json")
+    train(tmp_path / "dp2", data, *base, "train.micro_batch_size=8", "--deepspeed", zero3, nproc=2)
+    one = losses(tmp_path / "one")
+    for layout in ("tp2", "dp2"):
+        other = losses(tmp_path / layout)
+        assert max(abs(a - b) for a, b in zip(one, other)) <= 1e-5, (layout, one, other)
 
     assert cli("export", "--checkpoint", tmp_path / "tp2" / "final", "--out", tmp_path / "hf").returncode == 0
     hf = t.ModernBertModel.from_pretrained(tmp_path / "hf" / "discriminator", attn_implementation="sdpa").eval()
