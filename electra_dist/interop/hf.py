@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from electra_dist.config import ConfigError, EncoderConfig, ModelConfig
+from electra_dist.interop.weights import read_weights as _read_weights
 from electra_dist.model import ElectraPretrainer
 from electra_dist.model.electra import fit_vocab_rows
 
@@ -286,13 +287,3 @@ def import_hf(path: str | Path) -> ElectraPretrainer:
     model = ElectraPretrainer(cfg)
     _load(model, state, strict=has_generator)
     return model
-
-
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(directory / "model.safetensors"))
-    if (directory / "pytorch_model.bin").is_file():
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {directory}")

@@ -75,7 +75,8 @@ def checksum(state: dict[str, torch.Tensor]) -> str:
 
 
 def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from electra_dist.interop.hf import _read_weights, model_config_from_hf, tower_from_hf
+    from electra_dist.interop.hf import model_config_from_hf, tower_from_hf
+    from electra_dist.interop.weights import read_weights
 
     config = json.loads((directory / "config.json").read_text())
     model_type = config.get("model_type", "")
@@ -87,7 +88,7 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
             raise ConfigError([f"model.generator_from: {directory} holds no masked-LM head (a ModernBertModel)"])
         return cfg, {k[len("generator.") :]: v for k, v in ours.items()}
     cfg = model_config_from_hf(config)
-    hf = _mlm_head_names(_read_weights(directory), directory)
+    hf = _mlm_head_names(read_weights(directory), directory)
     if model_type in _ROBERTA_STYLE:  # positions start past the padding id: row pad+1 is position 0
         offset = int(config.get("pad_token_id", 1)) + 1
         for k in [k for k in hf if k.endswith("embeddings.position_embeddings.weight")]:

@@ -200,10 +200,10 @@ def model_config_from_modern(directory: Path) -> ModelConfig:
 def modern_state(directory: Path, tower: str = "discriminator") -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """A ModernBERT directory's shape and weights under `tower` (our export's rtd_head.safetensors included);
     for the discriminator its MLM head, where it has one, is left out (ELECTRA's RTD head starts fresh)."""
-    from electra_dist.interop.hf import _read_weights
+    from electra_dist.interop.weights import read_weights
 
     cfg = model_config_from_modern(directory)
-    hf = _read_weights(directory)
+    hf = read_weights(directory)
     if tower == "discriminator":
         hf = {k: v for k, v in hf.items() if not k.startswith(("head.", "decoder."))}
     elif "head.dense.bias" not in hf and "head.dense.weight" in hf:  # classifier_bias=False: ours is a zero bias

@@ -14,17 +14,12 @@ Transformers' layouts ([q; k; v], [value; gate]) are one reshape away (interop).
 
 from __future__ import annotations
 
-import functools
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from electra_dist.model.layers import LayerFactory, attention_backends, padding_mask
-
-log = logging.getLogger(__name__)
 
 
 def rotary(seq_len: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +57,7 @@ class ModernAttention(nn.Module):
         self.dense = factory.row_linear(hidden, hidden, bias=False)
         self.dropout = nn.Dropout(attention_dropout)
         self.backends = attention_backends(factory.attention_backends)
+        self.flex_fn = flex_attention  # eager; kernels.apply(model, flex=True) puts the compiled one here
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, S, _ = x.shape
@@ -71,7 +67,7 @@ class ModernAttention(nn.Module):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         p = self.attention_dropout if self.training else 0.0
         if isinstance(mask, BlockMask):  # a local layer on GPU: FlexAttention skips the blocks outside the band
-            out = _flex(q, k, v, mask)
+            out = self.flex_fn(q, k, v, None, mask)
         elif self.backends:
             with torch.nn.attention.sdpa_kernel(self.backends, set_priority=True):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
@@ -125,15 +121,15 @@ def modern_blocks(
 
 class ModernEncoder(nn.Module):
     """ModernBERT's layers and final norm; the same call as layers.Encoder. The local layers' mask is made
-    once per forward: a FlexAttention block mask on GPU (nothing S × S is materialised, the blocks outside
-    the band are skipped), the band as a boolean mask for SDPA elsewhere and with attention dropout (which
-    FlexAttention does not do)."""
+    once per forward: the band as a boolean mask for SDPA, or — `flex`, which kernels.apply(model, flex=True)
+    turns on for GPU runs — a FlexAttention block mask (nothing S × S is materialised, the blocks outside
+    the band are skipped); with attention dropout, which FlexAttention does not do, the band for SDPA."""
 
-    def __init__(self, layers: list[ModernBlock], hidden: int, eps: float, flex: bool | None = None):
+    def __init__(self, layers: list[ModernBlock], hidden: int, eps: float):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.final_norm = nn.LayerNorm(hidden, eps=eps, bias=False)
-        self.flex = flex  # None: on CUDA without attention dropout; True / False: always / never (tests)
+        self.flex = False
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, padded: bool | None = None) -> torch.Tensor:
         mask = padding_mask(attention_mask, padded)
@@ -149,7 +145,7 @@ class ModernEncoder(nn.Module):
             return mask
         (half,) = windows
         dropout = self.training and any(layer.attention.attention_dropout > 0 for layer in self.layers)
-        if self.flex or (self.flex is None and x.is_cuda and not dropout and FLEX.usable):
+        if self.flex and not dropout:
             return band_block_mask(S, half, mask, x.device)
         band = local_band(S, half, x.device)
         return band if mask is None else mask & band
@@ -165,37 +161,3 @@ def band_block_mask(seq_len: int, half_window: int, padding: torch.Tensor | None
     valid = padding[:, 0, 0, :]  # (B, S) keys that are tokens
     return create_block_mask(lambda b, h, q, kv: ((q - kv).abs() <= half_window) & valid[b, kv], valid.shape[0],
                              None, seq_len, seq_len, device=device)  # fmt: skip
-
-
-class _FlexState:
-    usable = True  # False for good after the first failure to compile it: the band goes to SDPA instead
-
-
-FLEX = _FlexState()
-
-
-@functools.cache
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
-
-
-def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
-    """flex_attention, compiled on GPU (its fused kernel), eager on CPU (tests). If it cannot be compiled
-    here (no Triton, a compiler bug) this call runs it eager and every later forward masks the band for SDPA,
-    said once."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if not q.is_cuda or not FLEX.usable:
-        return flex_attention(q, k, v, block_mask=block_mask)
-    try:
-        return _compiled_flex()(q, k, v, block_mask=block_mask)
-    except Exception as e:  # noqa: BLE001 - see kernels._compiler_failure
-        from electra_dist.model.kernels import _cause, _compiler_failure
-
-        if not _compiler_failure(e):
-            raise
-        FLEX.usable = False
-        log.info(f"FlexAttention unavailable ({_cause(e)}); local layers mask their band for SDPA from here")
-        return flex_attention(q, k, v, block_mask=block_mask)

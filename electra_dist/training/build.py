@@ -107,7 +107,7 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
     model = ElectraPretrainer(cfg.model, cfg.objective, factory)
     if generator is not None:
         model.attach_generator(frozen_generator(generator, cfg, factory, layout.tp_rank))
-    model = kernels.apply(model, blocks=blocks, vocab_tail=tail)
+    model = kernels.apply(model, blocks=blocks, vocab_tail=tail, flex=layout.device.type == "cuda")
     if source is not None:
         from electra_dist.training.init_from import initial_weights
 
