@@ -249,6 +249,16 @@ def losses(out: Path) -> list[float]:
     return [m["loss/total"] for m in metrics(out)]
 
 
+def one_tp2_dp2(tmp_path: Path, data, *args: str) -> dict[str, list[dict]]:
+    """The same run on one process (here), on TP=2 and on DP=2 under ZeRO-3 (two processes each): each
+    layout's metric records, to be compared number for number."""
+    train_here(tmp_path / "one", data, *args)
+    train(tmp_path / "tp2", data, *args, "parallel.tensor_parallel_size=2", nproc=2)
+    zero3 = str(ROOT / "configs" / "zero3.json")
+    train(tmp_path / "dp2", data, *args, "train.micro_batch_size=8", "--deepspeed", zero3, nproc=2)
+    return {layout: metrics(tmp_path / layout) for layout in ("one", "tp2", "dp2")}
+
+
 @pytest.fixture(scope="session")
 def baseline_dir(tmp_path_factory, data):
     """TP=1, DP=1, 10 steps: the run every other layout must reproduce."""

@@ -17,7 +17,7 @@ from electra_dist.model.layers import LayerFactory
 from electra_dist.training.build import frozen_generator
 from electra_dist.training.flops import flops_per_sequence
 
-from conftest import ROOT, tiny_config, train_here
+from conftest import tiny_config, train_here
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -223,16 +223,12 @@ def test_frozen_mode_on_tp2_and_on_dp2_zero3_equals_one_process(tmp_path, data, 
     """The frozen generator under tensor parallelism (its vocab-parallel head, its sharded encoder) and beside
     ZeRO-3 (outside its partitions) corrupts exactly as on one process: the same losses and generator
     accuracy, step for step."""
-    from conftest import EXACT, metrics, train
+    from conftest import EXACT, one_tp2_dp2
 
-    base = ["--max-steps", "6", *EXACT, *frozen(bert_dir), "train.eval_interval=0"]
-    train_here(tmp_path / "one", data, *base)
-    train(tmp_path / "tp2", data, *base, "parallel.tensor_parallel_size=2", nproc=2)
-    zero3 = str(ROOT / "configs" / "zero3.json")
-    train(tmp_path / "dp2", data, *base, "train.micro_batch_size=8", "--deepspeed", zero3, nproc=2)
-    one = metrics(tmp_path / "one")
+    runs = one_tp2_dp2(tmp_path, data, "--max-steps", "6", *EXACT, *frozen(bert_dir), "train.eval_interval=0")
+    one = runs["one"]
     for layout in ("tp2", "dp2"):
-        other = metrics(tmp_path / layout)
+        other = runs[layout]
         for key in ("loss/total", "acc/generator", "loss/generator", "discriminator/replaced_fraction"):
             a, b = [r[key] for r in one], [r[key] for r in other]
             assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (layout, key, a, b)

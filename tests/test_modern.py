@@ -95,16 +95,12 @@ def test_a_modern_electra_trains_the_same_on_tp2_and_dp2_and_its_export_is_moder
 
     from electra_dist.interop import load_model
 
-    from conftest import EXACT, ROOT, losses, train, train_here
+    from conftest import EXACT, one_tp2_dp2
 
-    base = ["--max-steps", "6", *EXACT, *MODERN, "train.eval_interval=0"]
-    train_here(tmp_path / "one", data, *base)
-    train(tmp_path / "tp2", data, *base, "parallel.tensor_parallel_size=2", nproc=2)
-    zero3 = str(ROOT / "configs" / "zero3.json")
-    train(tmp_path / "dp2", data, *base, "train.micro_batch_size=8", "--deepspeed", zero3, nproc=2)
-    one = losses(tmp_path / "one")
+    runs = one_tp2_dp2(tmp_path, data, "--max-steps", "6", *EXACT, *MODERN, "train.eval_interval=0")
+    one = [r["loss/total"] for r in runs["one"]]
     for layout in ("tp2", "dp2"):
-        other = losses(tmp_path / layout)
+        other = [r["loss/total"] for r in runs[layout]]
         assert max(abs(a - b) for a, b in zip(one, other)) <= 1e-5, (layout, one, other)
 
     assert cli("export", "--checkpoint", tmp_path / "tp2" / "final", "--out", tmp_path / "hf").returncode == 0
