@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_frozen import bert_dir  # noqa: F401  (the fixture: a frozen BERT)
 
 from electra_dist.model import ElectraPretrainer
 
@@ -87,21 +88,28 @@ MODERN = ["model.architecture=modern", "model.embedding_size=64", "model.local_w
 
 
 @pytest.mark.slow
-def test_a_modern_electra_trains_the_same_on_tp2_and_dp2_and_its_export_is_modernbert(tmp_path, data, cli):
-    """TP=2 (heads and GeGLU features split over two processes) and DP=2 under ZeRO-3 each take one process's
-    steps to 1e-5; the final discriminator, exported, is a ModernBertModel with the trained model's hidden
-    states."""
+def test_a_modern_electra_with_a_frozen_bert_is_the_same_on_tp2_and_dp2_and_exports_as_modernbert(
+    tmp_path,
+    data,
+    cli,
+    bert_dir,  # noqa: F811  (the fixture imported above)
+):
+    """The modern block (heads and GeGLU features split over two processes) with a frozen BERT corrupting
+    (its vocab-parallel head and sharded encoder under TP, outside ZeRO-3's partitions): TP=2 and DP=2 under
+    ZeRO-3 each take one process's steps to 1e-5 — losses, the generator's accuracy, the replaced fraction;
+    the final discriminator, exported, is a ModernBertModel with the trained model's hidden states."""
     import transformers as t
+    from test_frozen import frozen
 
     from electra_dist.interop import load_model
 
     from conftest import EXACT, one_tp2_dp2
 
-    runs = one_tp2_dp2(tmp_path, data, "--max-steps", "6", *EXACT, *MODERN, "train.eval_interval=0")
-    one = [r["loss/total"] for r in runs["one"]]
+    runs = one_tp2_dp2(tmp_path, data, "--max-steps", "6", *EXACT, *MODERN, *frozen(bert_dir), "train.eval_interval=0")
     for layout in ("tp2", "dp2"):
-        other = [r["loss/total"] for r in runs[layout]]
-        assert max(abs(a - b) for a, b in zip(one, other)) <= 1e-5, (layout, one, other)
+        for key in ("loss/total", "acc/generator", "loss/generator", "discriminator/replaced_fraction"):
+            a, b = [r[key] for r in runs["one"]], [r[key] for r in runs[layout]]
+            assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5, (layout, key, a, b)
 
     assert cli("export", "--checkpoint", tmp_path / "tp2" / "final", "--out", tmp_path / "hf").returncode == 0
     hf = t.ModernBertModel.from_pretrained(tmp_path / "hf" / "discriminator", attn_implementation="sdpa").eval()
