@@ -249,6 +249,11 @@ def test_the_memory_estimate_counts_a_frozen_generator_as_weights_alone(tmp_path
     assert f.weights == pytest.approx(2 * (disc + gen) / gib) and f.optimizer == pytest.approx(12 * disc / gib)
     assert f.gradients == pytest.approx(6 * disc / gib)
     assert 0 < f.activations < j.activations  # the discriminator's alone: the generator saves nothing
+    from electra_dist.interop.mlm import mlm_shape
+
+    for kind in ("roberta", "modernbert"):  # the shape from config.json alone is the one the weights load into
+        m = save_mlm(tmp_path / kind, kind)
+        assert mlm_shape(m) == read_mlm(m).cfg, kind
 
 
 @pytest.mark.slow

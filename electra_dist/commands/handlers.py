@@ -68,11 +68,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, cfg = load_model(args.checkpoint)
     tokenizer = args.tokenizer or cfg.data.tokenizer or None
     _requires("transformers", "export writes Hugging Face models and their tokenizer with transformers")
-    if args.with_frozen_generator and cfg.objective.generator != "frozen":
-        raise UserError(
-            f"--with-frozen-generator: {args.checkpoint} was trained with a joint generator (it is exported)"
-        )
     if args.with_frozen_generator:
+        if cfg.objective.generator != "frozen":
+            raise UserError(
+                f"--with-frozen-generator: {args.checkpoint} was trained with a joint generator (it is exported)"
+            )
         from electra_dist.interop.mlm import read_mlm
         from electra_dist.model.layers import LayerFactory
         from electra_dist.training.build import frozen_generator

@@ -149,9 +149,8 @@ class ModelConfig(Section):
 
     def check(self, prefix: str) -> list[str]:
         gen, disc = self.generator.hidden_size, self.discriminator.hidden_size
-        if (
-            self.generator_from
-        ):  # a frozen generator may be as wide as it is: it is not trained against the discriminator
+        # a frozen generator may be as wide as it is: it is not trained against the discriminator
+        if self.generator_from:
             return []
         if isinstance(gen, int) and isinstance(disc, int) and gen > disc:
             return [

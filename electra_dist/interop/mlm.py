@@ -38,8 +38,7 @@ def read_mlm(path: str | Path) -> MlmSource:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"model.generator_from: {p} does not exist")
-    hf_dir = p / "generator" if (p / "generator" / "config.json").is_file() else p
-    if (hf_dir / "config.json").is_file():
+    if (hf_dir := _hf_dir(p)) is not None:
         cfg, state = _read_hf(hf_dir)
         kind = "huggingface"
     else:
@@ -50,18 +49,31 @@ def read_mlm(path: str | Path) -> MlmSource:
 
 def mlm_shape(path: str | Path) -> ModelConfig:
     """The shape of the masked LM at `path`, from its config files where they tell it (no weights read)."""
+    hf_dir = _hf_dir(Path(path))
+    return _hf_shape(hf_dir)[0] if hf_dir is not None else read_mlm(path).cfg
+
+
+def _hf_dir(p: Path) -> Path | None:
+    """The Hugging Face model directory at `p` (our export's root: its generator/), or None."""
+    hf_dir = p / "generator" if (p / "generator" / "config.json").is_file() else p
+    return hf_dir if (hf_dir / "config.json").is_file() else None
+
+
+def _hf_shape(directory: Path) -> tuple[ModelConfig, str, int]:
+    """(its shape, its model_type, the position offset: RoBERTa-style tables start past the padding id)."""
     from electra_dist.interop.hf import model_config_from_hf
 
-    p = Path(path)
-    hf_dir = p / "generator" if (p / "generator" / "config.json").is_file() else p
-    if (hf_dir / "config.json").is_file():
-        config = json.loads((hf_dir / "config.json").read_text())
-        cfg = model_config_from_hf(config)
-        if config.get("model_type") in _ROBERTA_STYLE:
-            offset = int(config.get("pad_token_id", 1)) + 1
-            cfg = dataclasses.replace(cfg, max_position_embeddings=cfg.max_position_embeddings - offset)
-        return cfg
-    return read_mlm(p).cfg
+    config = json.loads((directory / "config.json").read_text())
+    model_type = config.get("model_type", "")
+    if model_type == "modernbert":
+        from electra_dist.interop.modernbert import model_config_from_modern
+
+        return model_config_from_modern(directory), model_type, 0
+    cfg, offset = model_config_from_hf(config), 0
+    if model_type in _ROBERTA_STYLE:
+        offset = int(config.get("pad_token_id", 1)) + 1
+        cfg = dataclasses.replace(cfg, max_position_embeddings=cfg.max_position_embeddings - offset)
+    return cfg, model_type, offset
 
 
 def checksum(state: dict[str, torch.Tensor]) -> str:
@@ -75,11 +87,10 @@ def checksum(state: dict[str, torch.Tensor]) -> str:
 
 
 def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    from electra_dist.interop.hf import model_config_from_hf, tower_from_hf
+    from electra_dist.interop.hf import tower_from_hf
     from electra_dist.interop.weights import read_weights
 
-    config = json.loads((directory / "config.json").read_text())
-    model_type = config.get("model_type", "")
+    cfg, model_type, offset = _hf_shape(directory)
     if model_type == "modernbert":  # ModernBertForMaskedLM: head.dense/norm, decoder.bias onto the generator head
         from electra_dist.interop.modernbert import modern_state
 
@@ -87,13 +98,10 @@ def _read_hf(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
         if not any(k.endswith("generator_lm_head_bias") for k in ours):
             raise ConfigError([f"model.generator_from: {directory} holds no masked-LM head (a ModernBertModel)"])
         return cfg, {k[len("generator.") :]: v for k, v in ours.items()}
-    cfg = model_config_from_hf(config)
     hf = _mlm_head_names(read_weights(directory), directory)
-    if model_type in _ROBERTA_STYLE:  # positions start past the padding id: row pad+1 is position 0
-        offset = int(config.get("pad_token_id", 1)) + 1
+    if offset:  # row pad+1 is position 0
         for k in [k for k in hf if k.endswith("embeddings.position_embeddings.weight")]:
             hf[k] = hf[k][offset:]
-        cfg = dataclasses.replace(cfg, max_position_embeddings=cfg.max_position_embeddings - offset)
     hf = {(k.split(".", 1)[1] if k.startswith(tuple(f"{t}." for t in _ROBERTA_STYLE)) else k): v for k, v in hf.items()}
     ours = tower_from_hf(hf, "generator", cfg.generator, cfg.padded_vocab_size(1))
     return cfg, {k[len("generator.") :]: v for k, v in ours.items()}

@@ -390,6 +390,16 @@ def _mlm_output(
     )
 
 
+def standalone_generator(shape: ModelConfig, factory: LayerFactory, pad_vocab_multiple: int) -> ElectraGenerator:
+    """A generator over embeddings of its own, in `shape` (a frozen one: model.generator_from's), its vocabulary
+    padded as the model's (`pad_vocab_multiple` × TP), so both index the same vocabulary shards."""
+    shape = dataclasses.replace(shape, pad_vocab_multiple=pad_vocab_multiple)
+    padded = shape.padded_vocab_size(factory.tp_size)
+    generator = ElectraGenerator(shape, ElectraEmbeddings(shape, factory, padded), factory, padded)
+    generator.cfg = shape  # its own widths (FLOPs, export)
+    return generator
+
+
 def _init_linear(layer: nn.Linear, std: float) -> None:
     nn.init.normal_(layer.weight, std=std)
     if layer.bias is not None:

@@ -7,7 +7,6 @@ schedule → DeepSpeed engine → loader. The result is a `Run`: plain data the 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from electra_dist import parallel
 from electra_dist.config import Config
 from electra_dist.data.vocab import SpecialIds
 from electra_dist.model import ElectraPretrainer, kernels
-from electra_dist.model.electra import ElectraEmbeddings, ElectraGenerator, fit_vocab_rows
+from electra_dist.model.electra import ElectraGenerator, fit_vocab_rows, standalone_generator
 from electra_dist.training.flops import flops_per_sequence, peak_tflops
 from electra_dist.training.optim import build_optimizer, lr_schedule, param_groups, temperature_at
 from electra_dist.training.resolve import Resolved
@@ -127,10 +126,8 @@ def build_engine(cfg: Config, ds_config: dict[str, Any], layout: parallel.Layout
 def frozen_generator(src, cfg: Config, factory, tp_rank: int) -> ElectraGenerator:
     """model.generator_from's masked LM (`src`, interop.mlm.MlmSource) as an ElectraGenerator over its own
     embeddings, this TP rank's slices of its weights loaded, its vocabulary padded as the model's."""
-    g = dataclasses.replace(src.cfg, pad_vocab_multiple=cfg.model.pad_vocab_multiple)
-    padded = g.padded_vocab_size(factory.tp_size)
     with torch.random.fork_rng(devices=[]):  # its fresh init is overwritten: the run's random stream stays
-        gen = ElectraGenerator(g, ElectraEmbeddings(g, factory, padded), factory, padded)
+        gen = standalone_generator(src.cfg, factory, cfg.model.pad_vocab_multiple)
     shapes = {n: parallel.full_shape(p, factory.tp_size) for n, p in gen.named_parameters()}
     missing = sorted(set(shapes) - set(src.state))
     if missing:
@@ -138,7 +135,7 @@ def frozen_generator(src, cfg: Config, factory, tp_rank: int) -> ElectraGenerato
     full = {n: fit_vocab_rows(t.float(), shapes[n]) for n, t in src.state.items() if n in shapes}
     with torch.no_grad():
         parallel.load_full_weights(gen, full, factory.tp_size, tp_rank)
-    gen.cfg, gen.source = g, {"path": src.path, "checksum": src.checksum}  # its shape (FLOPs); what checkpoints record
+    gen.source = {"path": src.path, "checksum": src.checksum}  # what checkpoints record
     return gen
 
 

@@ -14,7 +14,6 @@ how configs/electra_{base,large}.yaml's micro batches were checked (README, Perf
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -25,13 +24,23 @@ from electra_dist.data.batch import Batch
 
 def fake_model(cfg: Config, mode, device: str = "cpu", dtype: torch.dtype = torch.bfloat16):
     """The model with every parameter and buffer a FakeTensor of `dtype` on `device`, built on the meta
-    device first: ELECTRA-Large's weights cost nothing."""
-    from torch import nn
-
+    device first: ELECTRA-Large's weights cost nothing. A frozen generator is faked the same way."""
     from electra_dist.model import ElectraPretrainer
 
     with torch.device("meta"):
         model = ElectraPretrainer(cfg.model, cfg.objective)
+    _fake_weights(model, mode, device, dtype)
+    with mode:
+        model.temperature = torch.ones((), device="cpu")  # the sampling temperature: a fake CPU scalar too
+    if cfg.objective.generator == "frozen":
+        model.attach_generator(_fake_weights(_meta_frozen_generator(cfg), mode, device, dtype))
+    return model
+
+
+def _fake_weights(model: torch.nn.Module, mode, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Every parameter and buffer of `model` replaced, in place, by a FakeTensor of `dtype` (floating) on `device`."""
+    from torch import nn
+
     memo: dict[int, torch.Tensor] = {}
     with mode:
         for module in model.modules():
@@ -43,33 +52,16 @@ def fake_model(cfg: Config, mode, device: str = "cpu", dtype: torch.dtype = torc
                         e = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device=device)
                         memo[id(t)] = nn.Parameter(e, requires_grad=t.requires_grad) if param else e
                     store[name] = memo[id(t)]
-        model.temperature = torch.ones((), device="cpu")  # the sampling temperature: a fake CPU scalar too
-    if cfg.objective.generator == "frozen":
-        model.attach_generator(_fake_frozen_generator(cfg, mode, device, dtype))
     return model
 
 
-def _fake_frozen_generator(cfg: Config, mode, device: str, dtype: torch.dtype):
-    """model.generator_from's masked LM in its shape (read from its config), every weight a FakeTensor."""
-    import dataclasses
-
-    from torch import nn
-
+def _meta_frozen_generator(cfg: Config):
     from electra_dist.interop.mlm import mlm_shape
-    from electra_dist.model.electra import ElectraEmbeddings, ElectraGenerator
+    from electra_dist.model.electra import standalone_generator
     from electra_dist.model.layers import LayerFactory
 
-    g = dataclasses.replace(mlm_shape(cfg.model.generator_from), pad_vocab_multiple=cfg.model.pad_vocab_multiple)
-    factory, padded = LayerFactory(), g.padded_vocab_size(1)
     with torch.device("meta"):
-        gen = ElectraGenerator(g, ElectraEmbeddings(g, factory, padded), factory, padded)
-    with mode:
-        for module in gen.modules():
-            for name, t in list(module._parameters.items()):
-                module._parameters[name] = nn.Parameter(torch.empty(t.shape, dtype=dtype, device=device), False)
-            for name, t in list(module._buffers.items()):
-                module._buffers[name] = torch.empty(t.shape, dtype=t.dtype, device=device)
-    return gen
+        return standalone_generator(mlm_shape(cfg.model.generator_from), LayerFactory(), cfg.model.pad_vocab_multiple)
 
 
 def fake_batch(cfg: Config, micro_batch: int, mode) -> Batch:
@@ -140,8 +132,7 @@ def estimate(cfg: Config, micro_batch: int, dp: int = 1, zero_stage: int = 2) ->
         n = count_parameters(ElectraPretrainer(cfg.model, cfg.objective))
     frozen = 0  # a frozen generator: its bf16 weights only (no gradient, no optimizer state, no saved activations)
     if cfg.objective.generator == "frozen":
-        with torch.device("meta"):
-            frozen = count_parameters(_fake_frozen_generator(cfg, contextlib.nullcontext(), "meta", torch.bfloat16))
+        frozen = count_parameters(_meta_frozen_generator(cfg))
     shards = dp if zero_stage >= 1 else 1
     gib = 2**30
     return Memory(
