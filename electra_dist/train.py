@@ -72,7 +72,7 @@ def _stop_here(run, signals, stopped, unsaved: bool, step: int) -> None:
     signals.agreed()
     run.loader.rewind(stopped.fetched)  # the batches just fetched were not trained on
     log.info(
-        f"signal received ({signals.describe() if signals.received else 'by another rank'}): "
+        f"signal received ({signals.describe()}): "
         f"{'checkpointing' if unsaved else 'nothing trained since the checkpoint'} at step {step} and exiting"
     )
 

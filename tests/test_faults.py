@@ -65,6 +65,23 @@ def test_a_signal_during_start_up_stops_at_the_first_step_boundary_with_preempte
     assert metrics(tmp_path) == [] and not (tmp_path / "checkpoints" / "latest").exists()
 
 
+def test_a_rank_that_learns_of_the_stop_from_another_still_says_its_launcher_is_gone():
+    """A killed launcher signals every rank at once; the rank whose handler has not run yet when the ranks
+    agree (rank 0, which logs) must still say why, not only "by another rank" (the system test below
+    missed the launcher's name that way under load)."""
+    from electra_dist.training.signals import StopSignals
+
+    signals = StopSignals(watch_launcher=False)
+    try:
+        assert signals.describe() == "by another rank"
+        signals.launcher = os.getppid() + 1_000_000  # its launcher was another process: it is gone
+        assert signals.describe() == f"by another rank: the launcher (pid {os.getppid() + 1_000_000}) is gone"
+        signals._on_signal(signal.SIGTERM, None)
+        assert signals.describe().startswith("SIGTERM: the launcher (pid ")
+    finally:
+        signals.restore()
+
+
 @pytest.mark.slow
 def test_killing_the_launcher_stops_its_ranks_with_a_checkpoint(tmp_path, data):
     """kill -9 of torchrun's agent: its ranks get SIGTERM from the kernel, agree, checkpoint, write

@@ -184,3 +184,38 @@ def test_the_flexattention_band_gives_the_masked_sdpa_numbers():
             outs.append(model.discriminator.encode(ids, mask)[mask.bool()])
     assert kinds == {"BlockMask", "Tensor"}
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # a compile attempt: seconds
+def test_flexattention_falls_back_to_the_sdpa_band_when_it_cannot_be_compiled(monkeypatch, caplog):
+    """What the trainer builds on GPU (kernels.apply(flex=True)) on a machine whose compiler is missing (a
+    real one: Inductor cannot find its C++ compiler): said once, that forward eager, every later forward
+    SDPA's band — the same numbers, and training goes on."""
+    import logging
+
+    import torch._inductor.config as inductor
+
+    from electra_dist.model import kernels
+
+    cfg = modern_config(64, **{"model.local_window": 16})
+    torch.manual_seed(0)
+    model = _drawn(ElectraPretrainer(cfg.model, cfg.objective)).eval()
+    ids = torch.randint(5, 1000, (2, 64), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 40:] = 0
+    with torch.no_grad():
+        sdpa = model.discriminator.encode(ids, mask)[mask.bool()]
+    torch._dynamo.reset()
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    kernels.apply(model, gumbel=False, flex=True)
+    encoder = model.discriminator.encoder
+    assert encoder.flex
+    with caplog.at_level(logging.INFO, logger="electra_dist.model.kernels"), torch.no_grad():
+        first = model.discriminator.encode(ids, mask)[mask.bool()]
+        later = model.discriminator.encode(ids, mask)[mask.bool()]
+    said = [r.getMessage() for r in caplog.records if "FlexAttention unavailable" in r.getMessage()]
+    assert len(said) == 1 and "C++ compiler" in said[0] and said[0].endswith("using the plain path"), said
+    assert not encoder.flex and type(encoder._local_mask(torch.zeros(2, 64, 1), None)).__name__ == "Tensor"
+    torch.testing.assert_close(first, sdpa, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(later, sdpa, atol=1e-5, rtol=1e-5)

@@ -48,8 +48,11 @@ class StopSignals:
         return bool(self.received)
 
     def describe(self, signum: int = 0) -> str:
+        """Why this rank stops: its signal, or another rank's (the ranks agree on the step), and whether
+        its launcher is gone — a killed launcher signals every rank at once, and the one whose handler
+        ran last learns of the stop from the others first."""
         signum = signum or self.received
-        name = signal.Signals(signum).name if signum else "no signal"
+        name = signal.Signals(signum).name if signum else "by another rank"
         gone = launcher_gone() or (
             f"the launcher (pid {self.launcher}) is gone"
             if self.launcher is not None and os.getppid() != self.launcher
