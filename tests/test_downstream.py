@@ -82,6 +82,22 @@ def test_layer_wise_lr_decay_has_no_off_by_one():
     assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
 
 
+def test_layer_wise_lr_decay_reads_modernbert_s_names():
+    """ModernBERT's `model.layers.i` (and its final norm, the top layer's), not only BERT's `encoder.layer.i`:
+    a modern discriminator fine-tuned without it would get one LR everywhere."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    cfg = ModernBertConfig(vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=48, num_labels=2)  # fmt: skip
+    m = ModernBertForSequenceClassification(cfg)
+    scale = {id(p): g["lr"] for g in layer_lr_groups(m, lr=1.0, decay=0.5, weight_decay=0.01) for p in g["params"]}
+    assert scale[id(m.classifier.weight)] == 1.0 and scale[id(m.head.dense.weight)] == 1.0  # head
+    assert scale[id(m.model.final_norm.weight)] == 0.5 and scale[id(m.model.layers[1].mlp.Wo.weight)] == 0.5
+    assert scale[id(m.model.layers[0].attn.Wqkv.weight)] == 0.25
+    assert scale[id(m.model.embeddings.tok_embeddings.weight)] == 0.125
+    assert sum(len(g["params"]) for g in layer_lr_groups(m, 1.0, 0.5, 0.01)) == len(list(m.parameters()))
+
+
 # ---- reading the formats ----------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ directory. The layer-wise LR decay of the paper is parameter groups over transfo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,20 @@ def load_tokenizer(hf_dir: Path, tokenizer_dir: str | Path | None = None):
 def layer_lr_groups(model: nn.Module, lr: float, decay: float, weight_decay: float) -> list[dict[str, Any]]:
     """Layer-wise LR decay done right: the task head gets `lr`, encoder layer i (1-based) of L gets
     lr·decay^(L+1-i), the embeddings (and their projection) lr·decay^(L+1). (The official code gives the head
-    depth L+2, so every layer gets one power too many.) No weight decay on 1-D parameters (LayerNorm, biases)."""
+    depth L+2, so every layer gets one power too many.) No weight decay on 1-D parameters (LayerNorm, biases).
+    BERT-style names (`electra.encoder.layer.i`) and ModernBERT's (`model.layers.i`; its final norm is the
+    top layer's)."""
     base = getattr(model, "base_model_prefix", "electra")
     L = model.config.num_hidden_layers
     groups: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
-        if name.startswith(f"{base}.encoder.layer."):
-            depth = int(name.split(".")[3]) + 1
+        layer = re.match(rf"{re.escape(base)}\.(?:encoder\.layer|layers)\.(\d+)\.", name)
+        if layer:
+            depth = int(layer.group(1)) + 1
         elif name.startswith(f"{base}.embeddings"):
             depth = 0
+        elif name.startswith(f"{base}.final_norm"):
+            depth = L
         else:
             depth = L + 1  # the task head (and a pooler, where the model has one)
         groups.setdefault((decay ** (L + 1 - depth), p.ndim > 1), []).append(p)
