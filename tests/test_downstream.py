@@ -6,6 +6,8 @@ folder in the GLUE distribution's format. The labeled sets are made from the bui
 
 from __future__ import annotations
 
+import json
+
 import finetune_data as fd
 import numpy as np
 import pytest
@@ -87,7 +89,8 @@ def test_layer_wise_lr_decay_reads_modernbert_s_names():
     a modern discriminator fine-tuned without it would get one LR everywhere."""
     from transformers import ModernBertConfig, ModernBertForSequenceClassification
 
-    cfg = ModernBertConfig(vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    cfg = ModernBertConfig(vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                           sep_token_id=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=48, num_labels=2)  # fmt: skip
     m = ModernBertForSequenceClassification(cfg)
     scale = {id(p): g["lr"] for g in layer_lr_groups(m, lr=1.0, decay=0.5, weight_decay=0.01) for p in g["params"]}
@@ -194,6 +197,24 @@ def test_each_kind_beats_its_trivial_baseline_and_its_saved_model_reproduces_the
     assert r.test[0][metric] > r.baseline[1][metric] + 0.1, (r.test, r.baseline)
     again = _reloaded_metrics(tmp_path / "out", task, hp)
     assert again[metric] == pytest.approx(r.test[0][metric], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_modern_discriminator_fine_tunes_as_modernbert_and_its_saved_model_reproduces_the_score(tok_dir, tmp_path):
+    """model.architecture=modern: exported on the fly as transformers' ModernBERT, fine-tuned on the Trainer
+    (layer-wise LR decay over ModernBERT's names), beats the majority class; the saved classifier loads
+    with the Auto class and scores the same."""
+    modern = {"model.architecture": "modern", "model.embedding_size": 64, "model.local_window": 16}
+    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir), **modern})
+    torch.manual_seed(0)
+    ckpt = save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
+    make, metric, epochs, lr = KINDS["classification"]
+    task = make(tmp_path)
+    hp = Hyper(epochs=epochs, lr=lr, batch_size=16, max_len=64, stride=16)
+    r = finetune(ckpt, task, hp, seeds=1, out=tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "modernbert"
+    assert r.test[0][metric] > r.baseline[1][metric] + 0.1, (r.test, r.baseline)
+    assert _reloaded_metrics(tmp_path / "out", task, hp)[metric] == pytest.approx(r.test[0][metric], abs=1e-6)
 
 
 @pytest.mark.slow
