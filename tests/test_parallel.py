@@ -189,11 +189,13 @@ def uninterrupted(tmp_path_factory, data):
 
 def _segments(out, data, plan, *extra):
     """Run `plan` = [(until step, nproc, extra args)] one after the other in one output dir."""
+    from conftest import train_here
+
     logs = []
     for until, nproc, args in plan:
-        r = train(
-            out, data, *ELASTIC, *extra, *args, *(["--until-step", str(until)] if until < 12 else []), nproc=nproc
-        )
+        argv = [*ELASTIC, *extra, *args, *(["--until-step", str(until)] if until < 12 else [])]
+        # one rank: in this process (no loader workers there, so none anywhere: resuming needs the same)
+        r = train_here(out, data, *argv) if nproc == 1 else train(out, data, *argv, "data.num_workers=0", nproc=nproc)
         logs.append(r.stdout)
     assert [m["step"] for m in metrics(out)] == list(range(1, 13))
     return logs
@@ -209,11 +211,19 @@ def test_resume_on_dp_2_then_1_then_4_follows_the_uninterrupted_curve(tmp_path, 
     assert max(abs(a - b) for a, b in zip(uninterrupted, got)) <= 1e-5, (uninterrupted, got)
 
 
-def test_resume_on_tp_1_then_2_then_1_follows_the_uninterrupted_curve(tmp_path, data):
-    """The padded vocabulary (to a multiple of 3 × TP size here) has 2001 rows at TP 1 and 2004 at TP 2."""
+@pytest.mark.parametrize(
+    "model",
+    [[], ["model.architecture=modern", "model.embedding_size=64", "model.local_window=16",
+          "objective.embedding_sharing=gdes"]],
+    ids=["bert", "modern-gdes"],
+)  # fmt: skip
+def test_resume_on_tp_1_then_2_then_1_follows_the_uninterrupted_curve(tmp_path, data, model):
+    """The padded vocabulary (to a multiple of 3 × TP size here) has 2001 rows at TP 1 and 2004 at TP 2.
+    ModernBERT's block too: the fused QKV (head-major) and the GeGLU input (value and gate per feature)
+    cut into whole heads and matching halves and put back together, with GDES's residual embeddings."""
     from conftest import train_here
 
-    pad = ["model.pad_vocab_multiple=3"]
+    pad = ["model.pad_vocab_multiple=3", *model]
     train_here(tmp_path / "uninterrupted", data, *ELASTIC, *pad)
     uninterrupted = losses(tmp_path / "uninterrupted")
     tp2 = ["parallel.tensor_parallel_size=2"]

@@ -111,7 +111,7 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, S, self.local_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B, nh, S, hd)
         if self.training and self.attention_dropout > 0 and x.device.type == "cpu":
-            out = self._attention_with_all_heads_dropout(q, k, v, mask)
+            out = attention_with_all_heads_dropout(q, k, v, mask, self.heads, self.first_head, self.attention_dropout)
         elif self.backends:
             with torch.nn.attention.sdpa_kernel(self.backends, set_priority=True):
                 out = F.scaled_dot_product_attention(
@@ -123,17 +123,31 @@ class SelfAttention(nn.Module):
             )  # (B, nh, S, hd)
         return self.dense(out.transpose(1, 2).reshape(B, S, self.local_heads * self.head_dim))
 
-    def _attention_with_all_heads_dropout(self, q, k, v, mask):
-        """Attention whose dropout mask is drawn for ALL heads and sliced to this rank's: the same masks
-        and the same RNG stream for any tensor-parallel size (on CPU, where SDPA materializes the
-        probabilities anyway; on GPU the fused kernel draws its own)."""
-        B, _, S, _ = q.shape
-        scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        keep = torch.rand(B, self.heads, S, S, device=q.device)[:, self.first_head : self.first_head + self.local_heads]
-        p = self.attention_dropout
-        return (scores.softmax(-1) * (keep >= p) * (1.0 / (1.0 - p))).to(v.dtype) @ v
+
+def attention_with_all_heads_dropout(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, heads: int, first_head: int, p: float
+) -> torch.Tensor:
+    """Attention whose dropout mask is drawn for ALL `heads` and sliced to this rank's (from `first_head`):
+    the same masks and the same RNG stream for any tensor-parallel size (on CPU, where SDPA materializes
+    the probabilities anyway; on GPU the fused kernel draws its own). A query that may see no key (a padded
+    row outside a local band) gets zeros, as SDPA gives it."""
+    B, local_heads, S, head_dim = q.shape
+    scores = (q @ k.transpose(-1, -2)) * head_dim**-0.5
+    probs = scores if mask is None else scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = probs.softmax(-1) if mask is None else probs.softmax(-1) * mask
+    keep = torch.rand(B, heads, S, S, device=q.device)[:, first_head : first_head + local_heads]
+    return (probs * (keep >= p) * (1.0 / (1.0 - p))).to(v.dtype) @ v
+
+
+def feature_dropout(x: torch.Tensor, p: float, features: int, first: int, training: bool) -> torch.Tensor:
+    """nn.Dropout over a column-parallel activation holding features [first, first + x.shape[-1]) of
+    `features`: on CPU the mask is drawn for all of them and sliced, so TP=2 drops what TP=1 drops."""
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    keep = torch.rand(*x.shape[:-1], features, device=x.device)[..., first : first + x.shape[-1]]
+    return x * (keep >= p) * (1.0 / (1.0 - p))
 
 
 class Block(nn.Module):

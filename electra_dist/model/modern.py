@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from electra_dist.model.layers import LayerFactory, attention_backends, padding_mask
+from electra_dist.model.layers import (
+    LayerFactory,
+    attention_backends,
+    attention_with_all_heads_dropout,
+    feature_dropout,
+    padding_mask,
+)
 
 
 def rotary(seq_len: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +57,8 @@ class ModernAttention(nn.Module):
     ):  # fmt: skip
         super().__init__()
         self.head_dim = hidden // heads
-        self.local_heads = heads // factory.tp_size
+        self.heads, self.local_heads = heads, heads // factory.tp_size
+        self.first_head = factory.tp_rank * self.local_heads
         self.attention_dropout, self.half_window, self.theta = attention_dropout, half_window, theta
         self.qkv = factory.column_linear(hidden, 3 * hidden, bias=False)
         self.dense = factory.row_linear(hidden, hidden, bias=False)
@@ -68,6 +75,8 @@ class ModernAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if isinstance(mask, BlockMask):  # a local layer on GPU: FlexAttention skips the blocks outside the band
             out = self.flex_fn(q, k, v, None, mask)
+        elif p > 0 and x.device.type == "cpu":  # masks independent of the tensor-parallel size, as BERT's block
+            out = attention_with_all_heads_dropout(q, k, v, mask, self.heads, self.first_head, p)
         elif self.backends:
             with torch.nn.attention.sdpa_kernel(self.backends, set_priority=True):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
@@ -89,12 +98,14 @@ class ModernBlock(nn.Module):
         self.mlp_norm = nn.LayerNorm(hidden, eps=eps, bias=False)
         self.mlp_in = factory.column_linear(hidden, 2 * ffn, bias=False)  # (ffn, 2): value, gate per feature
         self.mlp_out = factory.row_linear(ffn, hidden, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout, self.ffn = dropout, ffn
+        self.first_feature = factory.tp_rank * (ffn // factory.tp_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), mask)
         value, gate = self.mlp_in(self.mlp_norm(x)).unflatten(-1, (-1, 2)).unbind(-1)
-        return x + self.mlp_out(self.dropout(F.gelu(value) * gate))
+        hidden = feature_dropout(F.gelu(value) * gate, self.dropout, self.ffn, self.first_feature, self.training)
+        return x + self.mlp_out(hidden)
 
 
 def modern_blocks(
