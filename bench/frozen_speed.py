@@ -1,6 +1,8 @@
-"""Steps per second of a frozen vs a jointly trained generator at equal batch (objective.generator, #26).
+"""Steps per second of a frozen vs a jointly trained generator at equal batch (objective.generator, #26),
+and of ModernBERT's block vs BERT's (`--arms joint modern`: bench/modern_vs_bert.py's shapes, #27).
 
     python bench/frozen_speed.py --work /tmp/frozen-ablation --steps 60 --repeats 2
+    python bench/frozen_speed.py --work /tmp/frozen-ablation --steps 60 --repeats 3 --arms joint modern
 
 Uses the tokenizer, shards and MLM generator that bench/frozen_ablation.py left in WORK. Each arm trains
 --steps steps (no evaluation, no checkpoint until the end), alternating joint, frozen, joint, frozen, ... so
@@ -28,12 +30,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--arms", nargs="+", default=["joint", "frozen"], choices=["joint", "frozen", "modern"],
+                   help="joint: BERT's block, joint generator (the baseline); frozen: its generator frozen; "
+                   "modern: ModernBERT's block, joint generator")  # fmt: skip
     a = p.parse_args()
     work = Path(a.work).resolve()
-    arms = {
+    from modern_vs_bert import MODERN  # this directory: bench/
+
+    every = {
         "joint": [],
         "frozen": ["objective.generator=frozen", f"model.generator_from={OutputDir(work / 'mlm-generator').final}"],
+        "modern": MODERN,
     }
+    arms = {name: every[name] for name in a.arms}
     speeds: dict[str, list[float]] = {name: [] for name in arms}
     for r in range(a.repeats):
         for name, extra in arms.items():
@@ -51,9 +60,9 @@ def main() -> None:
             speeds[name].append(statistics.median(steady))
             print(f"{name} #{r}: {speeds[name][-1]:,.0f} tokens/s", file=sys.stderr, flush=True)
     tokens = a.batch * 128
-    print("| generator | tokens/s per run | steps/s (median) | vs joint |")
+    print(f"| arm | tokens/s per run | steps/s (median) | vs {a.arms[0]} |")
     print("|---|---|---|---|")
-    base = statistics.median(speeds["joint"]) / tokens
+    base = statistics.median(speeds[a.arms[0]]) / tokens
     for name, runs in speeds.items():
         steps = statistics.median(runs) / tokens
         print(f"| {name} | {', '.join(f'{s:,.0f}' for s in runs)} | {steps:.3f} | {steps / base:.3f}× |")

@@ -31,6 +31,15 @@ def ckpt(tmp_path_factory, tok_dir):
     return save_model(tmp_path_factory.mktemp("ckpt"), ElectraPretrainer(cfg.model, cfg.objective), cfg)
 
 
+@pytest.fixture(scope="module")
+def modern_ckpt(tmp_path_factory, tok_dir):
+    """The same with ModernBERT's block (model.architecture=modern): fine-tuned as transformers' ModernBERT."""
+    modern = {"model.architecture": "modern", "model.embedding_size": 64, "model.local_window": 16}
+    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir), **modern})
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("modern"), ElectraPretrainer(cfg.model, cfg.objective), cfg)
+
+
 # ---- metrics against values computed by hand -----------------------------------------------------------
 
 
@@ -188,33 +197,22 @@ KINDS = {  # (task, metric, epochs, lr): each learnable by the tiny model from r
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_each_kind_beats_its_trivial_baseline_and_its_saved_model_reproduces_the_score(kind, ckpt, tmp_path):
+def test_each_kind_beats_its_trivial_baseline_and_its_saved_model_reproduces_the_score(
+    kind, ckpt, modern_ckpt, tmp_path
+):
+    """Classification from a modern checkpoint (exported on the fly as ModernBERT; layer-wise LR decay over
+    its names): the BERT-block checkpoint's classification runs in the CLI and GLUE tests below."""
     make, metric, epochs, lr = KINDS[kind]
     task = make(tmp_path)
     hp = Hyper(epochs=epochs, lr=lr, batch_size=16, max_len=64, stride=16)
-    r = finetune(ckpt, task, hp, seeds=1, out=tmp_path / "out")
+    model = modern_ckpt if kind == "classification" else ckpt
+    r = finetune(model, task, hp, seeds=1, out=tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())["model_type"]
+    assert saved == ("modernbert" if kind == "classification" else "electra"), saved
     assert r.kind == kind and r.metric == metric and len(r.test) == 1
     assert r.test[0][metric] > r.baseline[1][metric] + 0.1, (r.test, r.baseline)
     again = _reloaded_metrics(tmp_path / "out", task, hp)
     assert again[metric] == pytest.approx(r.test[0][metric], abs=1e-6)
-
-
-@pytest.mark.slow
-def test_a_modern_discriminator_fine_tunes_as_modernbert_and_its_saved_model_reproduces_the_score(tok_dir, tmp_path):
-    """model.architecture=modern: exported on the fly as transformers' ModernBERT, fine-tuned on the Trainer
-    (layer-wise LR decay over ModernBERT's names), beats the majority class; the saved classifier loads
-    with the Auto class and scores the same."""
-    modern = {"model.architecture": "modern", "model.embedding_size": 64, "model.local_window": 16}
-    cfg = tiny_config(**{"model.vocab_size": 2000, "data.tokenizer": str(tok_dir), **modern})
-    torch.manual_seed(0)
-    ckpt = save_model(tmp_path / "ckpt", ElectraPretrainer(cfg.model, cfg.objective), cfg)
-    make, metric, epochs, lr = KINDS["classification"]
-    task = make(tmp_path)
-    hp = Hyper(epochs=epochs, lr=lr, batch_size=16, max_len=64, stride=16)
-    r = finetune(ckpt, task, hp, seeds=1, out=tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "modernbert"
-    assert r.test[0][metric] > r.baseline[1][metric] + 0.1, (r.test, r.baseline)
-    assert _reloaded_metrics(tmp_path / "out", task, hp)[metric] == pytest.approx(r.test[0][metric], abs=1e-6)
 
 
 @pytest.mark.slow
