@@ -164,17 +164,23 @@ def test_rtd_continues_from_a_modernbert_as_discriminator_and_corrupter(tmp_path
     assert cfg.model.architecture == "modern" and cfg.model.discriminator.num_layers == 4
 
 
-@pytest.mark.slow  # FlexAttention's eager reference path: seconds
-def test_the_flexattention_band_gives_the_masked_sdpa_numbers():
-    """The local layers' block-sparse FlexAttention mask (what runs on GPU) and the band as SDPA's boolean
-    mask (CPU, or with attention dropout): the same hidden states, padded rows included (forward only:
-    FlexAttention has no backward on CPU)."""
+def _banded() -> tuple[ElectraPretrainer, torch.Tensor, torch.Tensor]:
+    """A modern model whose window (16) is shorter than its sequence (64), and a batch with a padded row."""
     cfg = modern_config(64, **{"model.local_window": 16})
     torch.manual_seed(0)
     model = _drawn(ElectraPretrainer(cfg.model, cfg.objective)).eval()
     ids = torch.randint(5, 1000, (2, 64), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, 40:] = 0
+    return model, ids, mask
+
+
+@pytest.mark.slow  # FlexAttention's eager reference path: seconds
+def test_the_flexattention_band_gives_the_masked_sdpa_numbers():
+    """The local layers' block-sparse FlexAttention mask (what runs on GPU) and the band as SDPA's boolean
+    mask (CPU, or with attention dropout): the same hidden states, padded rows included (forward only:
+    FlexAttention has no backward on CPU)."""
+    model, ids, mask = _banded()
     encoder = model.discriminator.encoder
     outs, kinds = [], set()
     for flex in (True, False):
@@ -195,12 +201,7 @@ def test_flexattention_falls_back_to_the_sdpa_band_when_it_cannot_be_compiled(mo
 
     from electra_dist.model import kernels
 
-    cfg = modern_config(64, **{"model.local_window": 16})
-    torch.manual_seed(0)
-    model = _drawn(ElectraPretrainer(cfg.model, cfg.objective)).eval()
-    ids = torch.randint(5, 1000, (2, 64), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, 40:] = 0
+    model, ids, mask = _banded()
     with torch.no_grad():
         sdpa = model.discriminator.encode(ids, mask)[mask.bool()]
     torch._dynamo.reset()
