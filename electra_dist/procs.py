@@ -13,8 +13,10 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
+from types import TracebackType
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
@@ -38,6 +40,28 @@ def _end_when_the_rank_says(rank: int) -> None:
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == rank:
             os._exit(128 + signal.SIGTERM)
+
+
+def quiet_handover_errors() -> None:
+    """A loader worker killed while it fetches a tensor's file descriptor from its rank breaks the connection
+    to multiprocessing's resource-sharer thread in the rank, which hands the error to sys.excepthook: a
+    traceback beside the one line the trainer says about the dead worker. Those, and only those, are not
+    printed (the thread goes on serving the other workers)."""
+    previous = sys.excepthook
+    if getattr(previous, "quiet_handover", False):
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        files, frame = [], tb
+        while frame is not None:
+            files.append(frame.tb_frame.f_code.co_filename)
+            frame = frame.tb_next
+        sharer = any(f.endswith(os.path.join("multiprocessing", "resource_sharer.py")) for f in files)
+        if not (sharer and issubclass(kind, (ConnectionError, EOFError))):
+            previous(kind, error, tb)
+
+    hook.quiet_handover = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def launched_by_a_launcher() -> bool:

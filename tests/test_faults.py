@@ -143,6 +143,42 @@ def test_a_killed_loader_worker_is_one_line(tmp_path, data):
     assert "electra-dist: a data-loader worker died: DataLoader worker (pid" in err and "Traceback" not in err
 
 
+_HANDOVER = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+if sys.argv[1] == "quiet":
+    from electra_dist.procs import quiet_handover_errors
+    quiet_handover_errors()
+r, w = os.pipe()
+resource_sharer.DupFd(r)  # a tensor's fd registered for a worker to fetch: the sharer thread listens
+s = socket.socket(socket.AF_UNIX)
+s.connect(resource_sharer._resource_sharer._address)
+s.close()  # the worker is killed before it answers the handshake
+time.sleep(1.0)
+alive = resource_sharer._resource_sharer._thread.is_alive()
+raise SystemExit(f"{alive}") if sys.argv[2] == "exit" else ValueError("other")
+"""
+
+
+@pytest.mark.slow  # three interpreters: seconds
+def test_a_worker_killed_mid_handover_prints_no_traceback_in_its_rank():
+    """The killed-worker test's rare second failure, made certain: a worker dies during multiprocessing's
+    file-descriptor handover, whose sharer thread hands the broken connection to sys.excepthook. Quiet
+    (as the loader sets it), that prints nothing, the thread serves on, and other errors still print."""
+    import sys
+
+    from conftest import child_env
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-c", _HANDOVER, *argv], capture_output=True, text=True,
+                              env=child_env(), timeout=60)  # fmt: skip
+
+    loud, quiet, other = run("loud", "exit"), run("quiet", "exit"), run("quiet", "raise")
+    assert "Traceback" in loud.stderr and "resource_sharer.py" in loud.stderr, loud.stderr  # what it was
+    assert quiet.stderr == "True\n", quiet.stderr
+    assert "ValueError: other" in other.stderr and "resource_sharer.py" not in other.stderr, other.stderr
+
+
 # ---- disks ---------------------------------------------------------------------------------------
 
 

@@ -331,6 +331,7 @@ class PretrainLoader:
         if self.num_workers == 0:
             source: Any = iter(stream)
         else:
+            procs.quiet_handover_errors()  # a worker killed mid-handover: one line, no traceback
             # own generator: making workers must not draw from the global RNG; this process stops them
             source = DataLoader(
                 stream,
