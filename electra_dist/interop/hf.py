@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from electra_dist.config import ConfigError, EncoderConfig, ModelConfig
-from electra_dist.interop.weights import read_weights as _read_weights
+from electra_dist.interop.weights import read_weights
 from electra_dist.model import ElectraPretrainer
 from electra_dist.model.electra import fit_vocab_rows
 
@@ -276,7 +276,7 @@ def hf_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], bo
     gen_cfg = json.loads((gen_dir / "config.json").read_text()) if gen_dir else None
     cfg = model_config_from_hf(disc_cfg, gen_cfg)
     state = _our_state(
-        cfg, _read_weights(disc_dir), _read_weights(gen_dir) if gen_dir else None, cfg.padded_vocab_size(1)
+        cfg, read_weights(disc_dir), read_weights(gen_dir) if gen_dir else None, cfg.padded_vocab_size(1)
     )
     return cfg, state, gen_dir is not None
 

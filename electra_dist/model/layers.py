@@ -110,18 +110,24 @@ class SelfAttention(nn.Module):
         B, S, _ = x.shape
         qkv = self.qkv(x).view(B, S, self.local_heads, 3, self.head_dim)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each (B, nh, S, hd)
-        if self.training and self.attention_dropout > 0 and x.device.type == "cpu":
-            out = attention_with_all_heads_dropout(q, k, v, mask, self.heads, self.first_head, self.attention_dropout)
-        elif self.backends:
-            with torch.nn.attention.sdpa_kernel(self.backends, set_priority=True):
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
-                )
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
-            )  # (B, nh, S, hd)
+        p = self.attention_dropout if self.training else 0.0
+        out = attend(q, k, v, mask, p, self.backends, self.heads, self.first_head)  # (B, nh, S, hd)
         return self.dense(out.transpose(1, 2).reshape(B, S, self.local_heads * self.head_dim))
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float, backends: list,
+    heads: int, first_head: int,
+) -> torch.Tensor:  # fmt: skip
+    """Scaled dot-product attention of this rank's heads (from `first_head` of `heads`) with dropout `p`: on
+    CPU with dropout, masks independent of the tensor-parallel size (attention_with_all_heads_dropout);
+    otherwise SDPA, through `backends` where the layer names some."""
+    if p > 0 and q.device.type == "cpu":
+        return attention_with_all_heads_dropout(q, k, v, mask, heads, first_head, p)
+    if backends:
+        with torch.nn.attention.sdpa_kernel(backends, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
 
 def attention_with_all_heads_dropout(
@@ -133,8 +139,10 @@ def attention_with_all_heads_dropout(
     row outside a local band) gets zeros, as SDPA gives it."""
     B, local_heads, S, head_dim = q.shape
     scores = (q @ k.transpose(-1, -2)) * head_dim**-0.5
-    probs = scores if mask is None else scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = probs.softmax(-1) if mask is None else probs.softmax(-1) * mask
+    if mask is None:
+        probs = scores.softmax(-1)
+    else:
+        probs = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1) * mask
     keep = torch.rand(B, heads, S, S, device=q.device)[:, first_head : first_head + local_heads]
     return (probs * (keep >= p) * (1.0 / (1.0 - p))).to(v.dtype) @ v
 

@@ -21,8 +21,8 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from electra_dist.model.layers import (
     LayerFactory,
+    attend,
     attention_backends,
-    attention_with_all_heads_dropout,
     feature_dropout,
     padding_mask,
 )
@@ -75,13 +75,8 @@ class ModernAttention(nn.Module):
         p = self.attention_dropout if self.training else 0.0
         if isinstance(mask, BlockMask):  # a local layer on GPU: FlexAttention skips the blocks outside the band
             out = self.flex_fn(q, k, v, None, mask)
-        elif p > 0 and x.device.type == "cpu":  # masks independent of the tensor-parallel size, as BERT's block
-            out = attention_with_all_heads_dropout(q, k, v, mask, self.heads, self.first_head, p)
-        elif self.backends:
-            with torch.nn.attention.sdpa_kernel(self.backends, set_priority=True):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            out = attend(q, k, v, mask, p, self.backends, self.heads, self.first_head)
         return self.dropout(self.dense(out.transpose(1, 2).reshape(B, S, self.local_heads * self.head_dim)))
 
 
